@@ -1,0 +1,1 @@
+"""Carbon, SCI, the per-user ledger, budgets and reports."""

@@ -1,0 +1,56 @@
+"""Settings, read once at start-up, and joulegate's exception tree."""
+
+from config.errors import (
+    BackendTimeout,
+    BackendUnreachable,
+    BadRequest,
+    BudgetExceeded,
+    CarbonSourceError,
+    ConfigError,
+    Forbidden,
+    JoulegateError,
+    LedgerError,
+    MeterError,
+    MeterUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    QueueFull,
+    Unauthorized,
+)
+from config.loader import load_settings, settings_table
+from config.settings import (
+    AuthSettings,
+    CarbonSettings,
+    LedgerSettings,
+    MeterSettings,
+    Settings,
+    TelemetrySettings,
+)
+
+__all__ = [
+    "AuthSettings",
+    "BackendTimeout",
+    "BackendUnreachable",
+    "BadRequest",
+    "BudgetExceeded",
+    "CarbonSettings",
+    "CarbonSourceError",
+    "ConfigError",
+    "Forbidden",
+    "JoulegateError",
+    "LedgerError",
+    "LedgerSettings",
+    "MeterError",
+    "MeterSettings",
+    "MeterUnavailable",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProxyError",
+    "QueueFull",
+    "Settings",
+    "TelemetrySettings",
+    "Unauthorized",
+    "load_settings",
+    "settings_table",
+]

@@ -1,0 +1,151 @@
+"""joulegate's one exception tree.
+
+Every error joulegate raises on purpose derives from :class:`JoulegateError`.
+Vendor errors (``httpx``, ``pynvml``, ``sqlite3``, ``OSError`` from sysfs) are
+translated into this tree at the adapter that meets them and chained with
+``raise ... from exc``.
+
+    JoulegateError
+    ├── ConfigError                 bad or unknown setting; stops start-up
+    ├── MeterError                  a power meter could not be read
+    │   └── MeterUnavailable        the hardware or permission is absent
+    ├── CarbonSourceError           a carbon-intensity provider failed
+    ├── LedgerError                 the ledger database could not be used
+    └── ProxyError                  what a client sees (status + OpenAI error JSON)
+        ├── BadRequest              400 invalid_request_error
+        ├── Unauthorized            401 authentication_error
+        ├── Forbidden               403 permission_error
+        ├── NotFound                404 not_found_error
+        ├── PayloadTooLarge         413 invalid_request_error
+        ├── BudgetExceeded          429 energy_budget_exceeded
+        ├── BackendUnreachable      502 backend_unreachable
+        ├── QueueFull               503 queue_full
+        └── BackendTimeout          504 backend_timeout
+
+``ProxyError.to_json()`` gives the OpenAI-style body
+``{"error": {"message", "type", "code", "param"}}`` so that the official SDKs
+raise their usual exception classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class JoulegateError(Exception):
+    """Base of every error joulegate raises on purpose."""
+
+
+class ConfigError(JoulegateError):
+    """A setting is unknown or has a bad value; the message names the key."""
+
+
+class MeterError(JoulegateError):
+    """A power meter failed to give a reading."""
+
+
+class MeterUnavailable(MeterError):
+    """The meter's hardware, driver or permission is absent on this machine."""
+
+
+class CarbonSourceError(JoulegateError):
+    """A carbon-intensity provider could not give a value."""
+
+
+class LedgerError(JoulegateError):
+    """The ledger database could not be read or written."""
+
+
+class ProxyError(JoulegateError):
+    """An error a client sees: an HTTP status and an OpenAI-style body."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The body OpenAI's API sends for an error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+
+class BadRequest(ProxyError):
+    """The request itself is invalid (malformed JSON, bad parameter)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    """No API key, an unknown key or a revoked one."""
+
+    status = 401
+    error_type = "authentication_error"
+
+
+class Forbidden(ProxyError):
+    """The key is valid but may not do this (e.g. another user's report)."""
+
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(ProxyError):
+    """No such route or object."""
+
+    status = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLarge(ProxyError):
+    """The request body is larger than ``max_body_bytes``."""
+
+    status = 413
+    error_type = "invalid_request_error"
+
+
+class BudgetExceeded(ProxyError):
+    """The user has spent their energy or carbon budget for the period."""
+
+    status = 429
+    error_type = "energy_budget_exceeded"
+
+
+class BackendUnreachable(ProxyError):
+    """The model server refused or dropped the connection."""
+
+    status = 502
+    error_type = "backend_unreachable"
+
+
+class QueueFull(ProxyError):
+    """More than ``max_queue`` requests are already waiting."""
+
+    status = 503
+    error_type = "queue_full"
+
+
+class BackendTimeout(ProxyError):
+    """The model server did not connect or answer within its timeout."""
+
+    status = 504
+    error_type = "backend_timeout"

@@ -1,0 +1,211 @@
+"""joulegate's settings: frozen dataclasses, one per section.
+
+Each field's docstring is what the README's settings table says about it. The
+loader (``config.loader``) fills these from a TOML file, ``JOULEGATE_*``
+environment variables and CLI flags; ``__post_init__`` rejects bad values with a
+:class:`~config.errors.ConfigError` that names the key.
+
+Top-level keys are flat (``backend_url`` / ``JOULEGATE_BACKEND_URL``); a
+section's keys live in a TOML table (``[carbon] provider``) and in the
+environment as ``JOULEGATE_<SECTION>_<KEY>`` (``JOULEGATE_CARBON_PROVIDER``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from config.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+def _require(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"setting {key!r}: must be {allowed}")
+
+
+@dataclass(frozen=True)
+class MeterSettings:
+    """Power meters (``[meters]``)."""
+
+    kinds: tuple[str, ...] = ("auto",)
+    """Meters to use: ``auto`` (detect NVML, RAPL, configured external meters,
+    else estimate) or a list of ``nvml``, ``rapl``, ``prometheus``, ``ipmi``,
+    ``shelly``, ``tasmota``, ``estimate``."""
+    sample_hz: float = 10.0
+    """Rate of the background sampler for polled meters (1 to 100)."""
+    gpu_indices: tuple[int, ...] = ()
+    """NVML GPU indices to meter; empty means all."""
+    rapl_root: str = "/sys/class/powercap"
+    """Root of the powercap tree (RAPL)."""
+    rapl_psys: bool = False
+    """Also read the platform (psys) domain where present."""
+    prometheus_url: str = ""
+    """A Prometheus exporter's /metrics URL giving whole-machine power or energy."""
+    prometheus_metric: str = "scaph_host_power_microwatts"
+    """Metric name to read from ``prometheus_url``."""
+    prometheus_labels: tuple[str, ...] = ()
+    """Label matchers ``name=value`` the sample must carry."""
+    prometheus_unit: Literal["W", "uW", "J", "uJ"] = "uW"
+    """Unit of the metric: a gauge in W/uW or a counter in J/uJ."""
+    ipmi: bool = False
+    """Read whole-machine power from ``ipmitool dcmi power reading``."""
+    plug_url: str = ""
+    """Base URL of a Shelly or Tasmota smart plug."""
+    plug_kind: Literal["shelly", "tasmota"] = "shelly"
+    """Which smart-plug API ``plug_url`` speaks."""
+    cpu_tdp_w: float = 0.0
+    """Estimate: CPU TDP in watts; 0 looks the CPU up in the bundled table (else 85 W)."""
+    gpu_board_power_w: float = 0.0
+    """Estimate: a GPU's board power in watts to add while a request runs."""
+    thermal_limit_c: float = 0.0
+    """Thermal guard: stop admitting requests above this GPU/CPU temperature (0 = off)."""
+    thermal_resume_c: float = 0.0
+    """Thermal guard: admit again once below this temperature."""
+
+    def __post_init__(self) -> None:
+        _require(1.0 <= self.sample_hz <= 100.0, "meters.sample_hz", "between 1 and 100")
+        _require(self.cpu_tdp_w >= 0, "meters.cpu_tdp_w", ">= 0")
+        _require(self.gpu_board_power_w >= 0, "meters.gpu_board_power_w", ">= 0")
+        if self.thermal_limit_c:
+            _require(
+                0 < self.thermal_resume_c < self.thermal_limit_c,
+                "meters.thermal_resume_c",
+                "above 0 and below meters.thermal_limit_c",
+            )
+
+
+@dataclass(frozen=True)
+class CarbonSettings:
+    """Carbon intensity and SCI (``[carbon]``)."""
+
+    provider: Literal["static", "table", "electricitymaps", "uk"] = "table"
+    """Where the grid's carbon intensity comes from."""
+    intensity_g_per_kwh: float = 475.0
+    """``static`` provider: the intensity in gCO2e/kWh (default: world average)."""
+    country: str = ""
+    """ISO country code (2 or 3 letters) for the ``table`` provider and fallback;
+    empty uses the world average."""
+    zone: str = ""
+    """Electricity Maps zone (e.g. ``DE``)."""
+    api_key: str = ""
+    """Electricity Maps API key (never logged)."""
+    electricitymaps_url: str = "https://api.electricitymap.org"
+    """Electricity Maps API base URL."""
+    uk_url: str = "https://api.carbonintensity.org.uk"
+    """UK Carbon Intensity API base URL."""
+    ttl_s: float = 900.0
+    """How long a live value is cached before it is fetched again."""
+    stale_s: float = 3600.0
+    """How long the last good live value is kept after failures before the table is used."""
+    pue: float = 1.0
+    """Power usage effectiveness: data-centre overhead applied to energy before CO2eq."""
+    embodied_g: float = 5_864_000.0
+    """Embodied emissions of the hardware in gCO2e (default: one H100 164 kg + server 5,700 kg)."""
+    lifetime_s: float = 4 * 365.25 * 86400
+    """Expected hardware lifetime in seconds (default 4 years)."""
+    resource_share: float = 1.0
+    """Share of the machine a request reserves (1 when serialised on a dedicated machine)."""
+
+    def __post_init__(self) -> None:
+        _require(self.intensity_g_per_kwh >= 0, "carbon.intensity_g_per_kwh", ">= 0")
+        _require(self.ttl_s > 0, "carbon.ttl_s", "> 0")
+        _require(self.stale_s >= 0, "carbon.stale_s", ">= 0")
+        _require(self.pue >= 1.0, "carbon.pue", ">= 1.0")
+        _require(self.embodied_g >= 0, "carbon.embodied_g", ">= 0")
+        _require(self.lifetime_s > 0, "carbon.lifetime_s", "> 0")
+        _require(0 < self.resource_share <= 1, "carbon.resource_share", "in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    """The per-user ledger (``[ledger]``)."""
+
+    path: str = ""
+    """SQLite file; empty means ``joulegate/ledger.sqlite3`` in the user's data folder."""
+    record_content: bool = False
+    """Store prompt and response text in the ledger (off by default)."""
+    buffer_rows: int = 10_000
+    """Rows kept in memory while the database cannot be written."""
+
+    def __post_init__(self) -> None:
+        _require(self.buffer_rows >= 1, "ledger.buffer_rows", ">= 1")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who is calling (``[auth]``)."""
+
+    mode: Literal["auto", "keys", "trust", "open"] = "auto"
+    """``keys``: joulegate-issued API keys; ``trust``: user from the ``user`` body
+    field or ``user_header``; ``open``: everyone is ``anonymous``; ``auto``:
+    ``keys`` when any key exists, else ``open``."""
+    user_header: str = "x-joulegate-user"
+    """Header naming the user in ``trust`` mode."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.user_header), "auth.user_header", "a header name")
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """OpenTelemetry and Prometheus (``[telemetry]``); exporters use ``OTEL_*``."""
+
+    provider_name: str = "llama.cpp"
+    """``gen_ai.provider.name`` on spans: ``ollama``, ``llama.cpp``, ``vllm``, …"""
+    metrics_user_label: bool = True
+    """Put the user on ``/metrics`` series (turn off to limit cardinality)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything joulegate reads at start-up."""
+
+    host: str = "127.0.0.1"
+    """Address joulegate listens on."""
+    port: int = 8400
+    """Port joulegate listens on."""
+    backend_url: str = "http://127.0.0.1:8080"
+    """Base URL of the OpenAI-compatible model server (without ``/v1``)."""
+    backend_api_key: str = ""
+    """Key sent to the backend as ``Authorization: Bearer`` instead of the client's."""
+    ollama_native: bool = False
+    """Also forward Ollama's native ``/api/`` paths."""
+    max_concurrency: int = 1
+    """Requests forwarded to the backend at once (1 = serialised, exact attribution)."""
+    max_queue: int = 256
+    """Requests allowed to wait; beyond it clients get 503 with Retry-After."""
+    max_body_bytes: int = 16 * MiB
+    """Largest request body accepted (413 beyond)."""
+    connect_timeout_s: float = 5.0
+    """Timeout for connecting to the backend (504 beyond)."""
+    read_timeout_s: float = 600.0
+    """Timeout between bytes from the backend (504 beyond)."""
+    gated_paths: tuple[str, ...] = ()
+    """Extra paths (e.g. ``/v1/audio/speech``) that pass the gate and are metered."""
+    stream_usage: bool = True
+    """Ask the backend for token usage on streams (``stream_options.include_usage``)
+    and strip that extra chunk when the client did not ask for it."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""
+    meters: MeterSettings = field(default_factory=MeterSettings)
+    carbon: CarbonSettings = field(default_factory=CarbonSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, "port", "a port number 1-65535")
+        _require(
+            self.backend_url.startswith(("http://", "https://")),
+            "backend_url",
+            "an http:// or https:// URL",
+        )
+        _require(1 <= self.max_concurrency <= 1024, "max_concurrency", "between 1 and 1024")
+        _require(0 <= self.max_queue <= 100_000, "max_queue", "between 0 and 100000")
+        _require(self.max_body_bytes >= 1024, "max_body_bytes", ">= 1024")
+        _require(self.connect_timeout_s > 0, "connect_timeout_s", "> 0")
+        _require(self.read_timeout_s > 0, "read_timeout_s", "> 0")
+        for p in self.gated_paths:
+            _require(p.startswith("/"), "gated_paths", "paths starting with '/'")

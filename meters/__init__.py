@@ -1,0 +1,1 @@
+"""Power meters: one module per meter kind, a sampler and detection."""

@@ -1,0 +1,184 @@
+"""The Litestar application: lifespan, health endpoints and the proxy mount.
+
+Resources (the backend HTTP client, the gate, every stage's meters, database
+and exporters) are opened in one lifespan and closed there; nothing is created
+at import time. Capabilities join as *components*: async context managers that
+receive the :class:`AppContext` and yield a :class:`~proxy.exchange.Stage` (or
+None), so tests can build an app with fakes instead of hardware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException
+from litestar.handlers import asgi
+from litestar.types import Receive, Scope, Send
+
+from config.errors import NotFound, ProxyError
+from config.settings import Settings
+from proxy.exchange import Pipeline, Stage
+from proxy.forward import Forwarder
+from proxy.gate import Gate
+
+log = logging.getLogger("joulegate")
+
+
+@dataclass
+class AppContext:
+    """What components share: settings, the gate, the backend client, app state."""
+
+    settings: Settings
+    gate: Gate
+    client: httpx.AsyncClient
+    state: dict[str, Any] = field(default_factory=dict)
+    """Components publish here what endpoints need (e.g. ``ledger``, ``meters``)."""
+    ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
+    strip_client_auth: bool = False
+    """Set by the auth component when joulegate authenticates users itself."""
+
+
+Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]
+
+
+def default_components() -> list[Component]:
+    """The capabilities a real deployment runs, in pipeline order."""
+    return []
+
+
+def default_route_handlers() -> list[Any]:
+    """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
+    return []
+
+
+def create_app(
+    settings: Settings,
+    *,
+    components: Sequence[Component] | None = None,
+    route_handlers: Sequence[Any] | None = None,
+    backend_transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """Build joulegate's ASGI app for ``settings``.
+
+    ``components`` defaults to :func:`default_components` and ``route_handlers``
+    to :func:`default_route_handlers`; ``backend_transport`` lets tests talk to
+    an in-process fake backend.
+    """
+    comps = list(default_components() if components is None else components)
+    routes = list(default_route_handlers() if route_handlers is None else route_handlers)
+    holder: dict[str, Forwarder] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.read_timeout_s,
+            pool=None,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.max_concurrency + 64,
+            max_keepalive_connections=settings.max_concurrency + 16,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    timeout=timeout,
+                    limits=limits,
+                    transport=backend_transport,
+                    follow_redirects=False,
+                    trust_env=False,
+                )
+            )
+            ctx = AppContext(
+                settings=settings,
+                gate=Gate(settings.max_concurrency, settings.max_queue),
+                client=client,
+            )
+            stages: list[Stage] = []
+            for component in comps:
+                stage = await stack.enter_async_context(component(ctx))
+                if stage is not None:
+                    stages.append(stage)
+            holder["forwarder"] = Forwarder(
+                settings,
+                client,
+                ctx.gate,
+                Pipeline(stages),
+                strip_client_auth=ctx.strip_client_auth,
+            )
+            app.state.ctx = ctx
+            log.info(
+                "joulegate forwarding to %s (max_concurrency=%d, max_queue=%d)",
+                settings.backend_url,
+                settings.max_concurrency,
+                settings.max_queue,
+            )
+            yield
+
+    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        await holder["forwarder"](scope, receive, send)
+
+    mounts = [asgi("/v1", is_mount=True)(proxy)]
+    if settings.ollama_native:
+        mounts.append(asgi("/api", is_mount=True, name="ollama")(proxy))
+
+    return Litestar(
+        route_handlers=[healthz, readyz, *mounts, *routes],
+        lifespan=[lifespan],
+        exception_handlers={ProxyError: _proxy_error, HTTPException: _http_error},
+        openapi_config=None,
+        logging_config=None,
+    )
+
+
+@get("/healthz", media_type=MediaType.JSON, sync_to_thread=False)
+def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """joulegate itself is up; also shows the gate's state."""
+    ctx: AppContext = request.app.state.ctx
+    return {
+        "status": "ok",
+        "in_flight": ctx.gate.in_flight,
+        "waiting": ctx.gate.waiting,
+        "paused": ctx.gate.paused,
+    }
+
+
+@get("/readyz", media_type=MediaType.JSON)
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """Ready when the backend answers ``GET /v1/models`` and every component is fine."""
+    ctx: AppContext = request.app.state.ctx
+    url = ctx.settings.backend_url.rstrip("/") + "/v1/models"
+    checks: list[dict[str, Any]] = []
+    try:
+        r = await ctx.client.get(url, timeout=2.0)
+        checks.append({"name": "backend", "ok": r.status_code < 500, "url": ctx.settings.backend_url,
+                       "status": r.status_code})
+    except httpx.HTTPError as exc:
+        checks.append({"name": "backend", "ok": False, "url": ctx.settings.backend_url,
+                       "error": f"{type(exc).__name__}: {exc}"})
+    checks += [check() for check in ctx.ready_checks]
+    ok = all(c["ok"] for c in checks)
+    return Response({"status": "ready" if ok else "not_ready", "checks": checks},
+                    status_code=200 if ok else 503)
+
+
+def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[dict[str, Any]]:
+    return Response(exc.to_json(), status_code=exc.status, headers=exc.headers)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if exc.status_code == 404:
+        err: ProxyError = NotFound("no such route", code="not_found")
+    else:
+        err = ProxyError(str(exc.detail), code=None)
+        err.status = exc.status_code  # type: ignore[misc]
+    return Response(err.to_json(), status_code=exc.status_code, headers=dict(exc.headers or {}))

@@ -1,0 +1,163 @@
+"""The ``joulegate`` command.
+
+Each package adds its sub-commands through a ``register(subparsers)`` function
+listed in :data:`COMMANDS`; a handler returns the process exit code. Errors
+from joulegate's own tree are printed as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from config.errors import JoulegateError
+from config.loader import load_settings
+from config.settings import Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file (default: ./joulegate.toml)")
+
+
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from ``--config``, the environment and the given overrides (None = unset)."""
+    return load_settings(
+        getattr(args, "config", None),
+        os.environ,
+        {k: str(v) for k, v in overrides.items() if v is not None},
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = settings_from(
+        args, host=args.host, port=args.port, backend_url=args.backend_url
+    )
+    _configure_logging(settings.log_level)
+    run_server(settings)
+    return 0
+
+
+def run_server(settings: Settings) -> None:
+    """Serve joulegate with uvicorn until interrupted."""
+    import uvicorn
+
+    from proxy.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Start llama.cpp's server with SmolLM2, then joulegate in front of it."""
+    from proxy.llamacpp import MODEL_ALIAS, free_port, llama_server
+
+    settings0 = settings_from(args, host=args.host, port=args.port)
+    _configure_logging(settings0.log_level)
+    print("starting llama.cpp server with SmolLM2-135M-Instruct …", flush=True)
+    with llama_server(quiet=not args.verbose) as backend:
+        settings = settings_from(
+            args, host=args.host, port=args.port or free_port(), backend_url=backend
+        )
+        base = f"http://{settings.host}:{settings.port}/v1"
+        print(_DEMO_BANNER.format(backend=backend, base=base, model=MODEL_ALIAS), flush=True)
+        # uvicorn handles SIGINT itself; the with-block then stops llama.cpp.
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            run_server(settings)
+        except KeyboardInterrupt:
+            pass
+    print("stopped joulegate and the llama.cpp server", flush=True)
+    return 0
+
+
+_DEMO_BANNER = """
+llama.cpp server ready at {backend}
+joulegate is starting at {base}  (Ctrl-C stops both)
+
+Python (OpenAI SDK):
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{base}", api_key="unused")
+    r = client.chat.completions.with_raw_response.create(
+        model="{model}", messages=[{{"role": "user", "content": "Say hi"}}], max_tokens=32)
+    print(r.headers.get("x-duration-ms"), r.parse().model_extra["energy"])
+
+curl:
+
+    curl -s {base}/chat/completions -H 'content-type: application/json' \\
+      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hi"}}], "max_tokens": 32}}' -i
+"""
+
+
+def _register_core(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the proxy")
+    _add_config(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8400)")
+    serve.add_argument("--backend-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080")
+    serve.set_defaults(handler=_serve)
+
+    demo = sub.add_parser("demo", help="run llama.cpp + SmolLM2 with joulegate in front (make run)")
+    _add_config(demo)
+    demo.add_argument("--host", help="listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="listen port (default 8400)")
+    demo.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    demo.set_defaults(handler=_demo)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_register_core]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all packages' sub-commands)."""
+    parser = argparse.ArgumentParser(
+        prog="joulegate", description="Energy-metering proxy for OpenAI-compatible LLM servers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``joulegate`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except JoulegateError as exc:
+        print(f"joulegate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

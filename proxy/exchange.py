@@ -1,0 +1,142 @@
+"""One proxied request as every stage sees it, and the stage contract.
+
+A *stage* is one capability hooked into the request's life (auth, meters,
+carbon, ledger, telemetry). The proxy calls every stage's hooks in order:
+
+``on_arrival``   before the gate: may raise a ProxyError (401, 429) to refuse
+``on_admitted``  the request holds a slot (meters open their window)
+``on_finished``  the backend is done, failed or the client left, before the
+                 last byte goes out (meters close the window, carbon, ledger)
+``on_closed``    after the last byte or the disconnect (spans end)
+
+``on_finished`` and ``on_closed`` run for every request that reached
+``on_arrival`` without being refused, failures and cancellations included,
+since a cancelled request still used energy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.gate import Window
+
+log = logging.getLogger("joulegate.pipeline")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything joulegate knows about one request; stages read and add to it."""
+
+    request_id: str
+    method: str
+    path: str
+    endpoint: str
+    """Path without the ``/v1/`` or ``/api/`` prefix, e.g. ``chat/completions``."""
+    headers: dict[str, str]
+    """Incoming headers, lower-case names (the last value wins)."""
+    window: Window
+    arrived_at: dt.datetime
+    gated: bool
+    body: dict[str, Any] | None = None
+    model_requested: str | None = None
+    stream: bool = False
+    usage_injected: bool = False
+    user: str = "anonymous"
+    key_prefix: str | None = None
+    is_admin: bool = False
+    status: int | None = None
+    model_served: str | None = None
+    response_id: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    failure: str | None = None
+    """Why the request did not complete: ``client_disconnected``, ``backend_timeout``, …"""
+    # Set by the meters stage (None = not measured):
+    energy_j: float | None = None
+    """Total energy over the window, all measured components together."""
+    energy_dynamic_j: float | None = None
+    """Total minus idle power x duration."""
+    energy_by_component_j: dict[str, float | None] = field(default_factory=dict)
+    """Per component: ``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``."""
+    meter: str | None = None
+    """Meters used, e.g. ``nvml+rapl`` or ``estimate``."""
+    energy_estimated: bool = False
+    # Set by the carbon stage:
+    carbon_intensity_g_per_kwh: float | None = None
+    carbon_source: str | None = None
+    co2e_g: float | None = None
+    sci_g: float | None = None
+    sci_operational_g: float | None = None
+    sci_embodied_g: float | None = None
+    sci_g_per_token: float | None = None
+    energy: dict[str, Any] = field(default_factory=dict)
+    """The ``energy`` object sent to the client; stages add their numbers."""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers for the response (sent only where headers are still unsent)."""
+    response_text: str | None = None
+    """Assistant text, collected only when a stage asks for content (ledger)."""
+    trace_id: str | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
+    """Per-stage private state, keyed by stage name."""
+
+
+class Stage:
+    """A capability hooked into every proxied request; override what you need."""
+
+    name = "stage"
+    wants_content = False
+    """Set when the stage needs the response text collected (costs a parse per chunk)."""
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        """Before the gate; raise a ProxyError to refuse the request."""
+
+    async def on_admitted(self, ex: Exchange) -> None:
+        """The request holds a slot and is about to be forwarded."""
+
+    async def on_finished(self, ex: Exchange) -> None:
+        """The backend is done (or failed, or the client left); last byte not yet sent."""
+
+    async def on_closed(self, ex: Exchange) -> None:
+        """After the last byte or the disconnect."""
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """The stages, in order; the proxy calls them for each request."""
+
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def wants_content(self) -> bool:
+        """Whether any stage needs response text collected."""
+        return any(s.wants_content for s in self.stages)
+
+    async def arrival(self, ex: Exchange) -> None:
+        """Run every stage's ``on_arrival``; the first refusal propagates."""
+        for s in self.stages:
+            await s.on_arrival(ex)
+
+    async def admitted(self, ex: Exchange) -> None:
+        """Run every stage's ``on_admitted``."""
+        for s in self.stages:
+            await s.on_admitted(ex)
+
+    async def finished(self, ex: Exchange) -> None:
+        """Run every stage's ``on_finished``; one stage failing does not stop the rest."""
+        for s in self.stages:
+            try:
+                await s.on_finished(ex)
+            except Exception:
+                log.exception("stage %s failed in on_finished for %s", s.name, ex.request_id)
+
+    async def closed(self, ex: Exchange) -> None:
+        """Run every stage's ``on_closed``; one stage failing does not stop the rest."""
+        for s in self.stages:
+            try:
+                await s.on_closed(ex)
+            except Exception:
+                log.exception("stage %s failed in on_closed for %s", s.name, ex.request_id)

@@ -1,0 +1,523 @@
+"""Forward one request to the backend: the raw ASGI hot path.
+
+For each request under ``/v1/`` (and ``/api/`` for Ollama when enabled):
+
+1. read the body (413 beyond ``max_body_bytes``), parse it on inference paths
+   (400 on malformed JSON, without touching the backend);
+2. run the pipeline's arrival hooks (auth, budgets: they may refuse);
+3. on gated paths, wait for a slot in the FIFO gate while watching for the
+   client leaving (it then leaves the queue at once);
+4. forward with httpx and relay the answer: whole for JSON (with an ``energy``
+   object added), event by event for SSE (``energy`` rides in the last data
+   chunk before ``[DONE]``);
+5. close the window, run the finish hooks (meters, carbon, ledger) and only
+   then send the last byte, so a recorded request is never lost.
+
+Steps 3-4 run in a child task watched for ``http.disconnect``: if the client
+leaves, that task is cancelled, which closes the backend response (so the
+backend stops generating) and frees the slot, while the finish hooks still run
+to record the cancelled request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgspec
+from litestar.types import Receive, Scope, Send
+
+from config.errors import (
+    BackendTimeout,
+    BackendUnreachable,
+    BadRequest,
+    PayloadTooLarge,
+    ProxyError,
+)
+from config.settings import Settings
+from proxy.exchange import Exchange, Pipeline
+from proxy.gate import Gate, Window
+from proxy.sse import EventSplitter
+
+log = logging.getLogger("joulegate.proxy")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+INFERENCE_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+)
+OLLAMA_INFERENCE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
+# Request headers never forwarded: hop-by-hop ones, and those httpx sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"accept-encoding",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+
+
+def error_response_parts(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of an OpenAI-style error."""
+    body = _encode(err.to_json())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    return err.status, headers, body
+
+
+async def send_error(
+    send: Send, err: ProxyError, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send an OpenAI-style error as the whole response."""
+    status, headers, body = error_response_parts(err)
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+@dataclass(slots=True)
+class _Relay:
+    """What the forwarding task hands back to the finishing step."""
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    streaming: bool = False
+    started: bool = False
+    """Response headers already sent to the client (streams)."""
+    held: tuple[Any, Any] | None = None
+    """A stream's last data event (event, parsed object), held to carry ``energy``."""
+    tail: bytes = b""
+    """Bytes to send after the held event (``[DONE]``)."""
+    error_event: bytes = b""
+
+
+class Forwarder:
+    """The ASGI app mounted at ``/v1`` (and ``/api``) that proxies to the backend."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        gate: Gate,
+        pipeline: Pipeline,
+        *,
+        strip_client_auth: bool = False,
+    ) -> None:
+        self._s = settings
+        self._client = client
+        self._gate = gate
+        self._pipeline = pipeline
+        self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
+        self._backend = settings.backend_url.rstrip("/")
+        self._gated = INFERENCE_PATHS | frozenset(settings.gated_paths)
+        if settings.ollama_native:
+            self._gated |= OLLAMA_INFERENCE_PATHS
+        self._auth_header = (
+            (b"authorization", f"Bearer {settings.backend_api_key}".encode())
+            if settings.backend_api_key
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one request (an ASGI app)."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path_b, _, query_b = raw_path.partition(b"?")
+        path = path_b.decode("latin-1")
+        query = query_b or scope.get("query_string", b"")
+        method: str = scope["method"]
+        gated = method == "POST" and path in self._gated
+        window = Window(arrived_s=time.monotonic())
+        try:
+            body = await self._read_body(scope, receive)
+            parsed = self._parse(body, path) if gated else None
+        except ProxyError as err:
+            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        ex = Exchange(
+            request_id=uuid.uuid4().hex,
+            method=method,
+            path=path,
+            endpoint=path.split("/", 2)[-1] if path.count("/") >= 2 else path,
+            headers=headers,
+            window=window,
+            arrived_at=dt.datetime.now(dt.UTC),
+            gated=gated,
+            body=parsed,
+        )
+        if parsed is not None:
+            model = parsed.get("model")
+            ex.model_requested = model if isinstance(model, str) else None
+            ex.stream = parsed.get("stream") is True
+            body = self._maybe_ask_usage(ex, parsed, body)
+        try:
+            await self._pipeline.arrival(ex)
+        except ProxyError as err:
+            ex.status = err.status
+            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            return
+        await self._serve(ex, scope, receive, send, method, path, query, body)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self._s.max_body_bytes
+        for k, v in scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                raise PayloadTooLarge(
+                    f"request body is larger than {limit} bytes (max_body_bytes)",
+                    code="request_too_large",
+                )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise BadRequest("client disconnected while sending the body")
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body is larger than {limit} bytes (max_body_bytes)",
+                    code="request_too_large",
+                )
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _parse(body: bytes, path: str) -> dict[str, Any] | None:
+        if not body.strip():
+            return None
+        try:
+            parsed = _decode(body)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(
+                f"could not parse the JSON body of {path}: {exc}", code="invalid_json"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise BadRequest(f"the body of {path} must be a JSON object", code="invalid_json")
+        return parsed
+
+    def _maybe_ask_usage(self, ex: Exchange, parsed: dict[str, Any], body: bytes) -> bytes:
+        """Ask the backend for a stream's token usage; the extra chunk is stripped later."""
+        if not (self._s.stream_usage and ex.stream and ex.endpoint in ("chat/completions", "completions")):
+            return body
+        opts = parsed.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage") is True:
+            return body
+        new_opts = dict(opts) if isinstance(opts, dict) else {}
+        new_opts["include_usage"] = True
+        ex.usage_injected = True
+        return _encode({**parsed, "stream_options": new_opts})
+
+    def _forward_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        out = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k not in _DROP_REQUEST and not (self._strip_auth and k == b"authorization")
+        ]
+        if self._auth_header is not None:
+            out.append(self._auth_header)
+        out.append((b"accept-encoding", b"identity"))
+        return out
+
+    async def _serve(
+        self,
+        ex: Exchange,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        path: str,
+        query: bytes,
+        body: bytes,
+    ) -> None:
+        url = self._backend + path + ("?" + query.decode("latin-1") if query else "")
+        request = self._client.build_request(
+            method, url, headers=self._forward_headers(scope), content=body
+        )
+        relay = _Relay()
+        error: ProxyError | None = None
+        work = asyncio.ensure_future(self._forward(ex, request, relay, send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive)) if ex.gated else None
+        try:
+            if watcher is None:
+                await work
+            else:
+                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    ex.failure = "client_disconnected"
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                else:
+                    watcher.cancel()
+                    work.result()
+        except ProxyError as err:
+            error = err
+            ex.failure = ex.failure or err.error_type
+            ex.status = err.status
+        except Exception as exc:
+            log.exception("forwarding %s %s failed", method, path)
+            error = BackendUnreachable(f"joulegate failed to forward the request: {exc}")
+            ex.failure = ex.failure or "internal_error"
+            ex.status = 500
+        finally:
+            # Runs on disconnect too: record what was used, then free the slot.
+            ex.window.finished_s = ex.window.finished_s or time.monotonic()
+            if ex.status is None and ex.failure == "client_disconnected":
+                ex.status = 499
+            await self._finish(ex, relay, error, send)
+
+    async def _forward(self, ex: Exchange, request: httpx.Request, relay: _Relay, send: Send) -> None:
+        if ex.gated:
+            await self._gate.acquire(ex.window)
+            await self._pipeline.admitted(ex)
+        else:
+            ex.window.admitted_s = time.monotonic()
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"the backend at {self._backend} did not answer in time ({type(exc).__name__})",
+                code="backend_timeout",
+            ) from exc
+        except httpx.TransportError as exc:
+            raise BackendUnreachable(
+                f"could not reach the backend at {self._backend}: {exc or type(exc).__name__}",
+                code="backend_unreachable",
+            ) from exc
+        ex.window.first_byte_s = time.monotonic()
+        ex.status = relay.status = response.status_code
+        relay.headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.multi_items()
+            if k.lower() not in _DROP_RESPONSE
+        ]
+        ctype = response.headers.get("content-type", "")
+        try:
+            if ctype.startswith("text/event-stream"):
+                relay.streaming = True
+                await self._relay_stream(ex, response, relay, send)
+            else:
+                relay.body = await response.aread()
+                if ex.gated and ctype.startswith("application/json"):
+                    self._note_json(ex, relay)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"the backend at {self._backend} stopped answering (read timeout)",
+                code="backend_timeout",
+            ) from exc
+        except httpx.TransportError as exc:
+            raise BackendUnreachable(
+                f"the backend at {self._backend} broke the connection: {exc or type(exc).__name__}",
+                code="backend_unreachable",
+            ) from exc
+        finally:
+            await response.aclose()
+            ex.window.finished_s = time.monotonic()
+
+    def _note_json(self, ex: Exchange, relay: _Relay) -> None:
+        try:
+            obj = _decode(relay.body)
+        except msgspec.DecodeError:
+            return
+        if isinstance(obj, dict):
+            relay.held = (None, obj)
+            _note_chunk(ex, obj, self._pipeline.wants_content)
+
+    async def _relay_stream(
+        self, ex: Exchange, response: httpx.Response, relay: _Relay, send: Send
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": relay.status,
+                "headers": [*relay.headers, (b"x-queue-ms", _fmt(ex.window.queue_s * 1000))],
+            }
+        )
+        relay.started = True
+        splitter = EventSplitter()
+        collect = self._pipeline.wants_content
+        async for chunk in response.aiter_raw():
+            for event in splitter.feed(chunk):
+                if event.data is None:
+                    await _send_body(send, event.raw)
+                    continue
+                if event.data == b"[DONE]":
+                    relay.tail = event.raw
+                    return
+                obj = event.decoded()
+                if not isinstance(obj, dict):
+                    await _send_body(send, event.raw)
+                    continue
+                _note_chunk(ex, obj, collect)
+                choices = obj.get("choices")
+                if choices == [] and obj.get("usage") is not None:
+                    if ex.usage_injected:
+                        continue  # the client did not ask for it
+                elif not _has_finish(choices):
+                    if relay.held is not None:
+                        await _send_body(send, relay.held[0].raw)
+                        relay.held = None
+                    await _send_body(send, event.raw)
+                    continue
+                if relay.held is not None:
+                    await _send_body(send, relay.held[0].raw)
+                relay.held = (event, obj)
+        rest = splitter.rest()
+        if rest:
+            relay.tail = rest
+
+    async def _finish(
+        self, ex: Exchange, relay: _Relay, error: ProxyError | None, send: Send
+    ) -> None:
+        w = ex.window
+        ex.energy.update(
+            {
+                "queue_ms": _ms(w.queue_s),
+                "thermal_wait_ms": _ms(w.thermal_wait_s),
+                "duration_ms": _ms(w.duration_s),
+            }
+        )
+        try:
+            await self._pipeline.finished(ex)
+        finally:
+            if ex.gated and w.admitted_s is not None:
+                self._gate.release(w.duration_s)
+        try:
+            if ex.failure == "client_disconnected":
+                return
+            if relay.started:
+                await self._finish_stream(ex, relay, error, send)
+            elif error is not None:
+                await send_error(send, error, self._timing_headers(ex))
+            else:
+                await self._finish_whole(ex, relay, send)
+        finally:
+            await self._pipeline.closed(ex)
+
+    def _timing_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
+        out = [(b"x-queue-ms", _fmt(ex.window.queue_s * 1000))]
+        if ex.window.duration_s is not None:
+            out.append((b"x-duration-ms", _fmt(ex.window.duration_s * 1000)))
+        return out
+
+    async def _finish_whole(self, ex: Exchange, relay: _Relay, send: Send) -> None:
+        body = relay.body
+        if relay.held is not None and 200 <= relay.status < 300:
+            obj = relay.held[1]
+            obj["energy"] = ex.energy
+            body = _encode(obj)
+        headers = relay.headers + self._timing_headers(ex)
+        headers += [(k.encode(), v.encode()) for k, v in ex.response_headers.items()]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": relay.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _finish_stream(
+        self, ex: Exchange, relay: _Relay, error: ProxyError | None, send: Send
+    ) -> None:
+        out = b""
+        if relay.held is not None:
+            event, obj = relay.held
+            obj["energy"] = ex.energy
+            out += event.with_data(obj)
+        if error is not None:
+            out += b"data: " + _encode(error.to_json()) + b"\n\n"
+        else:
+            out += relay.tail
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+
+
+def _has_finish(choices: Any) -> bool:
+    if not isinstance(choices, list):
+        return False
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
+def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> None:
+    """Pick what stages need from a response object or stream chunk."""
+    if ex.response_id is None and isinstance(obj.get("id"), str):
+        ex.response_id = obj["id"]
+    if isinstance(obj.get("model"), str):
+        ex.model_served = obj["model"]
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        if isinstance(usage.get("prompt_tokens"), int):
+            ex.prompt_tokens = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            ex.completion_tokens = usage["completion_tokens"]
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            reason = c.get("finish_reason")
+            if isinstance(reason, str):
+                ex.finish_reasons.append(reason)
+            if collect:
+                piece = _text_of(c)
+                if piece:
+                    ex.response_text = (ex.response_text or "") + piece
+
+
+def _text_of(choice: dict[str, Any]) -> str | None:
+    for key in ("delta", "message"):
+        part = choice.get(key)
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            return str(part["content"])
+    text = choice.get("text")
+    return text if isinstance(text, str) else None
+
+
+def _fmt(ms: float) -> bytes:
+    return f"{ms:.1f}".encode()
+
+
+async def _send_body(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

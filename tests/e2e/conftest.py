@@ -1,0 +1,113 @@
+"""End-to-end fixtures: the real llama.cpp server with SmolLM2, and real
+``joulegate serve`` processes in front of it (one per configuration)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.llamacpp import MODEL_ALIAS, free_port, llama_server
+
+MODEL = MODEL_ALIAS
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass
+class Joulegate:
+    """A running ``joulegate serve`` process."""
+
+    url: str
+    """Base URL without ``/v1``."""
+    data_dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI SDK's ``base_url`` is set to."""
+        return self.url + "/v1"
+
+    def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the ``joulegate`` CLI with this instance's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "proxy.cli", *args],
+            env=self.env, cwd=self.data_dir, capture_output=True, text=True,
+            input=input_text, timeout=120, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def llama_url() -> Iterator[str]:
+    """The real llama.cpp server (SmolLM2-135M) on a free loopback port."""
+    with llama_server(n_ctx=2048) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def start_joulegate(
+    llama_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Joulegate]]:
+    """Start ``joulegate serve`` in front of llama.cpp with extra ``JOULEGATE_*`` env."""
+    running: list[Joulegate] = []
+
+    def start(**env_overrides: str) -> Joulegate:
+        data = tmp_path_factory.mktemp("joulegate")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
+        env.update(
+            JOULEGATE_BACKEND_URL=llama_url,
+            JOULEGATE_PORT=str(port),
+            JOULEGATE_LEDGER_PATH=str(data / "ledger.sqlite3"),
+            JOULEGATE_TELEMETRY_PROVIDER_NAME="llama.cpp",
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+        )
+        env.update(env_overrides)
+        log = (data / "joulegate.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve"], env=env, cwd=data,
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        jg = Joulegate(f"http://127.0.0.1:{port}", data, env, proc)
+        running.append(jg)
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError((data / "joulegate.log").read_text())
+            try:
+                if httpx.get(jg.url + "/healthz", timeout=1).status_code == 200:
+                    return jg
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("joulegate did not start:\n" + (data / "joulegate.log").read_text())
+            time.sleep(0.1)
+
+    yield start
+    for jg in running:
+        jg.proc.terminate()
+        try:
+            jg.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            jg.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def joulegate(start_joulegate: Callable[..., Joulegate]) -> Joulegate:
+    """One joulegate with default settings (open auth) in front of llama.cpp."""
+    return start_joulegate()

@@ -1,0 +1,166 @@
+"""An in-process fake OpenAI-compatible backend (raw ASGI) for tests and the benchmark.
+
+Behaviour is steered per request by headers so one instance serves a whole test:
+
+``x-fake-delay-ms``        sleep before answering
+``x-fake-chunk-delay-ms``  sleep between stream chunks
+``x-fake-status``          answer with this status and an OpenAI-style error body
+``x-fake-hang``            never answer (for timeouts and disconnects)
+``x-fake-drop``            drop the connection mid-stream after N chunks
+
+It records what a test needs: requests in arrival order, the headers and body
+it saw, how many requests overlapped, and which were cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Seen:
+    """One request as the fake backend received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    started_s: float
+    finished_s: float | None = None
+    cancelled: bool = False
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeBackend:
+    """The fake server; ``await`` nothing, just mount it with ``serve``."""
+
+    words: tuple[str, ...] = ("Hello", " there", ",", " friend", ".")
+    seen: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        seen = Seen(
+            scope["method"], scope["path"], scope["query_string"].decode(), headers, body,
+            time.monotonic(),
+        )  # fmt: skip
+        self.seen.append(seen)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self._answer(seen, send)
+        except asyncio.CancelledError:
+            seen.cancelled = True
+            raise
+        finally:
+            self.in_flight -= 1
+            seen.finished_s = time.monotonic()
+
+    async def _answer(self, seen: Seen, send: Any) -> None:
+        h = seen.headers
+        if "x-fake-hang" in h:
+            await asyncio.sleep(3600)
+        if "x-fake-delay-ms" in h:
+            await asyncio.sleep(float(h["x-fake-delay-ms"]) / 1000)
+        if "x-fake-status" in h:
+            status = int(h["x-fake-status"])
+            err = {"error": {"message": "fake backend error", "type": "invalid_request_error",
+                             "code": "fake", "param": None}}
+            await _json(send, status, err)
+            return
+        if seen.path == "/v1/models":
+            await _json(send, 200, {"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+            return
+        if seen.path == "/v1/embeddings":
+            req = seen.json()
+            await _json(send, 200, {"object": "list", "model": req.get("model", "fake-model"),
+                                    "data": [{"object": "embedding", "index": 0,
+                                              "embedding": [0.1, 0.2, 0.3]}],
+                                    "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            return
+        if seen.path in ("/v1/chat/completions", "/v1/completions"):
+            req = seen.json() if seen.body else {}
+            n = int(req.get("max_tokens") or len(self.words))
+            if req.get("stream"):
+                await self._stream(seen, req, n, send)
+            else:
+                await _json(send, 200, self._completion(req, n))
+            return
+        await _json(send, 404, {"error": {"message": f"no route {seen.path}",
+                                          "type": "not_found", "code": None, "param": None}})
+
+    def _text(self, n: int) -> list[str]:
+        return [self.words[i % len(self.words)] for i in range(n)]
+
+    def _completion(self, req: dict[str, Any], n: int) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
+            "model": req.get("model", "fake-model"),
+            "choices": [{"index": 0, "finish_reason": "length" if n else "stop",
+                         "message": {"role": "assistant", "content": "".join(self._text(n))}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+        }  # fmt: skip
+
+    async def _stream(self, seen: Seen, req: dict[str, Any], n: int, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
+        drop = int(seen.headers.get("x-fake-drop", "-1"))
+        model = req.get("model", "fake-model")
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                   "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + json.dumps(obj).encode() + b"\r\n\r\n"
+
+        await send({"type": "http.response.body", "body": chunk({"role": "assistant"}, None),
+                    "more_body": True})
+        for i, word in enumerate(self._text(n)):
+            if i == drop:
+                raise RuntimeError("fake backend dropped the stream")
+            if delay:
+                await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": chunk({"content": word}, None),
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": chunk({}, "length"), "more_body": True})
+        if (req.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                     "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}}
+            await send({"type": "http.response.body",
+                        "body": b"data: " + json.dumps(usage).encode() + b"\r\n\r\n",
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n",
+                    "more_body": False})
+
+
+async def _json(send: Any, status: int, obj: Any) -> None:
+    body = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
