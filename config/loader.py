@@ -9,6 +9,7 @@ naming the key, so a typo stops start-up instead of being ignored.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 import types
 import typing
@@ -175,10 +176,7 @@ def load_settings(
             raise ConfigError(f"config file {str(config_file)!r}: {exc}") from exc
     _merge(data, _from_strings(Settings, env_to_dotted(env), "environment"))
     _merge(data, _from_strings(Settings, dict(overrides or {}), "command line"))
-    try:
-        return typing.cast(Settings, _build_checked(data))
-    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
-        raise ConfigError(str(exc)) from exc
+    return _build_checked(data)
 
 
 def _build_checked(data: Mapping[str, Any]) -> Settings:
@@ -215,7 +213,7 @@ def settings_table() -> list[tuple[str, str, str, str]]:
         tree = ast.parse(inspect.getsource(cls))
         body = tree.body[0].body  # type: ignore[attr-defined]
         out: dict[str, str] = {}
-        for node, nxt in zip(body, body[1:], strict=False):
+        for node, nxt in itertools.pairwise(body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

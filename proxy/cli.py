@@ -8,6 +8,7 @@ from joulegate's own tree are printed as one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -45,9 +46,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = settings_from(
-        args, host=args.host, port=args.port, backend_url=args.backend_url
-    )
+    settings = settings_from(args, host=args.host, port=args.port, backend_url=args.backend_url)
     _configure_logging(settings.log_level)
     run_server(settings)
     return 0
@@ -88,10 +87,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(_DEMO_BANNER.format(backend=backend, base=base, model=MODEL_ALIAS), flush=True)
         # uvicorn handles SIGINT itself; the with-block then stops llama.cpp.
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_server(settings)
-        except KeyboardInterrupt:
-            pass
     print("stopped joulegate and the llama.cpp server", flush=True)
     return 0
 
@@ -111,7 +108,8 @@ Python (OpenAI SDK):
 curl:
 
     curl -s {base}/chat/completions -H 'content-type: application/json' \\
-      -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hi"}}], "max_tokens": 32}}' -i
+      -d '{{"model": "{model}", "max_tokens": 32,
+           "messages": [{{"role": "user", "content": "Say hi"}}]}}' -i
 """
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
 from config.errors import (
@@ -55,6 +56,7 @@ INFERENCE_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
 )
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
+_USAGE_ENDPOINTS = ("chat/completions", "completions")
 # Request headers never forwarded: hop-by-hop ones, and those httpx sets itself.
 _DROP_REQUEST = frozenset(
     {
@@ -114,6 +116,16 @@ def _ms(seconds: float | None) -> float | None:
 
 
 @dataclass(slots=True)
+class _Outgoing:
+    """The backend request, built once the slot is held (stages may add headers)."""
+
+    method: str
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(slots=True)
 class _Relay:
     """What the forwarding task hands back to the finishing step."""
 
@@ -159,11 +171,13 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one request (an ASGI app)."""
+        if scope["type"] != ScopeType.HTTP:
+            return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         path_b, _, query_b = raw_path.partition(b"?")
         path = path_b.decode("latin-1")
         query = query_b or scope.get("query_string", b"")
-        method: str = scope["method"]
+        method: str = scope["method"]  # type: ignore[typeddict-item]
         gated = method == "POST" and path in self._gated
         window = Window(arrived_s=time.monotonic())
         try:
@@ -211,7 +225,7 @@ class Forwarder:
             msg = await receive()
             if msg["type"] == "http.disconnect":
                 raise BadRequest("client disconnected while sending the body")
-            chunk = msg.get("body", b"")
+            chunk: bytes = msg.get("body", b"")  # type: ignore[assignment]
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge(
@@ -238,7 +252,11 @@ class Forwarder:
 
     def _maybe_ask_usage(self, ex: Exchange, parsed: dict[str, Any], body: bytes) -> bytes:
         """Ask the backend for a stream's token usage; the extra chunk is stripped later."""
-        if not (self._s.stream_usage and ex.stream and ex.endpoint in ("chat/completions", "completions")):
+        if not (
+            self._s.stream_usage
+            and ex.stream
+            and ex.endpoint in ("chat/completions", "completions")
+        ):
             return body
         opts = parsed.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage") is True:
@@ -271,9 +289,7 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = self._backend + path + ("?" + query.decode("latin-1") if query else "")
-        request = self._client.build_request(
-            method, url, headers=self._forward_headers(scope), content=body
-        )
+        request = _Outgoing(method, url, self._forward_headers(scope), body)
         relay = _Relay()
         error: ProxyError | None = None
         work = asyncio.ensure_future(self._forward(ex, request, relay, send))
@@ -306,12 +322,18 @@ class Forwarder:
                 ex.status = 499
             await self._finish(ex, relay, error, send)
 
-    async def _forward(self, ex: Exchange, request: httpx.Request, relay: _Relay, send: Send) -> None:
+    async def _forward(self, ex: Exchange, out: _Outgoing, relay: _Relay, send: Send) -> None:
         if ex.gated:
             await self._gate.acquire(ex.window)
             await self._pipeline.admitted(ex)
         else:
             ex.window.admitted_s = time.monotonic()
+        headers = out.headers
+        if ex.backend_headers:
+            extra = {k.lower().encode("latin-1") for k in ex.backend_headers}
+            headers = [(k, v) for k, v in headers if k not in extra]
+            headers += [(k.lower().encode(), v.encode()) for k, v in ex.backend_headers.items()]
+        request = self._client.build_request(out.method, out.url, headers=headers, content=out.body)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
@@ -370,7 +392,11 @@ class Forwarder:
             {
                 "type": "http.response.start",
                 "status": relay.status,
-                "headers": [*relay.headers, (b"x-queue-ms", _fmt(ex.window.queue_s * 1000))],
+                "headers": [
+                    *relay.headers,
+                    (b"x-queue-ms", _fmt(ex.window.queue_s * 1000)),
+                    *((k.encode(), v.encode()) for k, v in ex.response_headers.items()),
+                ],
             }
         )
         relay.started = True

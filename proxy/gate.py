@@ -91,7 +91,9 @@ class Gate:
             self._in_flight += 1
         else:
             if len(self._waiters) >= self._max_queue:
-                retry_s = max(1, round(self._mean_duration_s * (len(self._waiters) + 1) / self._max))
+                retry_s = max(
+                    1, round(self._mean_duration_s * (len(self._waiters) + 1) / self._max)
+                )
                 raise QueueFull(
                     f"joulegate's queue is full ({self._max_queue} requests waiting); retry later",
                     code="queue_full",
