@@ -127,9 +127,9 @@ def create_app(
     async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
         await holder["forwarder"](scope, receive, send)
 
-    mounts = [asgi("/v1", is_mount=True)(proxy)]
+    mounts = [asgi("/v1", is_mount=True, copy_scope=False)(proxy)]
     if settings.ollama_native:
-        mounts.append(asgi("/api", is_mount=True, name="ollama")(proxy))
+        mounts.append(asgi("/api", is_mount=True, copy_scope=False, name="ollama")(proxy))
 
     return Litestar(
         route_handlers=[healthz, readyz, *mounts, *routes],
@@ -160,15 +160,28 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
     try:
         r = await ctx.client.get(url, timeout=2.0)
-        checks.append({"name": "backend", "ok": r.status_code < 500, "url": ctx.settings.backend_url,
-                       "status": r.status_code})
+        checks.append(
+            {
+                "name": "backend",
+                "ok": r.status_code < 500,
+                "url": ctx.settings.backend_url,
+                "status": r.status_code,
+            }
+        )
     except httpx.HTTPError as exc:
-        checks.append({"name": "backend", "ok": False, "url": ctx.settings.backend_url,
-                       "error": f"{type(exc).__name__}: {exc}"})
+        checks.append(
+            {
+                "name": "backend",
+                "ok": False,
+                "url": ctx.settings.backend_url,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        )
     checks += [check() for check in ctx.ready_checks]
     ok = all(c["ok"] for c in checks)
-    return Response({"status": "ready" if ok else "not_ready", "checks": checks},
-                    status_code=200 if ok else 503)
+    return Response(
+        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+    )
 
 
 def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[dict[str, Any]]:

@@ -177,7 +177,7 @@ class Forwarder:
         path_b, _, query_b = raw_path.partition(b"?")
         path = path_b.decode("latin-1")
         query = query_b or scope.get("query_string", b"")
-        method: str = scope["method"]  # type: ignore[typeddict-item]
+        method: str = scope["method"]
         gated = method == "POST" and path in self._gated
         window = Window(arrived_s=time.monotonic())
         try:

@@ -6,6 +6,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-chunk-delay-ms``  sleep between stream chunks
 ``x-fake-status``          answer with this status and an OpenAI-style error body
 ``x-fake-hang``            never answer (for timeouts and disconnects)
+``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
 
 It records what a test needs: requests in arrival order, the headers and body
@@ -47,6 +48,16 @@ class FakeBackend:
     seen: list[Seen] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    _released: asyncio.Event | None = None
+
+    def release(self) -> None:
+        """Let every ``x-fake-hold`` request answer."""
+        self._event().set()
+
+    def _event(self) -> asyncio.Event:
+        if self._released is None:
+            self._released = asyncio.Event()
+        return self._released
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """ASGI entry point."""
@@ -69,12 +80,19 @@ class FakeBackend:
         self.seen.append(seen)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        # Like a real model server, stop generating when the client (joulegate) leaves.
+        answer = asyncio.ensure_future(self._answer(seen, send))
+        watch = asyncio.ensure_future(_disconnected(receive))
         try:
-            await self._answer(seen, send)
-        except asyncio.CancelledError:
-            seen.cancelled = True
-            raise
+            await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                seen.cancelled = True
+                answer.cancel()
+                await asyncio.gather(answer, return_exceptions=True)
+            else:
+                answer.result()
         finally:
+            watch.cancel()
             self.in_flight -= 1
             seen.finished_s = time.monotonic()
 
@@ -82,24 +100,46 @@ class FakeBackend:
         h = seen.headers
         if "x-fake-hang" in h:
             await asyncio.sleep(3600)
+        if "x-fake-hold" in h:
+            await self._event().wait()
         if "x-fake-delay-ms" in h:
             await asyncio.sleep(float(h["x-fake-delay-ms"]) / 1000)
         if "x-fake-status" in h:
             status = int(h["x-fake-status"])
-            err = {"error": {"message": "fake backend error", "type": "invalid_request_error",
-                             "code": "fake", "param": None}}
+            err = {
+                "error": {
+                    "message": "fake backend error",
+                    "type": "invalid_request_error",
+                    "code": "fake",
+                    "param": None,
+                }
+            }
             await _json(send, status, err)
             return
         if seen.path == "/v1/models":
-            await _json(send, 200, {"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]})
+            await _json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
+                    ],
+                },
+            )
             return
         if seen.path == "/v1/embeddings":
             req = seen.json()
-            await _json(send, 200, {"object": "list", "model": req.get("model", "fake-model"),
-                                    "data": [{"object": "embedding", "index": 0,
-                                              "embedding": [0.1, 0.2, 0.3]}],
-                                    "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            await _json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "model": req.get("model", "fake-model"),
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                },
+            )
             return
         if seen.path in ("/v1/chat/completions", "/v1/completions"):
             req = seen.json() if seen.body else {}
@@ -109,8 +149,18 @@ class FakeBackend:
             else:
                 await _json(send, 200, self._completion(req, n))
             return
-        await _json(send, 404, {"error": {"message": f"no route {seen.path}",
-                                          "type": "not_found", "code": None, "param": None}})
+        await _json(
+            send,
+            404,
+            {
+                "error": {
+                    "message": f"no route {seen.path}",
+                    "type": "not_found",
+                    "code": None,
+                    "param": None,
+                }
+            },
+        )
 
     def _text(self, n: int) -> list[str]:
         return [self.words[i % len(self.words)] for i in range(n)]
@@ -125,42 +175,83 @@ class FakeBackend:
         }  # fmt: skip
 
     async def _stream(self, seen: Seen, req: dict[str, Any], n: int, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
         drop = int(seen.headers.get("x-fake-drop", "-1"))
         model = req.get("model", "fake-model")
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            obj = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                   "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            obj = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             return b"data: " + json.dumps(obj).encode() + b"\r\n\r\n"
 
-        await send({"type": "http.response.body", "body": chunk({"role": "assistant"}, None),
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": chunk({"role": "assistant"}, None),
+                "more_body": True,
+            }
+        )
         for i, word in enumerate(self._text(n)):
             if i == drop:
                 raise RuntimeError("fake backend dropped the stream")
             if delay:
                 await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": chunk({"content": word}, None),
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": chunk({"content": word}, None),
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": chunk({}, "length"), "more_body": True})
         if (req.get("stream_options") or {}).get("include_usage"):
-            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                     "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}}
-            await send({"type": "http.response.body",
-                        "body": b"data: " + json.dumps(usage).encode() + b"\r\n\r\n",
-                        "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n",
-                    "more_body": False})
+            usage = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [],
+                "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(usage).encode() + b"\r\n\r\n",
+                    "more_body": True,
+                }
+            )
+        await send(
+            {"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n", "more_body": False}
+        )
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _json(send: Any, status: int, obj: Any) -> None:
     body = json.dumps(obj).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -95,7 +95,9 @@ def start_joulegate(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("joulegate did not start:\n" + (data / "joulegate.log").read_text())
+                raise RuntimeError(
+                    "joulegate did not start:\n" + (data / "joulegate.log").read_text()
+                )
             time.sleep(0.1)
 
     yield start

@@ -1,0 +1,54 @@
+"""Shared fixtures: a fake backend on loopback and joulegate in front of it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from litestar import Litestar
+
+from config import Settings
+from proxy.app import Component, create_app
+from proxy.gate import Gate
+from tests.fake_backend import FakeBackend
+from tests.support import serve
+
+
+@dataclass
+class Running:
+    """joulegate under test: its URL, app and gate."""
+
+    url: str
+    app: Litestar
+
+    @property
+    def gate(self) -> Gate:
+        """The live gate (for checking it is empty)."""
+        return self.app.state.ctx.gate  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBackend]:
+    """The fake OpenAI-compatible backend, served on loopback (``fake.url``)."""
+    backend = FakeBackend()
+    async with serve(backend, lifespan="off") as url:
+        backend.url = url  # type: ignore[attr-defined]
+        yield backend
+
+
+@pytest.fixture
+def joulegate_app() -> Callable[..., contextlib.AbstractAsyncContextManager[Running]]:
+    """Start joulegate with settings overrides and components (default: none)."""
+
+    @contextlib.asynccontextmanager
+    async def start(
+        backend_url: str, components: Sequence[Component] = (), **settings: Any
+    ) -> AsyncIterator[Running]:
+        app = create_app(Settings(backend_url=backend_url, **settings), components=components)
+        async with serve(app) as url:
+            yield Running(url, app)
+
+    return start

@@ -1,0 +1,240 @@
+"""Forwarding: transparency, errors, streaming and the energy field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from proxy.llamacpp import free_port
+from tests.fake_backend import FakeBackend
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def events(raw: bytes) -> list[Any]:
+    out = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[6:]
+            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return out
+
+
+async def test_non_streaming_answer_comes_back_with_timing_and_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions?trace=1", json=CHAT,
+                         headers={"x-custom": "kept", "keep-alive": "timeout=5",
+                                  "proxy-authorization": "Basic eDp5", "te": "trailers"})  # fmt: skip
+    assert r.status_code == 200
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "Hello there, friend"
+    assert body["usage"]["completion_tokens"] == 4
+    assert set(body["energy"]) >= {"queue_ms", "duration_ms", "thermal_wait_ms"}
+    assert float(r.headers["x-queue-ms"]) >= 0
+    assert float(r.headers["x-duration-ms"]) == pytest.approx(
+        body["energy"]["duration_ms"], abs=0.1
+    )
+    (seen,) = fake.seen
+    assert (seen.method, seen.path, seen.query) == ("POST", "/v1/chat/completions", "trace=1")
+    assert seen.json() == CHAT
+    assert seen.headers["x-custom"] == "kept"
+    assert seen.headers["host"] == fake.url.removeprefix("http://")
+    assert not {"keep-alive", "proxy-authorization", "te"} & set(seen.headers)
+
+
+async def test_backend_errors_come_back_unchanged(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(
+            jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-status": "400"}
+        )
+    assert r.status_code == 400
+    assert r.json() == {"error": {"message": "fake backend error", "type": "invalid_request_error",
+                                  "code": "fake", "param": None}}  # fmt: skip
+    assert "x-queue-ms" in r.headers
+
+
+async def test_malformed_json_is_refused_without_touching_the_backend(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", content=b'{"model": ',
+                         headers={"content-type": "application/json"})  # fmt: skip
+        r2 = await c.post(jg.url + "/v1/embeddings", content=b"[1, 2]")
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert r.json()["error"]["code"] == "invalid_json"
+    assert r2.status_code == 400
+    assert fake.seen == []
+
+
+async def test_oversized_body_gets_413(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url, max_body_bytes=2048) as jg, httpx.AsyncClient() as c:
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+        r = await c.post(jg.url + "/v1/chat/completions", json=big)
+
+        async def chunked() -> Any:
+            for _ in range(5):
+                yield b"x" * 1000
+
+        r2 = await c.post(jg.url + "/v1/chat/completions", content=chunked())
+    assert r.status_code == 413 and r2.status_code == 413
+    assert "max_body_bytes" in r.json()["error"]["message"]
+    assert fake.seen == []
+
+
+async def test_unreachable_backend_is_502_naming_the_url(joulegate_app):  # type: ignore[no-untyped-def]
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with joulegate_app(dead) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        assert jg.gate.in_flight == 0
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["type"] == "backend_unreachable" and dead in err["message"]
+
+
+async def test_backend_timeout_is_504_and_frees_the_slot(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url, read_timeout_s=0.2) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-hang": "1"})
+        assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
+        ok = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+    assert r.status_code == 504
+    assert r.json()["error"]["type"] == "backend_timeout"
+    assert fake.url in r.json()["error"]["message"]
+    assert ok.status_code == 200
+
+
+async def test_client_key_is_replaced_by_the_configured_backend_key(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with (
+        joulegate_app(fake.url, backend_api_key="backend-secret") as jg,
+        httpx.AsyncClient() as c,
+    ):
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT,
+                     headers={"authorization": "Bearer client-secret"})  # fmt: skip
+        await c.get(jg.url + "/v1/models", headers={"authorization": "Bearer client-secret"})
+    assert [s.headers["authorization"] for s in fake.seen] == ["Bearer backend-secret"] * 2
+
+
+async def test_client_key_passes_through_when_joulegate_does_not_authenticate(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        await c.get(jg.url + "/v1/models", headers={"authorization": "Bearer client-secret"})
+    assert fake.seen[0].headers["authorization"] == "Bearer client-secret"
+
+
+async def test_stream_carries_energy_in_the_finish_chunk_and_strips_injected_usage(
+    fake, joulegate_app
+):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert "x-queue-ms" in r.headers
+    evs = events(r.content)
+    assert evs[-1] == "[DONE]"
+    chunks = evs[:-1]
+    assert all(c["choices"] for c in chunks), "no chunk with empty choices: the client did not ask"
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        == "Hello there, friend"
+    )
+    assert [("energy" in c) for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["energy"]["duration_ms"] > 0
+    assert fake.seen[0].json()["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_with_usage_asked_gets_energy_in_the_usage_chunk(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json=req)
+    chunks = events(r.content)[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert "energy" in chunks[-1]
+    assert sum("energy" in c for c in chunks) == 1
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_stream_usage_injection_can_be_turned_off(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url, stream_usage=False) as jg, httpx.AsyncClient() as c:
+        await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    assert "stream_options" not in fake.seen[0].json()
+
+
+async def test_first_event_reaches_the_client_while_the_backend_still_generates(
+    fake, joulegate_app
+):  # type: ignore[no-untyped-def]
+    req = {**CHAT, "stream": True, "max_tokens": 5}
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        async with c.stream("POST", jg.url + "/v1/chat/completions", json=req,
+                            headers={"x-fake-chunk-delay-ms": "200"}) as r:  # fmt: skip
+            it = r.aiter_raw()
+            first = await anext(it)
+            # The backend has 5 delayed chunks to go: it is still generating.
+            assert fake.seen[0].finished_s is None
+            rest = b"".join([c async for c in it])
+    assert b'"role": "assistant"' in first
+    assert events(first + rest)[-1] == "[DONE]"
+
+
+async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True},
+                         headers={"x-fake-drop": "2"})  # fmt: skip
+        assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
+    evs = events(r.content)
+    assert evs[-1]["error"]["type"] == "backend_unreachable"
+    assert "[DONE]" not in evs
+
+
+async def test_health_and_readiness(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        h = await c.get(jg.url + "/healthz")
+        ready = await c.get(jg.url + "/readyz")
+    async with joulegate_app(f"http://127.0.0.1:{free_port()}") as jg, httpx.AsyncClient() as c:
+        not_ready = await c.get(jg.url + "/readyz")
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    assert ready.status_code == 200 and ready.json()["checks"][0]["ok"] is True
+    assert not_ready.status_code == 503 and not_ready.json()["status"] == "not_ready"
+
+
+async def test_unknown_route_outside_v1_is_an_openai_style_404(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.get(jg.url + "/nope")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+async def test_ollama_native_paths_forwarded_only_when_enabled(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url, ollama_native=True) as jg, httpx.AsyncClient() as c:
+        on = await c.post(jg.url + "/api/chat", json={"model": "m"})
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        off = await c.post(jg.url + "/api/chat", json={"model": "m"})
+    assert on.status_code == 404 and on.json()["error"]["message"] == "no route /api/chat"
+    assert off.status_code == 404 and off.json()["error"]["type"] == "not_found_error"
+    assert [s.path for s in fake.seen] == ["/api/chat"]
+
+
+async def test_openai_sdk_parses_every_response_unchanged(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg:
+        client = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="x", max_retries=0)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        done = raw.parse()
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+        )
+        chunks = [c async for c in stream]
+        emb = await client.embeddings.create(model="m", input="hi")
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.chat.completions.create(
+                model="m", messages=[], extra_headers={"x-fake-status": "400"}
+            )
+        await client.close()
+    assert done.choices[0].message.content == "Hello there,"
+    assert float(raw.headers["x-duration-ms"]) >= 0
+    assert done.model_extra is not None and "duration_ms" in done.model_extra["energy"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there,"
+    assert chunks[-1].model_extra is not None and "energy" in chunks[-1].model_extra
+    assert emb.data[0].embedding == [0.1, 0.2, 0.3]
+    assert info.value.status_code == 400
+    assert isinstance(fake, FakeBackend)

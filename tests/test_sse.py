@@ -1,0 +1,35 @@
+"""SSE splitting: whole events, either separator, across arbitrary chunking."""
+
+from __future__ import annotations
+
+from proxy.sse import EventSplitter
+
+STREAM = (
+    b'data: {"a": 1}\r\n\r\n'
+    b": keep-alive comment\n\n"
+    b'event: x\ndata: {"b":\ndata: 2}\n\n'
+    b"data: [DONE]\r\n\r\n"
+)
+
+
+def test_events_survive_any_chunking() -> None:
+    for size in (1, 2, 3, 7, 64, len(STREAM)):
+        sp = EventSplitter()
+        events = [e for i in range(0, len(STREAM), size) for e in sp.feed(STREAM[i : i + size])]
+        assert b"".join(e.raw for e in events) == STREAM
+        assert [e.data for e in events] == [b'{"a": 1}', None, b'{"b":\n2}', b"[DONE]"]
+        assert events[2].decoded() == {"b": 2}
+        assert sp.rest() == b""
+
+
+def test_rewritten_event_keeps_its_separator() -> None:
+    (ev,) = EventSplitter().feed(b'data: {"a":1}\r\n\r\n')
+    assert ev.with_data({"a": 2}) == b'data: {"a":2}\r\n\r\n'
+    (ev,) = EventSplitter().feed(b'data: {"a":1}\n\n')
+    assert ev.with_data({"a": 2}) == b'data: {"a":2}\n\n'
+
+
+def test_an_unfinished_event_is_kept_as_the_rest() -> None:
+    sp = EventSplitter()
+    assert list(sp.feed(b'data: {"a":1}\n\ndata: {"b"')) != []
+    assert sp.rest() == b'data: {"b"'
