@@ -126,11 +126,25 @@ class LedgerSettings:
     """SQLite file; empty means ``joulegate/ledger.sqlite3`` in the user's data folder."""
     record_content: bool = False
     """Store prompt and response text in the ledger (off by default)."""
+    synchronous: Literal["normal", "full"] = "normal"
+    """SQLite ``synchronous`` in WAL mode: ``normal`` keeps every committed row through a
+    crash or ``kill -9`` of joulegate; ``full`` also through a power cut, at the cost of
+    an fsync per request."""
+    busy_timeout_s: float = 1.0
+    """How long a write waits for another process's lock before the row goes to the
+    fallback buffer instead."""
     buffer_rows: int = 10_000
     """Rows kept in memory while the database cannot be written."""
+    fallback_path: str = ""
+    """Append-only JSON-lines file for rows the database could not take; empty means
+    the ledger's path with ``.pending.jsonl`` appended."""
+    retry_s: float = 2.0
+    """How often buffered rows are retried while the database cannot be written."""
 
     def __post_init__(self) -> None:
         _require(self.buffer_rows >= 1, "ledger.buffer_rows", ">= 1")
+        _require(self.busy_timeout_s >= 0, "ledger.busy_timeout_s", ">= 0")
+        _require(self.retry_s > 0, "ledger.retry_s", "> 0")
 
 
 @dataclass(frozen=True)
@@ -142,10 +156,13 @@ class AuthSettings:
     field or ``user_header``; ``open``: everyone is ``anonymous``; ``auto``:
     ``keys`` when any key exists, else ``open``."""
     user_header: str = "x-joulegate-user"
-    """Header naming the user in ``trust`` mode."""
+    """Header naming the user in ``trust`` mode (it wins over the body's ``user``)."""
+    refresh_s: float = 2.0
+    """How often keys and budgets changed by the CLI are picked up while serving."""
 
     def __post_init__(self) -> None:
         _require(bool(self.user_header), "auth.user_header", "a header name")
+        _require(self.refresh_s > 0, "auth.refresh_s", "> 0")
 
 
 @dataclass(frozen=True)

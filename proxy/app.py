@@ -51,12 +51,20 @@ Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]
 
 def default_components() -> list[Component]:
     """The capabilities a real deployment runs, in pipeline order."""
-    return []
+    # Imported here: the components import proxy's types, so a top-level import would cycle.
+    from accounting.ledger_stage import auth_component, record_component
+
+    return [
+        auth_component,  # before anything queues: 401 and budget 429 cost nothing
+        record_component,  # last: records what every stage above has added
+    ]
 
 
 def default_route_handlers() -> list[Any]:
     """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
-    return []
+    from accounting.routes import route_handlers as ledger_routes
+
+    return [*ledger_routes()]
 
 
 def create_app(

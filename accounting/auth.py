@@ -1,0 +1,207 @@
+"""Who is calling: joulegate-issued API keys and the auth modes.
+
+A key is ``jg-`` followed by 43 random URL-safe characters (256 bits). Only a
+salted SHA-256 digest and the key's first 11 characters (its *prefix*, shown
+in ``keys list`` and the ledger) are stored. A fast hash is enough because the
+secret is random, not a password: nothing can be guessed faster than the
+256-bit secret itself. Keys are held in memory by prefix, so checking one per
+request is a dict look-up, a hash and a constant-time compare; a key unknown in
+memory is looked up in the database once (a key created a moment ago by the
+CLI), and :meth:`KeyStore.load` picks up revocations.
+
+Modes (``[auth] mode``):
+
+``keys``   ``Authorization: Bearer jg-…`` is required on every ``/v1`` request
+``trust``  the user is named by ``auth.user_header`` or the body's ``user``
+           field (a gateway in front has authenticated them)
+``open``   everyone is ``anonymous``
+``auto``   ``keys`` when any unrevoked key exists at start-up, else ``open``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from accounting.ledger import Ledger, iso, utcnow
+from config.errors import LedgerError, Unauthorized
+from config.settings import AuthSettings
+
+log = logging.getLogger("joulegate.auth")
+
+KEY_START = "jg-"
+PREFIX_CHARS = len(KEY_START) + 8
+MAX_USER_CHARS = 256
+Mode = Literal["keys", "trust", "open"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The caller of one request."""
+
+    user: str
+    key_prefix: str | None = None
+    is_admin: bool = False
+
+
+ANONYMOUS = Identity("anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key: never the key itself, only its salted digest."""
+
+    prefix: str
+    user: str
+    is_admin: bool
+    created_ts: str
+    revoked_ts: str | None
+    salt: bytes
+    digest: bytes
+
+    def matches(self, key: str) -> bool:
+        """Whether ``key`` is this key (constant time)."""
+        return hmac.compare_digest(_digest(self.salt, key), self.digest)
+
+
+def _digest(salt: bytes, key: str) -> bytes:
+    return hashlib.sha256(salt + key.encode("utf-8")).digest()
+
+
+def check_user(user: str) -> str:
+    """A user name as stored: stripped, non-empty, at most 256 characters."""
+    name = user.strip()
+    if not name or len(name) > MAX_USER_CHARS or not name.isprintable():
+        raise ValueError(f"user names are 1 to {MAX_USER_CHARS} printable characters")
+    return name
+
+
+class KeyStore:
+    """The ``api_keys`` table, mirrored in memory by prefix."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._by_prefix: dict[str, ApiKey] = {}
+
+    async def load(self) -> None:
+        """(Re)read every key from the database."""
+        rows = await self._ledger.fetchall("SELECT * FROM api_keys")
+        self._by_prefix = {r["prefix"]: _from_row(r) for r in rows}
+
+    @property
+    def any_active(self) -> bool:
+        """Whether an unrevoked key exists."""
+        return any(k.revoked_ts is None for k in self._by_prefix.values())
+
+    def all(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        return sorted(self._by_prefix.values(), key=lambda k: (k.created_ts, k.prefix))
+
+    async def create(self, user: str, *, admin: bool = False) -> tuple[str, ApiKey]:
+        """A new key for ``user``: the key itself (shown once) and what is stored."""
+        user = check_user(user)
+        for _ in range(5):
+            key = KEY_START + secrets.token_urlsafe(32)
+            salt = secrets.token_bytes(16)
+            stored = ApiKey(key[:PREFIX_CHARS], user, admin, iso(utcnow()), None,
+                            salt, _digest(salt, key))  # fmt: skip
+            changed = await self._ledger.write(
+                "INSERT OR IGNORE INTO api_keys (prefix, user, salt, digest, is_admin, created_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (stored.prefix, user, salt, stored.digest, admin, stored.created_ts),
+            )
+            if changed:  # else the prefix was taken (1 in 2**48): draw again
+                self._by_prefix[stored.prefix] = stored
+                return key, stored
+        raise LedgerError("could not draw an unused key prefix")  # pragma: no cover
+
+    async def revoke(self, prefix: str) -> int:
+        """Revoke the key with this prefix (a whole key is accepted too); how many were."""
+        prefix = prefix.strip()[:PREFIX_CHARS]
+        return await self._revoke("prefix = ?", prefix)
+
+    async def revoke_user(self, user: str) -> int:
+        """Revoke every key of ``user``; how many were."""
+        return await self._revoke("user = ?", user)
+
+    async def _revoke(self, where: str, value: str) -> int:
+        count = await self._ledger.write(
+            f"UPDATE api_keys SET revoked_ts = ? WHERE {where} AND revoked_ts IS NULL",  # noqa: S608
+            (iso(utcnow()), value),
+        )
+        await self.load()
+        return count
+
+    async def verify(self, key: str) -> ApiKey | None:
+        """The stored key ``key`` is, or None when it is unknown or wrong."""
+        prefix = key[:PREFIX_CHARS]
+        stored = self._by_prefix.get(prefix)
+        if stored is None and key.startswith(KEY_START):
+            rows = await self._ledger.fetchall("SELECT * FROM api_keys WHERE prefix = ?", (prefix,))
+            if rows:
+                stored = self._by_prefix[prefix] = _from_row(rows[0])
+        if stored is None or not stored.matches(key):
+            return None
+        return stored
+
+
+def _from_row(r: Any) -> ApiKey:
+    return ApiKey(r["prefix"], r["user"], bool(r["is_admin"]), r["created_ts"], r["revoked_ts"],
+                  bytes(r["salt"]), bytes(r["digest"]))  # fmt: skip
+
+
+class Authenticator:
+    """Turns a request's headers (and body) into an :class:`Identity`, or a 401."""
+
+    def __init__(self, settings: AuthSettings, keys: KeyStore) -> None:
+        self._keys = keys
+        self._user_header = settings.user_header.lower()
+        self.mode: Mode = (
+            settings.mode if settings.mode != "auto" else ("keys" if keys.any_active else "open")
+        )
+
+    async def identify(
+        self, headers: Mapping[str, str], body: Mapping[str, Any] | None = None
+    ) -> Identity:
+        """Who sent this request; raises :class:`Unauthorized` in ``keys`` mode."""
+        if self.mode == "open":
+            return ANONYMOUS
+        if self.mode == "trust":
+            return self._trusted(headers, body)
+        token = _bearer(headers.get("authorization", ""))
+        if token is None:
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer jg-…' (ask the operator for a key)",
+                code="missing_api_key",
+            )
+        stored = await self._keys.verify(token)
+        if stored is None:
+            raise Unauthorized("invalid API key", code="invalid_api_key")
+        if stored.revoked_ts is not None:
+            raise Unauthorized(
+                f"the API key {stored.prefix}… was revoked at {stored.revoked_ts}",
+                code="revoked_api_key",
+            )
+        return Identity(stored.user, stored.prefix, stored.is_admin)
+
+    def _trusted(self, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> Identity:
+        named = headers.get(self._user_header)
+        if not named and body is not None and isinstance(body.get("user"), str):
+            named = body["user"]
+        if not named:
+            return ANONYMOUS
+        try:
+            return Identity(check_user(named))
+        except ValueError as exc:
+            raise Unauthorized(f"bad user name: {exc}", code="invalid_user") from None
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None

@@ -1,0 +1,200 @@
+"""Per-user energy and carbon budgets per UTC day or month.
+
+A budget caps a user's energy (stored in joules, set in Wh) and/or CO2e
+(grams) over the current UTC day or calendar month. Spending is the sum of the
+ledger's ``energy_j`` and ``co2e_g`` for rows whose arrival time falls in the
+period, the same rows a report for that period adds up. The running totals of
+every user for the current day and month are kept in memory (loaded from the
+ledger at start-up, added to as each row is recorded), so checking a request
+costs no query. A request is admitted while anything is left; the one that
+crosses the limit finishes, and the next is refused with 429.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+from accounting.ledger import Ledger, LedgerRow, iso, utcnow
+from config.errors import BudgetExceeded
+
+Period = Literal["day", "month"]
+PERIODS: tuple[Period, ...] = ("day", "month")
+J_PER_WH = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One user's limits; None means no limit of that kind."""
+
+    user: str
+    period: Period
+    energy_j: float | None = None
+    co2e_g: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """What is left of a user's budget now."""
+
+    budget: Budget
+    spent_energy_j: float
+    spent_co2e_g: float
+    resets_at: dt.datetime
+
+    @property
+    def remaining_energy_j(self) -> float | None:
+        """Energy left, never negative; None without an energy limit."""
+        b = self.budget.energy_j
+        return None if b is None else max(0.0, b - self.spent_energy_j)
+
+    @property
+    def remaining_co2e_g(self) -> float | None:
+        """CO2e left, never negative; None without a carbon limit."""
+        b = self.budget.co2e_g
+        return None if b is None else max(0.0, b - self.spent_co2e_g)
+
+    @property
+    def exhausted(self) -> Literal["energy", "carbon"] | None:
+        """Which limit is used up, if any."""
+        if self.remaining_energy_j == 0.0:
+            return "energy"
+        if self.remaining_co2e_g == 0.0:
+            return "carbon"
+        return None
+
+    def headers(self, now: dt.datetime) -> dict[str, str]:
+        """Response headers telling the client what is left and when it resets."""
+        out = {"x-energy-budget-reset": iso(self.resets_at)}
+        if self.remaining_energy_j is not None:
+            out["x-energy-budget-remaining-wh"] = f"{self.remaining_energy_j / J_PER_WH:.4f}"
+        if self.remaining_co2e_g is not None:
+            out["x-carbon-budget-remaining-g"] = f"{self.remaining_co2e_g:.4f}"
+        if self.exhausted:
+            out["retry-after"] = str(max(1, math.ceil((self.resets_at - now).total_seconds())))
+        return out
+
+    def refusal(self, now: dt.datetime) -> BudgetExceeded:
+        """The 429 for a user whose budget is used up."""
+        b = self.budget
+        if self.exhausted == "energy":
+            limit_wh = (b.energy_j or 0.0) / J_PER_WH
+            what = (f"{self.spent_energy_j / J_PER_WH:.4g} Wh of the {limit_wh:.4g} Wh "
+                    f"{_ADJ[b.period]} energy budget")  # fmt: skip
+            code = "energy_budget_exceeded"
+        else:
+            what = (f"{self.spent_co2e_g:.4g} g of the {b.co2e_g or 0.0:.4g} gCO2e "
+                    f"{_ADJ[b.period]} carbon budget")  # fmt: skip
+            code = "carbon_budget_exceeded"
+        return BudgetExceeded(
+            f"user {b.user!r} has used {what}; it resets at {iso(self.resets_at)}",
+            code=code,
+            headers=self.headers(now),
+        )
+
+
+_ADJ = {"day": "daily", "month": "monthly"}
+
+
+def period_bounds(period: Period, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """Start (inclusive) and end (exclusive) of the UTC day or month containing ``now``."""
+    now = now.astimezone(dt.UTC)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + dt.timedelta(days=1)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+class BudgetBook:
+    """Budgets from the ``budgets`` table and every user's spending this day and month."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.budgets: dict[str, Budget] = {}
+        self._starts: dict[Period, str] = {}
+        self._spent: dict[Period, defaultdict[str, list[float]]] = {
+            p: defaultdict(lambda: [0.0, 0.0]) for p in PERIODS
+        }
+
+    async def load(self, now: dt.datetime | None = None) -> None:
+        """Read the budgets and this period's spending of every user from the ledger."""
+        now = now or utcnow()
+        await self.load_budgets()
+        for period in PERIODS:
+            start = iso(period_bounds(period, now)[0])
+            rows = await self._ledger.fetchall(
+                "SELECT user, TOTAL(energy_j), TOTAL(co2e_g) FROM requests"
+                " WHERE ts >= ? GROUP BY user",
+                (start,),
+            )
+            self._starts[period] = start
+            spent = self._spent[period]
+            spent.clear()
+            for user, energy_j, co2e_g in rows:
+                spent[user] = [energy_j, co2e_g]
+
+    async def load_budgets(self) -> None:
+        """(Re)read the limits (the CLI may have changed them)."""
+        rows = await self._ledger.fetchall("SELECT user, period, energy_j, co2e_g FROM budgets")
+        self.budgets = {r[0]: Budget(r[0], r[1], r[2], r[3]) for r in rows}
+
+    def _roll(self, now: dt.datetime) -> None:
+        for period in PERIODS:
+            start = iso(period_bounds(period, now)[0])
+            if self._starts.get(period) != start:
+                self._starts[period] = start
+                self._spent[period].clear()
+
+    def add(self, row: LedgerRow, now: dt.datetime | None = None) -> None:
+        """Count a recorded row towards its user's spending."""
+        self._roll(now or utcnow())
+        for period in PERIODS:
+            if row.ts >= self._starts[period]:
+                spent = self._spent[period][row.user]
+                spent[0] += row.energy_j or 0.0
+                spent[1] += row.co2e_g or 0.0
+
+    def status(self, user: str, now: dt.datetime | None = None) -> BudgetStatus | None:
+        """What is left of ``user``'s budget; None when they have none."""
+        budget = self.budgets.get(user)
+        if budget is None:
+            return None
+        now = now or utcnow()
+        self._roll(now)
+        energy_j, co2e_g = self._spent[budget.period].get(user, (0.0, 0.0))
+        return BudgetStatus(budget, energy_j, co2e_g, period_bounds(budget.period, now)[1])
+
+    def spent(
+        self, user: str, period: Period, now: dt.datetime | None = None
+    ) -> tuple[float, float]:
+        """``(energy_j, co2e_g)`` used by ``user`` in the current period."""
+        self._roll(now or utcnow())
+        energy_j, co2e_g = self._spent[period].get(user, (0.0, 0.0))
+        return energy_j, co2e_g
+
+    async def set(self, budget: Budget) -> None:
+        """Store a user's budget (replacing any earlier one)."""
+        await self._ledger.write(
+            "INSERT INTO budgets (user, period, energy_j, co2e_g, updated_ts)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (user) DO UPDATE SET period = excluded.period,"
+            " energy_j = excluded.energy_j, co2e_g = excluded.co2e_g,"
+            " updated_ts = excluded.updated_ts",
+            (budget.user, budget.period, budget.energy_j, budget.co2e_g, iso(utcnow())),
+        )
+        self.budgets[budget.user] = budget
+
+    async def clear(self, user: str) -> bool:
+        """Remove a user's budget; whether they had one."""
+        removed = await self._ledger.write("DELETE FROM budgets WHERE user = ?", (user,))
+        self.budgets.pop(user, None)
+        return removed > 0

@@ -1,0 +1,221 @@
+"""The ledger's two pipeline components: identify and budget-check, then record.
+
+:func:`auth_component` runs early (right after telemetry): it identifies the
+caller (401 in ``keys`` mode without a good key) and refuses a user over
+budget (429) before the request queues. :func:`record_component` runs last,
+after the meters and carbon stages have filled the exchange: its
+``on_finished`` commits the request's row before the last byte is sent.
+
+Both share one :class:`Accounting` (ledger, keys, budgets) published as
+``ctx.state["accounting"]`` for the report endpoints; whichever component is
+entered first opens it and closes it when it exits.
+
+What is recorded: every gated request that passed ``on_arrival``, completed
+or not (the backend's own errors as ``backend_error``, timeouts, clients that
+left, even while queued: the ``failure`` column says why). Not recorded:
+requests refused at arrival (401, 429) and those refused with 503 because the
+queue was full; they never reach the backend. Nor are non-inference requests
+(``GET /v1/models``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from accounting.auth import Authenticator, KeyStore
+from accounting.budgets import BudgetBook
+from accounting.ledger import Ledger, LedgerRow, iso, utcnow
+from config.errors import LedgerError
+from config.settings import Settings
+from proxy.exchange import Exchange, Stage
+
+if TYPE_CHECKING:
+    from proxy.app import AppContext
+
+log = logging.getLogger("joulegate.ledger")
+
+STATE_KEY = "accounting"
+_CONTENT_FIELDS = ("messages", "prompt", "input", "instructions", "suffix")
+
+
+@dataclass
+class Accounting:
+    """The ledger and what lives in it, shared by the stages and the report endpoints."""
+
+    settings: Settings
+    ledger: Ledger
+    keys: KeyStore
+    budgets: BudgetBook
+    auth: Authenticator
+
+    @classmethod
+    async def open(cls, settings: Settings, *, serving: bool = True) -> Accounting:
+        """Open the ledger and load keys and budgets."""
+        ledger = Ledger.from_settings(settings.ledger)
+        await ledger.open(serving=serving)
+        try:
+            keys = KeyStore(ledger)
+            await keys.load()
+            budgets = BudgetBook(ledger)
+            await budgets.load()
+        except BaseException:
+            await ledger.close()
+            raise
+        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys))
+
+    async def refresh_forever(self) -> None:
+        """Pick up keys and budgets the CLI changed (``PRAGMA data_version``)."""
+        seen = await self.ledger.data_version()
+        while True:
+            await asyncio.sleep(self.settings.auth.refresh_s)
+            try:
+                version = await self.ledger.data_version()
+                if version != seen:
+                    seen = version
+                    await self.keys.load()
+                    await self.budgets.load_budgets()
+            except LedgerError as exc:
+                log.warning("could not refresh keys and budgets: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
+    """The app's :class:`Accounting`, opened here unless an earlier component did."""
+    existing = ctx.state.get(STATE_KEY)
+    if existing is not None:
+        yield existing
+        return
+    acc = await Accounting.open(ctx.settings)
+    ctx.state[STATE_KEY] = acc
+    ctx.ready_checks.append(acc.ledger.health)
+    refresher = asyncio.create_task(acc.refresh_forever(), name="accounting-refresh")
+    log.info("ledger at %s; auth mode %s", acc.ledger.path, acc.auth.mode)
+    if ctx.settings.auth.mode == "auto" and acc.auth.mode == "open":
+        log.info("no API keys yet: everyone is 'anonymous' (create one, then restart)")
+    try:
+        yield acc
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        ctx.state.pop(STATE_KEY, None)
+        await acc.ledger.close()
+
+
+class AuthStage(Stage):
+    """Identifies the caller and refuses users over budget."""
+
+    name = "auth"
+
+    def __init__(self, acc: Accounting) -> None:
+        self._acc = acc
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        """Set the user (or 401), then check their budget (or 429)."""
+        who = await self._acc.auth.identify(ex.headers, ex.body)
+        ex.user, ex.key_prefix, ex.is_admin = who.user, who.key_prefix, who.is_admin
+        if not ex.gated:
+            return
+        now = utcnow()
+        status = self._acc.budgets.status(ex.user, now)
+        if status is None:
+            return
+        if status.exhausted:
+            raise status.refusal(now)
+        ex.response_headers.update(status.headers(now))
+
+
+class RecordStage(Stage):
+    """Commits each gated request's row before its last byte goes out."""
+
+    name = "ledger"
+
+    def __init__(self, acc: Accounting) -> None:
+        self._acc = acc
+        self._content = acc.settings.ledger.record_content
+        self.wants_content = self._content
+
+    async def on_finished(self, ex: Exchange) -> None:
+        """Build the row from the exchange, count it against budgets, commit it."""
+        if not ex.gated or ex.failure == "queue_full":
+            return
+        row = row_from_exchange(ex, record_content=self._content)
+        self._acc.budgets.add(row)
+        await self._acc.ledger.append(row)
+
+
+@contextlib.asynccontextmanager
+async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
+    """Component: identify callers and check budgets (place it early)."""
+    async with shared_accounting(ctx) as acc:
+        if acc.auth.mode == "keys":
+            ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
+        yield AuthStage(acc)
+
+
+@contextlib.asynccontextmanager
+async def record_component(ctx: AppContext) -> AsyncIterator[Stage]:
+    """Component: record every request in the ledger (place it last)."""
+    async with shared_accounting(ctx) as acc:
+        yield RecordStage(acc)
+
+
+def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRow:
+    """The ledger row for a finished exchange."""
+    w = ex.window
+    body = ex.body or {}
+    params: dict[str, Any] = {
+        k: v for k, v in body.items() if isinstance(v, int | float) and k not in _CONTENT_FIELDS
+    }
+    if isinstance(body.get("messages"), list):
+        params["messages_count"] = len(body["messages"])
+    prompt = None
+    if record_content:
+        content = {k: body[k] for k in _CONTENT_FIELDS if k in body}
+        prompt = json.dumps(content, ensure_ascii=False) if content else None
+    finished = utcnow()
+    if w.finished_s is not None:  # the window's clock is monotonic: shift by the lag since
+        finished -= dt.timedelta(seconds=max(0.0, time.monotonic() - w.finished_s))
+    return LedgerRow(
+        request_id=ex.request_id,
+        ts=iso(ex.arrived_at),
+        finished_ts=iso(finished),
+        user=ex.user,
+        key_prefix=ex.key_prefix,
+        endpoint=ex.endpoint,
+        model_requested=ex.model_requested,
+        model_served=ex.model_served,
+        status=ex.status,
+        stream=ex.stream,
+        prompt_tokens=ex.prompt_tokens,
+        completion_tokens=ex.completion_tokens,
+        queue_s=w.queue_s,
+        thermal_wait_s=w.thermal_wait_s,
+        duration_s=w.duration_s,
+        energy_j=ex.energy_j,
+        energy_dynamic_j=ex.energy_dynamic_j,
+        energy_components_j=dict(ex.energy_by_component_j),
+        meter=ex.meter,
+        energy_estimated=ex.energy_estimated,
+        carbon_intensity_g_per_kwh=ex.carbon_intensity_g_per_kwh,
+        carbon_source=ex.carbon_source,
+        co2e_g=ex.co2e_g,
+        sci_g=ex.sci_g,
+        sci_operational_g=ex.sci_operational_g,
+        sci_embodied_g=ex.sci_embodied_g,
+        sci_g_per_token=ex.sci_g_per_token,
+        trace_id=ex.trace_id,
+        failure=ex.failure or ("backend_error" if (ex.status or 0) >= 400 else None),
+        finish_reason=ex.finish_reasons[-1] if ex.finish_reasons else None,
+        request_params=params,
+        prompt=prompt,
+        response=ex.response_text if record_content else None,
+    )

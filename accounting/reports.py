@@ -1,0 +1,247 @@
+"""Energy reports over the ledger: filters, grouping, units and rendering.
+
+One :class:`ReportQuery` serves the CLI (``joulegate report``) and HTTP
+(``GET /v1/energy/report``): the same names, parsed by :func:`parse_query`,
+which raises :class:`~config.errors.BadRequest` naming the bad parameter.
+Sums are taken in SQL in joules and converted once at the edge, so a total
+in any unit is the sum of the rows' ``energy_j`` divided by the unit.
+
+Periods are UTC. ``since`` is inclusive; ``until`` is exclusive for a full
+timestamp and includes the whole day for a bare date; ``month`` is
+``YYYY-MM``. A row belongs to the period holding its arrival time (``ts``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from accounting.ledger import Ledger, iso
+from config.errors import BadRequest
+
+By = Literal["user", "model", "day", "endpoint"]
+Unit = Literal["J", "Wh", "kWh"]
+Format = Literal["table", "csv", "json"]
+J_PER: dict[str, float] = {"J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
+_GROUP_SQL: dict[str, str] = {
+    "user": "user",
+    "model": "COALESCE(model_served, model_requested, '(none)')",
+    "day": "substr(ts, 1, 10)",
+    "endpoint": "endpoint",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReportQuery:
+    """What to add up: whose rows, which period, grouped how, in which unit."""
+
+    user: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    by: By = "user"
+    unit: Unit = "Wh"
+
+    def where(self) -> tuple[str, list[Any]]:
+        """SQL condition and parameters for these filters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.user is not None:
+            clauses.append("user = ?")
+            params.append(self.user)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(iso(self.since))
+        if self.until is not None:
+            clauses.append("ts < ?")
+            params.append(iso(self.until))
+        return (" AND ".join(clauses) or "1"), params
+
+
+def parse_when(text: str, name: str, *, end: bool = False) -> dt.datetime:
+    """``YYYY-MM-DD`` or an ISO timestamp (UTC unless it says otherwise).
+
+    With ``end`` a bare date means the end of that day.
+    """
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            return start + dt.timedelta(days=1) if end else start
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(
+            f"{name}: {text!r} is not a date (YYYY-MM-DD) or an ISO timestamp", param=name
+        ) from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def parse_month(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """``YYYY-MM`` → start and end of that UTC month."""
+    try:
+        year, month = (int(p) for p in text.split("-"))
+        start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    except ValueError:
+        raise BadRequest(f"month: {text!r} is not YYYY-MM", param="month") from None
+    end = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=dt.UTC)
+    return start, end
+
+
+def _choice(value: str | None, name: str, allowed: Any, default: str) -> Any:
+    options = get_args(allowed)
+    if value is None or value == "":
+        return default
+    match = {o.lower(): o for o in options}.get(value.lower())
+    if match is None:
+        raise BadRequest(f"{name}: {value!r} is not one of {', '.join(options)}", param=name)
+    return match
+
+
+def parse_query(params: Mapping[str, str | None]) -> ReportQuery:
+    """A :class:`ReportQuery` from string parameters (CLI flags or a query string)."""
+    since = until = None
+    if params.get("month"):
+        if params.get("since") or params.get("until"):
+            raise BadRequest("give either month or since/until, not both", param="month")
+        since, until = parse_month(str(params["month"]))
+    if params.get("since"):
+        since = parse_when(str(params["since"]), "since")
+    if params.get("until"):
+        until = parse_when(str(params["until"]), "until", end=True)
+    if since is not None and until is not None and until <= since:
+        raise BadRequest("until must be after since", param="until")
+    return ReportQuery(
+        user=params.get("user") or None,
+        since=since,
+        until=until,
+        by=_choice(params.get("by"), "by", By, "user"),
+        unit=_choice(params.get("unit"), "unit", Unit, "Wh"),
+    )
+
+
+@dataclass(slots=True)
+class Line:
+    """One group of the report (or the totals), energy in the report's unit."""
+
+    key: str
+    requests: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    duration_s: float = 0.0
+    energy: float = 0.0
+    energy_dynamic: float = 0.0
+    co2e_g: float = 0.0
+
+
+@dataclass(slots=True)
+class Report:
+    """A computed report: its query, one line per group, and the totals."""
+
+    query: ReportQuery
+    lines: list[Line]
+    totals: Line
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON the HTTP endpoint and ``--format json`` give."""
+        q = self.query
+        return {
+            "object": "energy.report",
+            "by": q.by,
+            "unit": q.unit,
+            "user": q.user,
+            "since": iso(q.since) if q.since else None,
+            "until": iso(q.until) if q.until else None,
+            "groups": [self._line_json(line) for line in self.lines],
+            "totals": self._line_json(self.totals),
+        }
+
+    def _line_json(self, line: Line) -> dict[str, Any]:
+        unit = self.query.unit.lower()
+        return {
+            self.query.by: line.key,
+            "requests": line.requests,
+            "failed": line.failed,
+            "prompt_tokens": line.prompt_tokens,
+            "completion_tokens": line.completion_tokens,
+            "duration_s": line.duration_s,
+            f"energy_{unit}": line.energy,
+            f"energy_dynamic_{unit}": line.energy_dynamic,
+            "co2e_g": line.co2e_g,
+        }
+
+    def columns(self) -> list[str]:
+        """Column names of the table and CSV forms."""
+        u = self.query.unit
+        return [self.query.by, "requests", "failed", "prompt_tokens", "completion_tokens",
+                "duration_s", f"energy_{u}", f"energy_dynamic_{u}", "co2e_g"]  # fmt: skip
+
+    def _cells(self, line: Line, fmt: str) -> list[str]:
+        return [line.key, str(line.requests), str(line.failed), str(line.prompt_tokens),
+                str(line.completion_tokens), format(line.duration_s, fmt),
+                format(line.energy, fmt), format(line.energy_dynamic, fmt),
+                format(line.co2e_g, fmt)]  # fmt: skip
+
+    def to_csv(self) -> str:
+        """CSV with a header and a final ``TOTAL`` line (full precision)."""
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(self.columns())
+        for line in [*self.lines, self.totals]:
+            w.writerow(self._cells(line, "r"))
+        return out.getvalue()
+
+    def to_table(self) -> str:
+        """A readable, aligned table with the period and a totals line."""
+        q = self.query
+        period = (f"{iso(q.since)[:19] if q.since else 'the beginning'} to "
+                  f"{iso(q.until)[:19] if q.until else 'now'} UTC")  # fmt: skip
+        title = f"Energy by {q.by}, {period}" + (f", user {q.user}" if q.user else "")
+        rows = [self._cells(line, ".4f") for line in self.lines]
+        total = self._cells(self.totals, ".4f")
+        total[0] = "TOTAL"
+        head = self.columns()
+        widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(len(head))]
+
+        def fmt(cells: list[str]) -> str:
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        body = [fmt(r) for r in rows] or ["(no requests)"]
+        return "\n".join([title, "", fmt(head), rule, *body, rule, fmt(total)]) + "\n"
+
+    def render(self, form: Format) -> str:
+        """The report as ``table``, ``csv`` or ``json`` text."""
+        if form == "json":
+            return json.dumps(self.to_json(), indent=2) + "\n"
+        return self.to_csv() if form == "csv" else self.to_table()
+
+
+async def build_report(ledger: Ledger, query: ReportQuery) -> Report:
+    """Add up the ledger's rows for ``query``."""
+    where, params = query.where()
+    group = _GROUP_SQL[query.by]
+    rows = await ledger.fetchall(
+        f"SELECT {group} AS k, COUNT(*), COUNT(failure), TOTAL(prompt_tokens),"  # noqa: S608
+        " TOTAL(completion_tokens), TOTAL(duration_s), TOTAL(energy_j),"
+        f" TOTAL(energy_dynamic_j), TOTAL(co2e_g) FROM requests WHERE {where}"
+        " GROUP BY k ORDER BY k",
+        params,
+    )
+    per = J_PER[query.unit]
+    lines = [
+        Line(str(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], r[6] / per, r[7] / per, r[8])
+        for r in rows
+    ]
+    totals = Line("TOTAL")
+    for line in lines:
+        for f in fields(Line)[1:]:
+            setattr(totals, f.name, getattr(totals, f.name) + getattr(line, f.name))
+    return Report(query, lines, totals)

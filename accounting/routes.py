@@ -1,0 +1,96 @@
+"""HTTP endpoints over the ledger: ``/v1/energy/report`` and ``/v1/energy/requests``.
+
+They authenticate like the proxy does (a joulegate key in ``keys`` mode).
+A caller sees only their own rows; an admin key may name any ``user`` or
+leave it out to see everyone. Asking for another user's rows without an admin
+key is 403, never an empty answer that would reveal nothing either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, get
+
+from accounting.auth import Identity
+from accounting.ledger import LedgerRow, row_from_sql
+from accounting.ledger_stage import STATE_KEY, Accounting
+from accounting.reports import build_report, parse_query
+from config.errors import BadRequest, Forbidden, NotFound
+
+MAX_PAGE = 500
+
+
+async def _caller(request: Request[Any, Any, Any]) -> tuple[Accounting, Identity]:
+    acc: Accounting | None = request.app.state.ctx.state.get(STATE_KEY)
+    if acc is None:
+        raise NotFound("the ledger is not enabled on this joulegate", code="not_found")
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return acc, await acc.auth.identify(headers)
+
+
+def _whose(who: Identity, asked: str | None) -> str | None:
+    """The user whose rows to show: None (everyone) only for an admin."""
+    if who.is_admin:
+        return asked or None
+    if asked and asked != who.user:
+        raise Forbidden("only an admin key can read another user's energy", code="forbidden")
+    return who.user
+
+
+@get("/v1/energy/report", media_type=MediaType.JSON)
+async def energy_report(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Energy and CO2e totals, grouped; same filters as ``joulegate report``."""
+    acc, who = await _caller(request)
+    params = dict(request.query_params)
+    unknown = set(params) - {"user", "since", "until", "month", "by", "unit"}
+    if unknown:
+        raise BadRequest(f"unknown parameter {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
+    params["user"] = _whose(who, params.get("user"))
+    report = await build_report(acc.ledger, parse_query(params))
+    return report.to_json()
+
+
+@get("/v1/energy/requests", media_type=MediaType.JSON)
+async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The caller's requests, newest first; ``limit`` (1-500) and ``before`` (an id) page."""
+    acc, who = await _caller(request)
+    q = request.query_params
+    user = _whose(who, q.get("user"))
+    try:
+        limit = int(q.get("limit") or 50)
+        before = int(q["before"]) if q.get("before") else None
+    except ValueError:
+        raise BadRequest("limit and before must be integers", param="limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    where: list[str] = ["1"]
+    params: list[Any] = []
+    if user is not None:
+        where.append("user = ?")
+        params.append(user)
+    if before is not None:
+        where.append("id < ?")
+        params.append(before)
+    rows = await acc.ledger.fetchall(
+        f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        [*params, limit + 1],
+    )
+    data = [row_from_sql(r) for r in rows[:limit]]
+    return {
+        "object": "list",
+        "data": [_public(r) for r in data],
+        "has_more": len(rows) > limit,
+        "next_before": data[-1].id if len(rows) > limit else None,
+    }
+
+
+def _public(row: LedgerRow) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(row)
+    return out
+
+
+def route_handlers() -> list[Any]:
+    """The ledger's Litestar handlers, for ``default_route_handlers``."""
+    return [energy_report, energy_requests]
