@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from accounting.cli import register as register_accounting
 from config.errors import JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
@@ -129,7 +130,7 @@ def _register_core(sub: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_register_core]
+COMMANDS: list[Callable[[Any], None]] = [_register_core, register_accounting]
 
 
 def build_parser() -> argparse.ArgumentParser:

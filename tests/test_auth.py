@@ -1,0 +1,162 @@
+"""API keys and auth modes: who a request is recorded as, and who is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from accounting.auth import KeyStore
+from accounting.ledger import Ledger
+from config import AuthSettings, LedgerSettings
+from tests.ledger_support import accounting_components, db_rows
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+async def make_key(path: Path, user: str, *, admin: bool = False) -> str:
+    async with Ledger(path) as ledger:
+        key, _ = await KeyStore(ledger).create(user, admin=admin)
+    return key
+
+
+async def revoke(path: Path, prefix: str) -> int:
+    async with Ledger(path) as ledger:
+        return await KeyStore(ledger).revoke(prefix)
+
+
+def every_byte(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
+
+
+async def test_only_a_salted_digest_and_a_short_prefix_are_stored(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    key = await make_key(path, "alice")
+    other = await make_key(path, "alice")
+    assert key.startswith("jg-") and len(key) == 46 and key != other
+    raw = every_byte(tmp_path)
+    assert key.encode() not in raw and key[3:].encode() not in raw
+    with sqlite3.connect(path) as conn:
+        (prefix, salt1), (_, salt2) = conn.execute("SELECT prefix, salt FROM api_keys ORDER BY id")
+    assert prefix == key[:11] and salt1 != salt2
+
+
+async def test_keys_mode_refuses_missing_wrong_and_revoked_keys(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    key = await make_key(path, "alice")
+    revoked = await make_key(path, "bob")
+    await revoke(path, revoked[:11])
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="auto")}
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        url = jg.url + "/v1/chat/completions"
+        missing = await c.post(url, json=CHAT)
+        wrong = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {key[:-1]}x"})
+        unknown = await c.post(url, json=CHAT, headers={"authorization": "Bearer jg-nosuchkey"})
+        gone = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {revoked}"})
+        models = await c.get(jg.url + "/v1/models")
+        ok = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {key}"})
+    for r, code in ((missing, "missing_api_key"), (wrong, "invalid_api_key"),
+                    (unknown, "invalid_api_key"), (gone, "revoked_api_key"),
+                    (models, "missing_api_key")):  # fmt: skip
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "authentication_error"
+        assert r.json()["error"]["code"] == code
+    assert ok.status_code == 200
+    (seen,) = fake.seen  # refused requests never reached the backend
+    assert "authorization" not in seen.headers  # the client's key did not either
+    (stored,) = db_rows(path)  # refusals are not recorded
+    assert (stored["user"], stored["key_prefix"]) == ("alice", key[:11])
+
+
+async def test_the_openai_sdk_works_with_a_key_and_raises_on_a_bad_one(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    key = await make_key(path, "carol")
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    async with joulegate_app(fake.url, accounting_components(), **settings) as jg:
+        good = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key=key, max_retries=0)
+        bad = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="jg-wrong", max_retries=0)
+        answer = await good.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        with pytest.raises(openai.AuthenticationError):
+            await bad.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        await good.close()
+        await bad.close()
+    assert answer.choices[0].message.content
+    assert [r["user"] for r in db_rows(path)] == ["carol"]
+
+
+async def test_keys_created_or_revoked_while_serving_take_effect(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    first = await make_key(path, "alice")
+    settings = {"ledger": LedgerSettings(path=str(path)),
+                "auth": AuthSettings(mode="keys", refresh_s=0.05)}  # fmt: skip
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        url = jg.url + "/v1/chat/completions"
+        new = await make_key(path, "dave")  # as the CLI would, from another connection
+        fresh = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {new}"})
+        assert fresh.status_code == 200
+        await revoke(path, first[:11])
+        status = 200
+        for _ in range(100):
+            r = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {first}"})
+            status = r.status_code
+            if status == 401:
+                break
+            await asyncio.sleep(0.02)
+    assert status == 401 and r.json()["error"]["code"] == "revoked_api_key"
+
+
+async def test_trust_mode_takes_the_user_from_the_header_or_the_body(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    settings = {"ledger": LedgerSettings(path=str(path)),
+                "auth": AuthSettings(mode="trust", user_header="x-user")}  # fmt: skip
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        url = jg.url + "/v1/chat/completions"
+        upstream = {"authorization": "Bearer backend-key"}
+        await c.post(
+            url, json={**CHAT, "user": "from-body"}, headers={**upstream, "x-user": "erin"}
+        )
+        await c.post(url, json={**CHAT, "user": "frank"})
+        await c.post(url, json=CHAT)
+    assert [r["user"] for r in db_rows(path)] == ["erin", "frank", "anonymous"]
+    assert fake.seen[0].headers["authorization"] == "Bearer backend-key"  # not joulegate's to strip
+
+
+async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    for mode in ("open", "auto"):
+        settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode=mode)}  # type: ignore[arg-type]
+        async with (
+            joulegate_app(fake.url, accounting_components(), **settings) as jg,
+            httpx.AsyncClient() as c,
+        ):
+            r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "user": "mallory"},
+                             headers={"authorization": "Bearer whatever"})  # fmt: skip
+            assert r.status_code == 200
+    assert [r["user"] for r in db_rows(path)] == ["anonymous", "anonymous"]
