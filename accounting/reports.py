@@ -192,7 +192,7 @@ class Report:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(self.columns())
         for line in [*self.lines, self.totals]:
-            w.writerow(self._cells(line, "r"))
+            w.writerow(self._cells(line, ""))
         return out.getvalue()
 
     def to_table(self) -> str:
