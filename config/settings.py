@@ -81,35 +81,54 @@ class CarbonSettings:
     """Carbon intensity and SCI (``[carbon]``)."""
 
     provider: Literal["static", "table", "electricitymaps", "uk"] = "table"
-    """Where the grid's carbon intensity comes from."""
+    """Where the grid's carbon intensity comes from: ``static`` (``intensity_g_per_kwh``),
+    ``table`` (bundled yearly average for ``country``), ``electricitymaps`` (live, needs
+    ``zone`` and ``api_key``) or ``uk`` (live, GB national grid, no key)."""
     intensity_g_per_kwh: float = 475.0
-    """``static`` provider: the intensity in gCO2e/kWh (default: world average)."""
+    """``static`` provider: the intensity in gCO2e/kWh (default: world average, IEA)."""
     country: str = ""
-    """ISO country code (2 or 3 letters) for the ``table`` provider and fallback;
-    empty uses the world average."""
+    """ISO country code (2 or 3 letters) for the ``table`` provider and for the fallback
+    of live providers; empty uses the live provider's country (``uk``: GB,
+    ``electricitymaps``: the zone's), else the world average."""
     zone: str = ""
-    """Electricity Maps zone (e.g. ``DE``)."""
-    api_key: str = ""
+    """Electricity Maps zone (e.g. ``DE``, ``US-CAL-CISO``)."""
+    api_key: str = field(default="", repr=False)
     """Electricity Maps API key (never logged)."""
     electricitymaps_url: str = "https://api.electricitymap.org"
     """Electricity Maps API base URL."""
     uk_url: str = "https://api.carbonintensity.org.uk"
     """UK Carbon Intensity API base URL."""
     ttl_s: float = 900.0
-    """How long a live value is cached before it is fetched again."""
+    """How long a live value is used before it is fetched again."""
     stale_s: float = 3600.0
-    """How long the last good live value is kept after failures before the table is used."""
+    """While fetches fail, how long past its TTL the last good live value is still used
+    (marked ``stale``) before the table is used instead."""
     pue: float = 1.0
     """Power usage effectiveness: data-centre overhead applied to energy before CO2eq."""
     embodied_g: float = 5_864_000.0
-    """Embodied emissions of the hardware in gCO2e (default: one H100 164 kg + server 5,700 kg)."""
+    """SCI: embodied emissions of the hardware in gCO2e (default: one H100 164 kg plus an
+    8-GPU server without GPUs 5,700 kg, figures used by the EcoLogits methodology)."""
     lifetime_s: float = 4 * 365.25 * 86400
-    """Expected hardware lifetime in seconds (default 4 years)."""
+    """SCI: expected hardware lifetime in seconds (default 4 years)."""
     resource_share: float = 1.0
-    """Share of the machine a request reserves (1 when serialised on a dedicated machine)."""
+    """SCI: share of the machine a request reserves (1 when serialised on a dedicated
+    machine)."""
 
     def __post_init__(self) -> None:
         _require(self.intensity_g_per_kwh >= 0, "carbon.intensity_g_per_kwh", ">= 0")
+        _require(
+            self.country == "" or (len(self.country) in (2, 3) and self.country.isalpha()),
+            "carbon.country",
+            "an ISO country code of 2 or 3 letters (e.g. FR or FRA)",
+        )
+        if self.provider == "electricitymaps":
+            _require(bool(self.zone), "carbon.zone", "set for the electricitymaps provider")
+            _require(bool(self.api_key), "carbon.api_key", "set for the electricitymaps provider")
+        for key, url in (
+            ("carbon.electricitymaps_url", self.electricitymaps_url),
+            ("carbon.uk_url", self.uk_url),
+        ):
+            _require(url.startswith(("http://", "https://")), key, "an http:// or https:// URL")
         _require(self.ttl_s > 0, "carbon.ttl_s", "> 0")
         _require(self.stale_s >= 0, "carbon.stale_s", ">= 0")
         _require(self.pue >= 1.0, "carbon.pue", ">= 1.0")

@@ -52,10 +52,12 @@ Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]
 def default_components() -> list[Component]:
     """The capabilities a real deployment runs, in pipeline order."""
     # Imported here: the components import proxy's types, so a top-level import would cycle.
+    from accounting.carbon_stage import carbon
     from accounting.ledger_stage import auth_component, record_component
 
     return [
         auth_component,  # before anything queues: 401 and budget 429 cost nothing
+        carbon(),  # carbon reads the meters' energy: keep it after the meters component
         record_component,  # last: records what every stage above has added
     ]
 

@@ -78,11 +78,11 @@ def start_joulegate(
             OTEL_LOGS_EXPORTER="none",
         )
         env.update(env_overrides)
-        log = (data / "joulegate.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve"], env=env, cwd=data,
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with (data / "joulegate.log").open("wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve"], env=env, cwd=data,
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         jg = Joulegate(f"http://127.0.0.1:{port}", data, env, proc)
         running.append(jg)
         deadline = time.monotonic() + 60

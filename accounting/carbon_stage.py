@@ -1,0 +1,153 @@
+"""The carbon component: CO2eq and SCI for every metered request.
+
+It runs after the meters stage. For each gated request it takes the metered
+energy (``ex.energy_j``), applies the PUE, and multiplies by the carbon
+intensity its source gives *now* (no network on the request's path: live
+values are fetched by a background task started in the component's lifespan).
+It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
+the request's window) per request and per output token, to the exchange, the
+``energy`` body object and, where headers are still unsent, the response
+headers ``x-co2e-g``, ``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``,
+``x-sci-g`` and ``x-sci-g-per-token``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from accounting import sci
+from accounting.carbon import (
+    Clock,
+    GridTable,
+    IntensitySource,
+    LiveIntensity,
+    build_source,
+)
+from config.settings import CarbonSettings
+from proxy.exchange import Exchange, Stage
+
+if TYPE_CHECKING:
+    from proxy.app import AppContext, Component
+
+FETCH_TIMEOUT_S = 10.0
+"""Limit for one call to a live carbon API (it runs in the background)."""
+NO_ENERGY = "no energy measurement for this request"
+
+
+class CarbonStage(Stage):
+    """Adds CO2eq and SCI to each gated request in ``on_finished``."""
+
+    name = "carbon"
+
+    def __init__(self, source: IntensitySource, cfg: CarbonSettings) -> None:
+        self._source = source
+        self._cfg = cfg
+
+    async def on_finished(self, ex: Exchange) -> None:
+        """Account the request's carbon from its energy and window."""
+        if not ex.gated:
+            return
+        cfg = self._cfg
+        reading = self._source.current()
+        reserved_s = ex.window.duration_s or 0.0
+        embodied_g = sci.embodied_g(cfg.embodied_g, reserved_s, cfg.lifetime_s, cfg.resource_share)
+        ex.carbon_intensity_g_per_kwh = reading.g_per_kwh
+        ex.carbon_source = reading.source
+        ex.sci_embodied_g = embodied_g
+        fields: dict[str, Any] = {
+            "co2e_g": None,
+            "carbon_intensity_g_per_kwh": reading.g_per_kwh,
+            "carbon_source": reading.source,
+            "pue": cfg.pue,
+            "sci_g": None,
+            "sci_g_per_token": None,
+            "sci_operational_g": None,
+            "sci_embodied_g": _sig(embodied_g),
+        }
+        if ex.energy_j is None:
+            fields["co2e_reason"] = NO_ENERGY
+        else:
+            energy_kwh = sci.kwh_from_j(ex.energy_j * cfg.pue)
+            score = sci.Sci(sci.operational_g(energy_kwh, reading.g_per_kwh), embodied_g)
+            ex.co2e_g = ex.sci_operational_g = score.operational_g
+            ex.sci_g = score.total_g
+            ex.sci_g_per_token = score.per(ex.completion_tokens)
+            fields |= {
+                "co2e_g": _sig(score.operational_g),
+                "sci_g": _sig(score.total_g),
+                "sci_g_per_token": _sig(ex.sci_g_per_token),
+                "sci_operational_g": _sig(score.operational_g),
+            }
+        ex.energy.update(fields)
+        headers = {
+            "x-co2e-g": ex.co2e_g,
+            "x-carbon-intensity-g-per-kwh": reading.g_per_kwh,
+            "x-sci-g": ex.sci_g,
+            "x-sci-g-per-token": ex.sci_g_per_token,
+        }
+        ex.response_headers.update({k: f"{v:.6g}" for k, v in headers.items() if v is not None})
+        ex.response_headers["x-carbon-source"] = reading.source
+
+
+def _sig(value: float | None) -> float | None:
+    """Six significant digits: grams per request are tiny and float noise is not news."""
+    return None if value is None else float(f"{value:.6g}")
+
+
+def _ready(source: IntensitySource) -> dict[str, Any]:
+    reading = source.current()
+    check: dict[str, Any] = {
+        "name": "carbon",
+        "ok": True,  # a failing live API falls back to the table; requests are unaffected
+        "source": reading.source,
+        "intensity_g_per_kwh": reading.g_per_kwh,
+    }
+    if isinstance(source, LiveIntensity):
+        age_s = source.age_s()
+        check["live_age_s"] = None if age_s is None else round(age_s, 1)
+    return check
+
+
+def carbon(
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    clock: Clock = time.monotonic,
+    table: GridTable | None = None,
+) -> Component:
+    """The carbon component; tests pass a ``transport`` standing in for the live API.
+
+    The intensity source is built at start-up (an unknown ``carbon.country`` stops
+    it with a ConfigError) and published as ``ctx.state["carbon"]``. A live source
+    gets its own HTTP client and a background refresh task for the app's lifetime.
+    """
+
+    @contextlib.asynccontextmanager
+    async def component(ctx: AppContext) -> AsyncIterator[Stage]:
+        cfg = ctx.settings.carbon
+        source = build_source(cfg, table, clock=clock)
+        ctx.state["carbon"] = source
+        ctx.ready_checks.append(lambda: _ready(source))
+        if not isinstance(source, LiveIntensity):
+            yield CarbonStage(source, cfg)
+            return
+        async with httpx.AsyncClient(
+            transport=transport,
+            timeout=FETCH_TIMEOUT_S,
+            headers={"accept": "application/json", "user-agent": "joulegate"},
+            trust_env=transport is None,  # real deployments may need HTTPS_PROXY; tests not
+        ) as client:
+            task = asyncio.create_task(source.run(client), name="carbon-refresh")
+            try:
+                yield CarbonStage(source, cfg)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return component
