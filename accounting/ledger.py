@@ -267,9 +267,7 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()
             await self._migrate(self._writer)
-            self._reader = await aiosqlite.connect(self.path)
-            self._reader.row_factory = sqlite3.Row
-            await self._reader.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, 5000)}")
+            self._reader = await self._connect_reader()
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
@@ -306,6 +304,12 @@ class Ledger:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path)
+        db.row_factory = sqlite3.Row
+        await db.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, 5000)}")
+        return db
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -414,11 +418,11 @@ class Ledger:
             return self._degraded is None
 
     async def _reopen_writer(self) -> None:
+        """A fresh writer, so that a file made writable again is opened for writing."""
         async with self._write_lock:
             if self._writer is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await self._writer.close()
-                self._writer = None
             self._writer = await self._connect()
 
     async def _insert_many(self, rows: Sequence[LedgerRow]) -> None:
