@@ -116,6 +116,11 @@ class FakeBackend:
             }
             await _json(send, status, err)
             return
+        if seen.path == "/fake/release":
+            self.release()
+            self._released = None
+            await _json(send, 200, {"released": True})
+            return
         if seen.path == "/v1/models":
             await _json(
                 send,

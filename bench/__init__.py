@@ -1,0 +1,1 @@
+"""joulegate's benchmarks (`make bench`): each module's ``main()`` prints a table."""

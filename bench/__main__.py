@@ -1,0 +1,27 @@
+"""`make bench`: run every benchmark and print its table."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+
+MODULES = ["bench.overhead", "bench.meters", "bench.ledger"]
+
+
+def main() -> None:
+    """Run the named benchmarks (default: all that exist)."""
+    names = [f"bench.{a}" for a in sys.argv[1:]] or MODULES
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                print(f"(skipping {name}: not present)")
+                continue
+            raise
+        asyncio.run(module.main())
+
+
+if __name__ == "__main__":
+    main()
