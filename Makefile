@@ -23,7 +23,7 @@ endif
 WHEELS := $(HOME)/.cache/joulegate/wheels-$(LLAMA_FLAVOUR)
 LLAMA_WHEEL := $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)
 
-.PHONY: run test unit e2e bench lint setup clean
+.PHONY: run test unit e2e bench lint setup clean docs
 
 setup: $(STAMP)
 
@@ -68,3 +68,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+docs: $(STAMP)
+	$(BIN)/python -m config --readme README.md
