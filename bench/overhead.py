@@ -29,8 +29,9 @@ STREAM = {**CHAT, "max_tokens": 20, "stream": True}
 def process(*args: str) -> Iterator[str]:
     """Start ``bench.serve`` with args; yield its URL once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.serve", args[0], str(port), *args[1:]],
-                            cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.serve", args[0], str(port), *args[1:]], cwd=ROOT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -70,8 +71,9 @@ async def _one_stream(c: httpx.AsyncClient, url: str) -> tuple[float, float]:
 
 async def latency(backend: str, proxy: str, n: int, n_stream: int) -> dict[str, list[float]]:
     """Alternate direct and proxied requests; return per-kind latency samples (ms)."""
-    out: dict[str, list[float]] = {k: [] for k in
-                                   ("d", "p", "d_ttfb", "p_ttfb", "d_ttlb", "p_ttlb")}  # fmt: skip
+    out: dict[str, list[float]] = {
+        k: [] for k in ("d", "p", "d_ttfb", "p_ttfb", "d_ttlb", "p_ttlb")
+    }
     async with httpx.AsyncClient(timeout=30) as c:
         for _ in range(50):  # warm-up
             await _one(c, backend)
@@ -97,14 +99,19 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def queued_memory(backend: str, proxy: str, pid: int, clients: int = 500) -> tuple[float, float]:
+async def queued_memory(
+    backend: str, proxy: str, pid: int, clients: int = 500
+) -> tuple[float, float]:
     """RSS of joulegate idle and with ``clients`` requests waiting in its queue."""
     idle = rss_mb(pid)
     limits = httpx.Limits(max_connections=clients + 10)
     async with httpx.AsyncClient(timeout=120, limits=limits) as c:
-        tasks = [asyncio.create_task(c.post(proxy + "/v1/chat/completions", json=CHAT,
-                                            headers={"x-fake-hold": "1"}))
-                 for _ in range(clients)]  # fmt: skip
+        tasks = [
+            asyncio.create_task(
+                c.post(proxy + "/v1/chat/completions", json=CHAT, headers={"x-fake-hold": "1"})
+            )
+            for _ in range(clients)
+        ]
         for _ in range(600):
             h = (await c.get(proxy + "/healthz")).json()
             if h["waiting"] >= clients - 1:
@@ -122,8 +129,9 @@ async def queued_memory(backend: str, proxy: str, pid: int, clients: int = 500) 
 
 
 def _pid_listening(port: str) -> int:
-    out = subprocess.run(["pgrep", "-f", f"bench.serve .* {port} "], capture_output=True,
-                         text=True, check=False).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        ["pgrep", "-f", f"bench.serve .* {port} "], capture_output=True, text=True, check=False
+    ).stdout.split()
     return int(out[0])
 
 
@@ -138,16 +146,23 @@ async def main(n: int = 2000, n_stream: int = 300) -> None:
                 idle, loaded = await queued_memory(backend, proxy, pid)
                 rows.append((kind, s, idle, loaded))
     print("\n### Proxy overhead (ms; fake backend, client and joulegate share 2 cores)\n")
-    print("| pipeline | metric | direct p50 | via joulegate p50 | added p50 | direct p99 "
-          "| via joulegate p99 | added p99 |")
+    print(
+        "| pipeline | metric | direct p50 | via joulegate p50 | added p50 | direct p99 "
+        "| via joulegate p99 | added p99 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for kind, s, _, _ in rows:
-        for label, d, p in (("non-streaming", "d", "p"), ("stream TTFB", "d_ttfb", "p_ttfb"),
-                            ("stream last byte (20 chunks)", "d_ttlb", "p_ttlb")):  # fmt: skip
+        for label, d, p in (
+            ("non-streaming", "d", "p"),
+            ("stream TTFB", "d_ttfb", "p_ttfb"),
+            ("stream last byte (20 chunks)", "d_ttlb", "p_ttlb"),
+        ):
             d50, p50 = statistics.median(s[d]), statistics.median(s[p])
             d99, p99 = pct(s[d], 99), pct(s[p], 99)
-            print(f"| {kind} | {label} | {d50:.2f} | {p50:.2f} | {p50 - d50:.2f} | {d99:.2f} "
-                  f"| {p99:.2f} | {p99 - d99:.2f} |")
+            print(
+                f"| {kind} | {label} | {d50:.2f} | {p50:.2f} | {p50 - d50:.2f} | {d99:.2f} "
+                f"| {p99:.2f} | {p99 - d99:.2f} |"
+            )
     print("\n### Memory (resident, MB)\n")
     print("| pipeline | idle | 500 clients queued |")
     print("|---|---|---|")

@@ -1,8 +1,8 @@
 """Run the fake backend or joulegate in its own process, for the benchmarks.
 
-    python -m bench.serve fake PORT
-    python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
-    python -m bench.serve full PORT BACKEND_URL      # every default stage
+python -m bench.serve fake PORT
+python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
+python -m bench.serve full PORT BACKEND_URL      # every default stage
 """
 
 from __future__ import annotations
@@ -32,8 +32,16 @@ def main(argv: list[str]) -> None:
         }
         settings = load_settings(env=env)
         app = create_app(settings, components=[] if kind == "gate" else None)
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",  # type: ignore[arg-type]
-                log_level="warning", access_log=False, lifespan="on" if kind != "fake" else "off")  # fmt: skip
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="on" if kind != "fake" else "off",
+    )
 
 
 if __name__ == "__main__":

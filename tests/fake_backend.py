@@ -74,9 +74,13 @@ class FakeBackend:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         seen = Seen(
-            scope["method"], scope["path"], scope["query_string"].decode(), headers, body,
+            scope["method"],
+            scope["path"],
+            scope["query_string"].decode(),
+            headers,
+            body,
             time.monotonic(),
-        )  # fmt: skip
+        )
         self.seen.append(seen)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -172,12 +176,19 @@ class FakeBackend:
 
     def _completion(self, req: dict[str, Any], n: int) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1,
             "model": req.get("model", "fake-model"),
-            "choices": [{"index": 0, "finish_reason": "length" if n else "stop",
-                         "message": {"role": "assistant", "content": "".join(self._text(n))}}],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length" if n else "stop",
+                    "message": {"role": "assistant", "content": "".join(self._text(n))},
+                }
+            ],
             "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
-        }  # fmt: skip
+        }
 
     async def _stream(self, seen: Seen, req: dict[str, Any], n: int, send: Any) -> None:
         await send(

@@ -19,9 +19,13 @@ async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, lifespan=lifespan, log_level="warning", access_log=False, loop="asyncio",
+        app,
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        loop="asyncio",
         timeout_graceful_shutdown=1,
-    )  # fmt: skip
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))

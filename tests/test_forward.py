@@ -26,9 +26,16 @@ def events(raw: bytes) -> list[Any]:
 
 async def test_non_streaming_answer_comes_back_with_timing_and_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
-        r = await c.post(jg.url + "/v1/chat/completions?trace=1", json=CHAT,
-                         headers={"x-custom": "kept", "keep-alive": "timeout=5",
-                                  "proxy-authorization": "Basic eDp5", "te": "trailers"})  # fmt: skip
+        r = await c.post(
+            jg.url + "/v1/chat/completions?trace=1",
+            json=CHAT,
+            headers={
+                "x-custom": "kept",
+                "keep-alive": "timeout=5",
+                "proxy-authorization": "Basic eDp5",
+                "te": "trailers",
+            },
+        )
     assert r.status_code == 200
     body = r.json()
     assert body["choices"][0]["message"]["content"] == "Hello there, friend"
@@ -52,15 +59,24 @@ async def test_backend_errors_come_back_unchanged(fake, joulegate_app):  # type:
             jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-status": "400"}
         )
     assert r.status_code == 400
-    assert r.json() == {"error": {"message": "fake backend error", "type": "invalid_request_error",
-                                  "code": "fake", "param": None}}  # fmt: skip
+    assert r.json() == {
+        "error": {
+            "message": "fake backend error",
+            "type": "invalid_request_error",
+            "code": "fake",
+            "param": None,
+        }
+    }
     assert "x-queue-ms" in r.headers
 
 
 async def test_malformed_json_is_refused_without_touching_the_backend(fake, joulegate_app):  # type: ignore[no-untyped-def]
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
-        r = await c.post(jg.url + "/v1/chat/completions", content=b'{"model": ',
-                         headers={"content-type": "application/json"})  # fmt: skip
+        r = await c.post(
+            jg.url + "/v1/chat/completions",
+            content=b'{"model": ',
+            headers={"content-type": "application/json"},
+        )
         r2 = await c.post(jg.url + "/v1/embeddings", content=b"[1, 2]")
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -110,8 +126,11 @@ async def test_client_key_is_replaced_by_the_configured_backend_key(fake, jouleg
         joulegate_app(fake.url, backend_api_key="backend-secret") as jg,
         httpx.AsyncClient() as c,
     ):
-        await c.post(jg.url + "/v1/chat/completions", json=CHAT,
-                     headers={"authorization": "Bearer client-secret"})  # fmt: skip
+        await c.post(
+            jg.url + "/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": "Bearer client-secret"},
+        )
         await c.get(jg.url + "/v1/models", headers={"authorization": "Bearer client-secret"})
     assert [s.headers["authorization"] for s in fake.seen] == ["Bearer backend-secret"] * 2
 
@@ -164,22 +183,28 @@ async def test_first_event_reaches_the_client_while_the_backend_still_generates(
     fake, joulegate_app
 ):  # type: ignore[no-untyped-def]
     req = {**CHAT, "stream": True, "max_tokens": 5}
-    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
-        async with c.stream("POST", jg.url + "/v1/chat/completions", json=req,
-                            headers={"x-fake-chunk-delay-ms": "200"}) as r:  # fmt: skip
-            it = r.aiter_raw()
-            first = await anext(it)
-            # The backend has 5 delayed chunks to go: it is still generating.
-            assert fake.seen[0].finished_s is None
-            rest = b"".join([c async for c in it])
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c, c.stream(
+        "POST",
+        jg.url + "/v1/chat/completions",
+        json=req,
+        headers={"x-fake-chunk-delay-ms": "200"},
+    ) as r:
+        it = r.aiter_raw()
+        first = await anext(it)
+        # The backend has 5 delayed chunks to go: it is still generating.
+        assert fake.seen[0].finished_s is None
+        rest = b"".join([c async for c in it])
     assert b'"role": "assistant"' in first
     assert events(first + rest)[-1] == "[DONE]"
 
 
 async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joulegate_app):  # type: ignore[no-untyped-def]
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
-        r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-                         headers={"x-fake-drop": "2"})  # fmt: skip
+        r = await c.post(
+            jg.url + "/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"x-fake-drop": "2"},
+        )
         assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
     evs = events(r.content)
     assert evs[-1]["error"]["type"] == "backend_unreachable"

@@ -23,8 +23,9 @@ async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 async def post(c: httpx.AsyncClient, jg: Running, i: int, **headers: str) -> httpx.Response:
-    return await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "user": f"u{i}"},
-                        headers=headers)  # fmt: skip
+    return await c.post(
+        jg.url + "/v1/chat/completions", json={**CHAT, "user": f"u{i}"}, headers=headers
+    )
 
 
 async def test_fifty_clients_are_served_one_at_a_time_in_arrival_order(fake, joulegate_app):  # type: ignore[no-untyped-def]
@@ -91,8 +92,12 @@ async def test_client_leaving_mid_stream_cancels_the_backend_and_frees_the_slot(
 ):  # type: ignore[no-untyped-def]
     req = {**CHAT, "stream": True, "max_tokens": 50}
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient(timeout=60) as c:
-        async with c.stream("POST", jg.url + "/v1/chat/completions", json=req,
-                            headers={"x-fake-chunk-delay-ms": "100"}) as r:  # fmt: skip
+        async with c.stream(
+            "POST",
+            jg.url + "/v1/chat/completions",
+            json=req,
+            headers={"x-fake-chunk-delay-ms": "100"},
+        ) as r:
             await anext(r.aiter_raw())
             left_at = time.monotonic()
         # The backend had ~5 s of chunks left; the slot must come back long before that.
@@ -122,8 +127,9 @@ async def test_gate_is_empty_after_a_mix_of_disconnects_timeouts_and_errors(fake
             r = await c.post(url, json=stream, headers={"x-fake-drop": "3"})
             return json.loads(r.content.split(b"data: ")[-1])["error"]["type"]
         if kind == "stream_leave":
-            async with c.stream("POST", url, json=stream,
-                                headers={"x-fake-chunk-delay-ms": "20"}) as r:  # fmt: skip
+            async with c.stream(
+                "POST", url, json=stream, headers={"x-fake-chunk-delay-ms": "20"}
+            ) as r:
                 await anext(r.aiter_raw())
             return "left"
         task = asyncio.create_task(c.post(url, json=CHAT))
@@ -131,8 +137,10 @@ async def test_gate_is_empty_after_a_mix_of_disconnects_timeouts_and_errors(fake
         task.cancel()
         return "left"
 
-    async with joulegate_app(fake.url, read_timeout_s=0.3, max_concurrency=2) as jg, \
-            httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as c:  # fmt: skip
+    async with (
+        joulegate_app(fake.url, read_timeout_s=0.3, max_concurrency=2) as jg,
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=200)) as c,
+    ):
         results = await asyncio.gather(*(one(c, jg, i, k) for i, k in enumerate(kinds)))
         await until(lambda: (jg.gate.in_flight, jg.gate.waiting) == (0, 0))
         final = await c.post(jg.url + "/v1/chat/completions", json=CHAT)

@@ -45,9 +45,14 @@ class Joulegate:
         """Run the ``joulegate`` CLI with this instance's environment."""
         return subprocess.run(
             [sys.executable, "-m", "proxy.cli", *args],
-            env=self.env, cwd=self.data_dir, capture_output=True, text=True,
-            input=input_text, timeout=120, check=False,
-        )  # fmt: skip
+            env=self.env,
+            cwd=self.data_dir,
+            capture_output=True,
+            text=True,
+            input=input_text,
+            timeout=120,
+            check=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +85,12 @@ def start_joulegate(
         env.update(env_overrides)
         with (data / "joulegate.log").open("wb") as log:  # the child keeps its own copy
             proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "serve"], env=env, cwd=data,
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [sys.executable, "-m", "proxy.cli", "serve"],
+                env=env,
+                cwd=data,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         jg = Joulegate(f"http://127.0.0.1:{port}", data, env, proc)
         running.append(jg)
         deadline = time.monotonic() + 60

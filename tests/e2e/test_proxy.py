@@ -15,7 +15,10 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 def test_sync_non_streaming_with_headers(joulegate: Joulegate) -> None:
     client = openai.OpenAI(base_url=joulegate.base_url, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
     )
     done = raw.parse()
     assert done.choices[0].message.content
@@ -30,7 +33,11 @@ def test_sync_streaming_carries_energy_in_the_last_chunk(joulegate: Joulegate) -
     client = openai.OpenAI(base_url=joulegate.base_url, api_key="unused", max_retries=0)
     chunks = list(
         client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0, stream=True  # type: ignore[arg-type]
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=12,
+            temperature=0,
+            stream=True,  # type: ignore[arg-type]
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -44,9 +51,13 @@ def test_sync_streaming_carries_energy_in_the_last_chunk(joulegate: Joulegate) -
 async def test_async_streaming_with_usage_and_raw_headers(joulegate: Joulegate) -> None:
     client = openai.AsyncOpenAI(base_url=joulegate.base_url, api_key="unused", max_retries=0)
     raw = await client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0, stream=True,  # type: ignore[arg-type]
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     assert "x-queue-ms" in raw.headers
     chunks = [c async for c in await raw.parse()]
     await client.close()
@@ -60,9 +71,11 @@ async def test_concurrent_clients_are_serialised(joulegate: Joulegate) -> None:
 
     async def ask(i: int) -> tuple[float, float]:
         raw = await client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}],
-            max_tokens=16, temperature=0,
-        )  # fmt: skip
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Say the number {i}."}],
+            max_tokens=16,
+            temperature=0,
+        )
         return float(raw.headers["x-queue-ms"]), float(raw.headers["x-duration-ms"])
 
     results = await asyncio.gather(*(ask(i) for i in range(3)))
