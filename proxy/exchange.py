@@ -9,9 +9,11 @@ carbon, ledger, telemetry). The proxy calls every stage's hooks in order:
                  last byte goes out (meters close the window, carbon, ledger)
 ``on_closed``    after the last byte or the disconnect (spans end)
 
-``on_finished`` and ``on_closed`` run for every request that reached
-``on_arrival`` without being refused, failures and cancellations included,
-since a cancelled request still used energy.
+``on_finished`` and ``on_closed`` run for every request that passed
+``on_arrival``, failures and cancellations included, since a cancelled request
+still used energy. A request refused in ``on_arrival`` gets only ``on_closed``,
+and only from the stages that saw it (those up to and including the refuser),
+so refusals still appear in traces and metrics.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class Exchange:
     """The ``energy`` object sent to the client; stages add their numbers."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Extra headers for the response (sent only where headers are still unsent)."""
+    backend_headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers for the backend request (e.g. ``traceparent``), set before
+    or in ``on_admitted``."""
     response_text: str | None = None
     """Assistant text, collected only when a stage asks for content (ledger)."""
     trace_id: str | None = None
@@ -117,8 +122,19 @@ class Pipeline:
 
     async def arrival(self, ex: Exchange) -> None:
         """Run every stage's ``on_arrival``; the first refusal propagates."""
-        for s in self.stages:
+        for i, s in enumerate(self.stages):
+            ex.scratch["_arrived"] = i
             await s.on_arrival(ex)
+        ex.scratch["_arrived"] = len(self.stages)
+
+    async def refused(self, ex: Exchange) -> None:
+        """A stage refused the request: close it for the stages that had seen it
+        (and the refusing one), so refusals still show up in telemetry."""
+        for s in self.stages[: ex.scratch.get("_arrived", 0) + 1]:
+            try:
+                await s.on_closed(ex)
+            except Exception:
+                log.exception("stage %s failed in on_closed for %s", s.name, ex.request_id)
 
     async def admitted(self, ex: Exchange) -> None:
         """Run every stage's ``on_admitted``."""

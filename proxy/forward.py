@@ -207,7 +207,10 @@ class Forwarder:
             await self._pipeline.arrival(ex)
         except ProxyError as err:
             ex.status = err.status
+            ex.failure = err.error_type
+            ex.window.finished_s = time.monotonic()
             await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            await self._pipeline.refused(ex)
             return
         await self._serve(ex, scope, receive, send, method, path, query, body)
 
