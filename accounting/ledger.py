@@ -292,11 +292,12 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retry_task
             self._retry_task = None
-        if self._degraded is not None and self._writer is not None:
-            await self.flush()
-            only_in_memory = len(self._pending) if not self.fallback_path.exists() else 0
-            if only_in_memory:
-                log.error("ledger: %d rows could not be written anywhere", only_in_memory)
+        if self._degraded is not None and self._writer is not None and not await self.flush():
+            log.error(
+                "ledger: closing with %d held rows unwritten; those in %s are replayed at the"
+                " next start, any others are lost",
+                len(self._pending), self.fallback_path,
+            )  # fmt: skip
         for conn in (self._writer, self._reader):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
