@@ -55,6 +55,11 @@ class Exchange:
     finish_reasons: list[str] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    stream_content_chunks: int = 0
+    """Stream chunks that carried content (counted by the forwarder)."""
+    completion_tokens_counted: bool = False
+    """The backend sent no usage on its stream: ``completion_tokens`` is the
+    number of content chunks (one token each on llama.cpp and Ollama)."""
     failure: str | None = None
     """Why the request did not complete: ``client_disconnected``, ``backend_timeout``, …"""
     # Set by the meters stage (None = not measured):

@@ -405,6 +405,7 @@ class Forwarder:
         relay.started = True
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
+        content_chunks = 0
         async for chunk in response.aiter_raw():
             for event in splitter.feed(chunk):
                 if event.data is None:
@@ -419,6 +420,9 @@ class Forwarder:
                     continue
                 _note_chunk(ex, obj, collect)
                 choices = obj.get("choices")
+                if _has_content(choices):
+                    content_chunks += 1
+                    ex.stream_content_chunks = content_chunks
                 if choices == [] and obj.get("usage") is not None:
                     if ex.usage_injected:
                         continue  # the client did not ask for it
@@ -439,6 +443,11 @@ class Forwarder:
         self, ex: Exchange, relay: _Relay, error: ProxyError | None, send: Send
     ) -> None:
         w = ex.window
+        if ex.completion_tokens is None and ex.stream_content_chunks:
+            # The backend sent no usage (llama.cpp's server ignores include_usage):
+            # count content chunks, one token each on servers that stream per token.
+            ex.completion_tokens = ex.stream_content_chunks
+            ex.completion_tokens_counted = True
         ex.energy.update(
             {
                 "queue_ms": _ms(w.queue_s),
@@ -494,6 +503,19 @@ class Forwarder:
         else:
             out += relay.tail
         await send({"type": "http.response.body", "body": out, "more_body": False})
+
+
+def _has_content(choices: Any) -> bool:
+    if not isinstance(choices, list):
+        return False
+    for c in choices:
+        if isinstance(c, dict):
+            part = c.get("delta")
+            if isinstance(part, dict) and part.get("content"):
+                return True
+            if c.get("text"):
+                return True
+    return False
 
 
 def _has_finish(choices: Any) -> bool:

@@ -8,6 +8,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-hang``            never answer (for timeouts and disconnects)
 ``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
+``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as llama.cpp's server does)
 
 It records what a test needs: requests in arrival order, the headers and body
 it saw, how many requests overlapped, and which were cancelled.
@@ -232,7 +233,9 @@ class FakeBackend:
                 }
             )
         await send({"type": "http.response.body", "body": chunk({}, "length"), "more_body": True})
-        if (req.get("stream_options") or {}).get("include_usage"):
+        if "x-fake-no-usage" not in seen.headers and (req.get("stream_options") or {}).get(
+            "include_usage"
+        ):
             usage = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from proxy.app import AppContext, Component
+from proxy.exchange import Exchange, Stage
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
 
@@ -183,12 +187,16 @@ async def test_first_event_reaches_the_client_while_the_backend_still_generates(
     fake, joulegate_app
 ):  # type: ignore[no-untyped-def]
     req = {**CHAT, "stream": True, "max_tokens": 5}
-    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c, c.stream(
-        "POST",
-        jg.url + "/v1/chat/completions",
-        json=req,
-        headers={"x-fake-chunk-delay-ms": "200"},
-    ) as r:
+    async with (
+        joulegate_app(fake.url) as jg,
+        httpx.AsyncClient() as c,
+        c.stream(
+            "POST",
+            jg.url + "/v1/chat/completions",
+            json=req,
+            headers={"x-fake-chunk-delay-ms": "200"},
+        ) as r,
+    ):
         it = r.aiter_raw()
         first = await anext(it)
         # The backend has 5 delayed chunks to go: it is still generating.
@@ -263,3 +271,39 @@ async def test_openai_sdk_parses_every_response_unchanged(fake, joulegate_app): 
     assert emb.data[0].embedding == [0.1, 0.2, 0.3]
     assert info.value.status_code == 400
     assert isinstance(fake, FakeBackend)
+
+
+class _Capture(Stage):
+    """Keeps every finished exchange for the test to inspect."""
+
+    def __init__(self) -> None:
+        self.seen: list[Exchange] = []
+
+    async def on_finished(self, ex: Exchange) -> None:
+        self.seen.append(ex)
+
+
+def _component(stage: Stage) -> Component:
+    @contextlib.asynccontextmanager
+    async def make(_: AppContext) -> AsyncIterator[Stage]:
+        yield stage
+
+    return make
+
+
+async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    cap = _Capture()
+    async with joulegate_app(fake.url, [_component(cap)]) as jg, httpx.AsyncClient() as c:
+        await c.post(
+            jg.url + "/v1/chat/completions",
+            json={**CHAT, "stream": True, "max_tokens": 6},
+            headers={"x-fake-no-usage": "1"},
+        )
+        await c.post(
+            jg.url + "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 6}
+        )
+    counted, reported = cap.seen
+    assert (counted.completion_tokens, counted.completion_tokens_counted) == (6, True)
+    assert counted.prompt_tokens is None
+    assert (reported.completion_tokens, reported.completion_tokens_counted) == (6, False)
+    assert reported.prompt_tokens == 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 
@@ -48,7 +49,7 @@ def test_sync_streaming_carries_energy_in_the_last_chunk(joulegate: Joulegate) -
     assert sum("energy" in (c.model_extra or {}) for c in chunks) == 1
 
 
-async def test_async_streaming_with_usage_and_raw_headers(joulegate: Joulegate) -> None:
+async def test_async_streaming_with_raw_headers(joulegate: Joulegate) -> None:
     client = openai.AsyncOpenAI(base_url=joulegate.base_url, api_key="unused", max_retries=0)
     raw = await client.chat.completions.with_raw_response.create(
         model=MODEL,
@@ -59,11 +60,11 @@ async def test_async_streaming_with_usage_and_raw_headers(joulegate: Joulegate) 
         stream_options={"include_usage": True},
     )
     assert "x-queue-ms" in raw.headers
-    chunks = [c async for c in await raw.parse()]
+    chunks = [c async for c in raw.parse()]
     await client.close()
-    last = chunks[-1]
-    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
-    assert "energy" in (last.model_extra or {})
+    # llama.cpp's server ignores include_usage, so the energy rides in the finish chunk.
+    assert sum("energy" in (c.model_extra or {}) for c in chunks) == 1
+    assert "energy" in (chunks[-1].model_extra or {})
 
 
 async def test_concurrent_clients_are_serialised(joulegate: Joulegate) -> None:
@@ -86,9 +87,14 @@ async def test_concurrent_clients_are_serialised(joulegate: Joulegate) -> None:
     assert queued[-1] >= 2 * shortest_run * 0.9
 
 
-def test_models_listing_and_backend_errors_pass_through(joulegate: Joulegate) -> None:
+def test_models_listing_and_backend_errors_pass_through(
+    joulegate: Joulegate, llama_url: str
+) -> None:
     client = openai.OpenAI(base_url=joulegate.base_url, api_key="unused", max_retries=0)
     assert MODEL in [m.id for m in client.models.list()]
-    with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model=MODEL, messages="not a list")  # type: ignore[arg-type]
-    assert 400 <= info.value.status_code < 500
+    bad = {"model": MODEL, "messages": "not a list"}
+    direct = httpx.post(llama_url + "/v1/chat/completions", json=bad, timeout=30)
+    proxied = httpx.post(joulegate.base_url + "/chat/completions", json=bad, timeout=30)
+    assert direct.status_code >= 400
+    assert proxied.status_code == direct.status_code
+    assert proxied.json() == direct.json()
