@@ -7,7 +7,7 @@ For each request under ``/v1/`` (and ``/api/`` for Ollama when enabled):
 2. run the pipeline's arrival hooks (auth, budgets: they may refuse);
 3. on gated paths, wait for a slot in the FIFO gate while watching for the
    client leaving (it then leaves the queue at once);
-4. forward with httpx and relay the answer: whole for JSON (with an ``energy``
+4. forward with aiohttp and relay the answer: whole for JSON (with an ``energy``
    object added), event by event for SSE (``energy`` rides in the last data
    chunk before ``[DONE]``);
 5. close the window, run the finish hooks (meters, carbon, ledger) and only
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
@@ -57,7 +57,7 @@ INFERENCE_PATHS = frozenset(
 )
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
 _USAGE_ENDPOINTS = ("chat/completions", "completions")
-# Request headers never forwarded: hop-by-hop ones, and those httpx sets itself.
+# Request headers never forwarded: hop-by-hop ones, and those aiohttp sets itself.
 _DROP_REQUEST = frozenset(
     {
         b"connection",
@@ -76,17 +76,17 @@ _DROP_REQUEST = frozenset(
 )
 _DROP_RESPONSE = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "date",
-        "server",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"date",
+        b"server",
     }
 )
 
@@ -121,7 +121,7 @@ class _Outgoing:
 
     method: str
     url: str
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[str, str]]
     body: bytes
 
 
@@ -148,14 +148,14 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         gate: Gate,
         pipeline: Pipeline,
         *,
         strip_client_auth: bool = False,
     ) -> None:
         self._s = settings
-        self._client = client
+        self._session = session
         self._gate = gate
         self._pipeline = pipeline
         self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
@@ -164,7 +164,7 @@ class Forwarder:
         if settings.ollama_native:
             self._gated |= OLLAMA_INFERENCE_PATHS
         self._auth_header = (
-            (b"authorization", f"Bearer {settings.backend_api_key}".encode())
+            ("authorization", f"Bearer {settings.backend_api_key}")
             if settings.backend_api_key
             else None
         )
@@ -269,15 +269,15 @@ class Forwarder:
         ex.usage_injected = True
         return _encode({**parsed, "stream_options": new_opts})
 
-    def _forward_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+    def _forward_headers(self, scope: Scope) -> list[tuple[str, str]]:
         out = [
-            (k, v)
+            (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
             if k not in _DROP_REQUEST and not (self._strip_auth and k == b"authorization")
         ]
         if self._auth_header is not None:
             out.append(self._auth_header)
-        out.append((b"accept-encoding", b"identity"))
+        out.append(("accept-encoding", "identity"))
         return out
 
     async def _serve(
@@ -333,50 +333,55 @@ class Forwarder:
             ex.window.admitted_s = time.monotonic()
         headers = out.headers
         if ex.backend_headers:
-            extra = {k.lower().encode("latin-1") for k in ex.backend_headers}
+            extra = {k.lower() for k in ex.backend_headers}
             headers = [(k, v) for k, v in headers if k not in extra]
-            headers += [(k.lower().encode(), v.encode()) for k, v in ex.backend_headers.items()]
-        request = self._client.build_request(out.method, out.url, headers=headers, content=out.body)
+            headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
+        data = out.body if out.body or out.method not in ("GET", "HEAD") else None
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self._session.request(
+                out.method, out.url, headers=headers, data=data, allow_redirects=False
+            )
+        except TimeoutError as exc:
             raise BackendTimeout(
                 f"the backend at {self._backend} did not answer in time ({type(exc).__name__})",
                 code="backend_timeout",
             ) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise BackendUnreachable(
                 f"could not reach the backend at {self._backend}: {exc or type(exc).__name__}",
                 code="backend_unreachable",
             ) from exc
         ex.window.first_byte_s = time.monotonic()
-        ex.status = relay.status = response.status_code
-        relay.headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in response.headers.multi_items()
-            if k.lower() not in _DROP_RESPONSE
-        ]
+        ex.status = relay.status = response.status
+        relay.headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _DROP_RESPONSE]
         ctype = response.headers.get("content-type", "")
+        complete = False
         try:
             if ctype.startswith("text/event-stream"):
                 relay.streaming = True
                 await self._relay_stream(ex, response, relay, send)
             else:
-                relay.body = await response.aread()
+                relay.body = await response.read()
                 if ex.gated and ctype.startswith("application/json"):
                     self._note_json(ex, relay)
-        except httpx.TimeoutException as exc:
+            complete = True
+        except TimeoutError as exc:
             raise BackendTimeout(
                 f"the backend at {self._backend} stopped answering (read timeout)",
                 code="backend_timeout",
             ) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise BackendUnreachable(
                 f"the backend at {self._backend} broke the connection: {exc or type(exc).__name__}",
                 code="backend_unreachable",
             ) from exc
         finally:
-            await response.aclose()
+            # Closing (not releasing) an unfinished response drops the connection, which
+            # is how the backend learns that the client left and stops generating.
+            if complete:
+                response.release()
+            else:
+                response.close()
             ex.window.finished_s = time.monotonic()
 
     def _note_json(self, ex: Exchange, relay: _Relay) -> None:
@@ -389,7 +394,7 @@ class Forwarder:
             _note_chunk(ex, obj, self._pipeline.wants_content)
 
     async def _relay_stream(
-        self, ex: Exchange, response: httpx.Response, relay: _Relay, send: Send
+        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
     ) -> None:
         await send(
             {
@@ -406,7 +411,7 @@ class Forwarder:
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
         content_chunks = 0
-        async for chunk in response.aiter_raw():
+        async for chunk in response.content.iter_any():
             for event in splitter.feed(chunk):
                 if event.data is None:
                     await _send_body(send, event.raw)
