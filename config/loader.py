@@ -4,6 +4,9 @@ Later sources override earlier ones. Values from the environment and the CLI
 are strings and are parsed by the field's type; TOML values must already have
 the right type. Unknown keys and unparsable values raise :class:`ConfigError`
 naming the key, so a typo stops start-up instead of being ignored.
+
+The standard ``OTEL_*`` variables keep their names: they are captured whole
+into ``telemetry.otel_env`` for the telemetry component to build exporters from.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from config.errors import ConfigError
 from config.settings import Settings
 
 ENV_PREFIX = "JOULEGATE_"
+OTEL_PREFIX = "OTEL_"
 DEFAULT_CONFIG_FILE = Path("joulegate.toml")
 
 
@@ -176,6 +180,9 @@ def load_settings(
             raise ConfigError(f"config file {str(config_file)!r}: {exc}") from exc
     _merge(data, _from_strings(Settings, env_to_dotted(env), "environment"))
     _merge(data, _from_strings(Settings, dict(overrides or {}), "command line"))
+    # OTEL_* keep their standard names; the telemetry component reads them from here.
+    otel_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(OTEL_PREFIX)))
+    _merge(data, {"telemetry": {"otel_env": otel_env}})
     return _build_checked(data)
 
 
@@ -231,7 +238,7 @@ def settings_table() -> list[tuple[str, str, str, str]]:
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], f"{f.name}.")
                 continue
-            env = ENV_PREFIX + (prefix.replace(".", "_") + f.name).upper()
+            env = f.metadata.get("env") or ENV_PREFIX + (prefix.replace(".", "_") + f.name).upper()
             default = getattr(inst, f.name)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else repr(default)
             rows.append((env, prefix + f.name, shown, doc.get(f.name, "")))

@@ -1,0 +1,113 @@
+"""``GET /metrics``: joulegate's figures in the Prometheus text format.
+
+Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
+
+    joulegate_energy_joules_total{user,model,component}   counter  J
+    joulegate_co2e_grams_total{user,model,component}      counter  gCO2e
+    joulegate_requests_total{user,model,endpoint,status}  counter
+    joulegate_request_duration_seconds{model,endpoint}    histogram, arrival to last byte
+    joulegate_queue_length                                gauge, requests waiting for a slot
+    joulegate_in_flight                                   gauge, requests holding a slot
+
+``component="total"`` is a request's whole energy; the other components
+(``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``) break it down and may
+overlap (``machine`` includes the rest), so sum one of them, not all. The
+registry is the app's own, made in its lifespan, never the process-global one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Response, get
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from config.errors import NotFound
+from proxy.exchange import Exchange, Stage
+from proxy.semconv import energy_split, model_label
+
+if TYPE_CHECKING:
+    from proxy.app import AppContext
+
+STATE_KEY = "prometheus"
+_DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+
+
+class PrometheusStage(Stage):
+    """Counts every request that reaches the end of the pipeline, and its energy."""
+
+    name = "prometheus"
+
+    def __init__(self, registry: CollectorRegistry, *, user_label: bool) -> None:
+        self._user_label = user_label
+        who = ["user"] if user_label else []
+        self._energy = Counter(
+            "joulegate_energy_joules",
+            "Energy used by requests, in joules (component=total is the whole).",
+            [*who, "model", "component"],
+            registry=registry,
+        )
+        self._co2e = Counter(
+            "joulegate_co2e_grams",
+            "CO2-equivalent emitted by requests' energy, in grams.",
+            [*who, "model", "component"],
+            registry=registry,
+        )
+        self._requests = Counter(
+            "joulegate_requests",
+            "Requests proxied, by final HTTP status (499: the client left).",
+            [*who, "model", "endpoint", "status"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "joulegate_request_duration_seconds",
+            "Time from a request's arrival to its last byte, queue included.",
+            ["model", "endpoint"],
+            buckets=_DURATION_BUCKETS_S,
+            registry=registry,
+        )
+
+    async def on_closed(self, ex: Exchange) -> None:
+        """Count the request, its duration and its energy and CO2eq."""
+        model = model_label(ex)
+        # Non-inference paths can be anything a client sends: one label for them all.
+        endpoint = ex.endpoint if ex.gated or ex.endpoint == "models" else "other"
+        who = [ex.user] if self._user_label else []
+        self._requests.labels(*who, model, endpoint, str(ex.status or 0)).inc()
+        self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
+        for component, energy_j, co2e_g in energy_split(ex):
+            self._energy.labels(*who, model, component).inc(energy_j)
+            if co2e_g is not None:
+                self._co2e.labels(*who, model, component).inc(co2e_g)
+
+
+@contextlib.asynccontextmanager
+async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
+    """The app's Prometheus registry (published for ``/metrics``) and its stage."""
+    registry = CollectorRegistry(auto_describe=True)
+    gate = ctx.gate
+    Gauge(
+        "joulegate_queue_length", "Requests waiting for a slot in the gate.", registry=registry
+    ).set_function(lambda: gate.waiting)
+    Gauge(
+        "joulegate_in_flight",
+        "Requests holding a slot (talking to the backend).",
+        registry=registry,
+    ).set_function(lambda: gate.in_flight)
+    stage = PrometheusStage(registry, user_label=ctx.settings.telemetry.metrics_user_label)
+    ctx.state[STATE_KEY] = registry
+    yield stage
+
+
+@get("/metrics", sync_to_thread=False, name="metrics")
+def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
+    registry: CollectorRegistry | None = request.app.state.ctx.state.get(STATE_KEY)
+    if registry is None:
+        raise NotFound("metrics are not enabled", code="not_found")
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(registry), media_type=content_type)

@@ -1,0 +1,176 @@
+"""``GET /metrics``, read with the Prometheus client's own text parser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from config import TelemetrySettings
+from proxy.app import Component
+from proxy.metrics import metrics_endpoint, prometheus_component
+from tests.telemetry_support import (
+    FakeEnergy,
+    FinishLine,
+    HeaderUser,
+    component,
+    joulegate,
+    until,
+)
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(c: httpx.AsyncClient, url: str) -> Samples:
+    r = await c.get(url + "/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def get(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def reported_energy(r: httpx.Response) -> dict[str, Any]:
+    """The ``energy`` object, from a JSON body or a stream's last data chunk."""
+    if r.headers["content-type"].startswith("application/json"):
+        return r.json()["energy"]  # type: ignore[no-any-return]
+    chunks = [json.loads(block[6:]) for block in r.text.replace("\r\n", "\n").split("\n\n")
+              if block.startswith("data: {")]  # fmt: skip
+    return chunks[-1]["energy"]  # type: ignore[no-any-return]
+
+
+def parts(energy: FakeEnergy, done: FinishLine) -> list[Component]:
+    return [prometheus_component, component(HeaderUser()), component(energy), component(done)]
+
+
+async def test_counters_rise_by_exactly_the_energy_the_responses_reported(fake):  # type: ignore[no-untyped-def]
+    energy, done = FakeEnergy(), FinishLine()
+    async with (
+        joulegate(fake.url, parts(energy, done), [metrics_endpoint]) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        before = await scrape(c, jg.url)
+        reported: dict[str, list[dict[str, Any]]] = {"alice": [], "bob": []}
+        for user, stream in (("alice", False), ("bob", True), ("alice", True), ("bob", False)):
+            r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": stream},
+                             headers={"x-user": user})  # fmt: skip
+            assert r.status_code == 200
+            reported[user].append(reported_energy(r))
+        failed = await c.post(jg.url + "/v1/chat/completions", json=CHAT,
+                              headers={"x-user": "bob", "x-fake-status": "500"})  # fmt: skip
+        models = await c.get(jg.url + "/v1/models")
+        await done.wait(6)
+        after = await scrape(c, jg.url)
+
+    assert (failed.status_code, models.status_code) == (500, 200)
+    for user, answers in reported.items():
+        for component_name, key in (("total", "energy_j"), ("gpu", "energy_gpu_j"),
+                                    ("cpu", "energy_cpu_j")):  # fmt: skip
+            labels = {"user": user, "model": "m", "component": component_name}
+            rise = get(after, "joulegate_energy_joules_total", **labels) - get(
+                before, "joulegate_energy_joules_total", **labels
+            )
+            # The 500 used energy too (request 5: 6.25 J); it was reported in no body.
+            extra = {"total": 6.25, "gpu": 5.0, "cpu": 1.25}[component_name] if user == "bob" else 0
+            assert rise == sum(a[key] for a in answers) + extra
+        co2e = get(after, "joulegate_co2e_grams_total", user=user, model="m", component="total")
+        assert co2e == sum(a["co2e_g"] for a in answers) + (0.625 if user == "bob" else 0)
+
+    requests = {(dict(labels)["user"], dict(labels)["endpoint"], dict(labels)["status"]): v
+                for (name, labels), v in after.items()
+                if name == "joulegate_requests_total"}  # fmt: skip
+    assert requests == {
+        ("alice", "chat/completions", "200"): 2,
+        ("bob", "chat/completions", "200"): 2,
+        ("bob", "chat/completions", "500"): 1,
+        ("anonymous", "models", "200"): 1,
+    }
+    count = get(after, "joulegate_request_duration_seconds_count",
+                model="m", endpoint="chat/completions")  # fmt: skip
+    assert count == 5
+    assert get(after, "joulegate_request_duration_seconds_bucket",
+               model="m", endpoint="chat/completions", le="+Inf") == 5  # fmt: skip
+
+
+async def test_queue_length_shows_requests_waiting_for_a_slot(fake):  # type: ignore[no-untyped-def]
+    energy, done = FakeEnergy(), FinishLine()
+    async with (
+        joulegate(fake.url, parts(energy, done), [metrics_endpoint]) as jg,
+        httpx.AsyncClient(timeout=10) as c,
+    ):
+        idle = await scrape(c, jg.url)
+        slow = [asyncio.ensure_future(c.post(jg.url + "/v1/chat/completions", json=CHAT,
+                                             headers={"x-fake-delay-ms": "400"}))
+                for _ in range(3)]  # fmt: skip
+        await until(lambda: jg.gate.waiting == 2)
+        busy = await scrape(c, jg.url)
+        await asyncio.gather(*slow)
+        await done.wait(3)
+        after = await scrape(c, jg.url)
+    assert get(idle, "joulegate_queue_length") == 0
+    assert (get(busy, "joulegate_queue_length"), get(busy, "joulegate_in_flight")) == (2, 1)
+    assert (get(after, "joulegate_queue_length"), get(after, "joulegate_in_flight")) == (0, 0)
+
+
+async def test_the_user_label_can_be_switched_off(fake):  # type: ignore[no-untyped-def]
+    energy, done = FakeEnergy(), FinishLine()
+    settings = TelemetrySettings(metrics_user_label=False)
+    async with (
+        joulegate(fake.url, parts(energy, done), [metrics_endpoint], telemetry=settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        for user in ("alice", "bob"):
+            await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers={"x-user": user})
+        await done.wait(2)
+        samples = await scrape(c, jg.url)
+    joulegate_series = [dict(labels) for (name, labels) in samples if name.startswith("joulegate_")]
+    assert joulegate_series and all("user" not in labels for labels in joulegate_series)
+    assert get(samples, "joulegate_energy_joules_total", model="m", component="total") == 3.75
+    assert get(samples, "joulegate_requests_total",
+               model="m", endpoint="chat/completions", status="200") == 2  # fmt: skip
+
+
+async def test_each_app_has_its_own_registry(fake):  # type: ignore[no-untyped-def]
+    first, second = (FakeEnergy(), FinishLine()), (FakeEnergy(), FinishLine())
+    async with (
+        joulegate(fake.url, parts(*first), [metrics_endpoint]) as a,
+        joulegate(fake.url, parts(*second), [metrics_endpoint]) as b,
+        httpx.AsyncClient() as c,
+    ):
+        await c.post(a.url + "/v1/chat/completions", json=CHAT)
+        await first[1].wait(1)
+        seen_a, seen_b = await scrape(c, a.url), await scrape(c, b.url)
+    key = {"user": "anonymous", "model": "m", "component": "total"}
+    assert get(seen_a, "joulegate_energy_joules_total", **key) == 1.25
+    assert get(seen_b, "joulegate_energy_joules_total", **key) == 0
+    assert not [m for m in REGISTRY.collect() if m.name.startswith("joulegate")]
+
+
+async def test_openmetrics_is_served_to_scrapers_that_ask_for_it(fake):  # type: ignore[no-untyped-def]
+    async with (
+        joulegate(fake.url, [prometheus_component], [metrics_endpoint]) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        accept = "application/openmetrics-text; version=1.0.0"
+        r = await c.get(jg.url + "/metrics", headers={"accept": accept})
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.endswith("# EOF\n")
+    assert "joulegate_queue_length 0" in r.text
+
+
+async def test_metrics_without_the_component_is_a_clean_404(fake):  # type: ignore[no-untyped-def]
+    async with joulegate(fake.url, [], [metrics_endpoint]) as jg, httpx.AsyncClient() as c:
+        r = await c.get(jg.url + "/metrics")
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error"

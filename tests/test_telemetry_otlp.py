@@ -1,0 +1,147 @@
+"""Real exports: OTLP/HTTP to an in-process collector, the console, and nowhere at all."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import pytest
+
+from config import TelemetrySettings
+from proxy.app import Component
+from proxy.llamacpp import free_port
+from proxy.telemetry import telemetry_component
+from tests.support import serve
+from tests.telemetry_support import (
+    Collector,
+    FakeEnergy,
+    FinishLine,
+    attributes,
+    component,
+    joulegate,
+)
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def parts(energy: FakeEnergy, done: FinishLine) -> list[Component]:
+    return [telemetry_component(), component(energy), component(done)]
+
+
+async def test_spans_and_metrics_reach_an_otlp_http_collector_with_their_energy(fake):  # type: ignore[no-untyped-def]
+    collector, energy, done = Collector(), FakeEnergy(), FinishLine()
+    async with serve(collector, lifespan="off") as collector_url:
+        otel = (("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_SERVICE_NAME", "joulegate-under-test"))  # fmt: skip
+        async with (
+            joulegate(fake.url, parts(energy, done),
+                      telemetry=TelemetrySettings(provider_name="llama.cpp", otel_env=otel)) as jg,
+            httpx.AsyncClient() as c,
+        ):  # fmt: skip
+            r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+            await done.wait(1)
+        # Leaving joulegate shut its providers down, which flushed both signals.
+    assert r.status_code == 200
+    assert collector.content_types == {"application/x-protobuf"}
+    received = collector.spans()
+    assert {resource["service.name"] for resource, _ in received} == {"joulegate-under-test"}
+    by_name = {span.name: attributes(span.attributes) for _, span in received}
+    assert set(by_name) == {"POST /v1/chat/completions", "queue", "chat m"}
+    for name in ("POST /v1/chat/completions", "chat m"):
+        attrs = by_name[name]
+        assert attrs["joulegate.energy.total_j"] == 1.25
+        assert attrs["joulegate.energy.gpu_j"] == 1.0
+        assert attrs["joulegate.energy.meter"] == "fake"
+        assert attrs["joulegate.energy.estimated"] is False
+        assert attrs["joulegate.co2e_g"] == 0.125
+        assert attrs["joulegate.carbon.source"] == "static"
+        assert attrs["joulegate.sci_g"] == 0.5
+        assert attrs["gen_ai.provider.name"] == "llama.cpp"
+        assert attrs["gen_ai.usage.output_tokens"] == 4
+    assert collector.sums("joulegate.energy") == {"total": 1.25, "gpu": 1.0, "cpu": 0.25}
+    assert collector.sums("joulegate.co2e")["total"] == 0.125
+
+
+async def test_an_unreachable_collector_only_logs(fake, caplog):  # type: ignore[no-untyped-def]
+    energy, done = FakeEnergy(), FinishLine()
+    otel = (("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"))  # fmt: skip
+    async with (
+        joulegate(fake.url, parts(energy, done), telemetry=TelemetrySettings(otel_env=otel)) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        started = time.monotonic()
+        answers = [await c.post(jg.url + "/v1/chat/completions", json=CHAT) for _ in range(3)]
+        elapsed_s = time.monotonic() - started
+        await done.wait(3)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all(a.json()["choices"] for a in answers)
+    assert elapsed_s < 1.0  # the export timeout is never on the request path
+    failures = {rec.name.rsplit(".", 1)[-1] for rec in caplog.records
+                if rec.name.startswith("opentelemetry")
+                and rec.levelno >= logging.WARNING}  # fmt: skip
+    assert failures >= {"trace_exporter", "metric_exporter"}  # logged, and nothing else
+
+
+async def test_nothing_is_exported_or_printed_without_configuration(fake, caplog, capfd):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+    energy, done = FakeEnergy(), FinishLine()
+    async with (
+        joulegate(fake.url, parts(energy, done)) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        providers = jg.app.state.ctx.state["telemetry"]
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        await done.wait(1)
+    assert r.status_code == 200
+    assert providers.exporting == ()
+    assert capfd.readouterr() == ("", "")
+    noisy = [rec for rec in caplog.records
+             if rec.name.startswith(("opentelemetry", "joulegate.telemetry"))]  # fmt: skip
+    assert noisy == []
+    # Traces still propagate: the backend joins a trace even when nothing is exported.
+    assert fake.seen[0].headers["traceparent"].startswith("00-")
+
+
+async def test_the_console_exporter_prints_only_when_asked(fake, capsys):  # type: ignore[no-untyped-def]
+    energy, done = FakeEnergy(), FinishLine()
+    otel = (("OTEL_TRACES_EXPORTER", "console"), ("OTEL_METRICS_EXPORTER", "none"))
+    async with (
+        joulegate(fake.url, parts(energy, done), telemetry=TelemetrySettings(otel_env=otel)) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        await done.wait(1)
+    out = capsys.readouterr().out
+    assert '"name": "chat m"' in out
+    assert '"joulegate.energy.total_j": 1.25' in out
+
+
+@pytest.mark.parametrize(
+    ("otel", "incoming"),
+    [
+        ((("OTEL_TRACES_SAMPLER", "always_off"),), None),
+        ((), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+    ],
+)
+async def test_unsampled_requests_record_nothing_but_still_propagate(fake, otel, incoming):  # type: ignore[no-untyped-def]
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans, energy, done = InMemorySpanExporter(), FakeEnergy(), FinishLine()
+    comps = [telemetry_component(span_exporter=spans), component(energy), component(done)]
+    headers = {"traceparent": incoming} if incoming else {}
+    async with (
+        joulegate(fake.url, comps, telemetry=TelemetrySettings(otel_env=otel)) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers=headers)
+        await done.wait(1)
+    assert r.status_code == 200
+    assert spans.get_finished_spans() == ()
+    _, trace_id, _, flags = fake.seen[0].headers["traceparent"].split("-")
+    assert int(flags, 16) & 1 == 0
+    assert energy.trace_ids == [trace_id]
+    if incoming:
+        assert trace_id == incoming.split("-")[1]
