@@ -9,6 +9,7 @@ translated into this tree at the adapter that meets them and chained with
     ├── ConfigError                 bad or unknown setting; stops start-up
     ├── MeterError                  a power meter could not be read
     │   └── MeterUnavailable        the hardware or permission is absent
+    │       └── MeterAbsent         no such hardware or driver here (nothing to fix)
     ├── CarbonSourceError           a carbon-intensity provider failed
     ├── LedgerError                 the ledger database could not be used
     └── ProxyError                  what a client sees (status + OpenAI error JSON)
@@ -46,6 +47,10 @@ class MeterError(JoulegateError):
 
 class MeterUnavailable(MeterError):
     """The meter's hardware, driver or permission is absent on this machine."""
+
+
+class MeterAbsent(MeterUnavailable):
+    """The meter's hardware or driver is not on this machine (nothing to fix)."""
 
 
 class CarbonSourceError(JoulegateError):

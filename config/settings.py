@@ -25,6 +25,32 @@ def _require(ok: bool, key: str, allowed: str) -> None:
         raise ConfigError(f"setting {key!r}: must be {allowed}")
 
 
+OTEL_EXPORTERS = ("otlp", "console", "none")
+"""Values ``OTEL_TRACES_EXPORTER`` and ``OTEL_METRICS_EXPORTER`` may list."""
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+"""OTLP transports the Python SDK speaks (it has no ``http/json``); the first is the default."""
+OTEL_SAMPLERS = (
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "always_on",
+    "always_off",
+    "traceidratio",
+)
+"""Values ``OTEL_TRACES_SAMPLER`` may take; the first is the default."""
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(repr(v) for v in values)
+
+
+def _number_in(text: str, low: float, high: float) -> bool:
+    try:
+        return low <= float(text) <= high
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class MeterSettings:
     """Power meters (``[meters]``)."""
@@ -34,7 +60,10 @@ class MeterSettings:
     else estimate) or a list of ``nvml``, ``rapl``, ``prometheus``, ``ipmi``,
     ``shelly``, ``tasmota``, ``estimate``."""
     sample_hz: float = 10.0
-    """Rate of the background sampler for polled meters (1 to 100)."""
+    """Rate of the background sampler for the local meters (1 to 100)."""
+    external_hz: float = 2.0
+    """Rate at which whole-machine meters (Prometheus, IPMI, smart plugs) are polled
+    (0.1 to 100)."""
     gpu_indices: tuple[int, ...] = ()
     """NVML GPU indices to meter; empty means all."""
     rapl_root: str = "/sys/class/powercap"
@@ -55,8 +84,13 @@ class MeterSettings:
     """Base URL of a Shelly or Tasmota smart plug."""
     plug_kind: Literal["shelly", "tasmota"] = "shelly"
     """Which smart-plug API ``plug_url`` speaks."""
+    proc_root: str = "/proc"
+    """Where ``stat`` and ``cpuinfo`` are read for the estimate."""
+    hwmon_root: str = "/sys/class/hwmon"
+    """Where the thermal guard reads CPU temperatures."""
     cpu_tdp_w: float = 0.0
-    """Estimate: CPU TDP in watts; 0 looks the CPU up in the bundled table (else 85 W)."""
+    """Estimate: TDP in watts of all the CPUs this machine sees; 0 looks the CPU up in
+    the bundled table (else 85 W)."""
     gpu_board_power_w: float = 0.0
     """Estimate: a GPU's board power in watts to add while a request runs."""
     thermal_limit_c: float = 0.0
@@ -65,7 +99,17 @@ class MeterSettings:
     """Thermal guard: admit again once below this temperature."""
 
     def __post_init__(self) -> None:
+        known = {"nvml", "rapl", "prometheus", "ipmi", "shelly", "tasmota", "estimate"}
+        _require(
+            self.kinds == ("auto",) or (bool(self.kinds) and set(self.kinds) <= known),
+            "meters.kinds",
+            "auto, or a list of " + ", ".join(sorted(known)),
+        )
         _require(1.0 <= self.sample_hz <= 100.0, "meters.sample_hz", "between 1 and 100")
+        _require(0.1 <= self.external_hz <= 100.0, "meters.external_hz", "between 0.1 and 100")
+        for item in self.prometheus_labels:
+            name, sep, _ = item.partition("=")
+            _require(bool(sep and name.strip()), "meters.prometheus_labels", "name=value items")
         _require(self.cpu_tdp_w >= 0, "meters.cpu_tdp_w", ">= 0")
         _require(self.gpu_board_power_w >= 0, "meters.gpu_board_power_w", ">= 0")
         if self.thermal_limit_c:
@@ -191,7 +235,43 @@ class TelemetrySettings:
     provider_name: str = "llama.cpp"
     """``gen_ai.provider.name`` on spans: ``ollama``, ``llama.cpp``, ``vllm``, …"""
     metrics_user_label: bool = True
-    """Put the user on ``/metrics`` series (turn off to limit cardinality)."""
+    """Put the user on metric series, ``/metrics`` and OpenTelemetry alike (turn off to
+    limit cardinality)."""
+    otel_env: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "OTEL_*"}
+    )
+    """The ``OTEL_*`` environment variables, captured at start-up (set those, not this)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.provider_name), "telemetry.provider_name", "a provider name")
+        for key in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"):
+            names = {n.strip() for n in (self.otel(key) or "").split(",") if n.strip()}
+            _require(names <= set(OTEL_EXPORTERS), key, _one_of(OTEL_EXPORTERS))
+        for key in (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ):
+            protocol = self.otel(key) or OTLP_PROTOCOLS[0]
+            _require(protocol in OTLP_PROTOCOLS, key, _one_of(OTLP_PROTOCOLS))
+        sampler = self.otel("OTEL_TRACES_SAMPLER") or OTEL_SAMPLERS[0]
+        _require(sampler in OTEL_SAMPLERS, "OTEL_TRACES_SAMPLER", _one_of(OTEL_SAMPLERS))
+        for key, low, high in (
+            ("OTEL_TRACES_SAMPLER_ARG", 0.0, 1.0),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", 1.0, 3_600_000.0),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1.0, 3_600_000.0),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", 1.0, 3_600_000.0),
+            ("OTEL_METRIC_EXPORT_INTERVAL", 1.0, 86_400_000.0),
+            ("OTEL_METRIC_EXPORT_TIMEOUT", 1.0, 3_600_000.0),
+        ):
+            value = self.otel(key)
+            if value is not None:
+                _require(_number_in(value, low, high), key, f"a number from {low:g} to {high:g}")
+
+    def otel(self, name: str) -> str | None:
+        """The value of one ``OTEL_*`` variable; unset and empty are both None."""
+        value = dict(self.otel_env).get(name, "").strip()
+        return value or None
 
 
 @dataclass(frozen=True)

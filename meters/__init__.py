@@ -1,1 +1,47 @@
-"""Power meters: one module per meter kind, a sampler and detection."""
+"""Power meters: one module per meter kind, a sampler, detection and the proxy stage.
+
+What other packages use: :func:`meters_component` (the app component),
+:class:`MeterStage`, :class:`Sampler` and :class:`WindowEnergy` (published as
+``ctx.state["meters"]``), :func:`detect_meters`, and the meter classes for
+tests and tools.
+"""
+
+from meters.base import COMPONENTS, Activity, Meter, MeterAbsent, Reading
+from meters.detect import Detection, Hardware, detect_meters
+from meters.estimate import EstimateMeter
+from meters.ipmi import IpmiMeter
+from meters.nvml import NvmlMeter
+from meters.plug import ShellyMeter, TasmotaMeter
+from meters.prometheus import PrometheusMeter
+from meters.rapl import RaplMeter
+from meters.sampler import ComponentEnergy, Sampler, WindowEnergy, total_components
+from meters.stage import MeterStage, energy_body, energy_headers, meters_component
+from meters.thermal import CpuThermometer, ThermalGuard
+
+__all__ = [
+    "COMPONENTS",
+    "Activity",
+    "ComponentEnergy",
+    "CpuThermometer",
+    "Detection",
+    "EstimateMeter",
+    "Hardware",
+    "IpmiMeter",
+    "Meter",
+    "MeterAbsent",
+    "MeterStage",
+    "NvmlMeter",
+    "PrometheusMeter",
+    "RaplMeter",
+    "Reading",
+    "Sampler",
+    "ShellyMeter",
+    "TasmotaMeter",
+    "ThermalGuard",
+    "WindowEnergy",
+    "detect_meters",
+    "energy_body",
+    "energy_headers",
+    "meters_component",
+    "total_components",
+]

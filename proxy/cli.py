@@ -21,6 +21,7 @@ from accounting.cli import register as register_accounting
 from config.errors import JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
+from meters.cli import register as register_meters
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -130,7 +131,7 @@ def _register_core(sub: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_register_core, register_accounting]
+COMMANDS: list[Callable[[Any], None]] = [_register_core, register_meters, register_accounting]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,427 @@
+"""The sampler: every meter read in the background, and energy per window.
+
+One thread reads the local meters (NVML, RAPL, the estimate) at
+``meters.sample_hz`` (more often if a RAPL counter could otherwise wrap twice
+between reads); each remote meter (Prometheus, IPMI, a smart plug) has its own
+thread at ``meters.external_hz`` so a slow answer delays nothing else. Every
+reading goes into its component's :class:`~meters.timeline.Track`.
+
+A request's window costs the event loop almost nothing:
+
+* :meth:`Sampler.open_window` notes the start and pokes the thread, which
+  takes a sample right away without anyone waiting for it, so the start edge
+  is sampled within a fraction of a millisecond;
+* :meth:`Sampler.fresh_sample` at the end asks the thread for one more sample
+  and awaits it (one thread hop: a ``queue.SimpleQueue`` there, a
+  ``call_soon_threadsafe`` back), so the end edge is exact without waiting
+  for the next tick;
+* :meth:`Sampler.measure` interpolates each track at both edges.
+
+While no window is open the sampler keeps each component's **idle power**
+(an exponential average with a 10 s time constant); a window's *dynamic*
+energy is its total minus idle power x duration, never below zero.
+
+The total for a window never counts a part twice: the ``machine`` meter when
+there is one (it includes everything), else ``psys`` (the platform) plus
+``gpu``, else ``cpu`` + ``dram`` + ``gpu``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from config.errors import MeterError
+from meters.base import COMPONENTS, Activity, Meter
+from meters.timeline import Track
+
+log = logging.getLogger("joulegate.meters")
+
+IDLE_TAU_S = 10.0
+"""Time constant of the idle-power average."""
+FRESH_TIMEOUT_S = 0.25
+"""Longest a window's end waits for its fresh sample (then it extrapolates)."""
+RETAIN_S = 5.0
+"""Samples kept behind the oldest open window (and when none is open)."""
+
+
+@dataclass(slots=True)
+class ComponentEnergy:
+    """One component's share of a window."""
+
+    component: str
+    meter: str
+    energy_j: float | None
+    dynamic_j: float | None
+    idle_power_w: float | None
+    estimated: bool
+    low_resolution: bool
+    reason: str | None = None
+    """Why ``energy_j`` is None (a failed meter), else None."""
+
+
+@dataclass(slots=True)
+class WindowEnergy:
+    """The energy of one window, whole and by component."""
+
+    start_s: float
+    end_s: float
+    components: dict[str, ComponentEnergy]
+    energy_j: float | None
+    dynamic_j: float | None
+    idle_power_w: float | None
+    meter: str
+    """Meters used, joined with ``+`` (``nvml+rapl``, ``estimate``)."""
+    estimated: bool
+    low_resolution: bool
+    exclusive: bool
+    """No other window overlapped this one (with one slot, always)."""
+    reason: str | None = None
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the window."""
+        return max(0.0, self.end_s - self.start_s)
+
+    @property
+    def power_w(self) -> float | None:
+        """Average power over the window."""
+        if self.energy_j is None or self.duration_s <= 0:
+            return None
+        return self.energy_j / self.duration_s
+
+
+def total_components(present: Sequence[str]) -> tuple[str, ...]:
+    """Which components add up to the whole without counting a part twice."""
+    if "machine" in present:
+        return ("machine",)
+    base = ("psys",) if "psys" in present else tuple(c for c in ("cpu", "dram") if c in present)
+    return base + (("gpu",) if "gpu" in present else ())
+
+
+@dataclass(slots=True)
+class WindowToken:
+    """An open window (returned by :meth:`Sampler.open_window`)."""
+
+    start_s: float
+    exclusive: bool = True
+
+
+class Sampler:
+    """Reads the meters in the background and measures windows."""
+
+    def __init__(
+        self,
+        meters: Sequence[Meter],
+        *,
+        sample_hz: float = 10.0,
+        external_hz: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        activity: Activity | None = None,
+    ) -> None:
+        self.meters = list(meters)
+        self.activity = activity or Activity(clock)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tracks: dict[str, Track] = {}
+        self._by_meter: dict[int, list[Track]] = {}
+        self.ignored: list[str] = []
+        """Components left out because an earlier meter measures them."""
+        for meter in self.meters:
+            mine = []
+            for c in meter.components:
+                if c in self._tracks:
+                    self.ignored.append(f"{meter.name}'s {c} ({self._tracks[c].meter.name} has it)")
+                    continue
+                self._tracks[c] = track = Track(meter, c)
+                mine.append(track)
+            self._by_meter[id(meter)] = mine
+        self._tracks = {c: self._tracks[c] for c in COMPONENTS if c in self._tracks}
+        self._total = frozenset(total_components(tuple(self._tracks)))
+        self._label = "+".join(dict.fromkeys(t.meter.name for t in self._tracks.values())) or "none"
+        self._estimated = any(t.meter.estimated for t in self._tracks.values())
+        local = [m for m in self.meters if not m.remote]
+        self.interval_s = min([1.0 / sample_hz, *(m.max_poll_interval_s for m in local)])
+        self.external_interval_s = 1.0 / external_hz
+        self._open: dict[int, WindowToken] = {}
+        self._last_end_s = -math.inf
+        self._pruned_s = -math.inf
+        self._last_t: dict[int, float] = {}
+        self._failing: dict[int, str] = {}
+        self._requests: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
+        """Asks for a sample now: a future to settle after it, or None (no one waits)."""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- what is measured ---------------------------------------------------------------
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Measured components, in :data:`~meters.base.COMPONENTS` order."""
+        return tuple(self._tracks)
+
+    @property
+    def label(self) -> str:
+        """The meters used, e.g. ``nvml+rapl``."""
+        return self._label
+
+    @property
+    def estimated(self) -> bool:
+        """Whether any component comes from a model rather than a measurement."""
+        return self._estimated
+
+    def failing(self) -> dict[str, str]:
+        """Meters whose last read failed, with the reason."""
+        return {m.name: self._failing[id(m)] for m in self.meters if id(m) in self._failing}
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read_meter(self, meter: Meter) -> None:
+        """Read one meter now and record it (blocking; any thread)."""
+        tracks = self._by_meter.get(id(meter), [])
+        if not tracks:
+            return
+        before = self._clock()
+        try:
+            readings = meter.read()
+            error = None
+        except MeterError as exc:
+            readings, error = {}, str(exc)
+        except Exception as exc:  # a bug in an adapter must not stop the sampler
+            log.exception("meter %s failed unexpectedly", meter.name)
+            readings, error = {}, f"{type(exc).__name__}: {exc}"
+        t = (before + self._clock()) / 2.0
+        with self._lock:
+            for track in tracks:
+                reading = readings.get(track.component)
+                if reading is None or (reading.energy_j is None and reading.power_w is None):
+                    track.add_gap(t, f"{meter.name}: {error or 'no ' + track.component + ' value'}")
+                else:
+                    track.add(t, reading)
+            self._note_idle(meter, tracks, t)
+        self._note_health(meter, error)
+
+    def _note_idle(self, meter: Meter, tracks: list[Track], t: float) -> None:
+        prev = self._last_t.get(id(meter))
+        self._last_t[id(meter)] = t
+        nominal = self.external_interval_s if meter.remote else self.interval_s
+        if prev is None or self._open or self._last_end_s > prev or t - prev < 0.5 * nominal:
+            return
+        alpha = 1.0 - math.exp(-(t - prev) / IDLE_TAU_S)
+        for track in tracks:
+            if not track.times or track.times[-1] != t:
+                continue
+            power = track.recent_power_w()
+            if power is None:
+                continue
+            old = track.idle_power_w
+            track.idle_power_w = power if old is None else old + alpha * (power - old)
+
+    def _note_health(self, meter: Meter, error: str | None) -> None:
+        key = id(meter)
+        if error is None:
+            if self._failing.pop(key, None) is not None:
+                log.info("meter %s reads again", meter.name)
+        elif self._failing.get(key) != error:
+            self._failing[key] = error
+            log.warning("meter %s degraded: %s (requests get null for it)", meter.name, error)
+
+    def sample(self) -> None:
+        """Read every local meter now (the sampler thread's tick; tests call it)."""
+        for meter in self.meters:
+            if not meter.remote:
+                self.read_meter(meter)
+        now = self._clock()
+        if now - self._pruned_s < 1.0:
+            return
+        self._pruned_s = now
+        with self._lock:
+            oldest = min((w.start_s for w in self._open.values()), default=math.inf)
+            horizon = min(oldest, now) - RETAIN_S
+            for track in self._tracks.values():
+                track.prune(horizon)
+
+    # -- threads ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take first readings (blocking), then start the background threads."""
+        self.sample()
+        time.sleep(self.interval_s)
+        self.sample()  # two readings: the idle power is known before the first request
+        for meter in self.meters:
+            if meter.remote:
+                self.read_meter(meter)
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._run_local, name="joulegate-sampler")]
+        self._threads += [
+            threading.Thread(target=self._run_remote, args=(m,), name=f"joulegate-{m.name}")
+            for m in self.meters
+            if m.remote
+        ]
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop the threads and answer anyone still waiting."""
+        self._stop.set()
+        self._requests.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        for fut in self._take_requests():
+            with contextlib.suppress(RuntimeError):  # its loop is closed
+                fut.get_loop().call_soon_threadsafe(_settle, fut)
+
+    @property
+    def running(self) -> bool:
+        """Whether the background threads run."""
+        return bool(self._threads)
+
+    def _take_requests(
+        self, first: asyncio.Future[None] | None = None
+    ) -> list[asyncio.Future[None]]:
+        waiters = [first] if first is not None else []
+        while True:
+            try:
+                fut = self._requests.get_nowait()
+            except queue.Empty:
+                return waiters
+            if fut is not None:
+                waiters.append(fut)
+
+    def _run_local(self) -> None:
+        next_tick = time.monotonic() + self.interval_s
+        while not self._stop.is_set():
+            first = None
+            timeout = next_tick - time.monotonic()
+            if timeout > 0:
+                with contextlib.suppress(queue.Empty):
+                    first = self._requests.get(timeout=timeout)
+            if self._stop.is_set():
+                break
+            waiters = self._take_requests(first)
+            try:
+                self.sample()
+            except Exception:  # pragma: no cover - read_meter already contains errors
+                log.exception("sampler tick failed")
+            for fut in waiters:
+                fut.get_loop().call_soon_threadsafe(_settle, fut)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = max(next_tick + self.interval_s, now + self.interval_s / 4)
+
+    def _run_remote(self, meter: Meter) -> None:
+        interval = min(self.external_interval_s, meter.max_poll_interval_s)
+        while not self._stop.wait(interval):
+            self.read_meter(meter)
+
+    # -- windows ------------------------------------------------------------------------
+
+    def open_window(self, start_s: float) -> WindowToken:
+        """A request holds a slot from ``start_s``; the sampler samples now (no wait)."""
+        token = WindowToken(start_s)
+        with self._lock:
+            if self._open:
+                token.exclusive = False
+                for other in self._open.values():
+                    other.exclusive = False
+            self._open[id(token)] = token
+        self.activity.begin(start_s)
+        self._requests.put(None)
+        return token
+
+    def close_window(self, token: WindowToken, end_s: float) -> None:
+        """The request gave its slot back at ``end_s``."""
+        with self._lock:
+            if self._open.pop(id(token), None) is None:
+                return
+            self._last_end_s = max(self._last_end_s, end_s)
+        self.activity.end(end_s)
+
+    async def fresh_sample(self, timeout_s: float = FRESH_TIMEOUT_S) -> None:
+        """Have the local meters read once more now (one hop to the sampler thread)."""
+        if not self._threads:
+            await asyncio.to_thread(self.sample)
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._requests.put(fut)
+        timer = loop.call_later(timeout_s, _settle, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    def measure(self, token: WindowToken, end_s: float) -> WindowEnergy:
+        """The window's energy from ``token.start_s`` to ``end_s`` (cheap: runs per request)."""
+        start_s = token.start_s
+        duration_s = end_s - start_s if end_s > start_s else 0.0
+        parts: dict[str, ComponentEnergy] = {}
+        energy: float | None = 0.0
+        idle_w: float | None = 0.0
+        low_res = False
+        missing: list[str] = []
+        with self._lock:
+            for c, track in self._tracks.items():
+                span = track.span(start_s, end_s)
+                e, idle = span.energy_j, track.idle_power_w
+                dynamic = None
+                if e is not None and idle is not None:
+                    dynamic = max(0.0, e - idle * duration_s)
+                meter = track.meter
+                parts[c] = ComponentEnergy(c, meter.name, e, dynamic, idle, meter.estimated,
+                                           span.low_resolution, span.reason)  # fmt: skip
+                low_res = low_res or span.low_resolution
+                if c in self._total:
+                    if e is None:
+                        missing.append(f"{c}: {span.reason}")
+                    elif energy is not None:
+                        energy += e
+                    idle_w = None if idle is None or idle_w is None else idle_w + idle
+        reason = "; ".join(missing) if missing else None
+        if not self._total:
+            energy, idle_w, reason = None, None, "no meter"
+        elif missing:
+            energy = None
+        dynamic_j = None
+        if energy is not None and idle_w is not None:
+            dynamic_j = max(0.0, energy - idle_w * duration_s)
+        return WindowEnergy(start_s, end_s, parts, energy, dynamic_j, idle_w, self._label,
+                            self._estimated, low_res, token.exclusive, reason)  # fmt: skip
+
+    def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
+        """Average power of each component over the last ``over_s`` (for live views)."""
+        now = self._clock()
+        token = WindowToken(now - over_s)
+        energy = self.measure(token, now)
+        return {c: p.energy_j / over_s if p.energy_j is not None else None
+                for c, p in energy.components.items()}  # fmt: skip
+
+    def temperatures_c(self) -> dict[str, float]:
+        """Every meter's temperatures (blocking); meters that fail are left out."""
+        out: dict[str, float] = {}
+        for meter in self.meters:
+            try:
+                out.update(meter.temperatures_c())
+            except MeterError as exc:
+                log.debug("no temperature from %s: %s", meter.name, exc)
+        return out
+
+    def close(self) -> None:
+        """Stop the threads and close every meter."""
+        self.stop()
+        for meter in self.meters:
+            meter.close()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,78 @@
+"""One contract every meter keeps, run against each implementation (with fakes)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meters.base import COMPONENTS, Meter
+from meters.estimate import EstimateMeter
+from meters.ipmi import IpmiMeter
+from meters.nvml import NvmlMeter
+from meters.plug import ShellyMeter, TasmotaMeter
+from meters.prometheus import PrometheusMeter
+from meters.rapl import RaplMeter
+from tests.meters_support import FakeGpu, FakeNvml, fake_proc, rapl_tree, runner_returning
+
+
+def _http(body: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, text=body)))
+
+
+FACTORIES: dict[str, Callable[[Path], Meter]] = {
+    "nvml-counter": lambda p: NvmlMeter(FakeNvml()),
+    "nvml-power": lambda p: NvmlMeter(FakeNvml([FakeGpu(counter_supported=False)])),
+    "rapl": lambda p: RaplMeter(rapl_tree(p), psys=True),
+    "prometheus-gauge": lambda p: PrometheusMeter("http://e/metrics", "w", unit="W",
+                                                  client=_http("w 12.5\n")),
+    "prometheus-counter": lambda p: PrometheusMeter("http://e/metrics", "e", unit="uJ",
+                                                    client=_http("e_total 5e9\n")),
+    "ipmi": lambda p: IpmiMeter(runner_returning("Instantaneous power reading: 300 Watts\n")),
+    "shelly": lambda p: ShellyMeter("http://s", client=_http(json.dumps({"apower": 20.0}))),
+    "tasmota": lambda p: TasmotaMeter(
+        "http://t", client=_http(json.dumps({"StatusSNS": {"ENERGY": {"Power": 7}}}))
+    ),
+    "estimate": lambda p: EstimateMeter(proc_root=fake_proc(p), gpu_board_power_w=250.0),
+}  # fmt: skip
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def meter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Meter]:
+    m = FACTORIES[request.param](tmp_path)
+    yield m
+    m.close()
+
+
+def test_components_are_known_and_unique(meter: Meter) -> None:
+    assert meter.components
+    assert set(meter.components) <= set(COMPONENTS)
+    assert len(set(meter.components)) == len(meter.components)
+
+
+def test_read_gives_every_component_in_joules_or_watts(meter: Meter) -> None:
+    first = meter.read()
+    second = meter.read()
+    assert set(first) == set(meter.components) == set(second)
+    for c, reading in second.items():
+        assert reading.energy_j is not None or reading.power_w is not None
+        for value in (reading.energy_j, reading.power_w):
+            assert value is None or (isinstance(value, float) and value >= 0)
+        if reading.energy_j is not None:
+            assert reading.energy_j >= (first[c].energy_j or 0.0)  # counters never go down
+
+
+def test_description_names_the_meter_and_flags_are_consistent(meter: Meter) -> None:
+    assert meter.describe().startswith(meter.name + ":")
+    assert meter.max_poll_interval_s > 0
+    assert meter.estimated == (meter.name == "estimate")
+    assert meter.remote == (meter.name in ("prometheus", "ipmi", "shelly", "tasmota"))
+    assert all(isinstance(v, float) for v in meter.temperatures_c().values())
+
+
+def test_close_twice_is_harmless(meter: Meter) -> None:
+    meter.close()
+    meter.close()

@@ -1,0 +1,238 @@
+"""The sampler: idle and dynamic energy, totals, gaps, remote meters and its thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from meters.base import Meter, Reading
+from meters.sampler import Sampler, total_components
+from tests.meters_support import CurveMeter, SteadyMeter, VirtualClock
+
+
+def constant(clock: VirtualClock, watts: float, component: str, **kw: object) -> CurveMeter:
+    return CurveMeter(clock, lambda t: watts, lambda t: watts * t, component=component, **kw)  # type: ignore[arg-type]
+
+
+def tick(sampler: Sampler, clock: VirtualClock, seconds: float, hz: float = 10.0) -> None:
+    for _ in range(round(seconds * hz)):
+        clock.advance(1.0 / hz)
+        sampler.sample()
+
+
+def test_total_never_counts_a_part_twice() -> None:
+    assert total_components(("gpu", "cpu", "dram")) == ("cpu", "dram", "gpu")
+    assert total_components(("gpu", "cpu", "dram", "psys")) == ("psys", "gpu")
+    assert total_components(("gpu", "cpu", "machine")) == ("machine",)
+    assert total_components(()) == ()
+
+
+def test_idle_power_and_dynamic_energy() -> None:
+    clock = VirtualClock()
+    power = {"w": 60.0}
+    meter = CurveMeter(clock, lambda t: power["w"], lambda t: 0.0, component="cpu")
+    sampler = Sampler([meter], sample_hz=10, clock=clock)
+    sampler.sample()
+    tick(sampler, clock, 30)  # idle at 60 W long enough for the average to settle
+    power["w"] = 200.0
+    token = sampler.open_window(clock.t)
+    sampler.sample()
+    tick(sampler, clock, 2)
+    energy = sampler.measure(token, clock.t)
+    assert energy.energy_j == pytest.approx(400.0, rel=1e-6)
+    assert energy.idle_power_w == pytest.approx(60.0)
+    assert energy.dynamic_j == pytest.approx(400.0 - 120.0, rel=1e-6)
+    assert energy.power_w == pytest.approx(200.0)
+    assert energy.exclusive
+    # A tick whose interval overlaps the window's end is not idle: the figure stays.
+    clock.advance(0.05)
+    sampler.close_window(token, clock.t)
+    clock.advance(0.05)
+    sampler.sample()
+    later = sampler.measure(sampler.open_window(clock.t), clock.t)
+    assert later.idle_power_w == pytest.approx(60.0)
+
+
+def test_components_from_several_meters_and_the_first_meter_wins_a_component() -> None:
+    clock = VirtualClock()
+    gpu = constant(clock, 300.0, "gpu", mode="counter", name="nvml")
+    cpu = constant(clock, 50.0, "cpu", mode="counter", name="rapl")
+    extra = constant(clock, 999.0, "gpu", name="estimate")
+    sampler = Sampler([gpu, cpu, extra], clock=clock)
+    assert sampler.components == ("gpu", "cpu")
+    assert sampler.ignored == ["estimate's gpu (nvml has it)"]
+    assert sampler.label == "nvml+rapl"
+    sampler.sample()
+    token = sampler.open_window(clock.t)
+    tick(sampler, clock, 1)
+    energy = sampler.measure(token, clock.t)
+    assert energy.energy_j == pytest.approx(350.0)
+    assert energy.components["gpu"].energy_j == pytest.approx(300.0)
+    assert energy.meter == "nvml+rapl" and not energy.estimated
+
+
+def test_machine_meter_is_the_total_when_present() -> None:
+    clock = VirtualClock()
+    meters = [constant(clock, 300.0, "gpu", mode="counter", name="nvml"),
+              constant(clock, 450.0, "machine", name="shelly")]  # fmt: skip
+    sampler = Sampler(meters, clock=clock)
+    sampler.sample()
+    token = sampler.open_window(clock.t)
+    tick(sampler, clock, 2)
+    energy = sampler.measure(token, clock.t)
+    assert energy.energy_j == pytest.approx(900.0)
+    assert energy.components["gpu"].energy_j == pytest.approx(600.0)
+
+
+def test_a_failed_gauge_read_inside_the_window_gives_null_with_the_reason() -> None:
+    clock = VirtualClock()
+    machine = constant(clock, 100.0, "machine", name="ipmi")
+    gpu = constant(clock, 200.0, "gpu", mode="counter", name="nvml")
+    sampler = Sampler([gpu, machine], clock=clock)
+    sampler.sample()
+    token = sampler.open_window(clock.t)
+    tick(sampler, clock, 0.5)
+    machine.fail = "BMC did not answer"
+    tick(sampler, clock, 0.2)
+    machine.fail = None
+    tick(sampler, clock, 0.3)
+    energy = sampler.measure(token, clock.t)
+    assert energy.energy_j is None
+    assert energy.reason == "machine: ipmi: BMC did not answer"
+    assert energy.components["machine"].reason == "ipmi: BMC did not answer"
+    assert energy.components["gpu"].energy_j == pytest.approx(200.0)  # its counter is fine
+    # The next window, after the meter recovered, is measured again.
+    token = sampler.open_window(clock.t)
+    tick(sampler, clock, 1)
+    assert sampler.measure(token, clock.t).energy_j == pytest.approx(100.0)
+
+
+class RemoteGauge(Meter):
+    """A slow whole-machine meter whose power the test sets."""
+
+    name = "plug"
+    remote = True
+
+    def __init__(self) -> None:
+        self.power_w = 80.0
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("machine",)
+
+    def read(self) -> dict[str, Reading]:
+        return {"machine": Reading(power_w=self.power_w)}
+
+
+def test_remote_meter_between_polls_holds_its_last_power() -> None:
+    clock = VirtualClock()
+    plug = RemoteGauge()
+    sampler = Sampler([plug], clock=clock)
+    sampler.read_meter(plug)
+    clock.advance(0.3)
+    token = sampler.open_window(clock.t)
+    sampler.sample()  # a tick reads only local meters: nothing here
+    clock.advance(0.4)
+    energy = sampler.measure(token, clock.t)
+    assert energy.energy_j == pytest.approx(80.0 * 0.4)
+
+
+class Buggy(Meter):
+    """A meter with a bug (not a MeterError)."""
+
+    name = "buggy"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("cpu",)
+
+    def read(self) -> dict[str, Reading]:
+        raise ZeroDivisionError("oops")
+
+
+def test_a_buggy_meter_degrades_instead_of_stopping_the_sampler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = VirtualClock()
+    sampler = Sampler([Buggy(), constant(clock, 10.0, "gpu", mode="counter")], clock=clock)
+    sampler.sample()
+    assert sampler.failing() == {"buggy": "ZeroDivisionError: oops"}
+    assert "meter buggy failed unexpectedly" in caplog.text
+
+
+def test_history_is_pruned_behind_the_oldest_open_window() -> None:
+    clock = VirtualClock()
+    sampler = Sampler([constant(clock, 10.0, "cpu", mode="counter")], sample_hz=100, clock=clock)
+    sampler.sample()
+    token = sampler.open_window(clock.t)
+    tick(sampler, clock, 20, hz=100)
+    track = sampler._tracks["cpu"]
+    assert len(track.times) > 2000  # the open window keeps its start
+    assert sampler.measure(token, clock.t).energy_j == pytest.approx(200.0)
+    sampler.close_window(token, clock.t)
+    tick(sampler, clock, 20, hz=100)
+    assert len(track.times) < 1000
+
+
+def test_overlapping_windows_are_not_exclusive() -> None:
+    clock = VirtualClock()
+    sampler = Sampler([constant(clock, 10.0, "cpu", mode="counter")], clock=clock)
+    sampler.sample()
+    a = sampler.open_window(clock.t)
+    tick(sampler, clock, 0.5)
+    b = sampler.open_window(clock.t)
+    assert not sampler.measure(a, clock.t).exclusive
+    assert not sampler.measure(b, clock.t).exclusive
+
+
+async def test_fresh_sample_is_one_hop_to_the_running_thread() -> None:
+    meter = SteadyMeter(100.0, "gpu", counter=True)
+    sampler = Sampler([meter], sample_hz=1)  # ticks are 1 s apart: only a fresh read helps
+    await asyncio.to_thread(sampler.start)
+    try:
+        start = time.monotonic()
+        token = sampler.open_window(start)
+        await asyncio.sleep(0.05)
+        end = time.monotonic()
+        t = time.perf_counter()
+        await sampler.fresh_sample()
+        hop_s = time.perf_counter() - t
+        energy = sampler.measure(token, end)
+        sampler.close_window(token, end)
+    finally:
+        await asyncio.to_thread(sampler.close)
+    assert hop_s < 0.1
+    assert energy.energy_j == pytest.approx(100.0 * (end - start), rel=0.02)
+    assert not sampler.running
+
+
+async def test_fresh_sample_gives_up_after_its_timeout() -> None:
+    class Slow(SteadyMeter):
+        def read(self) -> dict[str, Reading]:
+            time.sleep(0.3)
+            return super().read()
+
+    sampler = Sampler([Slow(10.0, "cpu")], sample_hz=1)
+    sampler.sample()
+    sampler._threads = [object()]  # type: ignore[list-item]  # pretend: no thread answers
+    t = time.perf_counter()
+    await sampler.fresh_sample(timeout_s=0.05)
+    assert time.perf_counter() - t < 0.2
+    sampler._threads = []
+
+
+def test_meter_error_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "joulegate.meters")
+    clock = VirtualClock()
+    meter = constant(clock, 10.0, "cpu", mode="counter")
+    sampler = Sampler([meter], clock=clock)
+    meter.fail = "gone"
+    for _ in range(5):
+        sampler.sample()
+    meter.fail = None
+    sampler.sample()
+    assert caplog.text.count("degraded: gone") == 1
+    assert "reads again" in caplog.text
