@@ -37,6 +37,7 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -197,32 +198,35 @@ def _otlp_target(
     return protocol, endpoint, headers, timeout_ms / 1000.0
 
 
+def _otlp_exporter(settings: TelemetrySettings, signal: str) -> tuple[Any, str]:
+    """The OTLP exporter for ``signal`` (``traces`` or ``metrics``) and a log label.
+
+    Exporter modules are imported only when configured: the gRPC one pulls in grpcio.
+    """
+    protocol, endpoint, headers, timeout_s = _otlp_target(settings, signal)
+    kind = "trace_exporter" if signal == "traces" else "metric_exporter"
+    cls_name = "OTLPSpanExporter" if signal == "traces" else "OTLPMetricExporter"
+    if protocol == "grpc":
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.grpc.{kind}")
+        exporter = getattr(module, cls_name)(
+            endpoint=endpoint,
+            insecure=endpoint.startswith("http://"),
+            headers=headers,
+            timeout=timeout_s,
+        )
+    else:
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{kind}")
+        exporter = getattr(module, cls_name)(endpoint=endpoint, headers=headers, timeout=timeout_s)
+    return exporter, f"otlp {protocol} {_shown(endpoint)}"
+
+
 def _span_exporters(settings: TelemetrySettings) -> list[tuple[SpanExporter, str]]:
     out: list[tuple[SpanExporter, str]] = []
     for name in _exporter_names(settings, "traces"):
         if name == "console":
             out.append((ConsoleSpanExporter(out=sys.stdout), "console"))
-            continue
-        protocol, endpoint, headers, timeout_s = _otlp_target(settings, "traces")
-        exporter: SpanExporter
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as GrpcSpanExporter,
-            )
-
-            exporter = GrpcSpanExporter(
-                endpoint=endpoint,
-                insecure=endpoint.startswith("http://"),
-                headers=headers,
-                timeout=timeout_s,
-            )
         else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                OTLPSpanExporter as HttpSpanExporter,
-            )
-
-            exporter = HttpSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout_s)
-        out.append((exporter, f"otlp {protocol} {_shown(endpoint)}"))
+            out.append(_otlp_exporter(settings, "traces"))
     return out
 
 
@@ -231,27 +235,8 @@ def _metric_exporters(settings: TelemetrySettings) -> list[tuple[MetricExporter,
     for name in _exporter_names(settings, "metrics"):
         if name == "console":
             out.append((ConsoleMetricExporter(out=sys.stdout), "console"))
-            continue
-        protocol, endpoint, headers, timeout_s = _otlp_target(settings, "metrics")
-        exporter: MetricExporter
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                OTLPMetricExporter as GrpcMetricExporter,
-            )
-
-            exporter = GrpcMetricExporter(
-                endpoint=endpoint,
-                insecure=endpoint.startswith("http://"),
-                headers=headers,
-                timeout=timeout_s,
-            )
         else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter as HttpMetricExporter,
-            )
-
-            exporter = HttpMetricExporter(endpoint=endpoint, headers=headers, timeout=timeout_s)
-        out.append((exporter, f"otlp {protocol} {_shown(endpoint)}"))
+            out.append(_otlp_exporter(settings, "metrics"))
     return out
 
 

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from litestar import Litestar
 
 from config import Settings
 from proxy.app import Component, create_app
-from proxy.gate import Gate
 from tests.fake_backend import FakeBackend
-from tests.support import serve
-
-
-@dataclass
-class Running:
-    """joulegate under test: its URL, app and gate."""
-
-    url: str
-    app: Litestar
-
-    @property
-    def gate(self) -> Gate:
-        """The live gate (for checking it is empty)."""
-        return self.app.state.ctx.gate  # type: ignore[no-any-return]
+from tests.support import Running, serve
 
 
 @pytest.fixture

@@ -1,14 +1,19 @@
-"""Serve ASGI apps on loopback inside the test's own event loop."""
+"""Serve ASGI apps on loopback inside the test's own event loop, and read SSE bodies."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from litestar import Litestar
+
+from proxy.gate import Gate
 
 
 @contextlib.asynccontextmanager
@@ -40,3 +45,26 @@ async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+@dataclass
+class Running:
+    """joulegate under test: its URL, app and gate."""
+
+    url: str
+    app: Litestar
+
+    @property
+    def gate(self) -> Gate:
+        """The live gate (for checking it is empty)."""
+        return self.app.state.ctx.gate  # type: ignore[no-any-return]
+
+
+def sse_events(raw: bytes) -> list[Any]:
+    """The data of every event in an SSE body: parsed JSON, or ``"[DONE]"``."""
+    out: list[Any] = []
+    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[6:]
+            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return out

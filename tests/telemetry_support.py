@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from litestar import Litestar
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -35,21 +34,10 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from config import Settings
 from proxy.app import AppContext, Component, create_app
 from proxy.exchange import Exchange, Stage
-from proxy.gate import Gate
-from tests.support import serve
+from tests.support import Running, serve
 
-
-@dataclass
-class Joulegate:
-    """joulegate under test."""
-
-    url: str
-    app: Litestar
-
-    @property
-    def gate(self) -> Gate:
-        """The live gate."""
-        return self.app.state.ctx.gate  # type: ignore[no-any-return]
+Joulegate = Running
+"""joulegate under test (the suite-wide :class:`tests.support.Running`)."""
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from proxy.app import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Gate, Window
 from tests.fake_carbon import FakeCarbonApi
+from tests.support import sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 FOUR_YEARS_S = 4 * 365.25 * 86400
@@ -128,11 +128,6 @@ async def test_unknown_country_stops_the_component_at_start_up() -> None:
 Start = Callable[..., contextlib.AbstractAsyncContextManager[Any]]
 
 
-def events(raw: bytes) -> list[Any]:
-    blocks = raw.replace(b"\r\n", b"\n").split(b"\n\n")
-    return [json.loads(b[6:]) for b in blocks if b.startswith(b"data: {")]
-
-
 async def test_non_streaming_response_has_carbon_headers_and_body_fields(
     fake: Any, joulegate_app: Start
 ) -> None:
@@ -164,7 +159,8 @@ async def test_stream_carries_carbon_in_its_energy_chunk(fake: Any, joulegate_ap
     cfg = CarbonSettings(provider="static", intensity_g_per_kwh=100.0)
     async with joulegate_app(fake.url, comps, carbon=cfg) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
-    (energy,) = [e["energy"] for e in events(r.content) if "energy" in e]
+    chunks = [e for e in sse_events(r.content) if isinstance(e, dict)]
+    (energy,) = [e["energy"] for e in chunks if "energy" in e]
     assert energy["co2e_g"] == pytest.approx(200.0)
     assert energy["carbon_source"] == "static"
     assert energy["sci_g_per_token"] == pytest.approx(energy["sci_g"] / 4, rel=1e-5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,17 +14,9 @@ from proxy.app import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
+from tests.support import sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-def events(raw: bytes) -> list[Any]:
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        if block.startswith(b"data: "):
-            data = block[6:]
-            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
-    return out
 
 
 async def test_non_streaming_answer_comes_back_with_timing_and_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
@@ -152,7 +143,7 @@ async def test_stream_carries_energy_in_the_finish_chunk_and_strips_injected_usa
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
     assert "x-queue-ms" in r.headers
-    evs = events(r.content)
+    evs = sse_events(r.content)
     assert evs[-1] == "[DONE]"
     chunks = evs[:-1]
     assert all(c["choices"] for c in chunks), "no chunk with empty choices: the client did not ask"
@@ -170,7 +161,7 @@ async def test_stream_with_usage_asked_gets_energy_in_the_usage_chunk(fake, joul
     req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=req)
-    chunks = events(r.content)[:-1]
+    chunks = sse_events(r.content)[:-1]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
     assert "energy" in chunks[-1]
     assert sum("energy" in c for c in chunks) == 1
@@ -203,7 +194,7 @@ async def test_first_event_reaches_the_client_while_the_backend_still_generates(
         assert fake.seen[0].finished_s is None
         rest = b"".join([c async for c in it])
     assert b'"role": "assistant"' in first
-    assert events(first + rest)[-1] == "[DONE]"
+    assert sse_events(first + rest)[-1] == "[DONE]"
 
 
 async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joulegate_app):  # type: ignore[no-untyped-def]
@@ -214,7 +205,7 @@ async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joule
             headers={"x-fake-drop": "2"},
         )
         assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
-    evs = events(r.content)
+    evs = sse_events(r.content)
     assert evs[-1]["error"]["type"] == "backend_unreachable"
     assert "[DONE]" not in evs
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ from meters.stage import meters_component
 from meters.thermal import ThermalGuard
 from proxy.gate import Gate, Window
 from tests.meters_support import SteadyMeter
+from tests.support import sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 DELAY = {"x-fake-delay-ms": "200"}
@@ -22,15 +22,6 @@ DELAY = {"x-fake-delay-ms": "200"}
 
 def component(*meters: SteadyMeter) -> Any:
     return functools.partial(meters_component, meters=list(meters))
-
-
-def data_events(raw: bytes) -> list[Any]:
-    out = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        if block.startswith(b"data: "):
-            data = block[6:]
-            out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
-    return out
 
 
 async def test_non_streaming_response_carries_energy_headers_and_body(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +60,7 @@ async def test_stream_carries_energy_in_its_last_data_chunk(fake, joulegate_app)
     async with joulegate_app(fake.url, [component(gpu)]) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True},
                          headers={"x-fake-chunk-delay-ms": "40"})  # fmt: skip
-    events = data_events(r.content)
+    events = sse_events(r.content)
     assert events[-1] == "[DONE]"
     last = events[-2]
     assert last["choices"][0]["finish_reason"] == "length"
