@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
     else:
         data = tempfile.mkdtemp(prefix="joulegate-bench-")
         env = {
+            **{k: v for k, v in os.environ.items() if k.startswith("JOULEGATE_")},
             "JOULEGATE_BACKEND_URL": argv[2],
             "JOULEGATE_LEDGER_PATH": os.path.join(data, "ledger.sqlite3"),
             "JOULEGATE_LOG_LEVEL": "warning",

@@ -405,6 +405,16 @@ class Sampler:
         return {c: p.energy_j / over_s if p.energy_j is not None else None
                 for c, p in energy.components.items()}  # fmt: skip
 
+    def device_readings(self) -> list[dict[str, float | str | None]]:
+        """Each component's power over the last second and its energy since start-up
+        (for the ``hw.power`` and ``hw.energy`` metrics); never blocks on a meter."""
+        power = self.power_w()
+        with self._lock:
+            totals = {c: t.total_j if t.times else None for c, t in self._tracks.items()}
+        return [
+            {"id": c, "type": c, "power_w": power.get(c), "energy_j": totals[c]} for c in totals
+        ]
+
     def temperatures_c(self) -> dict[str, float]:
         """Every meter's temperatures (blocking); meters that fail are left out."""
         out: dict[str, float] = {}

@@ -55,6 +55,9 @@ class Track:
     has_power: bool = False
     idle_power_w: float | None = None
     """Exponential average of the power while no request held a slot."""
+    total_j: float = 0.0
+    """Energy since the first reading, never reset or pruned (``hw.energy``):
+    counter deltas where the meter has a counter, else the integrated power."""
     _bridge: bool = False
 
     def add(self, t: float, reading: Reading) -> None:
@@ -70,6 +73,11 @@ class Track:
             prev_p = self.power[-1]
             if not self._bridge and not math.isnan(power) and not math.isnan(prev_p):
                 integrated += (prev_p + power) / 2.0 * (t - self.times[-1])
+            prev_c = self.counter[-1]
+            if not math.isnan(counter) and not math.isnan(prev_c):
+                self.total_j += max(0.0, counter - prev_c)
+            else:
+                self.total_j += integrated - self.integrated[-1]
         self._bridge = False
         self.times.append(t)
         self.counter.append(counter)

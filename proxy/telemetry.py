@@ -329,7 +329,7 @@ def _device_readings(meters: Any) -> list[Any]:
     power_w = getattr(meters, "power_w", None)
     try:
         if callable(devices):
-            return list(devices())
+            return [_hw_typed(r) for r in devices()]
         if callable(power_w):
             return [
                 {"id": c, "type": HW_TYPES.get(c, c), "power_w": w, "energy_j": None}
@@ -338,6 +338,14 @@ def _device_readings(meters: Any) -> list[Any]:
     except Exception:
         log.debug("could not read device power for hw.* metrics", exc_info=True)
     return []
+
+
+def _hw_typed(reading: Any) -> Any:
+    """A device reading with its component name mapped to the conventions' ``hw.type``."""
+    kind = _get(reading, "type")
+    if isinstance(reading, Mapping) and isinstance(kind, str):
+        return {**reading, "type": HW_TYPES.get(kind, kind)}
+    return reading
 
 
 def _get(reading: Any, name: str) -> Any:

@@ -236,3 +236,16 @@ def test_meter_error_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture)
     sampler.sample()
     assert caplog.text.count("degraded: gone") == 1
     assert "reads again" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["counter", "gauge"])
+def test_device_energy_since_start_up_survives_pruning(mode: str) -> None:
+    clock = VirtualClock()
+    sampler = Sampler([constant(clock, 10.0, "cpu", mode=mode)], sample_hz=100, clock=clock)
+    sampler.sample()
+    tick(sampler, clock, 30, hz=100)  # long enough for the history to be pruned
+    assert len(sampler._tracks["cpu"].times) < 3000
+    (cpu,) = sampler.device_readings()
+    assert cpu["id"] == "cpu" and cpu["type"] == "cpu"
+    assert cpu["energy_j"] == pytest.approx(300.0)  # 10 W for 30 s, all of it
+    assert cpu["power_w"] == pytest.approx(10.0)

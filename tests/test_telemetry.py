@@ -449,7 +449,9 @@ async def test_device_power_comes_from_the_real_sampler(fake, rig):  # type: ign
                  for p in rig.points("hw.power")}  # fmt: skip
         energy = rig.points("hw.energy")
     assert power == {"gpu": ("gpu", pytest.approx(250.0)), "dram": ("memory", pytest.approx(6.0))}
-    assert energy == []  # the sampler has no cumulative counter to give
+    # Four samples 0.5 s apart: 1.5 s of steady power integrated since start-up.
+    by_id = {p.attributes["hw.id"]: (p.attributes["hw.type"], p.value) for p in energy}
+    assert by_id == {"gpu": ("gpu", pytest.approx(375.0)), "dram": ("memory", pytest.approx(9.0))}
 
 
 def test_energy_is_split_into_total_and_measured_components() -> None:
