@@ -11,14 +11,14 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from accounting.cli import register as register_accounting
-from config.errors import JoulegateError
+from config.errors import ConfigError, JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
 from meters.cli import register as register_meters
@@ -45,6 +45,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO (readiness probes, carbon polls): too chatty.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,23 +78,33 @@ def run_server(settings: Settings) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """Start llama.cpp's server with SmolLM2, then joulegate in front of it."""
-    from proxy.llamacpp import MODEL_ALIAS, free_port, llama_server
+    from proxy.llamacpp import MODEL_ALIAS, llama_server
 
     settings0 = settings_from(args, host=args.host, port=args.port)
     _configure_logging(settings0.log_level)
+    _check_port_free(settings0.host, settings0.port)
     print("starting llama.cpp server with SmolLM2-135M-Instruct …", flush=True)
     with llama_server(quiet=not args.verbose) as backend:
-        settings = settings_from(
-            args, host=args.host, port=args.port or free_port(), backend_url=backend
-        )
+        settings = settings_from(args, host=args.host, port=args.port, backend_url=backend)
         base = f"http://{settings.host}:{settings.port}/v1"
         print(_DEMO_BANNER.format(backend=backend, base=base, model=MODEL_ALIAS), flush=True)
-        # uvicorn handles SIGINT itself; the with-block then stops llama.cpp.
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        # uvicorn turns SIGINT/SIGTERM into a graceful stop and returns; leaving the
+        # with-block then stops llama.cpp.
         with contextlib.suppress(KeyboardInterrupt):
             run_server(settings)
     print("stopped joulegate and the llama.cpp server", flush=True)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); "
+                "pass --port or set JOULEGATE_PORT"
+            ) from None
 
 
 _DEMO_BANNER = """
