@@ -1,7 +1,7 @@
 # joulegate: `make run` and `make test` work on a fresh machine with Python >= 3.11,
 # make and a C/C++ compiler.
 #
-# llama-cpp-python compiles llama.cpp once (~5-15 min on 2 cores). We build its wheel
+# llama-cpp-python compiles llama.cpp once (~10-20 min on 2 cores). We build its wheel
 # ourselves into a cache folder keyed by version and CPU flags, because pip's own wheel
 # cache ignores CMAKE_ARGS: a wheel built with -march=native elsewhere (AVX-512/AMX code)
 # crashes with a general-protection fault on some VMs. The AVX2 baseline runs on any
@@ -34,7 +34,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(LLAMA_WHEEL): | $(BIN)/python
-	@echo "building llama-cpp-python $(LLAMA_VERSION) once (compiles llama.cpp, ~5-15 min)"
+	@echo "building llama-cpp-python $(LLAMA_VERSION) once (compiles llama.cpp, ~10-20 min)"
 	mkdir -p $(WHEELS)
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
 	  $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir -w $(WHEELS) \
