@@ -20,23 +20,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
+from bench.serve import spawn
 from config.settings import MeterSettings, Settings
 from meters.base import Meter
 from meters.detect import detect_meters
 from meters.rapl import RaplMeter
 from meters.sampler import Sampler
-from proxy.llamacpp import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -87,32 +85,12 @@ def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-@contextlib.contextmanager
-def _process(*argv: str) -> Iterator[str]:
-    """Run ``python -m MODULE ... PORT ...`` (PORT is filled in); yield its URL when it answers."""
-    port = free_port()
-    args = [a.replace("PORT", str(port)) for a in argv]
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                httpx.get(url + "/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def added_latency(requests: int) -> dict[str, list[float]]:
     """Latency in ms of non-streaming chats through each joulegate, interleaved."""
     with (
-        _process("bench.serve", "fake", "PORT") as backend,
-        _process("bench.meters", "serve", "gate", "PORT", backend) as gate_only,
-        _process("bench.meters", "serve", "meters", "PORT", backend) as metered,
+        spawn("bench.serve", "fake", "PORT") as backend,
+        spawn("bench.meters", "serve", "gate", "PORT", backend) as gate_only,
+        spawn("bench.meters", "serve", "meters", "PORT", backend) as metered,
     ):
         out: dict[str, list[float]] = {"gate alone": [], "gate + meters": []}
         targets = (("gate alone", gate_only), ("gate + meters", metered))

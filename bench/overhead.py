@@ -11,39 +11,21 @@ import asyncio
 import contextlib
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from proxy.llamacpp import free_port
+from bench.serve import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 STREAM = {**CHAT, "max_tokens": 20, "stream": True}
 
 
-@contextlib.contextmanager
-def process(*args: str) -> Iterator[str]:
-    """Start ``bench.serve`` with args; yield its URL once it answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.serve", args[0], str(port), *args[1:]], cwd=ROOT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                httpx.get(url + ("/healthz" if args[0] != "fake" else "/v1/models"), timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def process(kind: str, *args: str) -> contextlib.AbstractContextManager[str]:
+    """``bench.serve KIND`` in its own process (see :func:`bench.serve.spawn`)."""
+    return spawn("bench.serve", kind, "PORT", *args)
 
 
 def pct(xs: list[float], p: float) -> float:
