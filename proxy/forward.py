@@ -132,7 +132,9 @@ class _Relay:
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
-    streaming: bool = False
+    streaming: str = ""
+    """How the answer is relayed while it arrives: ``sse``, ``ndjson``, ``raw``, or
+    empty when it is read whole (JSON, or any body of known length)."""
     started: bool = False
     """Response headers already sent to the client (streams)."""
     held: tuple[Any, Any] | None = None
@@ -358,12 +360,20 @@ class Forwarder:
         complete = False
         try:
             if ctype.startswith("text/event-stream"):
-                relay.streaming = True
+                relay.streaming = "sse"
                 await self._relay_stream(ex, response, relay, send)
-            else:
+            elif ctype.startswith("application/x-ndjson"):
+                relay.streaming = "ndjson"  # Ollama's native streams
+                await self._relay_lines(ex, response, relay, send)
+            elif ctype.startswith("application/json") or response.content_length is not None:
                 relay.body = await response.read()
                 if ex.gated and ctype.startswith("application/json"):
                     self._note_json(ex, relay)
+            else:  # anything else of unknown length (audio, …) streams through as it is
+                relay.streaming = "raw"
+                await self._start_stream(ex, relay, send)
+                async for chunk in response.content.iter_any():
+                    await _send_body(send, chunk)
             complete = True
         except TimeoutError as exc:
             raise BackendTimeout(
@@ -393,9 +403,7 @@ class Forwarder:
             relay.held = (None, obj)
             _note_chunk(ex, obj, self._pipeline.wants_content)
 
-    async def _relay_stream(
-        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
-    ) -> None:
+    async def _start_stream(self, ex: Exchange, relay: _Relay, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -408,6 +416,33 @@ class Forwarder:
             }
         )
         relay.started = True
+
+    async def _relay_lines(
+        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
+    ) -> None:
+        """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``."""
+        await self._start_stream(ex, relay, send)
+        buf = b""
+        async for chunk in response.content.iter_any():
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    obj = _decode(line)
+                except msgspec.DecodeError:
+                    obj = None
+                if isinstance(obj, dict):
+                    _note_chunk(ex, obj, self._pipeline.wants_content)
+                    if obj.get("done") is True:
+                        relay.held = (None, obj)
+                        continue
+                await _send_body(send, line + b"\n")
+        relay.tail = buf
+
+    async def _relay_stream(
+        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
+    ) -> None:
+        await self._start_stream(ex, relay, send)
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
         content_chunks = 0
@@ -499,14 +534,22 @@ class Forwarder:
         self, ex: Exchange, relay: _Relay, error: ProxyError | None, send: Send
     ) -> None:
         out = b""
-        if relay.held is not None:
-            event, obj = relay.held
-            obj["energy"] = ex.energy
-            out += event.with_data(obj)
-        if error is not None:
-            out += b"data: " + _encode(error.to_json()) + b"\n\n"
-        else:
-            out += relay.tail
+        if relay.streaming == "ndjson":
+            if relay.held is not None:
+                out += _encode({**relay.held[1], "energy": ex.energy}) + b"\n"
+            if error is not None:
+                out += _encode({"error": error.message}) + b"\n"  # Ollama's error shape
+            else:
+                out += relay.tail
+        elif relay.streaming == "sse":
+            if relay.held is not None:
+                event, obj = relay.held
+                obj["energy"] = ex.energy
+                out += event.with_data(obj)
+            if error is not None:
+                out += b"data: " + _encode(error.to_json()) + b"\n\n"
+            else:
+                out += relay.tail
         await send({"type": "http.response.body", "body": out, "more_body": False})
 
 
@@ -535,6 +578,15 @@ def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> Non
         ex.response_id = obj["id"]
     if isinstance(obj.get("model"), str):
         ex.model_served = obj["model"]
+    if isinstance(obj.get("eval_count"), int):  # Ollama's native answers
+        ex.completion_tokens = obj["eval_count"]
+        if isinstance(obj.get("prompt_eval_count"), int):
+            ex.prompt_tokens = obj["prompt_eval_count"]
+    if collect:
+        message = obj.get("message")
+        piece = message.get("content") if isinstance(message, dict) else obj.get("response")
+        if isinstance(piece, str) and piece:
+            ex.response_text = (ex.response_text or "") + piece
     usage = obj.get("usage")
     if isinstance(usage, dict):
         if isinstance(usage.get("prompt_tokens"), int):

@@ -151,6 +151,9 @@ class FakeBackend:
                 },
             )
             return
+        if seen.path == "/api/chat":
+            await self._ollama_chat(seen, send)
+            return
         if seen.path in ("/v1/chat/completions", "/v1/completions"):
             req = seen.json() if seen.body else {}
             n = int(req.get("max_tokens") or len(self.words))
@@ -171,6 +174,38 @@ class FakeBackend:
                 }
             },
         )
+
+    async def _ollama_chat(self, seen: Seen, send: Any) -> None:
+        """Ollama's native chat: NDJSON lines when streaming (the default), else JSON."""
+        req = seen.json()
+        n = int((req.get("options") or {}).get("num_predict") or len(self.words))
+        model = req.get("model", "fake-model")
+        done = {
+            "model": model,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "length",
+            "prompt_eval_count": 7,
+            "eval_count": n,
+        }
+        if req.get("stream") is False:
+            text = "".join(self._text(n))
+            await _json(send, 200, {**done, "message": {"role": "assistant", "content": text}})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-ndjson")],
+            }
+        )
+        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
+        for word in self._text(n):
+            if delay:
+                await asyncio.sleep(delay)
+            msg = {"model": model, "message": {"role": "assistant", "content": word}, "done": False}
+            await _ollama_chunk(send, msg, more=True)
+        await _ollama_chunk(send, done, more=False)
 
     def _text(self, n: int) -> list[str]:
         return [self.words[i % len(self.words)] for i in range(n)]
@@ -254,6 +289,11 @@ class FakeBackend:
         await send(
             {"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n", "more_body": False}
         )
+
+
+async def _ollama_chunk(send: Any, obj: dict[str, Any], more: bool) -> None:
+    line = json.dumps(obj).encode() + b"\n"
+    await send({"type": "http.response.body", "body": line, "more_body": more})
 
 
 async def _disconnected(receive: Any) -> None:

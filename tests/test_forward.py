@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -229,12 +230,45 @@ async def test_unknown_route_outside_v1_is_an_openai_style_404(fake, joulegate_a
 
 async def test_ollama_native_paths_forwarded_only_when_enabled(fake, joulegate_app):  # type: ignore[no-untyped-def]
     async with joulegate_app(fake.url, ollama_native=True) as jg, httpx.AsyncClient() as c:
-        on = await c.post(jg.url + "/api/chat", json={"model": "m"})
+        on = await c.get(jg.url + "/api/tags")
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
-        off = await c.post(jg.url + "/api/chat", json={"model": "m"})
-    assert on.status_code == 404 and on.json()["error"]["message"] == "no route /api/chat"
+        off = await c.get(jg.url + "/api/tags")
+    assert on.status_code == 404 and on.json()["error"]["message"] == "no route /api/tags"
     assert off.status_code == 404 and off.json()["error"]["type"] == "not_found_error"
-    assert [s.path for s in fake.seen] == ["/api/chat"]
+    assert [s.path for s in fake.seen] == ["/api/tags"]
+
+
+async def test_ollama_native_stream_is_relayed_line_by_line_with_energy_last(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    cap = _Capture()
+    req = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+           "options": {"num_predict": 5}}  # fmt: skip
+    async with (
+        joulegate_app(fake.url, [_component(cap)], ollama_native=True) as jg,
+        httpx.AsyncClient() as c,
+        c.stream(
+            "POST", jg.url + "/api/chat", json=req, headers={"x-fake-chunk-delay-ms": "100"}
+        ) as r,  # fmt: skip
+    ):
+        it = r.aiter_raw()
+        first = await anext(it)
+        assert fake.seen[0].finished_s is None  # still generating: nothing was buffered
+        rest = b"".join([chunk async for chunk in it])
+    lines = [json.loads(x) for x in (first + rest).splitlines()]
+    assert r.headers["content-type"] == "application/x-ndjson"
+    assert "".join(x["message"]["content"] for x in lines) == "Hello there, friend."
+    assert [("energy" in x) for x in lines] == [False] * 5 + [True]
+    assert lines[-1]["done"] is True and lines[-1]["energy"]["duration_ms"] > 0
+    (ex,) = cap.seen
+    assert (ex.prompt_tokens, ex.completion_tokens, ex.endpoint) == (7, 5, "chat")
+
+
+async def test_ollama_native_answer_without_stream_gets_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    req = {"model": "m", "messages": [], "stream": False, "options": {"num_predict": 2}}
+    async with joulegate_app(fake.url, ollama_native=True) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/api/chat", json=req)
+    body = r.json()
+    assert body["message"]["content"] == "Hello there" and "energy" in body
+    assert "x-duration-ms" in r.headers
 
 
 async def test_openai_sdk_parses_every_response_unchanged(fake, joulegate_app):  # type: ignore[no-untyped-def]
