@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from config.errors import MeterAbsent
+from config.errors import MeterAbsent, MeterError, MeterUnavailable
 
 __all__ = ["COMPONENTS", "Activity", "Meter", "MeterAbsent", "Reading"]
 
@@ -93,6 +93,15 @@ class Meter(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook: most meters hold nothing
         """Release the meter's handles; safe to call twice."""
+
+    def _probe(self) -> None:
+        """Read once while constructing: a meter that cannot give a reading now is
+        not used (closed, then :class:`~config.errors.MeterUnavailable`)."""
+        try:
+            self.read()
+        except MeterError as exc:
+            self.close()
+            raise MeterUnavailable(str(exc)) from exc
 
 
 class Activity:

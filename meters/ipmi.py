@@ -66,10 +66,7 @@ class IpmiMeter(Meter):
         else:
             self._argv = (ipmitool or "ipmitool", *COMMAND)
             self._run = runner
-        try:
-            self.read()
-        except MeterError as exc:
-            raise MeterUnavailable(str(exc)) from exc
+        self._probe()
 
     @property
     def components(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import httpx
 
-from config.errors import MeterError, MeterUnavailable
+from config.errors import MeterError
 from meters import http
 from meters.base import Meter, Reading
 
@@ -62,11 +62,7 @@ class _PlugMeter(Meter):
     def __init__(self, url: str, *, client: httpx.Client | None = None) -> None:
         self._base = url.rstrip("/")
         self._client = client or http.new_client()
-        try:
-            self.read()
-        except MeterError as exc:
-            self.close()
-            raise MeterUnavailable(str(exc)) from exc
+        self._probe()
 
     @property
     def components(self) -> tuple[str, ...]:

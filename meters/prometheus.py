@@ -16,7 +16,7 @@ from typing import Literal
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from config.errors import MeterError, MeterUnavailable
+from config.errors import MeterError
 from meters import http
 from meters.base import Meter, Reading
 
@@ -60,11 +60,7 @@ class PrometheusMeter(Meter):
         self._client = client or http.new_client()
         self._last_raw: float | None = None
         self._total_j = 0.0
-        try:
-            self.read()
-        except MeterError as exc:
-            self.close()
-            raise MeterUnavailable(str(exc)) from exc
+        self._probe()
 
     @property
     def components(self) -> tuple[str, ...]:
