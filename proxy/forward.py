@@ -445,7 +445,6 @@ class Forwarder:
         await self._start_stream(ex, relay, send)
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
-        content_chunks = 0
         async for chunk in response.content.iter_any():
             for event in splitter.feed(chunk):
                 if event.data is None:
@@ -458,15 +457,13 @@ class Forwarder:
                 if not isinstance(obj, dict):
                     await _send_body(send, event.raw)
                     continue
-                _note_chunk(ex, obj, collect)
-                choices = obj.get("choices")
-                if _has_content(choices):
-                    content_chunks += 1
-                    ex.stream_content_chunks = content_chunks
-                if choices == [] and obj.get("usage") is not None:
+                has_text, has_finish = _note_chunk(ex, obj, collect)
+                if has_text:
+                    ex.stream_content_chunks += 1
+                if obj.get("choices") == [] and obj.get("usage") is not None:
                     if ex.usage_injected:
                         continue  # the client did not ask for it
-                elif not _has_finish(choices):
+                elif not has_finish:
                     if relay.held is not None:
                         await _send_body(send, relay.held[0].raw)
                         relay.held = None
@@ -553,27 +550,12 @@ class Forwarder:
         await send({"type": "http.response.body", "body": out, "more_body": False})
 
 
-def _has_content(choices: Any) -> bool:
-    if not isinstance(choices, list):
-        return False
-    for c in choices:
-        if isinstance(c, dict):
-            part = c.get("delta")
-            if isinstance(part, dict) and part.get("content"):
-                return True
-            if c.get("text"):
-                return True
-    return False
+def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tuple[bool, bool]:
+    """Pick what stages need from a response object or stream chunk, in one pass.
 
-
-def _has_finish(choices: Any) -> bool:
-    if not isinstance(choices, list):
-        return False
-    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-
-
-def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> None:
-    """Pick what stages need from a response object or stream chunk."""
+    Returns whether any choice carried text and whether any carried a finish reason
+    (what the stream relay decides on).
+    """
     if ex.response_id is None and isinstance(obj.get("id"), str):
         ex.response_id = obj["id"]
     if isinstance(obj.get("model"), str):
@@ -593,18 +575,22 @@ def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> Non
             ex.prompt_tokens = usage["prompt_tokens"]
         if isinstance(usage.get("completion_tokens"), int):
             ex.completion_tokens = usage["completion_tokens"]
+    has_text = has_finish = False
     choices = obj.get("choices")
     if isinstance(choices, list):
         for c in choices:
             if not isinstance(c, dict):
                 continue
             reason = c.get("finish_reason")
-            if isinstance(reason, str):
+            if isinstance(reason, str) and reason:
                 ex.finish_reasons.append(reason)
-            if collect:
-                piece = _text_of(c)
-                if piece:
+                has_finish = True
+            piece = _text_of(c)
+            if piece:
+                has_text = True
+                if collect:
                     ex.response_text = (ex.response_text or "") + piece
+    return has_text, has_finish
 
 
 def _text_of(choice: dict[str, Any]) -> str | None:
