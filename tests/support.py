@@ -68,3 +68,13 @@ def sse_events(raw: bytes) -> list[Any]:
             data = block[6:]
             out.append("[DONE]" if data == b"[DONE]" else json.loads(data))
     return out
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body, for the raw-ASGI fakes."""
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return body

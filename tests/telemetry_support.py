@@ -34,7 +34,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from config import Settings
 from proxy.app import AppContext, Component, create_app
 from proxy.exchange import Exchange, Stage
-from tests.support import Running, serve
+from tests.support import Running, read_body, serve
 
 Joulegate = Running
 """joulegate under test (the suite-wide :class:`tests.support.Running`)."""
@@ -200,12 +200,7 @@ class Collector:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """ASGI entry point: ``POST /v1/traces`` and ``POST /v1/metrics``."""
-        body = b""
-        while True:
-            msg = await receive()
-            body += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.content_types.add(headers.get("content-type", ""))
         if headers.get("content-encoding") == "gzip":
