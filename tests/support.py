@@ -8,7 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from litestar import Litestar
@@ -17,7 +17,7 @@ from proxy.gate import Gate
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
+async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on a free 127.0.0.1 port; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,7 +32,6 @@ async def serve(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -75,6 +74,7 @@ async def read_body(receive: Any) -> bytes:
     body = b""
     while True:
         msg = await receive()
-        body += msg.get("body", b"")
+        chunk: bytes = msg.get("body", b"")
+        body += chunk
         if not msg.get("more_body"):
             return body
