@@ -13,6 +13,7 @@ from config.errors import (
     MeterAbsent,
     MeterError,
     MeterUnavailable,
+    ModelNotFound,
     NotFound,
     PayloadTooLarge,
     ProxyError,
@@ -22,6 +23,7 @@ from config.errors import (
 from config.loader import load_settings, settings_table
 from config.settings import (
     AuthSettings,
+    BackendSettings,
     CarbonSettings,
     LedgerSettings,
     MeterSettings,
@@ -31,6 +33,7 @@ from config.settings import (
 
 __all__ = [
     "AuthSettings",
+    "BackendSettings",
     "BackendTimeout",
     "BackendUnreachable",
     "BadRequest",
@@ -46,6 +49,7 @@ __all__ = [
     "MeterError",
     "MeterSettings",
     "MeterUnavailable",
+    "ModelNotFound",
     "NotFound",
     "PayloadTooLarge",
     "ProxyError",

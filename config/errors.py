@@ -17,6 +17,7 @@ translated into this tree at the adapter that meets them and chained with
         ├── Unauthorized            401 authentication_error
         ├── Forbidden               403 permission_error
         ├── NotFound                404 not_found_error
+        │   └── ModelNotFound       404 invalid_request_error, code model_not_found
         ├── PayloadTooLarge         413 invalid_request_error
         ├── BudgetExceeded          429 energy_budget_exceeded
         ├── BackendUnreachable      502 backend_unreachable
@@ -119,6 +120,12 @@ class NotFound(ProxyError):
 
     status = 404
     error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    """No backend serves the requested model (OpenAI's own 404 shape)."""
+
+    error_type = "invalid_request_error"
 
 
 class PayloadTooLarge(ProxyError):

@@ -56,6 +56,11 @@ def _parse_str(raw: str, tp: Any, key: str) -> Any:
     if origin is tuple:
         item = get_args(tp)[0]
         parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if dataclasses.is_dataclass(item):
+            # A list of tables from one string: each item fills the table's first field
+            # (``JOULEGATE_BACKENDS=http://a:8080,http://b:8081``).
+            first = dataclasses.fields(item)[0].name
+            return tuple(_check({first: p}, tp=item, key=key) for p in parts)
         return tuple(_parse_str(p, item, key) for p in parts)
     if tp is bool:
         low = raw.strip().lower()
@@ -76,6 +81,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     """Check a TOML (already typed) value against the field's type."""
     origin = get_origin(tp)
     bad = ConfigError(f"setting {key!r}: {value!r} is not {_allowed(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"setting {key!r}: must be a table of settings")
+        return _check_table(tp, value, key + ".")  # type: ignore[arg-type]
     if origin is Literal:
         if value not in get_args(tp):
             raise bad
@@ -100,12 +109,18 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type[Any], values: Mapping[str, Any]) -> Any:
-    """Construct ``cls`` from checked values, sections included."""
+    """Construct ``cls`` from checked values, sections and lists of tables included."""
     hints = get_type_hints(cls)
-    kwargs = {
-        name: _build(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
-        for name, value in values.items()
-    }
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        tp = hints[name]
+        item = get_args(tp)[0] if get_origin(tp) is tuple else None
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value)  # type: ignore[arg-type]
+        elif item is not None and dataclasses.is_dataclass(item):
+            kwargs[name] = tuple(_build(item, v) for v in value)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -186,27 +201,22 @@ def load_settings(
     return _build_checked(data)
 
 
+def _check_table(cls: type[Any], values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Check one table's keys (unknown ones name the key) and each value's type."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown setting {prefix + key!r}; known keys: {known}")
+        out[key] = _check(value, hints[key], prefix + key)
+    return out
+
+
 def _build_checked(data: Mapping[str, Any]) -> Settings:
     """Type-check every leaf, then construct (so ``__post_init__`` sees right types)."""
-
-    def check(cls: type[Any], values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        hints = get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in names:
-                known = ", ".join(sorted(names))
-                raise ConfigError(f"unknown setting {prefix + key!r}; known keys: {known}")
-            tp = hints[key]
-            if dataclasses.is_dataclass(tp):
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"setting {prefix + key!r}: must be a table of settings")
-                out[key] = check(tp, value, f"{prefix}{key}.")  # type: ignore[arg-type]
-            else:
-                out[key] = _check(value, tp, prefix + key)
-        return out
-
-    return typing.cast(Settings, _build(Settings, check(Settings, data, "")))
+    return typing.cast(Settings, _build(Settings, _check_table(Settings, data, "")))
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:

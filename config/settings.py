@@ -275,6 +275,40 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class BackendSettings:
+    """One model server on this machine (a ``[[backends]]`` table).
+
+    Every backend listed here runs on the machine joulegate meters: they share its
+    one gate and its meters, because they share its power. (A later ``[[machines]]``
+    table, another host with its own meters and gate, will hold backends of its
+    own; ``[[backends]]`` keeps meaning "on this machine".)
+    """
+
+    url: str = ""
+    """Base URL of the OpenAI-compatible server (without ``/v1``)."""
+    models: tuple[str, ...] = ()
+    """Models it serves; empty means ask its ``GET /v1/models`` (at start-up and
+    every ``backend_refresh_s``)."""
+    name: str = ""
+    """Name in the ledger, reports, spans and metrics; empty means ``host:port``."""
+
+    def __post_init__(self) -> None:
+        _require(
+            self.url.startswith(("http://", "https://")),
+            "backends.url",
+            "an http:// or https:// URL",
+        )
+
+    @property
+    def label(self) -> str:
+        """The backend's name, or ``host:port`` of its URL."""
+        if self.name:
+            return self.name
+        rest = self.url.split("://", 1)[-1]
+        return rest.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything joulegate reads at start-up."""
 
@@ -283,7 +317,13 @@ class Settings:
     port: int = 8400
     """Port joulegate listens on."""
     backend_url: str = "http://127.0.0.1:8080"
-    """Base URL of the OpenAI-compatible model server (without ``/v1``)."""
+    """Base URL of the OpenAI-compatible model server (without ``/v1``); used when
+    ``backends`` is empty."""
+    backends: tuple[BackendSettings, ...] = ()
+    """Several model servers, routed by the request's ``model``: ``[[backends]]``
+    tables in the file, or comma-separated URLs in ``JOULEGATE_BACKENDS``."""
+    backend_refresh_s: float = 30.0
+    """How often backends without configured ``models`` are asked for their models."""
     backend_api_key: str = ""
     """Key sent to the backend as ``Authorization: Bearer`` instead of the client's."""
     ollama_native: bool = False
@@ -318,6 +358,19 @@ class Settings:
             "backend_url",
             "an http:// or https:// URL",
         )
+        _require(self.backend_refresh_s > 0, "backend_refresh_s", "> 0")
+        claimed: dict[str, str] = {}
+        labels: set[str] = set()
+        for b in self.backends:
+            _require(b.label not in labels, "backends", f"backends with distinct names ({b.label!r} twice)")
+            labels.add(b.label)
+            for m in b.models:
+                if m in claimed:
+                    raise ConfigError(
+                        f"setting 'backends': model {m!r} is served by both "
+                        f"{claimed[m]!r} and {b.label!r}"
+                    )
+                claimed[m] = b.label
         _require(1 <= self.max_concurrency <= 1024, "max_concurrency", "between 1 and 1024")
         _require(0 <= self.max_queue <= 100_000, "max_queue", "between 0 and 100000")
         _require(self.max_body_bytes >= 1024, "max_body_bytes", ">= 1024")
@@ -325,3 +378,8 @@ class Settings:
         _require(self.read_timeout_s > 0, "read_timeout_s", "> 0")
         for p in self.gated_paths:
             _require(p.startswith("/"), "gated_paths", "paths starting with '/'")
+
+    @property
+    def backend_list(self) -> tuple[BackendSettings, ...]:
+        """The backends to route to: ``backends``, else ``backend_url`` alone."""
+        return self.backends or (BackendSettings(url=self.backend_url),)

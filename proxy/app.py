@@ -9,6 +9,7 @@ None), so tests can build an app with fakes instead of hardware.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +26,7 @@ from litestar.types import Receive, Scope, Send
 
 from config.errors import NotFound, ProxyError
 from config.settings import Settings
+from proxy.backends import BackendRouter
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
 from proxy.gate import Gate
@@ -39,6 +41,7 @@ class AppContext:
     settings: Settings
     gate: Gate
     client: httpx.AsyncClient
+    router: BackendRouter
     state: dict[str, Any] = field(default_factory=dict)
     """Components publish here what endpoints need (e.g. ``ledger``, ``meters``)."""
     ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
@@ -107,10 +110,17 @@ def create_app(
                 )
             )
             session = await stack.enter_async_context(_backend_session(settings))
+            router = BackendRouter(settings.backend_list, client)
+            await router.discover()
+            refresher = asyncio.create_task(
+                router.refresh_forever(settings.backend_refresh_s), name="backend-refresh"
+            )
+            stack.push_async_callback(_cancel, refresher)
             ctx = AppContext(
                 settings=settings,
                 gate=Gate(settings.max_concurrency, settings.max_queue),
                 client=client,
+                router=router,
             )
             stages: list[Stage] = []
             for component in comps:
@@ -122,12 +132,13 @@ def create_app(
                 session,
                 ctx.gate,
                 Pipeline(stages),
+                router,
                 strip_client_auth=ctx.strip_client_auth,
             )
             app.state.ctx = ctx
             log.info(
                 "joulegate forwarding to %s (max_concurrency=%d, max_queue=%d)",
-                settings.backend_url,
+                ", ".join(f"{b.name} {b.url}" for b in router.backends),
                 settings.max_concurrency,
                 settings.max_queue,
             )
@@ -147,6 +158,12 @@ def create_app(
         openapi_config=None,
         logging_config=None,
     )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _backend_session(settings: Settings) -> aiohttp.ClientSession:
@@ -182,29 +199,10 @@ def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/readyz", media_type=MediaType.JSON)
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    """Ready when the backend answers ``GET /v1/models`` and every component is fine."""
+    """Ready when every backend answers ``GET /v1/models`` and every component is fine."""
     ctx: AppContext = request.app.state.ctx
-    url = ctx.settings.backend_url.rstrip("/") + "/v1/models"
-    checks: list[dict[str, Any]] = []
-    try:
-        r = await ctx.client.get(url, timeout=2.0)
-        checks.append(
-            {
-                "name": "backend",
-                "ok": r.status_code < 500,
-                "url": ctx.settings.backend_url,
-                "status": r.status_code,
-            }
-        )
-    except httpx.HTTPError as exc:
-        checks.append(
-            {
-                "name": "backend",
-                "ok": False,
-                "url": ctx.settings.backend_url,
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        )
+    await ctx.router.refresh()
+    checks = ctx.router.health()
     checks += [check() for check in ctx.ready_checks]
     ok = all(c["ok"] for c in checks)
     return Response(

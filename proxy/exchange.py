@@ -43,6 +43,9 @@ class Exchange:
     arrived_at: dt.datetime
     gated: bool
     body: dict[str, Any] | None = None
+    backend: str | None = None
+    """Name of the backend that serves the request (``host:port`` unless named)."""
+    backend_url: str | None = None
     model_requested: str | None = None
     stream: bool = False
     usage_injected: bool = False

@@ -43,6 +43,7 @@ from config.errors import (
     ProxyError,
 )
 from config.settings import Settings
+from proxy.backends import Backend, BackendRouter
 from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.sse import EventSplitter
@@ -87,6 +88,7 @@ _DROP_RESPONSE = frozenset(
         b"content-length",
         b"date",
         b"server",
+        b"x-request-id",  # joulegate sends its own: the ledger's request_id
     }
 )
 
@@ -123,6 +125,7 @@ class _Outgoing:
     url: str
     headers: list[tuple[str, str]]
     body: bytes
+    backend: Backend
 
 
 @dataclass(slots=True)
@@ -153,6 +156,7 @@ class Forwarder:
         session: aiohttp.ClientSession,
         gate: Gate,
         pipeline: Pipeline,
+        router: BackendRouter,
         *,
         strip_client_auth: bool = False,
     ) -> None:
@@ -160,8 +164,8 @@ class Forwarder:
         self._session = session
         self._gate = gate
         self._pipeline = pipeline
+        self._router = router
         self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
-        self._backend = settings.backend_url.rstrip("/")
         self._gated = INFERENCE_PATHS | frozenset(settings.gated_paths)
         if settings.ollama_native:
             self._gated |= OLLAMA_INFERENCE_PATHS
@@ -206,15 +210,47 @@ class Forwarder:
             ex.stream = parsed.get("stream") is True
             body = self._maybe_ask_usage(ex, parsed, body)
         try:
+            backend = self._pick_backend(ex)
+        except ProxyError as err:
+            await send_error(send, err, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
+            return
+        if backend is None:  # GET /v1/models with several backends: joulegate answers
+            await self._send_models(ex, send)
+            return
+        ex.backend, ex.backend_url = backend.name, backend.url
+        try:
             await self._pipeline.arrival(ex)
         except ProxyError as err:
             ex.status = err.status
             ex.failure = err.error_type
             ex.window.finished_s = time.monotonic()
-            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            await send_error(send, err, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
             await self._pipeline.refused(ex)
             return
-        await self._serve(ex, scope, receive, send, method, path, query, body)
+        await self._serve(ex, backend, scope, receive, send, method, path, query, body)
+
+    def _pick_backend(self, ex: Exchange) -> Backend | None:
+        """The backend for this request; None when joulegate answers it itself."""
+        router = self._router
+        if ex.gated:
+            return router.route(ex.model_requested)
+        if router.single:
+            return router.backends[0]
+        if ex.method == "GET" and ex.endpoint == "models":
+            return None
+        if ex.endpoint.startswith("models/"):
+            return router.for_path_model(ex.endpoint.removeprefix("models/"))
+        return router.backends[0]
+
+    async def _send_models(self, ex: Exchange, send: Send) -> None:
+        body = _encode(self._router.models_json())
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            _request_id(ex),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self._s.max_body_bytes
@@ -285,6 +321,7 @@ class Forwarder:
     async def _serve(
         self,
         ex: Exchange,
+        backend: Backend,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -293,8 +330,8 @@ class Forwarder:
         query: bytes,
         body: bytes,
     ) -> None:
-        url = self._backend + path + ("?" + query.decode("latin-1") if query else "")
-        request = _Outgoing(method, url, self._forward_headers(scope), body)
+        url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
+        request = _Outgoing(method, url, self._forward_headers(scope), body, backend)
         relay = _Relay()
         error: ProxyError | None = None
         work = asyncio.ensure_future(self._forward(ex, request, relay, send))
@@ -339,20 +376,23 @@ class Forwarder:
             headers = [(k, v) for k, v in headers if k not in extra]
             headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
         data = out.body if out.body or out.method not in ("GET", "HEAD") else None
+        where = out.backend.url
         try:
             response = await self._session.request(
                 out.method, out.url, headers=headers, data=data, allow_redirects=False
             )
         except TimeoutError as exc:
             raise BackendTimeout(
-                f"the backend at {self._backend} did not answer in time ({type(exc).__name__})",
+                f"the backend at {where} did not answer in time ({type(exc).__name__})",
                 code="backend_timeout",
             ) from exc
         except aiohttp.ClientError as exc:
+            self._router.mark(out.backend, up=False, error=f"{type(exc).__name__}: {exc}")
             raise BackendUnreachable(
-                f"could not reach the backend at {self._backend}: {exc or type(exc).__name__}",
+                f"could not reach the backend at {where}: {exc or type(exc).__name__}",
                 code="backend_unreachable",
             ) from exc
+        self._router.mark(out.backend, up=True)
         ex.window.first_byte_s = time.monotonic()
         ex.status = relay.status = response.status
         relay.headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _DROP_RESPONSE]
@@ -377,12 +417,12 @@ class Forwarder:
             complete = True
         except TimeoutError as exc:
             raise BackendTimeout(
-                f"the backend at {self._backend} stopped answering (read timeout)",
+                f"the backend at {where} stopped answering (read timeout)",
                 code="backend_timeout",
             ) from exc
         except aiohttp.ClientError as exc:
             raise BackendUnreachable(
-                f"the backend at {self._backend} broke the connection: {exc or type(exc).__name__}",
+                f"the backend at {where} broke the connection: {exc or type(exc).__name__}",
                 code="backend_unreachable",
             ) from exc
         finally:
@@ -411,6 +451,7 @@ class Forwarder:
                 "headers": [
                     *relay.headers,
                     (b"x-queue-ms", _fmt(ex.window.queue_s * 1000)),
+                    _request_id(ex),
                     *((k.encode(), v.encode()) for k, v in ex.response_headers.items()),
                 ],
             }
@@ -510,7 +551,7 @@ class Forwarder:
             await self._pipeline.closed(ex)
 
     def _timing_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
-        out = [(b"x-queue-ms", _fmt(ex.window.queue_s * 1000))]
+        out = [(b"x-queue-ms", _fmt(ex.window.queue_s * 1000)), _request_id(ex)]
         if ex.window.duration_s is not None:
             out.append((b"x-duration-ms", _fmt(ex.window.duration_s * 1000)))
         return out
@@ -600,6 +641,11 @@ def _text_of(choice: dict[str, Any]) -> str | None:
             return str(part["content"])
     text = choice.get("text")
     return text if isinstance(text, str) else None
+
+
+def _request_id(ex: Exchange) -> tuple[bytes, bytes]:
+    """joulegate's own id of the request (the ledger's ``request_id``)."""
+    return (b"x-request-id", ex.request_id.encode())
 
 
 def _fmt(ms: float) -> bytes:

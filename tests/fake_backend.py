@@ -48,6 +48,8 @@ class FakeBackend:
     """The fake server; ``await`` nothing, just mount it with ``serve``."""
 
     words: tuple[str, ...] = ("Hello", " there", ",", " friend", ".")
+    models: tuple[str, ...] = ("fake-model",)
+    """What ``GET /v1/models`` lists."""
     seen: list[Seen] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -130,7 +132,8 @@ class FakeBackend:
                 {
                     "object": "list",
                     "data": [
-                        {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
+                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                        for m in self.models
                     ],
                 },
             )

@@ -14,6 +14,7 @@ import pytest
 from accounting.carbon import FixedIntensity, Intensity
 from accounting.carbon_stage import CarbonStage, carbon
 from config import CarbonSettings, ConfigError, Settings
+from proxy.backends import BackendRouter
 from proxy.app import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Gate, Window
@@ -117,7 +118,8 @@ async def test_ungated_requests_are_left_alone() -> None:
 async def test_unknown_country_stops_the_component_at_start_up() -> None:
     settings = Settings(carbon=CarbonSettings(country="QQ"))
     async with httpx.AsyncClient() as client:
-        ctx = AppContext(settings=settings, gate=Gate(), client=client)
+        router = BackendRouter(settings.backend_list, client)
+        ctx = AppContext(settings=settings, gate=Gate(), client=client, router=router)
         with pytest.raises(ConfigError, match=r"'carbon\.country'.*'QQ'"):
             async with carbon()(ctx):
                 pass

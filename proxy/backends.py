@@ -1,0 +1,187 @@
+"""Several model servers behind one joulegate, routed by the request's ``model``.
+
+Each backend either lists its models in the settings or is asked for them
+(``GET /v1/models``) at start-up and every ``backend_refresh_s``. The rules:
+
+* one backend: every request goes to it, whatever its ``model`` (the backend
+  answers for models it does not have, as it would without joulegate);
+* several: a request goes to the backend serving its ``model``; a model no
+  backend serves is ``404 model_not_found`` listing the models that exist; a
+  request without a ``model`` goes to the first backend;
+* a backend that is down keeps the models it had: they answer
+  ``502 backend_unreachable`` (not 404) until it is back;
+* two backends claiming one model is a start-up error naming both (configured
+  ``models`` are checked when the settings load, discovered ones here). A
+  refresh that finds a new clash keeps the earlier owner and logs a warning.
+
+All backends share this machine's gate and meters (they share its power).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from config.errors import BackendUnreachable, ConfigError, ModelNotFound
+from config.settings import BackendSettings
+
+log = logging.getLogger("joulegate.backends")
+
+DISCOVERY_TIMEOUT_S = 5.0
+"""Limit for one ``GET /v1/models`` to a backend."""
+
+
+@dataclass
+class Backend:
+    """One model server and what joulegate knows about it now."""
+
+    name: str
+    url: str
+    """Base URL without a trailing slash."""
+    configured: tuple[str, ...] = ()
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Model id → the entry as the backend gave it in ``/v1/models``."""
+    up: bool = True
+    error: str | None = None
+    """Why the last look-up failed, while it is down."""
+
+
+class BackendRouter:
+    """Which backend serves which model; refreshed in the background."""
+
+    def __init__(self, backends: Sequence[BackendSettings], client: httpx.AsyncClient) -> None:
+        self.backends = [
+            Backend(
+                b.label,
+                b.url.rstrip("/"),
+                b.models,
+                {m: {"id": m, "object": "model", "owned_by": b.label} for m in b.models},
+            )
+            for b in backends
+        ]
+        self._client = client
+        self._owner: dict[str, Backend] = {}
+        self._rebuild(strict=False)
+
+    @property
+    def single(self) -> bool:
+        """Only one backend: it gets every request."""
+        return len(self.backends) == 1
+
+    async def discover(self) -> None:
+        """Ask every backend without configured models for its models (start-up).
+
+        A clash between two backends stops start-up; a backend that is down is
+        logged and asked again at the next refresh.
+        """
+        if self.single:
+            return  # it gets every request: nothing to route, nothing to ask yet
+        await self.refresh()
+        self._rebuild(strict=True)
+        for b in self.backends:
+            state = ", ".join(sorted(b.models)) or "no models yet"
+            log.info("backend %s at %s: %s%s", b.name, b.url, state, "" if b.up else " (down)")
+
+    async def refresh(self) -> None:
+        """One round of ``GET /v1/models`` to the backends that need it."""
+        await asyncio.gather(*(self._ask(b) for b in self.backends))
+        self._rebuild(strict=False)
+
+    async def refresh_forever(self, interval_s: float) -> None:
+        """Refresh until cancelled; failures are logged, never raised."""
+        while not self.single:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("refreshing the backends' models failed")
+
+    async def _ask(self, b: Backend) -> None:
+        try:
+            r = await self._client.get(b.url + "/v1/models", timeout=DISCOVERY_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            b.up, b.error = False, f"{type(exc).__name__}: {exc}"
+            return
+        if r.status_code >= 500:
+            b.up, b.error = False, f"GET /v1/models answered {r.status_code}"
+            return
+        b.up, b.error = True, None  # it answers; a 4xx only means it lists no models
+        if b.configured or r.status_code != 200:
+            return
+        try:
+            data = r.json().get("data")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(data, list):
+            return
+        b.models = {
+            e["id"]: e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)
+        }
+
+    def _rebuild(self, *, strict: bool) -> None:
+        owner: dict[str, Backend] = {}
+        for b in self.backends:
+            for m in b.models:
+                first = owner.get(m)
+                if first is None:
+                    owner[m] = b
+                elif strict:
+                    raise ConfigError(
+                        f"model {m!r} is served by both backend {first.name!r} ({first.url}) "
+                        f"and {b.name!r} ({b.url}); give each backend its own `models`"
+                    )
+                else:
+                    log.warning("model %r on %s is already served by %s", m, b.name, first.name)
+        self._owner = owner
+
+    def mark(self, backend: Backend, *, up: bool, error: str | None = None) -> None:
+        """What forwarding learnt: the backend answered, or could not be reached."""
+        backend.up, backend.error = up, (None if up else error)
+
+    def route(self, model: str | None) -> Backend:
+        """The backend for ``model``; 404 when none serves it, 502 when its server is down."""
+        if self.single or model is None:
+            return self.backends[0]
+        b = self._owner.get(model)
+        if b is None:
+            known = ", ".join(sorted(self._owner)) or "none"
+            raise ModelNotFound(
+                f"The model `{model}` does not exist on this joulegate. Models: {known}",
+                code="model_not_found",
+                param="model",
+            )
+        if not b.up:
+            raise BackendUnreachable(
+                f"the backend {b.name!r} serving {model!r} is down ({b.error})",
+                code="backend_unreachable",
+            )
+        return b
+
+    def for_path_model(self, model_id: str) -> Backend:
+        """The backend for ``GET /v1/models/{id}`` (the first one when unknown)."""
+        return self._owner.get(model_id, self.backends[0])
+
+    def models_json(self) -> dict[str, Any]:
+        """``GET /v1/models``: the union, each entry as its backend gave it."""
+        return {"object": "list", "data": [b.models[m] for m, b in sorted(self._owner.items())]}
+
+    def health(self) -> list[dict[str, Any]]:
+        """One ``/readyz`` check per backend."""
+        out: list[dict[str, Any]] = []
+        for b in self.backends:
+            check: dict[str, Any] = {
+                "name": "backend",
+                "backend": b.name,
+                "ok": b.up,
+                "url": b.url,
+                "models": sorted(b.models),
+            }
+            if b.error:
+                check["error"] = b.error
+            out.append(check)
+        return out

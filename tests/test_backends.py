@@ -1,0 +1,133 @@
+"""Several backends behind one joulegate: routing by model, the union of models,
+404 for a model nobody serves, 502 for a model whose server is down."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from litestar.testing import AsyncTestClient
+
+from config import BackendSettings, ConfigError, LedgerSettings, Settings, load_settings
+from proxy.app import create_app
+from tests.fake_backend import FakeBackend
+from tests.ledger_support import accounting_components, db_rows
+from tests.support import Running, serve
+
+@contextlib.asynccontextmanager
+async def two_backends() -> AsyncIterator[tuple[FakeBackend, str, FakeBackend, str]]:
+    small, large = FakeBackend(models=("small",)), FakeBackend(models=("large", "large-2"))
+    async with serve(small, lifespan="off") as url_s, serve(large, lifespan="off") as url_l:
+        yield small, url_s, large, url_l
+
+
+@contextlib.asynccontextmanager
+async def joulegate(backends: list[BackendSettings], **settings: Any) -> AsyncIterator[Running]:
+    app = create_app(Settings(backends=tuple(backends), **settings), components=[])
+    async with serve(app) as url:
+        yield Running(url, app)
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_each_model_goes_to_the_backend_that_serves_it() -> None:
+    async with two_backends() as (small, url_s, large, url_l):
+        backends = [BackendSettings(url=url_s), BackendSettings(url=url_l, name="big")]
+        async with joulegate(backends) as jg, httpx.AsyncClient(base_url=jg.url) as c:
+            for model in ("small", "large", "large-2", "small"):
+                r = await c.post("/v1/chat/completions", json=chat(model))
+                assert r.status_code == 200 and r.json()["model"] == model
+            models = (await c.get("/v1/models")).json()
+    posted_s = [s.json()["model"] for s in small.seen if s.method == "POST"]
+    posted_l = [s.json()["model"] for s in large.seen if s.method == "POST"]
+    assert posted_s == ["small", "small"] and posted_l == ["large", "large-2"]
+    assert [m["id"] for m in models["data"]] == ["large", "large-2", "small"]
+    assert models["data"][0]["owned_by"] == "fake"  # each entry as its backend gave it
+
+
+async def test_a_model_nobody_serves_is_404_model_not_found_naming_the_models() -> None:
+    async with two_backends() as (small, url_s, large, url_l):
+        backends = [BackendSettings(url=url_s), BackendSettings(url=url_l)]
+        async with joulegate(backends) as jg, httpx.AsyncClient(base_url=jg.url) as c:
+            r = await c.post("/v1/chat/completions", json=chat("gpt-9"))
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "model_not_found" and err["type"] == "invalid_request_error"
+    assert "large" in err["message"] and "small" in err["message"]
+    assert not [s for s in small.seen + large.seen if s.method == "POST"]
+
+
+async def test_a_backend_that_goes_down_makes_its_models_502_and_readyz_names_it() -> None:
+    async with two_backends() as (small, url_s, large, url_l):
+        backends = [BackendSettings(url=url_s), BackendSettings(url=url_l, name="big")]
+        async with joulegate(backends, backend_refresh_s=3600) as jg:
+            async with httpx.AsyncClient(base_url=jg.url) as c:
+                assert (await c.get("/readyz")).status_code == 200
+        # ``large`` has stopped: joulegate still knows it served these models
+        dead = BackendSettings(url=url_l, models=("large",), name="big")
+        async with (
+            serve(small, lifespan="off") as url_s2,
+            joulegate([BackendSettings(url=url_s2), dead]) as jg,
+            httpx.AsyncClient(base_url=jg.url) as c,
+        ):
+            first = await c.post("/v1/chat/completions", json=chat("large"))
+            again = await c.post("/v1/chat/completions", json=chat("large"))
+            ok = await c.post("/v1/chat/completions", json=chat("small"))
+            ready = await c.get("/readyz")
+    assert first.status_code == 502 and again.status_code == 502
+    assert again.json()["error"]["type"] == "backend_unreachable"
+    assert ok.status_code == 200
+    assert ready.status_code == 503
+    (big,) = [ch for ch in ready.json()["checks"] if ch.get("backend") == "big"]
+    assert big["ok"] is False and big["models"] == ["large"]
+
+
+async def test_two_backends_claiming_one_model_stop_start_up_naming_both() -> None:
+    twin = FakeBackend(models=("small",))
+    async with two_backends() as (_, url_s, _l, _u), serve(twin, lifespan="off") as url_t:
+        app = create_app(
+            Settings(backends=(BackendSettings(url=url_s), BackendSettings(url=url_t))),
+            components=[],
+        )
+        with pytest.raises(ConfigError, match="small") as info:
+            async with AsyncTestClient(app):
+                pass
+    assert url_s.split("//")[1] in str(info.value) and url_t.split("//")[1] in str(info.value)
+
+
+async def test_the_ledger_records_which_backend_served_each_request(tmp_path: Any) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    async with two_backends() as (_, url_s, _l, url_l):
+        settings = Settings(
+            backends=(BackendSettings(url=url_s, name="cpu-a"), BackendSettings(url=url_l)),
+            ledger=LedgerSettings(path=str(ledger)),
+        )
+        app = create_app(settings, components=accounting_components())
+        async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
+            for model in ("small", "large"):
+                assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
+    rows = db_rows(ledger)
+    assert [(r["model_requested"], r["backend"]) for r in rows] == [
+        ("small", "cpu-a"),
+        ("large", url_l.split("//")[1]),
+    ]
+
+
+def test_backends_come_from_one_environment_variable_and_backend_url_still_works() -> None:
+    s = load_settings(None, {"JOULEGATE_BACKENDS": "http://127.0.0.1:8080, http://127.0.0.1:8081"})
+    assert [b.url for b in s.backend_list] == ["http://127.0.0.1:8080", "http://127.0.0.1:8081"]
+    alone = load_settings(None, {"JOULEGATE_BACKEND_URL": "http://10.0.0.1:9"})
+    assert [b.url for b in alone.backend_list] == ["http://10.0.0.1:9"]
+    with pytest.raises(ConfigError, match="served by both"):
+        Settings(
+            backends=(
+                BackendSettings(url="http://a:1", models=("m",)),
+                BackendSettings(url="http://b:1", models=("m",)),
+            )
+        )
