@@ -9,6 +9,8 @@ import pytest
 from config.errors import MeterUnavailable
 from meters.base import Activity
 from meters.estimate import EstimateMeter, load_tdp_table, lookup_tdp
+from meters.sampler import Sampler
+from meters.stage import energy_body
 from meters.vcpu import MEMORY_W_PER_GB, choose_coefficients, load_coefficients
 from tests.meters_support import VirtualClock, fake_proc, set_busy
 
@@ -135,3 +137,26 @@ def test_gpu_board_power_counts_only_while_a_window_is_open(tmp_path: Path) -> N
 def test_no_proc_stat_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(MeterUnavailable, match="stat"):
         EstimateMeter(proc_root=tmp_path)
+
+
+def test_sampler_integrates_the_range_of_a_vm_estimate(tmp_path: Path) -> None:
+    info = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t: 1\nflags\t: hypervisor\n"
+    proc = fake_proc(tmp_path / "proc", "AMD EPYC", cpuinfo=info, mem_kib=4 * 1024 * 1024)
+    meter = EstimateMeter(proc_root=proc, dmi_root=tmp_path / "dmi", clock_ticks_per_s=100)
+    clock = VirtualClock(0.0)
+    sampler = Sampler([meter], clock=clock)
+    sampler.sample()
+    token = sampler.open_window(clock.t)
+    clock.advance(10)
+    _jiffy_step(proc, 1000, 3000)  # 10 s: 10 busy, 30 idle CPU-seconds
+    sampler.sample()
+    w = sampler.measure(token, clock.t)
+    row = next(r for r in load_coefficients() if r.architecture == "EPYC 3rd Gen")
+    dram_j = 4 * MEMORY_W_PER_GB * 10
+    assert w.energy_j == pytest.approx(row.min_w * 30 + row.max_w * 10 + dram_j)
+    assert w.energy_low_j == pytest.approx(0.75 * (row.min_w * 30 + row.max_w * 10) + dram_j)
+    assert w.energy_high_j == pytest.approx(1.25 * (row.min_w * 30 + row.max_w * 10) + dram_j)
+    assert w.estimate_model is not None and "EPYC 3rd Gen" in w.estimate_model
+    body = energy_body(w)
+    assert body["energy_range_j"] == [round(w.energy_low_j, 6), round(w.energy_high_j, 6)]
+    assert body["estimated"] is True
