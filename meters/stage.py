@@ -135,6 +135,9 @@ class MeterStage(Stage):
         ex.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
         ex.meter = energy.meter
         ex.energy_estimated = energy.estimated
+        ex.energy_low_j = energy.energy_low_j
+        ex.energy_high_j = energy.energy_high_j
+        ex.estimate_model = energy.estimate_model
         ex.energy.update(energy_body(energy))
         ex.response_headers.update(energy_headers(energy))
 
