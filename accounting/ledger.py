@@ -72,6 +72,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     energy_components_j: dict[str, float | None] = msgspec.field(default_factory=dict)
     meter: str | None = None
     energy_estimated: bool = False
+    energy_low_j: float | None = None
+    energy_high_j: float | None = None
+    estimate_model: str | None = None
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -167,6 +170,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             co2e_g REAL,
             updated_ts TEXT NOT NULL
         )""",
+    ),
+    # 3: an estimate's low/high range and the model that made it.
+    (
+        "ALTER TABLE requests ADD COLUMN energy_low_j REAL",
+        "ALTER TABLE requests ADD COLUMN energy_high_j REAL",
+        "ALTER TABLE requests ADD COLUMN estimate_model TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -86,11 +86,15 @@ class MeterSettings:
     """Which smart-plug API ``plug_url`` speaks."""
     proc_root: str = "/proc"
     """Where ``stat`` and ``cpuinfo`` are read for the estimate."""
+    dmi_root: str = "/sys/class/dmi/id"
+    """Where the estimate reads DMI names (``sys_vendor``, ``product_name``,
+    ``bios_vendor``) to tell a virtual machine."""
     hwmon_root: str = "/sys/class/hwmon"
     """Where the thermal guard reads CPU temperatures."""
     cpu_tdp_w: float = 0.0
     """Estimate: TDP in watts of all the CPUs this machine sees; 0 looks the CPU up in
-    the bundled table (else 85 W)."""
+    the bundled table on bare metal, else (a VM or an unknown CPU) uses per-vCPU
+    coefficients."""
     gpu_board_power_w: float = 0.0
     """Estimate: a GPU's board power in watts to add while a request runs."""
     thermal_limit_c: float = 0.0

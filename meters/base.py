@@ -52,6 +52,10 @@ class Reading:
     """Cumulative energy since the meter started, in joules (never decreases)."""
     power_w: float | None = None
     """Instantaneous (or the device's short-average) power, in watts."""
+    energy_low_j: float | None = None
+    """An estimate's cumulative energy with its lowest plausible coefficients (J)."""
+    energy_high_j: float | None = None
+    """An estimate's cumulative energy with its highest plausible coefficients (J)."""
 
 
 class Meter(ABC):
@@ -61,6 +65,8 @@ class Meter(ABC):
     """Short name used in logs and ``x-energy-meter`` (``nvml``, ``rapl``, …)."""
     estimated: ClassVar[bool] = False
     """True when the numbers come from a model, not from a measurement."""
+    estimate_model: str | None = None
+    """For an estimate: which model and coefficients it uses (None for a measurement)."""
     remote: ClassVar[bool] = False
     """True for meters read over the network or a subprocess: they are polled
     on their own thread at ``meters.external_hz`` so a slow answer never delays

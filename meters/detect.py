@@ -85,7 +85,7 @@ def _build(kind: str, s: MeterSettings, hw: Hardware, activity: Activity) -> Met
         return cls(s.plug_url, client=client)
     if kind == "estimate":
         return EstimateMeter(
-            proc_root=s.proc_root, cpu_tdp_w=s.cpu_tdp_w,
+            proc_root=s.proc_root, dmi_root=s.dmi_root, cpu_tdp_w=s.cpu_tdp_w,
             gpu_board_power_w=s.gpu_board_power_w, activity=activity,
         )  # fmt: skip
     raise MeterUnavailable(f"unknown meter kind {kind!r}")  # pragma: no cover - settings check

@@ -65,6 +65,10 @@ class ComponentEnergy:
     low_resolution: bool
     reason: str | None = None
     """Why ``energy_j`` is None (a failed meter), else None."""
+    energy_low_j: float | None = None
+    """An estimate's energy with its lowest plausible coefficients (None: no range)."""
+    energy_high_j: float | None = None
+    """An estimate's energy with its highest plausible coefficients (None: no range)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +88,13 @@ class WindowEnergy:
     exclusive: bool
     """No other window overlapped this one (with one slot, always)."""
     reason: str | None = None
+    energy_low_j: float | None = None
+    """The total with each estimated component at its low figure (measured ones as
+    measured); None when no estimated component reports a range."""
+    energy_high_j: float | None = None
+    """Likewise at the high figures."""
+    estimate_model: str | None = None
+    """The estimate models in use, joined with ``; `` (None when all is measured)."""
 
     @property
     def duration_s(self) -> float:
@@ -147,6 +158,8 @@ class Sampler:
         self._total = frozenset(total_components(tuple(self._tracks)))
         self._label = "+".join(dict.fromkeys(t.meter.name for t in self._tracks.values())) or "none"
         self._estimated = any(t.meter.estimated for t in self._tracks.values())
+        models = [t.meter.estimate_model for t in self._tracks.values() if t.meter.estimate_model]
+        self._estimate_model = "; ".join(dict.fromkeys(models)) or None
         local = [m for m in self.meters if not m.remote]
         self.interval_s = min([1.0 / sample_hz, *(m.max_poll_interval_s for m in local)])
         self.external_interval_s = 1.0 / external_hz
@@ -369,6 +382,9 @@ class Sampler:
         idle_w: float | None = 0.0
         low_res = False
         missing: list[str] = []
+        low: float = 0.0
+        high: float = 0.0
+        ranged = False
         with self._lock:
             for c, track in self._tracks.items():
                 span = track.span(start_s, end_s)
@@ -379,12 +395,18 @@ class Sampler:
                 meter = track.meter
                 parts[c] = ComponentEnergy(c, meter.name, e, dynamic, idle, meter.estimated,
                                            span.low_resolution, span.reason)  # fmt: skip
+                bounds = track.range_j(start_s, end_s) if e is not None else None
+                if bounds is not None:
+                    parts[c].energy_low_j, parts[c].energy_high_j = bounds
                 low_res = low_res or span.low_resolution
                 if c in self._total:
                     if e is None:
                         missing.append(f"{c}: {span.reason}")
                     elif energy is not None:
                         energy += e
+                        ranged = ranged or bounds is not None
+                        low += e if bounds is None else bounds[0]
+                        high += e if bounds is None else bounds[1]
                     idle_w = None if idle is None or idle_w is None else idle_w + idle
         reason = "; ".join(missing) if missing else None
         if not self._total:
@@ -394,8 +416,11 @@ class Sampler:
         dynamic_j = None
         if energy is not None and idle_w is not None:
             dynamic_j = max(0.0, energy - idle_w * duration_s)
+        has_range = ranged and energy is not None
         return WindowEnergy(start_s, end_s, parts, energy, dynamic_j, idle_w, self._label,
-                            self._estimated, low_res, token.exclusive, reason)  # fmt: skip
+                            self._estimated, low_res, token.exclusive, reason,
+                            low if has_range else None, high if has_range else None,
+                            self._estimate_model)  # fmt: skip
 
     def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         """Average power of each component over the last ``over_s`` (for live views)."""

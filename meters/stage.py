@@ -45,6 +45,10 @@ def _per_s(energy_j: float | None, duration_s: float) -> float | None:
     return None if energy_j is None or duration_s <= 0 else energy_j / duration_s
 
 
+def _range(low_j: float | None, high_j: float | None) -> list[float | None] | None:
+    return None if low_j is None or high_j is None else [_r(low_j), _r(high_j)]
+
+
 def energy_body(energy: WindowEnergy) -> dict[str, Any]:
     """The numbers the ``energy`` object of a response carries (J, W and Wh)."""
     d = energy.duration_s
@@ -58,6 +62,7 @@ def energy_body(energy: WindowEnergy) -> dict[str, Any]:
             "meter": part.meter,
             "estimated": part.estimated,
             "low_resolution": part.low_resolution,
+            "energy_range_j": _range(part.energy_low_j, part.energy_high_j),
         }
         if part.reason is not None:
             item["reason"] = part.reason
@@ -73,6 +78,8 @@ def energy_body(energy: WindowEnergy) -> dict[str, Any]:
         "estimated": energy.estimated,
         "low_resolution": energy.low_resolution,
         "exclusive": energy.exclusive,
+        "energy_range_j": _range(energy.energy_low_j, energy.energy_high_j),
+        "estimate_model": energy.estimate_model,
         "components": components,
     }
     if energy.reason is not None:
@@ -128,6 +135,9 @@ class MeterStage(Stage):
         ex.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
         ex.meter = energy.meter
         ex.energy_estimated = energy.estimated
+        ex.energy_low_j = energy.energy_low_j
+        ex.energy_high_j = energy.energy_high_j
+        ex.estimate_model = energy.estimate_model
         ex.energy.update(energy_body(energy))
         ex.response_headers.update(energy_headers(energy))
 

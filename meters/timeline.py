@@ -49,6 +49,10 @@ class Track:
     counter: list[float] = field(default_factory=list)
     integrated: list[float] = field(default_factory=list)
     power: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    """An estimate's ``energy_low_j`` counter per sample (NaN when not reported)."""
+    high: list[float] = field(default_factory=list)
+    """An estimate's ``energy_high_j`` counter per sample (NaN when not reported)."""
     gaps: list[float] = field(default_factory=list)
     gap_reasons: list[str] = field(default_factory=list)
     has_counter: bool = False
@@ -83,6 +87,8 @@ class Track:
         self.counter.append(counter)
         self.integrated.append(integrated)
         self.power.append(power)
+        self.low.append(NAN if reading.energy_low_j is None else reading.energy_low_j)
+        self.high.append(NAN if reading.energy_high_j is None else reading.energy_high_j)
 
     def add_gap(self, t: float, reason: str) -> None:
         """Record a failed read at ``t``; integration does not bridge it."""
@@ -145,6 +151,27 @@ class Track:
             return Span(energy, low_resolution=True)
         return Span(energy)
 
+    def range_j(self, t0: float, t1: float) -> tuple[float, float] | None:
+        """An estimate's (low, high) energy between ``t0`` and ``t1``, None if it has none."""
+        if not self.times or self.times[0] > t0:
+            return None
+        low = _delta(self._at_counter(self.low, t0), self._at_counter(self.low, t1))
+        high = _delta(self._at_counter(self.high, t0), self._at_counter(self.high, t1))
+        return None if low is None or high is None else (low, high)
+
+    def _at_counter(self, values: list[float], t: float) -> float | None:
+        """Interpolate a range counter; past the last sample, extend at its last rate."""
+        times = self.times
+        i = bisect_right(times, t)
+        if i == 0:
+            return None
+        if i < len(times):
+            return self._at(values, t)
+        rate = 0.0
+        if len(times) >= 2 and times[-1] > times[-2]:
+            rate = (values[-1] - values[-2]) / (times[-1] - times[-2])
+        return values[-1] + rate * (t - times[-1])
+
     def recent_power_w(self, since: int = 2) -> float | None:
         """Average power over the last interval (for idle tracking)."""
         if len(self.times) < since:
@@ -159,7 +186,7 @@ class Track:
         """Forget samples and gaps older than the last sample before ``before_s``."""
         i = bisect_right(self.times, before_s) - 1
         if i > 256:
-            for seq in (self.times, self.counter, self.integrated, self.power):
+            for seq in (self.times, self.counter, self.integrated, self.power, self.low, self.high):
                 del seq[:i]
         j = bisect_left(self.gaps, before_s)
         if j > 64:

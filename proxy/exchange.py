@@ -75,6 +75,12 @@ class Exchange:
     meter: str | None = None
     """Meters used, e.g. ``nvml+rapl`` or ``estimate``."""
     energy_estimated: bool = False
+    energy_low_j: float | None = None
+    """An estimate's total at its lowest plausible coefficients (None: no range)."""
+    energy_high_j: float | None = None
+    """An estimate's total at its highest plausible coefficients (None: no range)."""
+    estimate_model: str | None = None
+    """Which estimate model and coefficients were used (None when measured)."""
     # Set by the carbon stage:
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None

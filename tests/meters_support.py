@@ -228,12 +228,22 @@ ctxt 42
 """
 
 
-def fake_proc(root: Path, model: str = "Intel(R) Xeon(R) Platinum 8480+", busy: int = 0) -> Path:
-    """A /proc with 4 CPUs: ``stat`` (busy jiffies in the user field) and ``cpuinfo``."""
+def fake_proc(
+    root: Path,
+    model: str = "Intel(R) Xeon(R) Platinum 8480+",
+    busy: int = 0,
+    *,
+    cpuinfo: str = "",
+    mem_kib: int | None = None,
+) -> Path:
+    """A /proc with 4 CPUs: ``stat`` (busy jiffies in the user field), ``cpuinfo``
+    (``cpuinfo`` adds lines such as ``flags``) and, with ``mem_kib``, ``meminfo``."""
     root.mkdir(parents=True, exist_ok=True)
     set_busy(root, busy)
-    info = "".join(f"processor\t: {i}\nmodel name\t: {model}\n\n" for i in range(4))
+    info = "".join(f"processor\t: {i}\nmodel name\t: {model}\n{cpuinfo}\n" for i in range(4))
     (root / "cpuinfo").write_text(info)
+    if mem_kib is not None:
+        (root / "meminfo").write_text(f"MemTotal:       {mem_kib} kB\nMemFree: 1 kB\n")
     return root
 
 

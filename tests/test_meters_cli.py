@@ -20,6 +20,7 @@ def test_meters_command_lists_detection_and_prints_live_watts(
         'kinds = ["rapl", "estimate"]\n'
         f'rapl_root = "{tmp_path / "powercap"}"\n'
         f'proc_root = "{fake_proc(tmp_path / "proc")}"\n'
+        f'dmi_root = "{tmp_path / "dmi"}"\n'
     )
     assert main(["meters", "--config", str(config), "--seconds", "2"]) == 0
     out = capsys.readouterr().out

@@ -18,6 +18,7 @@ def settings(tmp_path: Path, **kw: object) -> MeterSettings:
     base: dict[str, object] = {
         "rapl_root": str(tmp_path / "powercap"),
         "proc_root": str(fake_proc(tmp_path / "proc")),
+        "dmi_root": str(tmp_path / "dmi"),
     }
     return MeterSettings(**{**base, **kw})  # type: ignore[arg-type]
 
