@@ -293,7 +293,9 @@ def register(sub: Any) -> None:
 
     report = _common(sub.add_parser("report", help="energy and CO2e totals from the ledger"))
     _period_args(report)
-    report.add_argument("--by", choices=("user", "model", "day", "endpoint"), default="user")
+    report.add_argument(
+        "--by", choices=("user", "model", "day", "endpoint", "backend"), default="user"
+    )
     report.add_argument("--unit", choices=("J", "Wh", "kWh"), default="Wh")
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.set_defaults(handler=_report)

@@ -75,6 +75,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     energy_low_j: float | None = None
     energy_high_j: float | None = None
     estimate_model: str | None = None
+    backend: str | None = None
+    """The backend that served the request (its name, or ``host:port``)."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -177,6 +179,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN energy_high_j REAL",
         "ALTER TABLE requests ADD COLUMN estimate_model TEXT",
     ),
+    # 4: which backend served each request (several backends behind one joulegate).
+    ("ALTER TABLE requests ADD COLUMN backend TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -366,7 +366,11 @@ class Settings:
         claimed: dict[str, str] = {}
         labels: set[str] = set()
         for b in self.backends:
-            _require(b.label not in labels, "backends", f"backends with distinct names ({b.label!r} twice)")
+            _require(
+                b.label not in labels,
+                "backends",
+                f"backends with distinct names ({b.label!r} twice)",
+            )
             labels.add(b.label)
             for m in b.models:
                 if m in claimed:

@@ -14,6 +14,9 @@ from proxy.exchange import Exchange
 
 ENERGY_ATTRIBUTES = (
     "joulegate.request_id",
+    "joulegate.backend",
+    "joulegate.energy.low_j",
+    "joulegate.energy.high_j",
     "joulegate.queue_ms",
     "joulegate.thermal_wait_ms",
     "joulegate.duration_ms",
@@ -113,6 +116,9 @@ def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
     w = ex.window
     attrs: dict[str, AttributeValue | None] = {
         "joulegate.request_id": ex.request_id,
+        "joulegate.backend": ex.backend,
+        "joulegate.energy.low_j": ex.energy_low_j,
+        "joulegate.energy.high_j": ex.energy_high_j,
         "joulegate.queue_ms": w.queue_s * 1000.0,
         "joulegate.thermal_wait_ms": w.thermal_wait_s * 1000.0,
         "joulegate.duration_ms": None if w.duration_s is None else w.duration_s * 1000.0,

@@ -133,11 +133,7 @@ class TelemetryStage(Stage):
     def __init__(self, settings: Settings, providers: Providers, meters: Callable[[], Any]) -> None:
         self._provider_name = settings.telemetry.provider_name
         self._user_label = settings.telemetry.metrics_user_label
-        backend = urllib.parse.urlsplit(settings.backend_url)
-        self._server: dict[str, AttributeValue] = {
-            "server.address": backend.hostname or "",
-            "server.port": backend.port or (443 if backend.scheme == "https" else 80),
-        }
+        self._default_url = settings.backend_list[0].url
         self._tracer = providers.tracer_provider.get_tracer(SCOPE)
         meter = providers.meter_provider.get_meter(SCOPE)
         self._duration = meter.create_histogram(
@@ -241,10 +237,18 @@ class TelemetryStage(Stage):
         spans.server.end()
         self._record(ex)
 
+    def _server(self, ex: Exchange) -> dict[str, AttributeValue]:
+        """``server.*`` of the backend that served the request."""
+        url = urllib.parse.urlsplit(ex.backend_url or self._default_url)
+        return {
+            "server.address": url.hostname or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+        }
+
     def _start_client(self, ex: Exchange, spans: _Spans) -> None:
         operation = operation_name(ex)
         attrs = request_attributes(ex, self._provider_name) if ex.gated else {}
-        attrs |= self._server
+        attrs |= self._server(ex)
         attrs["http.request.method"] = ex.method
         if operation is None:
             name = ex.method
@@ -281,7 +285,7 @@ class TelemetryStage(Stage):
             attrs: dict[str, AttributeValue] = {
                 "gen_ai.operation.name": operation,
                 "gen_ai.provider.name": self._provider_name,
-                **self._server,
+                **self._server(ex),
             }
             if ex.model_requested:
                 attrs["gen_ai.request.model"] = ex.model_requested

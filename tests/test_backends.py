@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-
-from litestar.testing import AsyncTestClient
-
 from config import BackendSettings, ConfigError, LedgerSettings, Settings, load_settings
 from proxy.app import create_app
+from proxy.backends import BackendRouter
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
 from tests.support import Running, serve
+
 
 @contextlib.asynccontextmanager
 async def two_backends() -> AsyncIterator[tuple[FakeBackend, str, FakeBackend, str]]:
@@ -63,23 +63,21 @@ async def test_a_model_nobody_serves_is_404_model_not_found_naming_the_models() 
     assert not [s for s in small.seen + large.seen if s.method == "POST"]
 
 
-async def test_a_backend_that_goes_down_makes_its_models_502_and_readyz_names_it() -> None:
-    async with two_backends() as (small, url_s, large, url_l):
-        backends = [BackendSettings(url=url_s), BackendSettings(url=url_l, name="big")]
-        async with joulegate(backends, backend_refresh_s=3600) as jg:
-            async with httpx.AsyncClient(base_url=jg.url) as c:
-                assert (await c.get("/readyz")).status_code == 200
-        # ``large`` has stopped: joulegate still knows it served these models
-        dead = BackendSettings(url=url_l, models=("large",), name="big")
-        async with (
-            serve(small, lifespan="off") as url_s2,
-            joulegate([BackendSettings(url=url_s2), dead]) as jg,
-            httpx.AsyncClient(base_url=jg.url) as c,
-        ):
-            first = await c.post("/v1/chat/completions", json=chat("large"))
-            again = await c.post("/v1/chat/completions", json=chat("large"))
-            ok = await c.post("/v1/chat/completions", json=chat("small"))
-            ready = await c.get("/readyz")
+async def test_a_backend_that_is_down_makes_its_models_502_and_readyz_names_it() -> None:
+    small = FakeBackend(models=("small",))
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = BackendSettings(url=dead_url, models=("large",), name="big")
+    async with (
+        serve(small, lifespan="off") as url_s,
+        joulegate([BackendSettings(url=url_s), dead]) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        first = await c.post("/v1/chat/completions", json=chat("large"))
+        again = await c.post("/v1/chat/completions", json=chat("large"))
+        ok = await c.post("/v1/chat/completions", json=chat("small"))
+        ready = await c.get("/readyz")
     assert first.status_code == 502 and again.status_code == 502
     assert again.json()["error"]["type"] == "backend_unreachable"
     assert ok.status_code == 200
@@ -91,13 +89,11 @@ async def test_a_backend_that_goes_down_makes_its_models_502_and_readyz_names_it
 async def test_two_backends_claiming_one_model_stop_start_up_naming_both() -> None:
     twin = FakeBackend(models=("small",))
     async with two_backends() as (_, url_s, _l, _u), serve(twin, lifespan="off") as url_t:
-        app = create_app(
-            Settings(backends=(BackendSettings(url=url_s), BackendSettings(url=url_t))),
-            components=[],
-        )
-        with pytest.raises(ConfigError, match="small") as info:
-            async with AsyncTestClient(app):
-                pass
+        settings = Settings(backends=(BackendSettings(url=url_s), BackendSettings(url=url_t)))
+        async with httpx.AsyncClient() as client:
+            router = BackendRouter(settings.backend_list, client)  # what the lifespan builds
+            with pytest.raises(ConfigError, match="small") as info:
+                await router.discover()
     assert url_s.split("//")[1] in str(info.value) and url_t.split("//")[1] in str(info.value)
 
 
