@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from config import BackendSettings, ConfigError, LedgerSettings, Settings, load_settings
 from proxy.app import create_app
 from proxy.backends import BackendRouter
