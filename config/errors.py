@@ -20,6 +20,7 @@ translated into this tree at the adapter that meets them and chained with
         │   └── ModelNotFound       404 invalid_request_error, code model_not_found
         ├── PayloadTooLarge         413 invalid_request_error
         ├── BudgetExceeded          429 energy_budget_exceeded
+        ├── InternalError           500 server_error, code internal_error
         ├── BackendUnreachable      502 backend_unreachable
         ├── QueueFull               503 queue_full
         └── BackendTimeout          504 backend_timeout
@@ -140,6 +141,13 @@ class BudgetExceeded(ProxyError):
 
     status = 429
     error_type = "energy_budget_exceeded"
+
+
+class InternalError(ProxyError):
+    """joulegate itself failed (a stage raised): never blamed on the backend."""
+
+    status = 500
+    error_type = "server_error"
 
 
 class BackendUnreachable(ProxyError):

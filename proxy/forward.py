@@ -39,6 +39,7 @@ from config.errors import (
     BackendTimeout,
     BackendUnreachable,
     BadRequest,
+    InternalError,
     PayloadTooLarge,
     ProxyError,
 )
@@ -219,7 +220,16 @@ class Forwarder:
             return
         ex.backend, ex.backend_url = backend.name, backend.url
         try:
-            await self._pipeline.arrival(ex)
+            try:
+                await self._pipeline.arrival(ex)
+            except ProxyError:
+                raise
+            except Exception as exc:
+                log.exception("a stage failed on arrival of %s %s", method, path)
+                raise InternalError(
+                    f"joulegate failed while admitting the request ({type(exc).__name__})",
+                    code="internal_error",
+                ) from exc
         except ProxyError as err:
             ex.status = err.status
             ex.failure = err.error_type
@@ -354,9 +364,12 @@ class Forwarder:
             ex.status = err.status
         except Exception as exc:
             log.exception("forwarding %s %s failed", method, path)
-            error = BackendUnreachable(f"joulegate failed to forward the request: {exc}")
+            error = InternalError(
+                f"joulegate failed while handling the request ({type(exc).__name__})",
+                code="internal_error",
+            )
             ex.failure = ex.failure or "internal_error"
-            ex.status = 500
+            ex.status = error.status
         finally:
             # Runs on disconnect too: record what was used, then free the slot.
             ex.window.finished_s = ex.window.finished_s or time.monotonic()

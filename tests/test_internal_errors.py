@@ -1,0 +1,70 @@
+"""A stage that fails inside joulegate is joulegate's 500, never the backend's 502:
+the client, the ledger row and the span all say the same status."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from accounting.ledger_stage import auth_component, record_component
+from config import LedgerSettings
+from proxy.app import AppContext, Component
+from proxy.exchange import Exchange, Stage
+from tests.fake_backend import FakeBackend
+from tests.ledger_support import db_rows
+
+Start = Callable[..., contextlib.AbstractAsyncContextManager[Any]]
+
+
+class Boom(Stage):
+    """Raises in one hook."""
+
+    name = "boom"
+
+    def __init__(self, hook: str) -> None:
+        self.hook = hook
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        if self.hook == "on_arrival":
+            raise RuntimeError("stage bug")
+
+    async def on_admitted(self, ex: Exchange) -> None:
+        if self.hook == "on_admitted":
+            raise RuntimeError("stage bug")
+
+
+def boom(hook: str) -> Component:
+    @contextlib.asynccontextmanager
+    async def make(_: AppContext) -> AsyncIterator[Stage]:
+        yield Boom(hook)
+
+    return make
+
+
+@pytest.mark.parametrize("hook", ["on_arrival", "on_admitted"])
+async def test_a_failing_stage_is_a_500_internal_error_for_client_and_ledger(
+    hook: str, fake: FakeBackend, joulegate_app: Start, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.sqlite3"
+    comps = [auth_component, boom(hook), record_component]
+    async with (
+        joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(ledger))) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json={"model": "m", "messages": []})
+        assert jg.gate.in_flight == 0
+    assert r.status_code == 500
+    assert r.json()["error"]["type"] == "server_error"
+    assert r.json()["error"]["code"] == "internal_error"
+    assert "stage bug" not in r.text  # no internals leak to the client
+    assert not [s for s in fake.seen if s.method == "POST"]  # the backend was never called
+    rows = db_rows(ledger)
+    if hook == "on_admitted":  # admitted, so recorded, with the status the client saw
+        assert [(row["status"], row["failure"]) for row in rows] == [(500, "internal_error")]
+    else:  # refused before the gate: not recorded, like any refusal
+        assert rows == []
