@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import yarl
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
@@ -47,6 +48,7 @@ from config.settings import Settings
 from proxy.backends import Backend, BackendRouter
 from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
+from proxy.paths import canonical_path
 from proxy.sse import EventSplitter
 
 log = logging.getLogger("joulegate.proxy")
@@ -168,6 +170,7 @@ class Forwarder:
         self._router = router
         self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
         self._gated = INFERENCE_PATHS | frozenset(settings.gated_paths)
+        self._mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
         if settings.ollama_native:
             self._gated |= OLLAMA_INFERENCE_PATHS
         self._auth_header = (
@@ -182,11 +185,16 @@ class Forwarder:
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         path_b, _, query_b = raw_path.partition(b"?")
-        path = path_b.decode("latin-1")
         query = query_b or scope.get("query_string", b"")
         method: str = scope["method"]
-        gated = method == "POST" and path in self._gated
         window = Window(arrived_s=time.monotonic())
+        try:
+            # One spelling for the gate, the ledger and the backend URL (sent as is).
+            path = canonical_path(path_b, self._mounts)
+        except ProxyError as err:
+            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            return
+        gated = method == "POST" and path in self._gated
         try:
             body = await self._read_body(scope, receive)
             parsed = self._parse(body, path) if gated else None
@@ -290,9 +298,11 @@ class Forwarder:
     @staticmethod
     def _parse(body: bytes, path: str) -> dict[str, Any] | None:
         if not body.strip():
-            return None
+            raise BadRequest(f"the body of {path} must be a JSON object", code="invalid_json")
         try:
             parsed = _decode(body)
+        except RecursionError:
+            raise BadRequest(f"the JSON body of {path} is nested too deeply", code="invalid_json")
         except msgspec.DecodeError as exc:
             raise BadRequest(
                 f"could not parse the JSON body of {path}: {exc}", code="invalid_json"
@@ -392,7 +402,11 @@ class Forwarder:
         where = out.backend.url
         try:
             response = await self._session.request(
-                out.method, out.url, headers=headers, data=data, allow_redirects=False
+                out.method,
+                yarl.URL(out.url, encoded=True),  # canonical already: no second normalising
+                headers=headers,
+                data=data,
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise BackendTimeout(
