@@ -302,7 +302,9 @@ class Forwarder:
         try:
             parsed = _decode(body)
         except RecursionError:
-            raise BadRequest(f"the JSON body of {path} is nested too deeply", code="invalid_json")
+            raise BadRequest(
+                f"the JSON body of {path} is nested too deeply", code="invalid_json"
+            ) from None
         except msgspec.DecodeError as exc:
             raise BadRequest(
                 f"could not parse the JSON body of {path}: {exc}", code="invalid_json"
