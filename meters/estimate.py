@@ -77,19 +77,6 @@ def lookup_tdp(model: str, table: list[TdpRow] | None = None) -> TdpRow | None:
     return max(hits, key=lambda r: len(r.pattern)) if hits else None
 
 
-def cpu_model(proc_root: Path) -> str:
-    """``model name`` from ``/proc/cpuinfo`` (empty when absent, e.g. on ARM)."""
-    try:
-        text = (proc_root / "cpuinfo").read_text("utf-8", "replace")
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return ""
-
-
 def _jiffies(cpu_line: str) -> tuple[int, int] | None:
     """(busy, all) jiffies of the aggregate ``cpu`` line (guest time is inside user)."""
     fields = cpu_line.split()
@@ -102,20 +89,15 @@ def _jiffies(cpu_line: str) -> tuple[int, int] | None:
     return sum(values[i] for i in _BUSY_FIELDS if i < len(values)), sum(values)
 
 
-def _busy(cpu_line: str) -> int | None:
-    jiffies = _jiffies(cpu_line)
-    return None if jiffies is None else jiffies[0]
-
-
-def parse_stat(text: str) -> tuple[int | None, int]:
-    """(busy jiffies of all CPUs or None, number of ``cpuN`` lines) from ``/proc/stat``."""
+def parse_stat(text: str) -> tuple[tuple[int, int] | None, int]:
+    """((busy, all) jiffies of all CPUs, or None; number of ``cpuN`` lines) from ``/proc/stat``."""
     first, _, rest = text.partition("\n")
     cpus = 0
     for line in rest.splitlines():
         if not line.startswith("cpu"):
             break
         cpus += 1
-    return _busy(first), cpus
+    return _jiffies(first), cpus
 
 
 class EstimateMeter(Meter):
@@ -140,8 +122,7 @@ class EstimateMeter(Meter):
             text = read_once(self._stat)
         except OSError as exc:
             raise MeterUnavailable(f"cannot read {self._stat}: {exc}") from exc
-        jiffies = _jiffies(text.partition("\n")[0])
-        cpus = parse_stat(text)[1]
+        jiffies, cpus = parse_stat(text)
         if jiffies is None or not cpus:
             raise MeterUnavailable(f"{self._stat} has no cpu lines")
         self._files = FileReader()

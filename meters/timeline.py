@@ -56,6 +56,8 @@ class Track:
     gaps: list[float] = field(default_factory=list)
     gap_reasons: list[str] = field(default_factory=list)
     has_counter: bool = False
+    has_range: bool = False
+    """Some reading carried an estimate's low/high counters."""
     has_power: bool = False
     idle_power_w: float | None = None
     """Exponential average of the power while no request held a slot."""
@@ -87,6 +89,7 @@ class Track:
         self.counter.append(counter)
         self.integrated.append(integrated)
         self.power.append(power)
+        self.has_range = self.has_range or reading.energy_low_j is not None
         self.low.append(NAN if reading.energy_low_j is None else reading.energy_low_j)
         self.high.append(NAN if reading.energy_high_j is None else reading.energy_high_j)
 
@@ -100,7 +103,7 @@ class Track:
         """The preferred cumulative energy: the counter where there is one."""
         return self.counter if self.has_counter else self.integrated
 
-    def _at(self, values: list[float], t: float) -> float | None:
+    def _at(self, values: list[float], t: float, use_power: bool = True) -> float | None:
         times = self.times
         i = bisect_right(times, t)
         if i == 0:
@@ -111,10 +114,10 @@ class Track:
             if t1 <= t0:
                 return e1
             return e0 + (e1 - e0) * (t - t0) / (t1 - t0)
-        return values[-1] + self._last_power_w(values) * (t - times[-1])
+        return values[-1] + self._last_power_w(values, use_power) * (t - times[-1])
 
-    def _last_power_w(self, values: list[float]) -> float:
-        if self.power and not math.isnan(self.power[-1]):
+    def _last_power_w(self, values: list[float], use_power: bool = True) -> float:
+        if use_power and self.power and not math.isnan(self.power[-1]):
             return self.power[-1]
         if len(self.times) >= 2 and self.times[-1] > self.times[-2]:
             return (values[-1] - values[-2]) / (self.times[-1] - self.times[-2])
@@ -153,24 +156,12 @@ class Track:
 
     def range_j(self, t0: float, t1: float) -> tuple[float, float] | None:
         """An estimate's (low, high) energy between ``t0`` and ``t1``, None if it has none."""
-        if not self.times or self.times[0] > t0:
+        if not self.has_range or not self.times or self.times[0] > t0:
             return None
-        low = _delta(self._at_counter(self.low, t0), self._at_counter(self.low, t1))
-        high = _delta(self._at_counter(self.high, t0), self._at_counter(self.high, t1))
+        # Past the last sample each bound extends at its own rate, not the central power.
+        low = _delta(self._at(self.low, t0, False), self._at(self.low, t1, False))
+        high = _delta(self._at(self.high, t0, False), self._at(self.high, t1, False))
         return None if low is None or high is None else (low, high)
-
-    def _at_counter(self, values: list[float], t: float) -> float | None:
-        """Interpolate a range counter; past the last sample, extend at its last rate."""
-        times = self.times
-        i = bisect_right(times, t)
-        if i == 0:
-            return None
-        if i < len(times):
-            return self._at(values, t)
-        rate = 0.0
-        if len(times) >= 2 and times[-1] > times[-2]:
-            rate = (values[-1] - values[-2]) / (times[-1] - times[-2])
-        return values[-1] + rate * (t - times[-1])
 
     def recent_power_w(self, since: int = 2) -> float | None:
         """Average power over the last interval (for idle tracking)."""
