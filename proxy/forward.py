@@ -96,24 +96,34 @@ _DROP_RESPONSE = frozenset(
 )
 
 
-def error_response_parts(err: ProxyError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of an OpenAI-style error."""
-    body = _encode(err.to_json())
+async def send_json(
+    send: Send, status: int, obj: Any, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send ``obj`` as a whole JSON response."""
+    body = _encode(obj)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
+        *extra,
     ]
-    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
-    return err.status, headers, body
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def send_error(
     send: Send, err: ProxyError, extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     """Send an OpenAI-style error as the whole response."""
-    status, headers, body = error_response_parts(err)
-    await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    own = [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    await send_json(send, err.status, err.to_json(), [*own, *extra])
+
+
+def internal_error(exc: BaseException, doing: str) -> InternalError:
+    """joulegate's own failure, as the client sees it (no internals in the message)."""
+    return InternalError(
+        f"joulegate failed while {doing} the request ({type(exc).__name__})",
+        code="internal_error",
+    )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -224,25 +234,21 @@ class Forwarder:
             await send_error(send, err, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
             return
         if backend is None:  # GET /v1/models with several backends: joulegate answers
-            await self._send_models(ex, send)
+            await send_json(send, 200, self._router.models_json(), [_request_id(ex)])
             return
         ex.backend, ex.backend_url = backend.name, backend.url
         try:
-            try:
-                await self._pipeline.arrival(ex)
-            except ProxyError:
-                raise
-            except Exception as exc:
+            await self._pipeline.arrival(ex)
+        except Exception as exc:
+            if isinstance(exc, ProxyError):
+                refusal = exc
+            else:
                 log.exception("a stage failed on arrival of %s %s", method, path)
-                raise InternalError(
-                    f"joulegate failed while admitting the request ({type(exc).__name__})",
-                    code="internal_error",
-                ) from exc
-        except ProxyError as err:
-            ex.status = err.status
-            ex.failure = err.error_type
+                refusal = internal_error(exc, "admitting")
+            ex.status = refusal.status
+            ex.failure = refusal.error_type
             ex.window.finished_s = time.monotonic()
-            await send_error(send, err, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
+            await send_error(send, refusal, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
             await self._pipeline.refused(ex)
             return
         await self._serve(ex, backend, scope, receive, send, method, path, query, body)
@@ -259,16 +265,6 @@ class Forwarder:
         if ex.endpoint.startswith("models/"):
             return router.for_path_model(ex.endpoint.removeprefix("models/"))
         return router.backends[0]
-
-    async def _send_models(self, ex: Exchange, send: Send) -> None:
-        body = _encode(self._router.models_json())
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            _request_id(ex),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self._s.max_body_bytes
@@ -376,10 +372,7 @@ class Forwarder:
             ex.status = err.status
         except Exception as exc:
             log.exception("forwarding %s %s failed", method, path)
-            error = InternalError(
-                f"joulegate failed while handling the request ({type(exc).__name__})",
-                code="internal_error",
-            )
+            error = internal_error(exc, "handling")
             ex.failure = ex.failure or "internal_error"
             ex.status = error.status
         finally:
