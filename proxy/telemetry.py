@@ -35,8 +35,10 @@ the app stops; tests hand it an in-memory span exporter and metric reader.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
+import types
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -237,13 +239,9 @@ class TelemetryStage(Stage):
         spans.server.end()
         self._record(ex)
 
-    def _server(self, ex: Exchange) -> dict[str, AttributeValue]:
+    def _server(self, ex: Exchange) -> Mapping[str, AttributeValue]:
         """``server.*`` of the backend that served the request."""
-        url = urllib.parse.urlsplit(ex.backend_url or self._default_url)
-        return {
-            "server.address": url.hostname or "",
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-        }
+        return _server_attributes(ex.backend_url or self._default_url)
 
     def _start_client(self, ex: Exchange, spans: _Spans) -> None:
         operation = operation_name(ex)
@@ -319,6 +317,18 @@ class TelemetryStage(Stage):
             return out
 
         return callback
+
+
+@functools.cache
+def _server_attributes(url: str) -> Mapping[str, AttributeValue]:
+    """``server.address`` and ``server.port`` of a backend URL (a handful, parsed once)."""
+    parts = urllib.parse.urlsplit(url)
+    return types.MappingProxyType(
+        {
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        }
+    )
 
 
 def _finish(span: Span, attrs: Mapping[str, AttributeValue], error: str | None) -> None:
