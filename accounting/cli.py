@@ -14,14 +14,14 @@ import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, get_args
 
 import msgspec
 
 from accounting.auth import KeyStore, check_user
 from accounting.budgets import J_PER_WH, Budget, BudgetBook, period_bounds
 from accounting.ledger import COLUMNS, Ledger, iso, utcnow
-from accounting.reports import build_report, parse_query
+from accounting.reports import By, Format, Unit, build_report, parse_query
 from config.errors import ConfigError, LedgerError
 
 
@@ -293,11 +293,9 @@ def register(sub: Any) -> None:
 
     report = _common(sub.add_parser("report", help="energy and CO2e totals from the ledger"))
     _period_args(report)
-    report.add_argument(
-        "--by", choices=("user", "model", "day", "endpoint", "backend"), default="user"
-    )
-    report.add_argument("--unit", choices=("J", "Wh", "kWh"), default="Wh")
-    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.add_argument("--by", choices=get_args(By), default="user")
+    report.add_argument("--unit", choices=get_args(Unit), default="Wh")
+    report.add_argument("--format", choices=get_args(Format), default="table")
     report.set_defaults(handler=_report)
 
     export = _common(sub.add_parser("export", help="every ledger row as CSV or JSON lines"))
