@@ -107,13 +107,18 @@ async def test_the_ledger_records_which_backend_served_each_request(tmp_path: An
         )
         app = create_app(settings, components=accounting_components())
         async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
-            for model in ("small", "large"):
+            for model in ("small", "large", "large"):
                 assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
+            report = (await c.get("/v1/energy/report", params={"by": "backend"})).json()
     rows = db_rows(ledger)
+    large_name = url_l.split("//")[1]
     assert [(r["model_requested"], r["backend"]) for r in rows] == [
         ("small", "cpu-a"),
-        ("large", url_l.split("//")[1]),
+        ("large", large_name),
+        ("large", large_name),
     ]
+    groups = {g["backend"]: g["requests"] for g in report["groups"]}
+    assert groups == {"cpu-a": 1, large_name: 2}
 
 
 def test_backends_come_from_one_environment_variable_and_backend_url_still_works() -> None:
