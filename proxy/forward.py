@@ -92,8 +92,21 @@ _DROP_RESPONSE = frozenset(
         b"date",
         b"server",
         b"x-request-id",  # joulegate sends its own: the ledger's request_id
+        # The headers joulegate sets itself: a backend's (or another joulegate's in
+        # front of one) would be sent twice, and `float(headers["x-energy-j"])` fail.
+        b"x-power-w",
+        b"x-queue-ms",
+        b"x-duration-ms",
+        b"x-thermal-wait-ms",
     }
 )
+_OWNED_RESPONSE_PREFIXES = (b"x-energy-", b"x-co2e-", b"x-carbon-", b"x-sci-", b"x-joulegate-")
+
+
+def _relayed(name: bytes) -> bool:
+    """Whether a backend's response header goes on to the client."""
+    lower = name.lower()
+    return lower not in _DROP_RESPONSE and not lower.startswith(_OWNED_RESPONSE_PREFIXES)
 
 
 async def send_json(
@@ -417,7 +430,7 @@ class Forwarder:
         self._router.mark(out.backend, up=True)
         ex.window.first_byte_s = time.monotonic()
         ex.status = relay.status = response.status
-        relay.headers = [(k, v) for k, v in response.raw_headers if k.lower() not in _DROP_RESPONSE]
+        relay.headers = [(k, v) for k, v in response.raw_headers if _relayed(k)]
         ctype = response.headers.get("content-type", "")
         complete = False
         try:

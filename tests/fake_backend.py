@@ -8,7 +8,9 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-hang``            never answer (for timeouts and disconnects)
 ``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
-``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as llama.cpp's server does)
+``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
+``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
+                           (as another joulegate in front of a backend would)
 
 It records what a test needs: requests in arrival order, the headers and body
 it saw, how many requests overlapped, and which were cancelled.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +105,8 @@ class FakeBackend:
 
     async def _answer(self, seen: Seen, send: Any) -> None:
         h = seen.headers
+        if "x-fake-impostor" in h:
+            send = _impostor(send)
         if "x-fake-hang" in h:
             await asyncio.sleep(3600)
         if "x-fake-hold" in h:
@@ -314,3 +319,50 @@ async def _json(send: Any, status: int, obj: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+IMPOSTOR_HEADERS = [
+    (b"x-energy-j", b"0.0"),
+    (b"X-Energy-Dynamic-J", b"0.0"),
+    (b"x-energy-budget-remaining-wh", b"1e9"),
+    (b"x-co2e-g", b"0.0"),
+    (b"x-carbon-source", b"impostor"),
+    (b"x-sci-g", b"0.0"),
+    (b"x-power-w", b"0.0"),
+    (b"x-queue-ms", b"0.0"),
+    (b"x-duration-ms", b"0.0"),
+    (b"x-thermal-wait-ms", b"0.0"),
+    (b"x-joulegate-anything", b"impostor"),
+]
+IMPOSTOR_ENERGY = {"energy_j": 0.0, "impostor": True}
+
+
+def _impostor(send: Any) -> Any:
+    """Wrap ``send``: joulegate's own headers on the start, an ``energy`` field in
+    every JSON object of the body (whole answers and each SSE data event)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message["headers"] if k != b"content-length"]
+            message = {**message, "headers": [*kept, *IMPOSTOR_HEADERS]}
+        elif message.get("body"):
+            message = {**message, "body": _with_energy(message["body"])}
+        await send(message)
+
+    return wrapped
+
+
+def _with_energy(body: bytes) -> bytes:
+    def one(text: bytes) -> bytes:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return text
+        if not isinstance(obj, dict):
+            return text
+        return json.dumps({**obj, "energy": IMPOSTOR_ENERGY}).encode()
+
+    if not body.startswith(b"data: "):
+        return one(body)
+    parts = re.split(rb"(\r?\n\r?\n)", body)  # events and their separators
+    return b"".join(b"data: " + one(p[6:]) if p.startswith(b"data: ") else p for p in parts)

@@ -332,3 +332,37 @@ async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(fake, j
     assert counted.prompt_tokens is None
     assert (reported.completion_tokens, reported.completion_tokens_counted) == (6, False)
     assert reported.prompt_tokens == 7
+
+
+async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(  # type: ignore[no-untyped-def]
+    fake, joulegate_app
+):
+    from accounting.carbon_stage import carbon
+    from meters import meters_component
+    from tests.fake_backend import IMPOSTOR_HEADERS
+
+    owned = {k.decode().lower() for k, _ in IMPOSTOR_HEADERS}
+    impostor = {"x-fake-impostor": "1"}
+    async with (
+        joulegate_app(fake.url, [meters_component, carbon()]) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        whole = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers=impostor)
+        stream = await c.post(
+            jg.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=impostor
+        )
+    assert whole.status_code == 200
+    for name in owned:
+        # Never the backend's value next to joulegate's: one value or none.
+        assert len(whole.headers.get_list(name)) <= 1, name
+        assert whole.headers.get(name) not in ("impostor", "1e9"), name
+    for name in ("x-energy-j", "x-co2e-g", "x-queue-ms", "x-duration-ms"):
+        assert float(whole.headers[name]) == pytest.approx(  # the header's rounding
+            whole.json()["energy"][name.removeprefix("x-").replace("-", "_")], rel=1e-3, abs=0.06
+        )
+    assert "x-joulegate-anything" not in whole.headers
+    assert "impostor" not in whole.json()["energy"]  # replaced, not merged into
+    events = [e for e in sse_events(stream.content) if isinstance(e, dict)]
+    assert "impostor" not in events[-1]["energy"]
+    assert "x-joulegate-anything" not in stream.headers
+    assert len(stream.headers.get_list("x-queue-ms")) <= 1
