@@ -74,7 +74,11 @@ class BudgetStatus:
         if self.remaining_co2e_g is not None:
             out["x-carbon-budget-remaining-g"] = f"{self.remaining_co2e_g:.4f}"
         if self.exhausted:
+            # Honest: nothing changes before the reset. The official SDKs obey
+            # x-should-retry over Retry-After, so they give up at once instead of
+            # sleeping until the reset (openai-node would sleep for hours).
             out["retry-after"] = str(max(1, math.ceil((self.resets_at - now).total_seconds())))
+            out["x-should-retry"] = "false"
         return out
 
     def refusal(self, now: dt.datetime) -> BudgetExceeded:

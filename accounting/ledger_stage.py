@@ -111,7 +111,14 @@ async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
 
 
 class AuthStage(Stage):
-    """Identifies the caller and refuses users over budget."""
+    """Identifies the caller and refuses users over budget.
+
+    The budget is checked twice: at arrival (a user already over it costs nothing and
+    never queues) and again at admission, when the slot is granted, against totals
+    that include every request finished so far. Requests queued behind each other
+    therefore cannot all pass on the same stale total: the overshoot is at most the
+    requests in flight at once (``max_concurrency``; one by default).
+    """
 
     name = "auth"
 
@@ -122,13 +129,20 @@ class AuthStage(Stage):
         """Set the user (or 401), then check their budget (or 429)."""
         who = await self._acc.auth.identify(ex.headers, ex.body)
         ex.user, ex.key_prefix, ex.is_admin = who.user, who.key_prefix, who.is_admin
-        if not ex.gated:
-            return
+        if ex.gated:
+            self._check_budget(ex)
+
+    async def on_admitted(self, ex: Exchange) -> None:
+        """Check the budget again now that the request holds a slot (or 429)."""
+        self._check_budget(ex)
+
+    def _check_budget(self, ex: Exchange) -> None:
         now = utcnow()
         status = self._acc.budgets.status(ex.user, now)
         if status is None:
             return
         if status.exhausted:
+            ex.scratch[self.name] = "refused"
             raise status.refusal(now)
         ex.response_headers.update(status.headers(now))
 
@@ -145,8 +159,8 @@ class RecordStage(Stage):
 
     async def on_finished(self, ex: Exchange) -> None:
         """Build the row from the exchange, count it against budgets, commit it."""
-        if not ex.gated or ex.failure == "queue_full":
-            return
+        if not ex.gated or ex.failure == "queue_full" or ex.scratch.get("auth") == "refused":
+            return  # refused before reaching the backend: it used nothing
         row = row_from_exchange(ex, record_content=self._content)
         self._acc.budgets.add(row)
         await self._acc.ledger.append(row)

@@ -140,3 +140,34 @@ async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
                 break
             await asyncio.sleep(0.02)
     assert status == 429
+
+
+@pytest.mark.parametrize("max_concurrency", [1, 3])
+async def test_queued_requests_are_checked_at_admission_so_the_overshoot_is_bounded(
+    fake, joulegate_app, tmp_path: Path, max_concurrency: int
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    async with Ledger(path) as ledger:
+        # Less than one request's energy: the first admitted ones use it all up.
+        await BudgetBook(ledger).set(Budget("anonymous", "day", energy_j=ENERGY_J / 10))
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="open"),
+                "max_concurrency": max_concurrency}  # fmt: skip
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient(timeout=30) as c,
+    ):
+        slow = {"x-fake-delay-ms": "30"}
+        answers = await asyncio.gather(
+            *(c.post(jg.url + "/v1/chat/completions", json=CHAT, headers=slow) for _ in range(40))
+        )
+    statuses = [r.status_code for r in answers]
+    # All 40 arrive while the budget still looks unspent; only those admitted before the
+    # first one finished may pass: at most one slot's worth.
+    assert 1 <= statuses.count(200) <= max_concurrency
+    assert statuses.count(429) == 40 - statuses.count(200)
+    assert len(fake.seen) == statuses.count(200)  # the refused never reached the backend
+    assert fake.max_in_flight <= max_concurrency
+    assert len(db_rows(path)) == statuses.count(200)  # refusals used nothing: no rows
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "energy_budget_exceeded"
+    assert refused.headers["x-should-retry"] == "false"
