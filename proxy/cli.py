@@ -77,22 +77,32 @@ def run_server(settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Start llama.cpp's server with SmolLM2, then joulegate in front of it."""
-    from proxy.llamacpp import MODEL_ALIAS, llama_server
+    """Start one llama-server per demo model, then joulegate in front of all of them."""
+    from proxy.llamacpp import demo_models, llama_servers
 
+    models = demo_models(args.models)
     settings0 = settings_from(args, host=args.host, port=args.port)
     _configure_logging(settings0.log_level)
     _check_port_free(settings0.host, settings0.port)
-    print("starting llama.cpp server with SmolLM2-135M-Instruct …", flush=True)
-    with llama_server(quiet=not args.verbose) as backend:
-        settings = settings_from(args, host=args.host, port=args.port, backend_url=backend)
+    names = ", ".join(m.title for m in models)
+    print(f"starting llama-server for {names} …", flush=True)
+    with llama_servers(models, quiet=not args.verbose) as urls:
+        settings = settings_from(
+            args, host=args.host, port=args.port, backends=",".join(urls.values())
+        )
         base = f"http://{settings.host}:{settings.port}/v1"
-        print(_DEMO_BANNER.format(backend=backend, base=base, model=MODEL_ALIAS), flush=True)
+        print("", flush=True)
+        for m in models:
+            note = f"  ({m.note})" if m.note else ""
+            print(f"llama-server with {m.title} ready at {urls[m.alias]}{note}", flush=True)
+        print(f"joulegate is starting at {base}  (Ctrl-C stops all)", flush=True)
+        for m in models:
+            print(_DEMO_SNIPPET.format(base=base, model=m.alias), flush=True)
         # uvicorn turns SIGINT/SIGTERM into a graceful stop and returns; leaving the
-        # with-block then stops llama.cpp.
+        # with-block then stops the model servers.
         with contextlib.suppress(KeyboardInterrupt):
             run_server(settings)
-    print("stopped joulegate and the llama.cpp server", flush=True)
+    print("stopped joulegate and the llama-server processes", flush=True)
     return 0
 
 
@@ -107,17 +117,15 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-_DEMO_BANNER = """
-llama.cpp server ready at {backend}
-joulegate is starting at {base}  (Ctrl-C stops both)
-
+_DEMO_SNIPPET = """
+── {model} ──
 Python (OpenAI SDK):
 
     from openai import OpenAI
     client = OpenAI(base_url="{base}", api_key="unused")
     r = client.chat.completions.with_raw_response.create(
         model="{model}", messages=[{{"role": "user", "content": "Say hi"}}], max_tokens=32)
-    print(r.headers.get("x-duration-ms"), r.parse().model_extra["energy"])
+    print(r.headers.get("x-energy-j"), r.parse().model_extra["energy"])
 
 curl:
 
@@ -135,11 +143,18 @@ def _register_core(sub: Any) -> None:
     serve.add_argument("--backend-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080")
     serve.set_defaults(handler=_serve)
 
-    demo = sub.add_parser("demo", help="run llama.cpp + SmolLM2 with joulegate in front (make run)")
+    demo = sub.add_parser(
+        "demo", help="run llama-server with the demo models and joulegate in front (make run)"
+    )
     _add_config(demo)
     demo.add_argument("--host", help="listen address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, help="listen port (default 8400)")
-    demo.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    demo.add_argument(
+        "--models",
+        help="comma-separated demo models to serve (default: all; "
+        "smollm2-135m-instruct, gemma-3-270m)",
+    )
+    demo.add_argument("--verbose", action="store_true", help="show llama-server's own log")
     demo.set_defaults(handler=_demo)
 
 

@@ -241,17 +241,11 @@ class Forwarder:
             ex.model_requested = model if isinstance(model, str) else None
             ex.stream = parsed.get("stream") is True
             body = self._maybe_ask_usage(ex, parsed, body)
-        try:
-            backend = self._pick_backend(ex)
-        except ProxyError as err:
-            await send_error(send, err, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
-            return
-        if backend is None:  # GET /v1/models with several backends: joulegate answers
-            await send_json(send, 200, self._router.models_json(), [_request_id(ex)])
-            return
-        ex.backend, ex.backend_url = backend.name, backend.url
+        # Identify the caller (and check budgets) before anything else: an unknown
+        # key learns nothing, not even which models exist.
         try:
             await self._pipeline.arrival(ex)
+            backend = self._pick_backend(ex)
         except Exception as exc:
             if isinstance(exc, ProxyError):
                 refusal = exc
@@ -264,6 +258,15 @@ class Forwarder:
             await send_error(send, refusal, [(b"x-queue-ms", b"0.0"), _request_id(ex)])
             await self._pipeline.refused(ex)
             return
+        if backend is None:  # GET /v1/models with several backends: joulegate answers
+            ex.status = 200
+            ex.window.finished_s = time.monotonic()
+            try:
+                await send_json(send, 200, self._router.models_json(), [_request_id(ex)])
+            finally:
+                await self._pipeline.closed(ex)
+            return
+        ex.backend, ex.backend_url = backend.name, backend.url
         await self._serve(ex, backend, scope, receive, send, method, path, query, body)
 
     def _pick_backend(self, ex: Exchange) -> Backend | None:

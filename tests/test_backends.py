@@ -133,3 +133,33 @@ def test_backends_come_from_one_environment_variable_and_backend_url_still_works
                 BackendSettings(url="http://b:1", models=("m",)),
             )
         )
+
+
+async def test_without_a_valid_key_nothing_is_learnt_about_the_models(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from accounting.auth import KeyStore
+    from accounting.ledger import Ledger
+    from config import AuthSettings
+
+    path = tmp_path / "l.sqlite3"
+    async with Ledger(path) as ledger:
+        key, _ = await KeyStore(ledger).create("alice", admin=False)
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    async with two_backends() as (_, url_s, _, url_l):
+        backends = [BackendSettings(url=url_s), BackendSettings(url=url_l)]
+        app = create_app(
+            Settings(backends=tuple(backends), **settings),  # type: ignore[arg-type]
+            components=accounting_components(),
+        )
+        async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
+            asked = {
+                "list": await c.get("/v1/models"),
+                "one": await c.get("/v1/models/small"),
+                "unknown model": await c.post("/v1/chat/completions", json=chat("gpt-9")),
+                "wrong key": await c.get("/v1/models", headers={"authorization": "Bearer jg-x"}),
+            }
+            mine = await c.get("/v1/models", headers={"authorization": f"Bearer {key}"})
+    for what, r in asked.items():
+        assert r.status_code == 401, what
+        assert "small" not in r.text and "large" not in r.text, what
+    assert mine.status_code == 200
+    assert [m["id"] for m in mine.json()["data"]] == ["large", "large-2", "small"]

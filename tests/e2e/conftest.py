@@ -1,5 +1,6 @@
-"""End-to-end fixtures: the real llama.cpp server with SmolLM2, and real
-``joulegate serve`` processes in front of it (one per configuration)."""
+"""End-to-end fixtures: llama.cpp's real ``llama-server``, one per demo model
+(SmolLM2-135M and Gemma-3-270M), and real ``joulegate serve`` processes in front of
+both (one per configuration), routing by model."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.llamacpp import MODEL_ALIAS, free_port, llama_server
+from proxy.llamacpp import demo_models, free_port, llama_servers
 
-MODEL = MODEL_ALIAS
+MODEL = "smollm2-135m-instruct"
+"""The default model of the suite (the faster one)."""
+GEMMA = "gemma-3-270m"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,17 +59,23 @@ class Joulegate:
 
 
 @pytest.fixture(scope="session")
-def llama_url() -> Iterator[str]:
-    """The real llama.cpp server (SmolLM2-135M) on a free loopback port."""
-    with llama_server(n_ctx=2048) as url:
-        yield url
+def llama_urls() -> Iterator[dict[str, str]]:
+    """Both demo models, each on its own ``llama-server`` on a free loopback port."""
+    with llama_servers(demo_models(), n_ctx=2048) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def llama_url(llama_urls: dict[str, str]) -> str:
+    """SmolLM2's ``llama-server``."""
+    return llama_urls[MODEL]
 
 
 @pytest.fixture(scope="session")
 def start_joulegate(
-    llama_url: str, tmp_path_factory: pytest.TempPathFactory
+    llama_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Joulegate]]:
-    """Start ``joulegate serve`` in front of llama.cpp with extra ``JOULEGATE_*`` env."""
+    """Start ``joulegate serve`` in front of both models with extra ``JOULEGATE_*`` env."""
     running: list[Joulegate] = []
 
     def start(**env_overrides: str) -> Joulegate:
@@ -74,7 +83,7 @@ def start_joulegate(
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
         env.update(
-            JOULEGATE_BACKEND_URL=llama_url,
+            JOULEGATE_BACKENDS=",".join(llama_urls.values()),
             JOULEGATE_PORT=str(port),
             JOULEGATE_LEDGER_PATH=str(data / "ledger.sqlite3"),
             JOULEGATE_TELEMETRY_PROVIDER_NAME="llama.cpp",
@@ -119,5 +128,5 @@ def start_joulegate(
 
 @pytest.fixture(scope="session")
 def joulegate(start_joulegate: Callable[..., Joulegate]) -> Joulegate:
-    """One joulegate with default settings (open auth) in front of llama.cpp."""
+    """One joulegate with default settings (open auth) in front of both models."""
     return start_joulegate()

@@ -74,13 +74,11 @@ def test_stream_reports_co2e_and_sci_in_its_energy_chunk(france: Joulegate) -> N
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     with_energy = [c for c in chunks if c.model_extra and "energy" in c.model_extra]
     assert len(with_energy) == 1 and with_energy[0] is chunks[-1]
-    # llama-cpp-python's server ignores stream_options and sends no usage; joulegate
-    # then counts the content chunks (one token each) for the per-token score.
-    usage = next((c.usage for c in chunks if c.usage is not None), None)
-    content_chunks = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
-    tokens = usage.completion_tokens if usage is not None else content_chunks
+    # llama-server honours stream_options.include_usage: the per-token score uses the
+    # backend's own count (the counting fallback is tested against the fake backend).
+    usage = next(c.usage for c in chunks if c.usage is not None)
     assert chunks[-1].model_extra is not None
-    check_consistent(chunks[-1].model_extra["energy"], tokens)
+    check_consistent(chunks[-1].model_extra["energy"], usage.completion_tokens)
 
 
 def test_default_settings_use_the_world_average(joulegate: Joulegate) -> None:

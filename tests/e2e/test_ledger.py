@@ -72,9 +72,9 @@ def test_requests_with_keys_are_recorded_with_tokens_energy_and_carbon(
         assert r["energy_j"] > 0 and r["meter"] and r["co2e_g"] > 0 and r["carbon_source"]
         assert r["model_served"] and r["duration_s"] > 0
     assert [r["stream"] for r in recorded] == [0, 1]
-    # llama.cpp sends usage only without streaming: the stream's completion tokens are
-    # counted by joulegate from its chunks, and its prompt tokens stay unknown.
-    assert recorded[0]["prompt_tokens"] > 0 and recorded[1]["prompt_tokens"] is None
+    # llama-server sends usage on streams too (joulegate asks for it): both rows have
+    # the backend's own counts.
+    assert recorded[0]["prompt_tokens"] > 0 and recorded[1]["prompt_tokens"] > 0
 
 
 def test_reports_over_http_and_the_cli_agree_and_are_isolated(
