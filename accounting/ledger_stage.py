@@ -69,7 +69,7 @@ class Accounting:
         except BaseException:
             await ledger.close()
             raise
-        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys))
+        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys, budgets.has))
 
     async def refresh_forever(self) -> None:
         """Pick up keys and budgets the CLI changed (``PRAGMA data_version``)."""
@@ -122,6 +122,7 @@ class AuthStage(Stage):
         """Set the user (or 401), then check their budget (or 429)."""
         who = await self._acc.auth.identify(ex.headers, ex.body)
         ex.user, ex.key_prefix, ex.is_admin = who.user, who.key_prefix, who.is_admin
+        ex.user_known = who.known
         if not ex.gated:
             return
         now = utcnow()

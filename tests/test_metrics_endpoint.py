@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import TelemetrySettings
 from proxy.app import Component
 from proxy.metrics import metrics_endpoint, prometheus_component
+from tests.fake_backend import FakeBackend, serving
 from tests.telemetry_support import (
     FakeEnergy,
     FinishLine,
@@ -24,6 +27,13 @@ from tests.telemetry_support import (
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBackend]:
+    """The fake backend, listing the model these tests ask for (``m``)."""
+    async with serving(FakeBackend(models=("m",))) as backend:
+        yield backend
 
 
 async def scrape(c: httpx.AsyncClient, url: str) -> Samples:
