@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from accounting.ledger import Ledger, iso, utcnow
-from config.errors import LedgerError, Unauthorized
+from config.errors import Forbidden, LedgerError, Unauthorized
 from config.settings import AuthSettings
 
 log = logging.getLogger("joulegate.auth")
@@ -206,6 +206,14 @@ class Authenticator:
                 code="revoked_api_key",
             )
         return Identity(stored.user, stored.prefix, stored.is_admin, known=True)
+
+    async def require_admin(self, headers: Mapping[str, str]) -> Identity:
+        """The caller, who must hold an admin key: 401 without a good key, 403 without
+        an admin one (for ``keys`` mode; every other mode has no admins)."""
+        who = await self.identify(headers)
+        if not who.is_admin:
+            raise Forbidden("only an admin key may read this", code="forbidden")
+        return who
 
     def _trusted(self, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> Identity:
         named = headers.get(self._user_header)

@@ -159,6 +159,7 @@ async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     async with shared_accounting(ctx) as acc:
         if acc.auth.mode == "keys":
             ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
+            ctx.admin_guard = acc.auth.require_admin
         yield AuthStage(acc)
 
 

@@ -17,6 +17,10 @@ registry is the app's own, made in its lifespan, never the process-global one.
 Label values come from bounded sets (see :mod:`proxy.semconv`): ``model`` is a
 model some backend serves, ``user`` one the ledger knows or ``anonymous``,
 ``endpoint`` a metered path or ``models``; anything else is ``other``.
+
+In ``keys`` auth mode ``/metrics`` names every user with their energy, so it
+asks for an admin key (``Authorization: Bearer jg-…``) unless
+``telemetry.metrics_public`` is set.
 """
 
 from __future__ import annotations
@@ -112,11 +116,15 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
     yield stage
 
 
-@get("/metrics", sync_to_thread=False, name="metrics")
-def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
-    registry: CollectorRegistry | None = request.app.state.ctx.state.get(STATE_KEY)
+@get("/metrics", name="metrics")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition (OpenMetrics when the scraper asks for it); an admin key
+    is required in ``keys`` mode unless ``telemetry.metrics_public``."""
+    ctx: AppContext = request.app.state.ctx
+    registry: CollectorRegistry | None = ctx.state.get(STATE_KEY)
     if registry is None:
         raise NotFound("metrics are not enabled", code="not_found")
+    if ctx.admin_guard is not None and not ctx.settings.telemetry.metrics_public:
+        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), media_type=content_type)
