@@ -24,12 +24,12 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from accounting.ledger import Ledger, iso, utcnow
-from config.errors import LedgerError, Unauthorized
+from config.errors import Forbidden, LedgerError, Unauthorized
 from config.settings import AuthSettings
 
 log = logging.getLogger("joulegate.auth")
@@ -47,6 +47,8 @@ class Identity:
     user: str
     key_prefix: str | None = None
     is_admin: bool = False
+    known: bool = False
+    """The ledger knows this user (a key or a budget): metrics may name them."""
 
 
 ANONYMOUS = Identity("anonymous")
@@ -87,11 +89,20 @@ class KeyStore:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
         self._by_prefix: dict[str, ApiKey] = {}
+        self._users: frozenset[str] = frozenset()
 
     async def load(self) -> None:
         """(Re)read every key from the database."""
         rows = await self._ledger.fetchall("SELECT * FROM api_keys")
-        self._by_prefix = {r["prefix"]: _from_row(r) for r in rows}
+        self._set({r["prefix"]: _from_row(r) for r in rows})
+
+    def _set(self, by_prefix: dict[str, ApiKey]) -> None:
+        self._by_prefix = by_prefix
+        self._users = frozenset(k.user for k in by_prefix.values())
+
+    def has_user(self, user: str) -> bool:
+        """Whether some key (revoked ones included) belongs to ``user``."""
+        return user in self._users
 
     @property
     def any_active(self) -> bool:
@@ -116,7 +127,7 @@ class KeyStore:
                 (stored.prefix, user, salt, stored.digest, admin, stored.created_ts),
             )
             if changed:  # else the prefix was taken (1 in 2**48): draw again
-                self._by_prefix[stored.prefix] = stored
+                self._set({**self._by_prefix, stored.prefix: stored})
                 return key, stored
         raise LedgerError("could not draw an unused key prefix")  # pragma: no cover
 
@@ -144,7 +155,8 @@ class KeyStore:
         if stored is None and key.startswith(KEY_START):
             rows = await self._ledger.fetchall("SELECT * FROM api_keys WHERE prefix = ?", (prefix,))
             if rows:
-                stored = self._by_prefix[prefix] = _from_row(rows[0])
+                stored = _from_row(rows[0])
+                self._set({**self._by_prefix, prefix: stored})
         if stored is None or not stored.matches(key):
             return None
         return stored
@@ -158,8 +170,14 @@ def _from_row(r: Any) -> ApiKey:
 class Authenticator:
     """Turns a request's headers (and body) into an :class:`Identity`, or a 401."""
 
-    def __init__(self, settings: AuthSettings, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        keys: KeyStore,
+        has_budget: Callable[[str], bool] = lambda _: False,
+    ) -> None:
         self._keys = keys
+        self._has_budget = has_budget
         self._user_header = settings.user_header.lower()
         self.mode: Mode = (
             settings.mode if settings.mode != "auto" else ("keys" if keys.any_active else "open")
@@ -187,7 +205,15 @@ class Authenticator:
                 f"the API key {stored.prefix}… was revoked at {stored.revoked_ts}",
                 code="revoked_api_key",
             )
-        return Identity(stored.user, stored.prefix, stored.is_admin)
+        return Identity(stored.user, stored.prefix, stored.is_admin, known=True)
+
+    async def require_admin(self, headers: Mapping[str, str]) -> Identity:
+        """The caller, who must hold an admin key: 401 without a good key, 403 without
+        an admin one (for ``keys`` mode; every other mode has no admins)."""
+        who = await self.identify(headers)
+        if not who.is_admin:
+            raise Forbidden("only an admin key may read this", code="forbidden")
+        return who
 
     def _trusted(self, headers: Mapping[str, str], body: Mapping[str, Any] | None) -> Identity:
         named = headers.get(self._user_header)
@@ -196,9 +222,10 @@ class Authenticator:
         if not named:
             return ANONYMOUS
         try:
-            return Identity(check_user(named))
+            user = check_user(named)
         except ValueError as exc:
             raise Unauthorized(f"bad user name: {exc}", code="invalid_user") from None
+        return Identity(user, known=self._keys.has_user(user) or self._has_budget(user))
 
 
 def _bearer(value: str) -> str | None:

@@ -167,6 +167,10 @@ class BudgetBook:
                 spent[0] += row.energy_j or 0.0
                 spent[1] += row.co2e_g or 0.0
 
+    def has(self, user: str) -> bool:
+        """Whether ``user`` has a budget."""
+        return user in self.budgets
+
     def status(self, user: str, now: dt.datetime | None = None) -> BudgetStatus | None:
         """What is left of ``user``'s budget; None when they have none."""
         budget = self.budgets.get(user)

@@ -69,7 +69,7 @@ class Accounting:
         except BaseException:
             await ledger.close()
             raise
-        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys))
+        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys, budgets.has))
 
     async def refresh_forever(self) -> None:
         """Pick up keys and budgets the CLI changed (``PRAGMA data_version``)."""
@@ -129,6 +129,7 @@ class AuthStage(Stage):
         """Set the user (or 401), then check their budget (or 429)."""
         who = await self._acc.auth.identify(ex.headers, ex.body)
         ex.user, ex.key_prefix, ex.is_admin = who.user, who.key_prefix, who.is_admin
+        ex.user_known = who.known
         if ex.gated:
             self._check_budget(ex)
 
@@ -172,6 +173,7 @@ async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     async with shared_accounting(ctx) as acc:
         if acc.auth.mode == "keys":
             ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
+            ctx.admin_guard = acc.auth.require_admin
         yield AuthStage(acc)
 
 

@@ -241,6 +241,9 @@ class TelemetrySettings:
     metrics_user_label: bool = True
     """Put the user on metric series, ``/metrics`` and OpenTelemetry alike (turn off to
     limit cardinality)."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without a key in ``keys`` auth mode (by default it asks for an
+    admin key, ``Authorization: Bearer jg-…``: it names every user with their energy)."""
     otel_env: tuple[tuple[str, str], ...] = field(
         default=(), repr=False, metadata={"env": "OTEL_*"}
     )

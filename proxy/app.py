@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,10 @@ class AppContext:
     """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
     strip_client_auth: bool = False
     """Set by the auth component when joulegate authenticates users itself."""
+    admin_guard: Callable[[Mapping[str, str]], Awaitable[object]] | None = None
+    """Set by the auth component in ``keys`` mode: raises 401 or 403 unless the
+    (lower-cased) headers carry an admin key. Endpoints that show every user's
+    figures (``/metrics``) ask it."""
 
 
 Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]

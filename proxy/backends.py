@@ -4,7 +4,10 @@ Each backend either lists its models in the settings or is asked for them
 (``GET /v1/models``) at start-up and every ``backend_refresh_s``. The rules:
 
 * one backend: every request goes to it, whatever its ``model`` (the backend
-  answers for models it does not have, as it would without joulegate);
+  answers for models it does not have, as it would without joulegate). It is
+  still asked for its models, at start-up and every ``backend_refresh_s``, so
+  that metrics can name them (:attr:`BackendRouter.models`); a backend that is
+  down then does not stop start-up;
 * several: a request goes to the backend serving its ``model``; a model no
   backend serves is ``404 model_not_found`` listing the models that exist; a
   request without a ``model`` goes to the first backend;
@@ -15,13 +18,14 @@ Each backend either lists its models in the settings or is asked for them
   refresh that finds a new clash keeps the earlier owner and logs a warning.
 
 All backends share this machine's gate and meters (they share its power).
+joulegate's own look-ups are sent with ``User-Agent: joulegate``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ log = logging.getLogger("joulegate.backends")
 
 DISCOVERY_TIMEOUT_S = 5.0
 """Limit for one ``GET /v1/models`` to a backend."""
+USER_AGENT = "joulegate"
+"""``User-Agent`` of joulegate's own requests to backends (not the ones it forwards)."""
 
 
 @dataclass
@@ -73,16 +79,21 @@ class BackendRouter:
         """Only one backend: it gets every request."""
         return len(self.backends) == 1
 
+    @property
+    def models(self) -> Set[str]:
+        """Every model some backend serves now (configured or listed): the bounded
+        set metrics name models from."""
+        return self._owner.keys()
+
     async def discover(self) -> None:
         """Ask every backend without configured models for its models (start-up).
 
         A clash between two backends stops start-up; a backend that is down is
         logged and asked again at the next refresh.
         """
-        if self.single:
-            return  # it gets every request: nothing to route, nothing to ask yet
         await self.refresh()
-        self._rebuild(strict=True)
+        if not self.single:  # one backend cannot clash with itself
+            self._rebuild(strict=True)
         for b in self.backends:
             state = ", ".join(sorted(b.models)) or "no models yet"
             log.info("backend %s at %s: %s%s", b.name, b.url, state, "" if b.up else " (down)")
@@ -94,7 +105,7 @@ class BackendRouter:
 
     async def refresh_forever(self, interval_s: float) -> None:
         """Refresh until cancelled; failures are logged, never raised."""
-        while not self.single:
+        while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh()
@@ -103,7 +114,11 @@ class BackendRouter:
 
     async def _ask(self, b: Backend) -> None:
         try:
-            r = await self._client.get(b.url + "/v1/models", timeout=DISCOVERY_TIMEOUT_S)
+            r = await self._client.get(
+                b.url + "/v1/models",
+                headers={"user-agent": USER_AGENT},
+                timeout=DISCOVERY_TIMEOUT_S,
+            )
         except httpx.HTTPError as exc:
             b.up, b.error = False, f"{type(exc).__name__}: {exc}"
             return

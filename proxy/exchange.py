@@ -50,6 +50,9 @@ class Exchange:
     stream: bool = False
     usage_injected: bool = False
     user: str = "anonymous"
+    user_known: bool = False
+    """The ledger knows ``user`` (a key or a budget names them): metrics may name
+    them too. Set with ``user`` by the auth stage."""
     key_prefix: str | None = None
     is_admin: bool = False
     status: int | None = None

@@ -13,6 +13,14 @@ Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
 (``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``) break it down and may
 overlap (``machine`` includes the rest), so sum one of them, not all. The
 registry is the app's own, made in its lifespan, never the process-global one.
+
+Label values come from bounded sets (see :mod:`proxy.semconv`): ``model`` is a
+model some backend serves, ``user`` one the ledger knows or ``anonymous``,
+``endpoint`` a metered path or ``models``; anything else is ``other``.
+
+In ``keys`` auth mode ``/metrics`` names every user with their energy, so it
+asks for an admin key (``Authorization: Bearer jg-…``) unless
+``telemetry.metrics_public`` is set.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from config.errors import NotFound
+from proxy.backends import BackendRouter
 from proxy.exchange import Exchange, Stage
-from proxy.semconv import energy_split, model_label
+from proxy.semconv import endpoint_label, energy_split, model_label, status_label, user_label
 
 if TYPE_CHECKING:
     from proxy.app import AppContext
@@ -42,7 +51,10 @@ class PrometheusStage(Stage):
 
     name = "prometheus"
 
-    def __init__(self, registry: CollectorRegistry, *, user_label: bool) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, router: BackendRouter, *, user_label: bool
+    ) -> None:
+        self._router = router
         self._user_label = user_label
         who = ["user"] if user_label else []
         self._energy = Counter(
@@ -73,11 +85,10 @@ class PrometheusStage(Stage):
 
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request, its duration and its energy and CO2eq."""
-        model = model_label(ex)
-        # Non-inference paths can be anything a client sends: one label for them all.
-        endpoint = ex.endpoint if ex.gated or ex.endpoint == "models" else "other"
-        who = [ex.user] if self._user_label else []
-        self._requests.labels(*who, model, endpoint, str(ex.status or 0)).inc()
+        model = model_label(ex, self._router.models)
+        endpoint = endpoint_label(ex)
+        who = [user_label(ex)] if self._user_label else []
+        self._requests.labels(*who, model, endpoint, status_label(ex)).inc()
         self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
             self._energy.labels(*who, model, component).inc(energy_j)
@@ -98,16 +109,22 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
         "Requests holding a slot (talking to the backend).",
         registry=registry,
     ).set_function(lambda: gate.in_flight)
-    stage = PrometheusStage(registry, user_label=ctx.settings.telemetry.metrics_user_label)
+    stage = PrometheusStage(
+        registry, ctx.router, user_label=ctx.settings.telemetry.metrics_user_label
+    )
     ctx.state[STATE_KEY] = registry
     yield stage
 
 
-@get("/metrics", sync_to_thread=False, name="metrics")
-def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
-    registry: CollectorRegistry | None = request.app.state.ctx.state.get(STATE_KEY)
+@get("/metrics", name="metrics")
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition (OpenMetrics when the scraper asks for it); an admin key
+    is required in ``keys`` mode unless ``telemetry.metrics_public``."""
+    ctx: AppContext = request.app.state.ctx
+    registry: CollectorRegistry | None = ctx.state.get(STATE_KEY)
     if registry is None:
         raise NotFound("metrics are not enabled", code="not_found")
+    if ctx.admin_guard is not None and not ctx.settings.telemetry.metrics_public:
+        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), media_type=content_type)

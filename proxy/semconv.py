@@ -4,9 +4,20 @@ Pure functions from an :class:`~proxy.exchange.Exchange` to attribute
 dictionaries and metric labels, shared by the OpenTelemetry stage
 (:mod:`proxy.telemetry`) and the Prometheus one (:mod:`proxy.metrics`). A value
 that is not known is left out, never sent as zero.
+
+Span attributes carry what the client sent; metric labels never do unchecked.
+Every metric series is kept in memory until the process ends, so a label
+value a client chooses (a model name, a user name in ``trust`` mode) would let
+it grow joulegate's memory and ``/metrics`` without bound. Labels therefore
+come from bounded sets: a model the backends serve (:func:`model_label`), a
+user the ledger knows (:func:`user_label`), a metered endpoint
+(:func:`endpoint_label`), an HTTP status (:func:`status_label`); anything else
+is :data:`OTHER`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 from opentelemetry.util.types import AttributeValue
 
@@ -155,9 +166,43 @@ def error_type(ex: Exchange, *, server_side: bool) -> str | None:
     return None
 
 
-def model_label(ex: Exchange) -> str:
-    """The model a request is counted under: served, else requested, else ``unknown``."""
-    return ex.model_served or ex.model_requested or "unknown"
+OTHER = "other"
+"""The metric label of every value outside its bounded set."""
+
+
+def model_label(ex: Exchange, models: Container[str]) -> str:
+    """The model a request is counted under: served, else requested, whichever is one
+    of ``models`` (those the backends serve); :data:`OTHER` when neither is, ``unknown``
+    when the request named none."""
+    named = False
+    for model in (ex.model_served, ex.model_requested):
+        if model:
+            if model in models:
+                return model
+            named = True
+    return OTHER if named else "unknown"
+
+
+def bounded(value: str, known: Container[str]) -> str:
+    """``value`` when it is in ``known``, else :data:`OTHER` (for metric attributes)."""
+    return value if value in known else OTHER
+
+
+def user_label(ex: Exchange) -> str:
+    """The user a request is counted under: one the ledger knows (a key or a budget),
+    ``anonymous``, else :data:`OTHER` (a name a ``trust``-mode caller made up)."""
+    return ex.user if ex.user_known or ex.user == "anonymous" else OTHER
+
+
+def endpoint_label(ex: Exchange) -> str:
+    """A metered path (a fixed set plus ``gated_paths``) or ``models``; other paths can
+    be anything a client sends, so they share :data:`OTHER`."""
+    return ex.endpoint if ex.gated or ex.endpoint == "models" else OTHER
+
+
+def status_label(ex: Exchange) -> str:
+    """The final HTTP status (``499``: the client left); ``0`` when there is none."""
+    return str(ex.status) if ex.status is not None and 100 <= ex.status <= 599 else "0"
 
 
 def energy_split(ex: Exchange) -> list[tuple[str, float, float | None]]:

@@ -17,7 +17,11 @@ count one of the two when summing.
 Metrics: ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``
 per the GenAI conventions, ``joulegate.energy`` (J) and ``joulegate.co2e`` (g)
 counters by ``user``, ``model`` and ``component``, and the hardware conventions'
-``hw.power`` (W) and ``hw.energy`` (J) by ``hw.id`` and ``hw.type``.
+``hw.power`` (W) and ``hw.energy`` (J) by ``hw.id`` and ``hw.type``. Metric
+attributes come from bounded sets (:mod:`proxy.semconv`): a model no backend
+serves is ``other`` in ``gen_ai.request.model``, ``gen_ai.response.model`` and
+``model``, as is a user the ledger does not know in ``user``; spans keep the
+names as sent.
 
 The device instruments read what the meters component publishes as
 ``ctx.state["meters"]``, without blocking (they run on the metric reader's
@@ -54,10 +58,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from config.settings import Settings
+from proxy.backends import BackendRouter
 from proxy.exchange import Exchange, Stage
 from proxy.otel import Providers, build_providers
 from proxy.semconv import (
     HW_TYPES,
+    bounded,
     energy_attributes,
     energy_split,
     error_type,
@@ -65,6 +71,7 @@ from proxy.semconv import (
     operation_name,
     outcome_attributes,
     request_attributes,
+    user_label,
 )
 
 if TYPE_CHECKING:
@@ -101,7 +108,9 @@ def telemetry_component(
             log.info("exporting %s", line)
         ctx.state["telemetry"] = providers
         try:
-            yield TelemetryStage(ctx.settings, providers, lambda: ctx.state.get("meters"))
+            yield TelemetryStage(
+                ctx.settings, providers, ctx.router, lambda: ctx.state.get("meters")
+            )
         finally:
             # Flushing may wait on the collector: keep it off the event loop.
             await anyio.to_thread.run_sync(providers.shutdown)
@@ -132,7 +141,14 @@ class TelemetryStage(Stage):
 
     name = "telemetry"
 
-    def __init__(self, settings: Settings, providers: Providers, meters: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: Providers,
+        router: BackendRouter,
+        meters: Callable[[], Any],
+    ) -> None:
+        self._router = router
         self._provider_name = settings.telemetry.provider_name
         self._user_label = settings.telemetry.metrics_user_label
         self._default_url = settings.backend_list[0].url
@@ -285,10 +301,11 @@ class TelemetryStage(Stage):
                 "gen_ai.provider.name": self._provider_name,
                 **self._server(ex),
             }
+            models = self._router.models
             if ex.model_requested:
-                attrs["gen_ai.request.model"] = ex.model_requested
+                attrs["gen_ai.request.model"] = bounded(ex.model_requested, models)
             if ex.model_served:
-                attrs["gen_ai.response.model"] = ex.model_served
+                attrs["gen_ai.response.model"] = bounded(ex.model_served, models)
             error = error_type(ex, server_side=False)
             self._duration.record(
                 duration_s, attrs | ({"error.type": error} if error is not None else {})
@@ -296,9 +313,9 @@ class TelemetryStage(Stage):
             for kind, count in (("input", ex.prompt_tokens), ("output", ex.completion_tokens)):
                 if count is not None:
                     self._tokens.record(count, attrs | {"gen_ai.token.type": kind})
-        labels: dict[str, AttributeValue] = {"model": model_label(ex)}
+        labels: dict[str, AttributeValue] = {"model": model_label(ex, self._router.models)}
         if self._user_label:
-            labels["user"] = ex.user
+            labels["user"] = user_label(ex)
         for component, energy_j, co2e_g in energy_split(ex):
             self._energy.add(energy_j, labels | {"component": component})
             if co2e_g is not None:

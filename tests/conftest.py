@@ -10,16 +10,14 @@ import pytest
 
 from config import Settings
 from proxy.app import Component, create_app
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend, serving
 from tests.support import Running, serve
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeBackend]:
     """The fake OpenAI-compatible backend, served on loopback (``fake.url``)."""
-    backend = FakeBackend()
-    async with serve(backend, lifespan="off") as url:
-        backend.url = url  # type: ignore[attr-defined]
+    async with serving(FakeBackend()) as backend:
         yield backend
 
 

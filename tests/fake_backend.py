@@ -13,19 +13,25 @@ Behaviour is steered per request by headers so one instance serves a whole test:
                            (as another joulegate in front of a backend would)
 
 It records what a test needs: requests in arrival order, the headers and body
-it saw, how many requests overlapped, and which were cancelled.
+it saw, how many requests overlapped, and which were cancelled. joulegate's own
+``GET /v1/models`` look-ups (``User-Agent: joulegate``, at start-up, refresh and
+``/readyz``) are answered but only counted in ``listings``: ``seen`` holds what
+clients' requests made it see.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support import read_body
+from proxy.backends import USER_AGENT
+from tests.support import read_body, serve
 
 
 @dataclass
@@ -54,6 +60,8 @@ class FakeBackend:
     models: tuple[str, ...] = ("fake-model",)
     """What ``GET /v1/models`` lists."""
     seen: list[Seen] = field(default_factory=list)
+    listings: int = 0
+    """joulegate's own model look-ups answered (not in ``seen``)."""
     in_flight: int = 0
     max_in_flight: int = 0
     _released: asyncio.Event | None = None
@@ -84,6 +92,10 @@ class FakeBackend:
             body,
             time.monotonic(),
         )
+        if seen.path == "/v1/models" and headers.get("user-agent") == USER_AGENT:
+            self.listings += 1
+            await self._answer(seen, send)
+            return
         self.seen.append(seen)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -294,6 +306,14 @@ class FakeBackend:
         await send(
             {"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n", "more_body": False}
         )
+
+
+@contextlib.asynccontextmanager
+async def serving(backend: FakeBackend) -> AsyncIterator[FakeBackend]:
+    """Serve ``backend`` on loopback; its base URL is ``backend.url`` meanwhile."""
+    async with serve(backend, lifespan="off") as url:
+        backend.url = url  # type: ignore[attr-defined]
+        yield backend
 
 
 async def _ollama_chunk(send: Any, obj: dict[str, Any], more: bool) -> None:

@@ -107,13 +107,15 @@ class FakeEnergy(Stage):
 
 
 class HeaderUser(Stage):
-    """Takes the user from ``x-user`` (as ``trust`` auth does)."""
+    """Takes the user from ``x-user`` (as ``trust`` auth does for a user the ledger
+    knows); ``x-user-unknown`` names one it does not know."""
 
     name = "header_user"
 
     async def on_arrival(self, ex: Exchange) -> None:
         """Name the user."""
         ex.user = ex.headers.get("x-user", "anonymous")
+        ex.user_known = "x-user-unknown" not in ex.headers
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -17,6 +17,7 @@ from proxy.backends import BackendRouter
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
 from tests.support import Running, serve
+from tests.telemetry_support import until
 
 
 @contextlib.asynccontextmanager
@@ -163,3 +164,49 @@ async def test_without_a_valid_key_nothing_is_learnt_about_the_models(tmp_path) 
         assert "small" not in r.text and "large" not in r.text, what
     assert mine.status_code == 200
     assert [m["id"] for m in mine.json()["data"]] == ["large", "large-2", "small"]
+
+
+async def test_a_single_backend_gets_every_model_and_still_lists_its_own() -> None:
+    only = FakeBackend(models=("small",))
+    async with (
+        serve(only, lifespan="off") as url,
+        joulegate([BackendSettings(url=url)]) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=chat("gpt-9"))
+        models = await c.get("/v1/models")
+        learnt = set(jg.app.state.ctx.router.models)
+    assert r.status_code == 200 and r.json()["model"] == "gpt-9"  # still routed to it
+    assert learnt == {"small"}  # for the metric labels
+    assert only.listings >= 1
+    assert [s.path for s in only.seen] == ["/v1/chat/completions", "/v1/models"]
+    assert [m["id"] for m in models.json()["data"]] == ["small"]  # the backend's own answer
+
+
+async def test_a_single_backend_that_is_down_does_not_stop_start_up() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    async with (
+        joulegate([BackendSettings(url=dead_url)]) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        healthy = await c.get("/healthz")
+        r = await c.post("/v1/chat/completions", json=chat("small"))
+        learnt = set(jg.app.state.ctx.router.models)
+    assert healthy.status_code == 200
+    assert r.status_code == 502 and r.json()["error"]["type"] == "backend_unreachable"
+    assert learnt == set()
+
+
+async def test_a_single_backend_is_asked_again_every_refresh() -> None:
+    only = FakeBackend(models=("small",))
+    async with (
+        serve(only, lifespan="off") as url,
+        joulegate([BackendSettings(url=url)], backend_refresh_s=0.01) as jg,
+    ):
+        router = jg.app.state.ctx.router
+        only.models = ("small", "new")
+        await until(lambda: "new" in router.models)
+        assert set(router.models) == {"small", "new"}
+    assert only.seen == []  # joulegate's own look-ups are not clients' requests

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from config import TelemetrySettings
+from accounting.auth import KeyStore
+from accounting.ledger import Ledger
+from config import AuthSettings, LedgerSettings, TelemetrySettings
 from proxy.app import Component
 from proxy.metrics import metrics_endpoint, prometheus_component
+from tests.fake_backend import FakeBackend, serving
+from tests.ledger_support import accounting_components
 from tests.telemetry_support import (
     FakeEnergy,
     FinishLine,
@@ -24,6 +31,13 @@ from tests.telemetry_support import (
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBackend]:
+    """The fake backend, listing the model these tests ask for (``m``)."""
+    async with serving(FakeBackend(models=("m",))) as backend:
+        yield backend
 
 
 async def scrape(c: httpx.AsyncClient, url: str) -> Samples:
@@ -174,3 +188,62 @@ async def test_metrics_without_the_component_is_a_clean_404(fake):  # type: igno
         r = await c.get(jg.url + "/metrics")
     assert r.status_code == 404
     assert r.json()["error"]["type"] == "not_found_error"
+
+
+async def keys(path: Path) -> tuple[str, str]:
+    """An admin key and a plain user's key in a fresh ledger."""
+    async with Ledger(path) as ledger:
+        store = KeyStore(ledger)
+        admin, _ = await store.create("root", admin=True)
+        alice, _ = await store.create("alice")
+    return admin, alice
+
+
+def auth_parts() -> list[Component]:
+    return [*accounting_components(), prometheus_component]
+
+
+async def test_keys_mode_asks_for_an_admin_key(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    admin, alice = await keys(path)
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    async with (
+        joulegate(fake.url, auth_parts(), [metrics_endpoint], **settings) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        chat = await c.post("/v1/chat/completions", json=CHAT,
+                            headers={"authorization": f"Bearer {alice}"})  # fmt: skip
+        missing = await c.get("/metrics")
+        wrong = await c.get("/metrics", headers={"authorization": f"Bearer {admin[:-1]}x"})
+        plain = await c.get("/metrics", headers={"authorization": f"Bearer {alice}"})
+        ok = await c.get("/metrics", headers={"authorization": f"Bearer {admin}"})
+    assert chat.status_code == 200
+    for r, status, kind, code in (
+        (missing, 401, "authentication_error", "missing_api_key"),
+        (wrong, 401, "authentication_error", "invalid_api_key"),
+        (plain, 403, "permission_error", "forbidden"),
+    ):
+        assert r.status_code == status
+        assert r.json()["error"]["type"] == kind and r.json()["error"]["code"] == code
+        assert "alice" not in r.text
+    assert ok.status_code == 200
+    assert 'joulegate_requests_total{endpoint="chat/completions",model="m"' in ok.text
+    assert 'user="alice"' in ok.text
+
+
+async def test_metrics_public_and_open_mode_need_no_key(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    await keys(path)
+    public = {
+        "ledger": LedgerSettings(path=str(path)),
+        "auth": AuthSettings(mode="keys"),
+        "telemetry": TelemetrySettings(metrics_public=True),
+    }
+    opened = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="open")}
+    for settings in (public, opened):
+        async with (
+            joulegate(fake.url, auth_parts(), [metrics_endpoint], **settings) as jg,
+            httpx.AsyncClient(base_url=jg.url) as c,
+        ):
+            r = await c.get("/metrics")
+        assert r.status_code == 200 and "joulegate_queue_length 0" in r.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from proxy.gate import Window
 from proxy.llamacpp import free_port
 from proxy.semconv import energy_split
 from proxy.telemetry import telemetry_component
+from tests.fake_backend import FakeBackend, serving
 from tests.telemetry_support import (
     DeviceReading,
     FakeEnergy,
@@ -41,6 +42,13 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
         "temperature": 0.5}  # fmt: skip
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBackend]:
+    """The fake backend, listing the model these tests ask for (``m``)."""
+    async with serving(FakeBackend(models=("m",))) as backend:
+        yield backend
 
 
 @dataclass
