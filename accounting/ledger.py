@@ -187,7 +187,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def iso(t: dt.datetime) -> str:
     """A UTC timestamp as the ledger stores it (fixed width, so text order is time order)."""
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: glibc's %Y gives year 5 as "5", not "0005".
+    return t.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utcnow() -> dt.datetime:
