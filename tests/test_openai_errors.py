@@ -96,3 +96,17 @@ async def test_a_bad_before_or_limit_names_that_parameter(served: Served) -> Non
     assert_openai_error(bad_before, 400, "invalid_request_error", "before")
     assert_openai_error(bad_limit, 400, "invalid_request_error", "limit")
     assert largest.status_code == 200 and largest.json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/energy/report"), ("DELETE", "/v1/energy/requests"), ("POST", "/healthz")],
+)
+async def test_a_wrong_method_is_a_405_invalid_request_error(
+    served: Served, method: str, path: str
+) -> None:
+    r = await served.client.request(method, path)
+    assert r.status_code == 405
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert isinstance(error["message"], str) and error["message"]
