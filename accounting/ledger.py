@@ -48,6 +48,18 @@ from config.settings import LedgerSettings
 log = logging.getLogger("joulegate.ledger")
 
 
+class _NoStatementLines(logging.Filter):
+    """Drops aiosqlite's debug lines: each one shows a statement with its parameters,
+    which are prompts and answers when ``record_content`` is on. Content must never
+    reach a log, whatever ``log_level`` says (a filter, because a level can be reset)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+_NO_STATEMENT_LINES = _NoStatementLines()
+
+
 class LedgerRow(msgspec.Struct, kw_only=True):
     """One request as recorded; the field names are the table's columns."""
 
@@ -187,7 +199,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def iso(t: dt.datetime) -> str:
     """A UTC timestamp as the ledger stores it (fixed width, so text order is time order)."""
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: glibc's %Y gives year 5 as "5", not "0005".
+    return t.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utcnow() -> dt.datetime:
@@ -281,6 +294,7 @@ class Ledger:
         """
         if must_exist and not self.path.is_file():
             raise LedgerError(f"no ledger at {self.path} (nothing has been recorded yet)")
+        logging.getLogger("aiosqlite").addFilter(_NO_STATEMENT_LINES)  # no-op if already there
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()

@@ -72,13 +72,19 @@ def parse_when(text: str, name: str, *, end: bool = False) -> dt.datetime:
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
             start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-            return start + dt.timedelta(days=1) if end else start
-        when = dt.datetime.fromisoformat(text)
+            when = start + dt.timedelta(days=1) if end else start
+        else:
+            when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise BadRequest(
             f"{name}: {text!r} is not a date (YYYY-MM-DD) or an ISO timestamp", param=name
         ) from None
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except OverflowError:  # the day after 9999-12-31
+        raise _out_of_range(name, text) from None
+    try:
+        return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except OverflowError:  # an offset that takes it past year 1 or 9999 in UTC
+        raise _out_of_range(name, text) from None
 
 
 def parse_month(text: str) -> tuple[dt.datetime, dt.datetime]:
@@ -88,8 +94,19 @@ def parse_month(text: str) -> tuple[dt.datetime, dt.datetime]:
         start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
     except ValueError:
         raise BadRequest(f"month: {text!r} is not YYYY-MM", param="month") from None
-    end = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=dt.UTC)
+    try:
+        end = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=dt.UTC)
+    except ValueError:  # December 9999 ends in a year datetime cannot hold
+        raise _out_of_range("month", text) from None
     return start, end
+
+
+def _out_of_range(name: str, text: str) -> BadRequest:
+    return BadRequest(
+        f"{name}: {text!r} is out of range: a period must begin and end within the years"
+        " 1 to 9999 (UTC)",
+        param=name,
+    )
 
 
 def _choice(value: str | None, name: str, allowed: Any, default: str) -> Any:

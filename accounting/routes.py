@@ -20,6 +20,8 @@ from accounting.reports import build_report, parse_query
 from config.errors import BadRequest, Forbidden, NotFound
 
 MAX_PAGE = 500
+SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
+"""The range of SQLite's INTEGER: row ids and ``before`` fit in it."""
 
 
 async def _caller(request: Request[Any, Any, Any]) -> tuple[Accounting, Identity]:
@@ -58,11 +60,9 @@ async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
     acc, who = await _caller(request)
     q = request.query_params
     user = _whose(who, q.get("user"))
-    try:
-        limit = int(q.get("limit") or 50)
-        before = int(q["before"]) if q.get("before") else None
-    except ValueError:
-        raise BadRequest("limit and before must be integers", param="limit") from None
+    limit = _integer(q.get("limit"), "limit")
+    limit = 50 if limit is None else limit
+    before = _integer(q.get("before"), "before")
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
     where: list[str] = ["1"]
@@ -84,6 +84,21 @@ async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "has_more": len(rows) > limit,
         "next_before": data[-1].id if len(rows) > limit else None,
     }
+
+
+def _integer(text: str | None, name: str) -> int | None:
+    """A query parameter as an integer SQLite can hold (None when absent or empty)."""
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer", param=name) from None
+    if not SQLITE_MIN <= value <= SQLITE_MAX:  # else sqlite3 raises OverflowError
+        raise BadRequest(
+            f"{name} must be an integer between {SQLITE_MIN} and {SQLITE_MAX}", param=name
+        )
+    return value
 
 
 def _public(row: LedgerRow) -> dict[str, Any]:

@@ -24,11 +24,11 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from config.errors import NotFound, ProxyError
+from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
 from proxy.backends import BackendRouter
 from proxy.exchange import Pipeline, Stage
-from proxy.forward import Forwarder
+from proxy.forward import Forwarder, internal_error
 from proxy.gate import Gate
 
 log = logging.getLogger("joulegate")
@@ -158,7 +158,11 @@ def create_app(
     return Litestar(
         route_handlers=[healthz, readyz, *mounts, *routes],
         lifespan=[lifespan],
-        exception_handlers={ProxyError: _proxy_error, HTTPException: _http_error},
+        exception_handlers={
+            ProxyError: _proxy_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
         openapi_config=None,
         logging_config=None,
     )
@@ -218,10 +222,22 @@ def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[dict[st
     return Response(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    """Litestar's own errors (no route, wrong method, its 500) in OpenAI's shape."""
     if exc.status_code == 404:
         err: ProxyError = NotFound("no such route", code="not_found")
+    elif exc.status_code == 405:
+        # OpenAI's wording and type for a method a route does not take.
+        err = BadRequest(f"Invalid method for URL ({request.method} {request.url.path})")
+    elif exc.status_code < 500:
+        err = BadRequest(str(exc.detail))
     else:
-        err = ProxyError(str(exc.detail), code=None)
-        err.status = exc.status_code  # type: ignore[misc]
+        err = ProxyError(str(exc.detail))
     return Response(err.to_json(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug in a joulegate route: logged, and still an OpenAI-shaped 500."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    err = internal_error(exc, "answering")
+    return Response(err.to_json(), status_code=err.status)

@@ -10,13 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import get
 
 from accounting.ledger_stage import auth_component, record_component
-from config import LedgerSettings
-from proxy.app import AppContext, Component
+from config import LedgerSettings, Settings
+from proxy.app import AppContext, Component, create_app
 from proxy.exchange import Exchange, Stage
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import db_rows
+from tests.support import serve
 
 Start = Callable[..., contextlib.AbstractAsyncContextManager[Any]]
 
@@ -68,3 +70,23 @@ async def test_a_failing_stage_is_a_500_internal_error_for_client_and_ledger(
         assert [(row["status"], row["failure"]) for row in rows] == [(500, "internal_error")]
     else:  # refused before the gate: not recorded, like any refusal
         assert rows == []
+
+
+@get("/broken", sync_to_thread=False)
+def broken() -> None:
+    """A joulegate route with a bug."""
+    raise RuntimeError("route bug")
+
+
+async def test_a_route_that_fails_is_an_openai_shaped_500_and_logged(
+    fake: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(backend_url=fake.url), components=[], route_handlers=[broken])
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/broken")
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error")
+    assert "route bug" not in r.text  # no internals leak to the client
+    logged = [rec for rec in caplog.records if rec.name == "joulegate" and rec.exc_info]
+    assert logged and "route bug" in str(logged[0].exc_info[1])  # type: ignore[index]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -153,6 +154,24 @@ async def test_content_is_stored_only_when_asked(fake, joulegate_app, tmp_path: 
     for stored in db_rows(path):
         assert json.loads(stored["prompt"]) == {"messages": CHAT["messages"]}
         assert stored["response"] == "Hello there, friend"
+
+
+async def test_recorded_content_never_reaches_a_log_even_at_debug(
+    fake, joulegate_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)  # log_level = "debug": every library's debug lines
+    path = tmp_path / "l.sqlite3"
+    ledger = LedgerSettings(path=str(path), record_content=True)
+    async with (
+        joulegate_app(fake.url, accounting_components(), ledger=ledger) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+    assert [r["prompt"] and "secret prompt" in r["prompt"] for r in db_rows(path)] == [True]
+    assert caplog.records  # debug logging was on
+    for record in caplog.records:
+        text = record.getMessage()
+        assert "secret prompt" not in text and "Hello there" not in text, (record.name, text)
 
 
 async def test_failed_and_cancelled_requests_are_recorded_with_a_reason(

@@ -110,12 +110,29 @@ async def test_since_until_and_user_filters(tmp_path: Path) -> None:
         ({"month": "2025-03", "since": "2025-03-01"}, "month"),
         ({"since": "yesterday"}, "since"),
         ({"since": "2025-03-02", "until": "2025-03-01"}, "until"),
+        ({"month": "9999-12"}, "month"),  # ends in the year 10000
+        ({"until": "9999-12-31"}, "until"),  # the whole day: up to 10000-01-01
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),  # before year 1 in UTC
+        ({"until": "9999-12-31T23:59:59-01:00"}, "until"),
     ],
 )
 def test_bad_report_parameters_name_the_parameter(params: dict[str, str], param: str) -> None:
     with pytest.raises(BadRequest) as info:
         parse_query(params)
     assert info.value.param == param
+
+
+async def test_the_first_and_last_days_datetime_holds_are_periods_like_any_other(
+    tmp_path: Path,
+) -> None:
+    rows = generated(50)
+    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+        await ledger.append_many(rows)
+        report = await build_report(
+            ledger, parse_query({"since": "0001-01-01", "until": "9999-12-30"})
+        )
+    assert report.totals.requests == len(rows)
+    assert report.to_json()["since"] == "0001-01-01T00:00:00.000000Z"
 
 
 def test_report_cli_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,6 +163,8 @@ def test_report_cli_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFix
         ["report", "--unit", "MWh"],
         ["report", "--month", "2025-03", "--until", "2025-04-01"],
         ["report", "--since", "not-a-date"],
+        ["report", "--month", "9999-12"],
+        ["report", "--until", "9999-12-31"],
         ["export", "--format", "xml"],
         ["export", "--output", "/no/such/folder/out.csv"],
     ],
