@@ -207,6 +207,12 @@ class LedgerSettings:
     the ledger's path with ``.pending.jsonl`` appended."""
     retry_s: float = 2.0
     """How often buffered rows are retried while the database cannot be written."""
+    require_durable: bool = True
+    """Refuse new inference requests (503, code ``ledger_unavailable``) while neither the
+    database nor the fallback file can take a row. On by default because the ledger is
+    what bills users: a row held only in memory is lost if joulegate is killed, so
+    serving such a request would give away energy no one is charged for. Turn off to
+    keep serving (rows then wait in memory, up to ``buffer_rows``)."""
 
     def __post_init__(self) -> None:
         _require(self.buffer_rows >= 1, "ledger.buffer_rows", ">= 1")

@@ -1,4 +1,4 @@
-"""Leaving degraded mode under load, rows held only in memory, and the emptied fallback file."""
+"""Leaving degraded mode under load, rows held only in memory, and ``require_durable``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ async def ledger_check(c: httpx.AsyncClient, base: str) -> tuple[int, dict[str, 
     ready = await c.get(base + "/readyz")
     (check,) = [x for x in ready.json()["checks"] if x["name"] == "ledger"]
     return ready.status_code, check
+
+
+def posts(fake: Any) -> int:
+    """Inference requests the fake backend received (``/readyz`` also asks it for models)."""
+    return sum(seen.method == "POST" for seen in fake.seen)
 
 
 async def wait_readyz(
@@ -151,6 +156,39 @@ async def test_memory_only_rows_are_filed_once_the_file_takes_rows_again(tmp_pat
         await ledger.close()
     assert [r["request_id"] for r in db_rows(path)] == ["d1"]
     assert not (folder / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize("require_durable", [True, False])
+async def test_require_durable_refuses_requests_while_no_row_could_be_kept(
+    fake, joulegate_app, tmp_path: Path, require_durable: bool
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    (tmp_path / "a-file").write_text("not a folder")
+    ledger_settings = LedgerSettings(path=str(path), busy_timeout_s=0.05, retry_s=0.05,
+                                     fallback_path=str(tmp_path / "a-file" / "p.jsonl"),
+                                     require_durable=require_durable)  # fmt: skip
+    async with (
+        joulegate_app(fake.url, accounting_components(), ledger=ledger_settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        url = jg.url + "/v1/chat/completions"
+        with write_locked(path):
+            first = await c.post(url, json=CHAT)  # its row is held only in memory
+            status, check = await ledger_check(c, jg.url)
+            second = await c.post(url, json=CHAT)
+        assert first.status_code == 200
+        assert status == 503 and check["memory_only_rows"] == 1 and check["fallback_rows"] == 0
+        if require_durable:
+            assert second.status_code == 503 and second.headers["retry-after"] == "1"
+            error = second.json()["error"]
+            assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
+            assert posts(fake) == 1  # refused before it reached the backend
+        else:
+            assert second.status_code == 200 and posts(fake) == 2
+        await wait_readyz(c, jg.url, 200)
+        third = await c.post(url, json=CHAT)
+    assert third.status_code == 200
+    assert len(db_rows(path)) == (2 if require_durable else 3)
 
 
 async def test_an_empty_fallback_file_is_removed_at_start_up(tmp_path: Path) -> None:
