@@ -63,7 +63,7 @@ class Accounting:
         ledger = Ledger.from_settings(settings.ledger)
         await ledger.open(serving=serving)
         try:
-            keys = KeyStore(ledger)
+            keys = KeyStore(ledger, unknown_ttl_s=settings.auth.refresh_s)
             await keys.load()
             budgets = BudgetBook(ledger)
             await budgets.load()

@@ -227,11 +227,13 @@ class AuthSettings:
     mode: Literal["auto", "keys", "trust", "open"] = "auto"
     """``keys``: joulegate-issued API keys; ``trust``: user from the ``user`` body
     field or ``user_header``; ``open``: everyone is ``anonymous``; ``auto``:
-    ``keys`` when any key exists, else ``open``."""
+    ``keys`` once any key has been created (revoked ones count), else ``open``."""
     user_header: str = "x-joulegate-user"
     """Header naming the user in ``trust`` mode (it wins over the body's ``user``)."""
     refresh_s: float = 2.0
-    """How often keys and budgets changed by the CLI are picked up while serving."""
+    """How often keys and budgets changed by the CLI are picked up while serving, and
+    how long a key prefix the ledger does not know is answered 401 without asking it
+    again."""
 
     def __post_init__(self) -> None:
         _require(bool(self.user_header), "auth.user_header", "a header name")
