@@ -7,7 +7,11 @@ secret is random, not a password: nothing can be guessed faster than the
 256-bit secret itself. Keys are held in memory by prefix, so checking one per
 request is a dict look-up, a hash and a constant-time compare; a key unknown in
 memory is looked up in the database once (a key created a moment ago by the
-CLI), and :meth:`KeyStore.load` picks up revocations.
+CLI), and :meth:`KeyStore.load` picks up revocations. A prefix the database
+does not know either is remembered as unknown (a bounded LRU, for
+``auth.refresh_s`` or until keys change), so a stream of made-up ``jg-`` keys
+costs no query each. A database that fails during a look-up answers 503
+(``ledger_unavailable``), never a 500.
 
 Modes (``[auth] mode``):
 
@@ -15,7 +19,8 @@ Modes (``[auth] mode``):
 ``trust``  the user is named by ``auth.user_header`` or the body's ``user``
            field (a gateway in front has authenticated them)
 ``open``   everyone is ``anonymous``
-``auto``   ``keys`` when any unrevoked key exists at start-up, else ``open``
+``auto``   ``keys`` once the ledger has ever held a key (revoked ones count:
+           revoking every key must not open the door), else ``open``
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from accounting.ledger import Ledger, iso, utcnow
-from config.errors import Forbidden, LedgerError, Unauthorized
+from config.errors import Forbidden, LedgerError, LedgerUnavailable, Unauthorized
 from config.settings import AuthSettings
 
 log = logging.getLogger("joulegate.auth")
@@ -37,6 +44,7 @@ log = logging.getLogger("joulegate.auth")
 KEY_START = "jg-"
 PREFIX_CHARS = len(KEY_START) + 8
 MAX_USER_CHARS = 256
+MAX_UNKNOWN_PREFIXES = 4096
 Mode = Literal["keys", "trust", "open"]
 
 
@@ -86,15 +94,28 @@ def check_user(user: str) -> str:
 class KeyStore:
     """The ``api_keys`` table, mirrored in memory by prefix."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        unknown_ttl_s: float = 2.0,
+        max_unknown: int = MAX_UNKNOWN_PREFIXES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ledger = ledger
         self._by_prefix: dict[str, ApiKey] = {}
         self._users: frozenset[str] = frozenset()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        """Prefixes the database did not know, oldest first, with when that expires."""
+        self._unknown_ttl_s = unknown_ttl_s
+        self._max_unknown = max_unknown
+        self._clock = clock
 
     async def load(self) -> None:
         """(Re)read every key from the database."""
         rows = await self._ledger.fetchall("SELECT * FROM api_keys")
         self._set({r["prefix"]: _from_row(r) for r in rows})
+        self._unknown.clear()  # keys changed: a prefix unknown so far may exist now
 
     def _set(self, by_prefix: dict[str, ApiKey]) -> None:
         self._by_prefix = by_prefix
@@ -105,9 +126,9 @@ class KeyStore:
         return user in self._users
 
     @property
-    def any_active(self) -> bool:
-        """Whether an unrevoked key exists."""
-        return any(k.revoked_ts is None for k in self._by_prefix.values())
+    def any_issued(self) -> bool:
+        """Whether any key was ever created, revoked ones included (rows are never deleted)."""
+        return bool(self._by_prefix)
 
     def all(self) -> list[ApiKey]:
         """Every key, revoked ones included, oldest first."""
@@ -128,6 +149,7 @@ class KeyStore:
             )
             if changed:  # else the prefix was taken (1 in 2**48): draw again
                 self._set({**self._by_prefix, stored.prefix: stored})
+                self._unknown.pop(stored.prefix, None)
                 return key, stored
         raise LedgerError("could not draw an unused key prefix")  # pragma: no cover
 
@@ -149,17 +171,37 @@ class KeyStore:
         return count
 
     async def verify(self, key: str) -> ApiKey | None:
-        """The stored key ``key`` is, or None when it is unknown or wrong."""
+        """The stored key ``key`` is, or None when it is unknown or wrong.
+
+        Raises :class:`LedgerError` when the database fails during a look-up.
+        """
         prefix = key[:PREFIX_CHARS]
         stored = self._by_prefix.get(prefix)
-        if stored is None and key.startswith(KEY_START):
+        if stored is None and key.startswith(KEY_START) and not self._known_unknown(prefix):
             rows = await self._ledger.fetchall("SELECT * FROM api_keys WHERE prefix = ?", (prefix,))
             if rows:
                 stored = _from_row(rows[0])
                 self._set({**self._by_prefix, prefix: stored})
+            else:
+                self._remember_unknown(prefix)
         if stored is None or not stored.matches(key):
             return None
         return stored
+
+    def _known_unknown(self, prefix: str) -> bool:
+        expires_s = self._unknown.get(prefix)
+        if expires_s is None:
+            return False
+        if self._clock() >= expires_s:
+            del self._unknown[prefix]
+            return False
+        return True
+
+    def _remember_unknown(self, prefix: str) -> None:
+        self._unknown[prefix] = self._clock() + self._unknown_ttl_s
+        self._unknown.move_to_end(prefix)
+        while len(self._unknown) > self._max_unknown:
+            self._unknown.popitem(last=False)
 
 
 def _from_row(r: Any) -> ApiKey:
@@ -180,7 +222,7 @@ class Authenticator:
         self._has_budget = has_budget
         self._user_header = settings.user_header.lower()
         self.mode: Mode = (
-            settings.mode if settings.mode != "auto" else ("keys" if keys.any_active else "open")
+            settings.mode if settings.mode != "auto" else ("keys" if keys.any_issued else "open")
         )
 
     async def identify(
@@ -197,7 +239,13 @@ class Authenticator:
                 "missing API key: send 'Authorization: Bearer jg-…' (ask the operator for a key)",
                 code="missing_api_key",
             )
-        stored = await self._keys.verify(token)
+        try:
+            stored = await self._keys.verify(token)
+        except LedgerError as exc:
+            log.warning("could not look up an API key: %s", exc)
+            raise LedgerUnavailable(
+                "joulegate cannot check API keys right now (its ledger cannot be read); retry later"
+            ) from exc
         if stored is None:
             raise Unauthorized("invalid API key", code="invalid_api_key")
         if stored.revoked_ts is not None:

@@ -20,8 +20,18 @@ background task retries them every ``retry_s`` (reopening the connection, so a
 file made writable again is noticed), and :meth:`Ledger.health` reports the
 condition for ``/readyz``. Inserts are ``INSERT OR IGNORE`` on the request id,
 so replaying the fallback file twice (after a crash mid-replay) adds nothing.
-A row is only dropped when both the buffer is full and the file cannot be
-written; that is logged as an error and counted in ``health()``.
+
+Degraded mode ends as soon as one batch of held rows commits: from then on new
+rows go straight to the database again, and the few spilled meanwhile are
+written right after, so steady traffic cannot keep the ledger degraded.
+
+A held row that the fallback file could not take either (disk full) lives only
+in memory and is lost if the process dies: those are counted
+(``memory_only_rows``), refiled while the file refuses them, and
+:attr:`Ledger.accepting_rows` turns false so that the server can refuse new
+requests (``ledger.require_durable``). A row is dropped when both the buffer is
+full and the file cannot be written; that is logged as an error and counted in
+``health()``.
 """
 
 from __future__ import annotations
@@ -29,12 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +250,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(slots=True)
+class _Held:
+    """A row waiting for the database, and whether the fallback file has it too."""
+
+    row: LedgerRow
+    filed: bool = False
+
+
 class Ledger:
     """The ledger file: append rows, read them back, and survive an unwritable database."""
 
@@ -262,10 +282,14 @@ class Ledger:
         self._write_lock = asyncio.Lock()
         self._spill_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
-        self._pending: deque[LedgerRow] = deque()
+        self._pending: deque[_Held] = deque()
         self._degraded: str | None = None
         """Why rows are being buffered (None while the database takes them)."""
+        self._file_error: str | None = None
+        """Why the fallback file refused its last row (None once it takes one again)."""
         self._filed_rows = 0
+        self._memory_only_rows = 0
+        """Held rows that are not in the fallback file either: lost if the process dies."""
         self._dropped_rows = 0
         self._retry_task: asyncio.Task[None] | None = None
 
@@ -322,8 +346,8 @@ class Ledger:
         if self._degraded is not None and self._writer is not None and not await self.flush():
             log.error(
                 "ledger: closing with %d held rows unwritten; those in %s are replayed at the"
-                " next start, any others are lost",
-                len(self._pending), self.fallback_path,
+                " next start, the %d held only in memory are lost",
+                len(self._pending), self.fallback_path, self._memory_only_rows,
             )  # fmt: skip
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -386,14 +410,21 @@ class Ledger:
 
         Never raises for a database problem: the request it records has been served.
         """
-        if self._degraded is None and self._writer is not None:
-            try:
-                async with self._write_lock:
-                    await self._writer.execute_insert(_INSERT, row_params(row))
+        while True:
+            writer = self._writer
+            if self._degraded is None and writer is not None:
+                try:
+                    async with self._write_lock:
+                        await writer.execute_insert(_INSERT, row_params(row))
+                    return
+                except sqlite3.Error as exc:
+                    self._degrade(exc)
+            if await self._spill(row):
                 return
-            except sqlite3.Error as exc:
-                self._degrade(exc)
-        await self._spill(row)
+
+    @property
+    def _takes_rows(self) -> bool:
+        return self._degraded is None and self._writer is not None
 
     def _degrade(self, exc: BaseException) -> None:
         if self._degraded is None:
@@ -403,52 +434,103 @@ class Ledger:
             )  # fmt: skip
         self._degraded = _describe(exc)
 
-    async def _spill(self, row: LedgerRow) -> None:
+    async def _spill(self, row: LedgerRow) -> bool:
+        """Hold and file ``row``; False when the database took rows again meanwhile."""
         async with self._spill_lock:
+            if self._takes_rows:  # a flush ended degraded mode while we waited
+                return False
+            held = _Held(row)
             kept = len(self._pending) < self._buffer_rows
             if kept:
-                self._pending.append(row)
+                self._pending.append(held)
             try:
-                await asyncio.to_thread(_append_line, self.fallback_path, msgspec.json.encode(row))
-                self._filed_rows += 1
+                await asyncio.to_thread(_append, self.fallback_path, _line(row))
             except OSError as exc:
+                self._file_error = _describe(exc)
                 if kept:
-                    log.error("ledger: cannot append to %s: %s", self.fallback_path, exc)
+                    self._memory_only_rows += 1
+                    log.error(
+                        "ledger: cannot append to %s: %s; %d rows are held only in memory"
+                        " (lost if joulegate stops before the database takes them)",
+                        self.fallback_path, exc, self._memory_only_rows,
+                    )  # fmt: skip
                 else:
                     self._dropped_rows += 1
                     log.error(
                         "ledger: row %s for %s DROPPED: buffer full (%d rows) and %s: %s",
                         row.request_id, row.user, self._buffer_rows, self.fallback_path, exc,
                     )  # fmt: skip
+                return True
+            held.filed = True
+            self._filed_rows += 1
+            self._file_error = None
+            return True
+
+    async def _refile(self) -> None:
+        """Offer the fallback file the rows held only in memory again (the disk may have room).
+
+        With none, a blank line (skipped on replay) probes whether the file takes rows.
+        """
+        async with self._spill_lock:
+            waiting = [h for h in self._pending if not h.filed]
+            data = b"".join(_line(h.row) for h in waiting) or b"\n"
+            try:
+                await asyncio.to_thread(_append, self.fallback_path, data)
+            except OSError as exc:
+                self._file_error = _describe(exc)
+                return
+            for h in waiting:
+                h.filed = True
+            self._memory_only_rows -= len(waiting)
+            self._filed_rows += len(waiting)
+            self._file_error = None
+        if waiting:
+            log.warning(
+                "ledger: %s writable again; filed the %d rows held only in memory",
+                self.fallback_path, len(waiting),
+            )  # fmt: skip
 
     async def flush(self) -> bool:
-        """Write buffered and filed rows to the database; True once nothing is pending."""
+        """Write buffered and filed rows to the database; True once it takes rows again.
+
+        As soon as one batch commits, degraded mode ends (new rows go straight to the
+        database) and the rows spilled while that batch was written are written next;
+        waiting instead for a moment with nothing held would never come under load.
+        """
         async with self._flush_lock:
-            async with self._spill_lock:
-                in_memory = list(self._pending)
-                filed_bytes = _size(self.fallback_path)
-            filed = await asyncio.to_thread(_read_lines, self.fallback_path, filed_bytes)
-            rows = list({r.request_id: r for r in [*filed, *in_memory]}.values())
             try:
                 await self._reopen_writer()
-                await self._insert_many(rows)
+                written = await self._write_held()
+                async with self._spill_lock:
+                    self._degraded = None
+                written += await self._write_held()
             except sqlite3.Error as exc:
-                self._degraded = _describe(exc)
+                self._degrade(exc)
                 return False
             async with self._spill_lock:
-                for _ in in_memory:
-                    self._pending.popleft()
-                try:
-                    await asyncio.to_thread(_drop_head, self.fallback_path, filed_bytes)
-                except OSError as exc:  # rows are in the database; a replay would add nothing
-                    log.warning("ledger: cannot trim %s: %s", self.fallback_path, exc)
-                if not self._pending and _size(self.fallback_path) == 0:
-                    log.warning(
-                        "ledger: %s writable again; wrote %d held rows", self.path, len(rows)
-                    )
-                    self._degraded = None
+                if self._takes_rows:
+                    log.warning("ledger: %s writable again; wrote %d held rows", self.path, written)
                     self._filed_rows = 0
+                    self._file_error = None
             return self._degraded is None
+
+    async def _write_held(self) -> int:
+        """Insert what is held now (memory and file), then forget it; how many rows."""
+        async with self._spill_lock:
+            in_memory = [h.row for h in self._pending]
+            filed_bytes = _size(self.fallback_path)
+        filed = await asyncio.to_thread(_read_lines, self.fallback_path, filed_bytes)
+        rows = list({r.request_id: r for r in [*filed, *in_memory]}.values())
+        await self._insert_many(rows)
+        async with self._spill_lock:
+            for _ in in_memory:
+                if not self._pending.popleft().filed:
+                    self._memory_only_rows -= 1
+            try:
+                await asyncio.to_thread(_drop_head, self.fallback_path, filed_bytes)
+            except OSError as exc:  # rows are in the database; a replay would add nothing
+                log.warning("ledger: cannot trim %s: %s", self.fallback_path, exc)
+        return len(rows)
 
     async def _reopen_writer(self) -> None:
         """A fresh writer, so that a file made writable again is opened for writing."""
@@ -486,7 +568,8 @@ class Ledger:
             if self._degraded is None:
                 continue
             try:
-                await self.flush()
+                if not await self.flush() and self._file_error is not None:
+                    await self._refile()
             except Exception:
                 log.exception("ledger: retrying held rows failed")
 
@@ -541,6 +624,11 @@ class Ledger:
         """Whether rows are being held back from the database."""
         return self._degraded is not None
 
+    @property
+    def accepting_rows(self) -> bool:
+        """Whether a new row would be kept durably: by the database or the fallback file."""
+        return self._degraded is None or self._file_error is None
+
     def health(self) -> dict[str, Any]:
         """The ledger's ``/readyz`` check: not ok while rows are held back."""
         out: dict[str, Any] = {
@@ -552,9 +640,12 @@ class Ledger:
             out.update(
                 error=self._degraded,
                 buffered_rows=len(self._pending),
+                memory_only_rows=self._memory_only_rows,
                 fallback_file=str(self.fallback_path),
                 fallback_rows=self._filed_rows,
             )
+            if self._file_error is not None:
+                out["fallback_error"] = self._file_error
         if self._dropped_rows:
             out["dropped_rows"] = self._dropped_rows
         return out
@@ -566,16 +657,32 @@ async def _user_version(db: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _append_line(path: Path, data: bytes) -> None:
-    with path.open("ab") as f:
-        f.write(data + b"\n")
-        f.flush()
+def _line(row: LedgerRow) -> bytes:
+    return msgspec.json.encode(row) + b"\n"
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append whole lines, or nothing: a short write (disk full) is cut off again, so
+    that no torn line glues itself to the next row."""
+    with path.open("ab", buffering=0) as f:
+        start = f.seek(0, os.SEEK_END)
+        view = memoryview(data)
+        try:
+            while view:
+                written = f.write(view)
+                if not written:
+                    raise OSError(errno.ENOSPC, "short write", str(path))
+                view = view[written:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                f.truncate(start)
+            raise
 
 
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except FileNotFoundError:
+    except OSError:  # absent, or its folder is not one: nothing was filed there
         return 0
 
 
@@ -596,15 +703,19 @@ def _read_lines(path: Path, size: int) -> list[LedgerRow]:
 
 
 def _drop_head(path: Path, size: int) -> None:
-    """Remove the first ``size`` bytes (rows now in the database), keeping later ones."""
+    """Remove the first ``size`` bytes (rows now in the database), keeping later ones;
+    the file itself once nothing is left (an empty one too, e.g. created by a write
+    that then failed)."""
+    total = _size(path)
+    if total <= size:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
+        return
     if size == 0:
         return
     with path.open("rb") as f:
         f.seek(size)
         rest = f.read()
-    if not rest:
-        path.unlink(missing_ok=True)
-        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(rest)
     os.replace(tmp, path)

@@ -13,8 +13,9 @@ entered first opens it and closes it when it exits.
 What is recorded: every gated request that passed ``on_arrival``, completed
 or not (the backend's own errors as ``backend_error``, timeouts, clients that
 left, even while queued: the ``failure`` column says why). Not recorded:
-requests refused at arrival (401, 429) and those refused with 503 because the
-queue was full; they never reach the backend. Nor are non-inference requests
+requests refused at arrival (401, 429, and 503 ``ledger_unavailable`` while
+``ledger.require_durable`` finds no durable place for a row) and those refused
+with 503 because the queue was full; they never reach the backend. Nor are non-inference requests
 (``GET /v1/models``).
 """
 
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from accounting.auth import Authenticator, KeyStore
 from accounting.budgets import BudgetBook
 from accounting.ledger import Ledger, LedgerRow, iso, utcnow
-from config.errors import LedgerError
+from config.errors import LedgerError, LedgerUnavailable
 from config.settings import Settings
 from proxy.exchange import Exchange, Stage
 
@@ -62,7 +63,7 @@ class Accounting:
         ledger = Ledger.from_settings(settings.ledger)
         await ledger.open(serving=serving)
         try:
-            keys = KeyStore(ledger)
+            keys = KeyStore(ledger, unknown_ttl_s=settings.auth.refresh_s)
             await keys.load()
             budgets = BudgetBook(ledger)
             await budgets.load()
@@ -156,7 +157,18 @@ class RecordStage(Stage):
     def __init__(self, acc: Accounting) -> None:
         self._acc = acc
         self._content = acc.settings.ledger.record_content
+        self._require_durable = acc.settings.ledger.require_durable
         self.wants_content = self._content
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        """With ``ledger.require_durable``, refuse (503) while no row could be kept."""
+        ledger = self._acc.ledger
+        if ex.gated and self._require_durable and not ledger.accepting_rows:
+            raise LedgerUnavailable(
+                "joulegate cannot record requests right now (neither its ledger nor the"
+                " fallback file can be written); retry later",
+                retry_after_s=self._acc.settings.ledger.retry_s,
+            )
 
     async def on_finished(self, ex: Exchange) -> None:
         """Build the row from the exchange, count it against budgets, commit it."""

@@ -23,6 +23,7 @@ translated into this tree at the adapter that meets them and chained with
         ├── InternalError           500 server_error, code internal_error
         ├── BackendUnreachable      502 backend_unreachable
         ├── QueueFull               503 queue_full
+        ├── LedgerUnavailable       503 server_error, code ledger_unavailable
         └── BackendTimeout          504 backend_timeout
 
 ``ProxyError.to_json()`` gives the OpenAI-style body
@@ -162,6 +163,17 @@ class QueueFull(ProxyError):
 
     status = 503
     error_type = "queue_full"
+
+
+class LedgerUnavailable(ProxyError):
+    """The ledger cannot keep a row (or look up a key): the request is refused unserved."""
+
+    status = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after_s: float = 2.0) -> None:
+        retry = str(max(1, round(retry_after_s)))
+        super().__init__(message, code="ledger_unavailable", headers={"retry-after": retry})
 
 
 class BackendTimeout(ProxyError):

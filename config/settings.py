@@ -207,6 +207,12 @@ class LedgerSettings:
     the ledger's path with ``.pending.jsonl`` appended."""
     retry_s: float = 2.0
     """How often buffered rows are retried while the database cannot be written."""
+    require_durable: bool = True
+    """Refuse new inference requests (503, code ``ledger_unavailable``) while neither the
+    database nor the fallback file can take a row. On by default because the ledger is
+    what bills users: a row held only in memory is lost if joulegate is killed, so
+    serving such a request would give away energy no one is charged for. Turn off to
+    keep serving (rows then wait in memory, up to ``buffer_rows``)."""
 
     def __post_init__(self) -> None:
         _require(self.buffer_rows >= 1, "ledger.buffer_rows", ">= 1")
@@ -221,11 +227,13 @@ class AuthSettings:
     mode: Literal["auto", "keys", "trust", "open"] = "auto"
     """``keys``: joulegate-issued API keys; ``trust``: user from the ``user`` body
     field or ``user_header``; ``open``: everyone is ``anonymous``; ``auto``:
-    ``keys`` when any key exists, else ``open``."""
+    ``keys`` once any key has been created (revoked ones count), else ``open``."""
     user_header: str = "x-joulegate-user"
     """Header naming the user in ``trust`` mode (it wins over the body's ``user``)."""
     refresh_s: float = 2.0
-    """How often keys and budgets changed by the CLI are picked up while serving."""
+    """How often keys and budgets changed by the CLI are picked up while serving, and
+    how long a key prefix the ledger does not know is answered 401 without asking it
+    again."""
 
     def __post_init__(self) -> None:
         _require(bool(self.user_header), "auth.user_header", "a header name")

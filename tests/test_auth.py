@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -12,7 +14,7 @@ import pytest
 
 from accounting.auth import KeyStore
 from accounting.ledger import Ledger
-from config import AuthSettings, LedgerSettings
+from config import AuthSettings, LedgerError, LedgerSettings
 from tests.ledger_support import accounting_components, db_rows
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -160,3 +162,84 @@ async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
                              headers={"authorization": "Bearer whatever"})  # fmt: skip
             assert r.status_code == 200
     assert [r["user"] for r in db_rows(path)] == ["anonymous", "anonymous"]
+
+
+async def test_auto_mode_stays_keys_once_every_key_has_been_revoked(
+    fake, joulegate_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    key = await make_key(path, "alice")
+    assert await revoke(path, key[:11]) == 1
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="auto")}
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        url = jg.url + "/v1/chat/completions"
+        missing = await c.post(url, json=CHAT)
+        gone = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {key}"})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "revoked_api_key"
+    assert fake.seen == [] and db_rows(path) == []
+
+
+async def test_a_failing_key_look_up_is_a_503_in_openai_shape(
+    fake, joulegate_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "l.sqlite3"
+    await make_key(path, "alice")
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    async with (
+        joulegate_app(fake.url, accounting_components(), **settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        ledger = jg.app.state.ctx.state["accounting"].ledger
+
+        async def unreadable(sql: str, params: object = ()) -> list[sqlite3.Row]:
+            raise LedgerError("cannot read the ledger: disk I/O error")
+
+        monkeypatch.setattr(ledger, "fetchall", unreadable)
+        unknown = {"authorization": "Bearer jg-Unknown0" + "x" * 36}
+        chat = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers=unknown)
+        report = await c.get(jg.url + "/v1/energy/report", headers=unknown)
+    for r in (chat, report):
+        assert r.status_code == 503
+        error = r.json()["error"]
+        assert (error["type"], error["code"]) == ("server_error", "ledger_unavailable")
+    assert fake.seen == []
+
+
+class CountingLedger(Ledger):
+    """Counts key look-ups by prefix (the query an unknown key costs)."""
+
+    lookups = 0
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        if "WHERE prefix" in sql:
+            self.lookups += 1
+        return await super().fetchall(sql, params)
+
+
+async def test_an_unknown_prefix_costs_one_query_until_it_expires_or_keys_change(
+    tmp_path: Path,
+) -> None:
+    now_s = [0.0]
+    async with CountingLedger(tmp_path / "l.sqlite3") as ledger:
+        keys = KeyStore(ledger, unknown_ttl_s=2.0, max_unknown=2, clock=lambda: now_s[0])
+        made_up = ["jg-Unknown" + str(n) + "y" * 35 for n in range(3)]
+        for _ in range(50):
+            assert await keys.verify(made_up[0]) is None
+        assert ledger.lookups == 1
+        now_s[0] = 2.0  # auth.refresh_s later: a key created since would be found
+        assert await keys.verify(made_up[0]) is None and ledger.lookups == 2
+        await keys.load()  # keys changed (the refresher saw data_version move)
+        assert await keys.verify(made_up[0]) is None and ledger.lookups == 3
+        for key in made_up[1:]:  # the cache holds two: the oldest is forgotten
+            await keys.verify(key)
+        assert ledger.lookups == 5
+        await keys.verify(made_up[2])
+        await keys.verify(made_up[0])
+        assert ledger.lookups == 6
+        key, _ = await keys.create("alice")
+        assert await keys.verify(key) is not None and ledger.lookups == 6
+        assert await keys.verify("not-a-jg-key") is None and ledger.lookups == 6
