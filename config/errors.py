@@ -18,6 +18,7 @@ translated into this tree at the adapter that meets them and chained with
         ├── Forbidden               403 permission_error
         ├── NotFound                404 not_found_error
         │   └── ModelNotFound       404 invalid_request_error, code model_not_found
+        ├── MethodNotAllowed        405 invalid_request_error
         ├── PayloadTooLarge         413 invalid_request_error
         ├── BudgetExceeded          429 energy_budget_exceeded
         ├── InternalError           500 server_error, code internal_error
@@ -127,6 +128,13 @@ class NotFound(ProxyError):
 class ModelNotFound(NotFound):
     """No backend serves the requested model (OpenAI's own 404 shape)."""
 
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowed(ProxyError):
+    """A method OpenAI-compatible APIs do not use (TRACE, CONNECT, PUT, …)."""
+
+    status = 405
     error_type = "invalid_request_error"
 
 

@@ -26,7 +26,8 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+import zlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from config.errors import (
     BackendUnreachable,
     BadRequest,
     InternalError,
+    MethodNotAllowed,
     PayloadTooLarge,
     ProxyError,
 )
@@ -60,7 +62,9 @@ INFERENCE_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
 )
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
-_USAGE_ENDPOINTS = ("chat/completions", "completions")
+_FORWARDED_METHODS = frozenset({"GET", "POST", "DELETE"})
+"""What OpenAI-compatible APIs use; HEAD and OPTIONS joulegate answers itself."""
+_ALLOW = (b"allow", b"GET, POST, DELETE, HEAD, OPTIONS")
 # Request headers never forwarded: hop-by-hop ones, and those aiohttp sets itself.
 _DROP_REQUEST = frozenset(
     {
@@ -217,6 +221,9 @@ class Forwarder:
         except ProxyError as err:
             await send_error(send, err, [(b"x-queue-ms", b"0.0")])
             return
+        if method not in _FORWARDED_METHODS:
+            await self._answer_method(send, method, path)
+            return
         gated = method == "POST" and path in self._gated
         try:
             body = await self._read_body(scope, receive)
@@ -239,7 +246,12 @@ class Forwarder:
         if parsed is not None:
             model = parsed.get("model")
             ex.model_requested = model if isinstance(model, str) else None
-            ex.stream = parsed.get("stream") is True
+            # Ollama's native API streams unless told not to; OpenAI's does not.
+            ex.stream = (
+                parsed.get("stream", True) is not False
+                if path.startswith("/api/")
+                else parsed.get("stream") is True
+            )
             body = self._maybe_ask_usage(ex, parsed, body)
         # Identify the caller (and check budgets) before anything else: an unknown
         # key learns nothing, not even which models exist.
@@ -268,6 +280,22 @@ class Forwarder:
             return
         ex.backend, ex.backend_url = backend.name, backend.url
         await self._serve(ex, backend, scope, receive, send, method, path, query, body)
+
+    @staticmethod
+    async def _answer_method(send: Send, method: str, path: str) -> None:
+        """HEAD and OPTIONS are answered here; any other method is 405 (never forwarded:
+        TRACE would echo the request, headers and keys included, back)."""
+        if method in ("HEAD", "OPTIONS"):
+            status = 200 if method == "HEAD" else 204
+            headers = [_ALLOW, (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        err = MethodNotAllowed(
+            f"Invalid method for URL ({method} {path}): joulegate forwards GET, POST and DELETE",
+            code="method_not_allowed",
+        )
+        await send_error(send, err, [_ALLOW])
 
     def _pick_backend(self, ex: Exchange) -> Backend | None:
         """The backend for this request; None when joulegate answers it itself."""
@@ -323,6 +351,11 @@ class Forwarder:
             ) from None
         if not isinstance(parsed, dict):
             raise BadRequest(f"the body of {path} must be a JSON object", code="invalid_json")
+        opts = parsed.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise BadRequest(
+                "stream_options must be an object", param="stream_options", code="invalid_type"
+            )
         return parsed
 
     def _maybe_ask_usage(self, ex: Exchange, parsed: dict[str, Any], body: bytes) -> bytes:
@@ -435,16 +468,25 @@ class Forwarder:
         ex.status = relay.status = response.status
         relay.headers = [(k, v) for k, v in response.raw_headers if _relayed(k)]
         ctype = response.headers.get("content-type", "")
+        parsed = ctype.startswith(("text/event-stream", "application/x-ndjson"))
+        parsed = parsed or (ex.gated and ctype.startswith("application/json"))
+        # joulegate asks for identity; a backend that compresses anyway is decoded for
+        # parsing (and the client gets the decoded body) so nothing is lost silently.
+        decoder = _decoder(response.headers.get("content-encoding", "")) if parsed else None
+        if decoder is not None:
+            relay.headers = [(k, v) for k, v in relay.headers if k.lower() != b"content-encoding"]
         complete = False
         try:
             if ctype.startswith("text/event-stream"):
                 relay.streaming = "sse"
-                await self._relay_stream(ex, response, relay, send)
+                await self._relay_stream(ex, _chunks(response, decoder), relay, send)
             elif ctype.startswith("application/x-ndjson"):
                 relay.streaming = "ndjson"  # Ollama's native streams
-                await self._relay_lines(ex, response, relay, send)
+                await self._relay_lines(ex, _chunks(response, decoder), relay, send)
             elif ctype.startswith("application/json") or response.content_length is not None:
                 relay.body = await response.read()
+                if decoder is not None:
+                    relay.body = _decompress(decoder, relay.body, where)
                 if ex.gated and ctype.startswith("application/json"):
                     self._note_json(ex, relay)
             else:  # anything else of unknown length (audio, …) streams through as it is
@@ -497,12 +539,12 @@ class Forwarder:
         relay.started = True
 
     async def _relay_lines(
-        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: _Relay, send: Send
     ) -> None:
         """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``."""
         await self._start_stream(ex, relay, send)
         buf = b""
-        async for chunk in response.content.iter_any():
+        async for chunk in chunks:
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
@@ -519,12 +561,12 @@ class Forwarder:
         relay.tail = buf
 
     async def _relay_stream(
-        self, ex: Exchange, response: aiohttp.ClientResponse, relay: _Relay, send: Send
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: _Relay, send: Send
     ) -> None:
         await self._start_stream(ex, relay, send)
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
-        async for chunk in response.content.iter_any():
+        async for chunk in chunks:
             for event in splitter.feed(chunk):
                 if event.data is None:
                     await _send_body(send, event.raw)
@@ -536,6 +578,15 @@ class Forwarder:
                 if not isinstance(obj, dict):
                     await _send_body(send, event.raw)
                     continue
+                if obj.get("type") in _RESPONSES_FINAL:
+                    # The Responses API's last event: energy rides in its response.
+                    _note_chunk(ex, obj, collect)
+                    if relay.held is not None:
+                        await _send_body(send, relay.held[0].raw)
+                    relay.held = (event, obj)
+                    continue
+                if obj.get("type") == "response.output_text.delta":
+                    ex.stream_content_chunks += 1
                 has_text, has_finish = _note_chunk(ex, obj, collect)
                 if has_text:
                     ex.stream_content_chunks += 1
@@ -598,7 +649,7 @@ class Forwarder:
         body = relay.body
         if relay.held is not None and 200 <= relay.status < 300:
             obj = relay.held[1]
-            obj["energy"] = ex.energy
+            _put_energy(obj, ex.energy)
             body = _encode(obj)
         headers = relay.headers + self._timing_headers(ex)
         headers += [(k.encode(), v.encode()) for k, v in ex.response_headers.items()]
@@ -620,7 +671,7 @@ class Forwarder:
         elif relay.streaming == "sse":
             if relay.held is not None:
                 event, obj = relay.held
-                obj["energy"] = ex.energy
+                _put_energy(obj, ex.energy)
                 out += event.with_data(obj)
             if error is not None:
                 out += b"data: " + _encode(error.to_json()) + b"\n\n"
@@ -635,6 +686,9 @@ def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tup
     Returns whether any choice carried text and whether any carried a finish reason
     (what the stream relay decides on).
     """
+    if isinstance(obj.get("response"), dict) and isinstance(obj.get("type"), str):
+        _note_response_event(ex, obj["type"], obj["response"])
+        return False, False
     if ex.response_id is None and isinstance(obj.get("id"), str):
         ex.response_id = obj["id"]
     if isinstance(obj.get("model"), str):
@@ -643,17 +697,16 @@ def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tup
         ex.completion_tokens = obj["eval_count"]
         if isinstance(obj.get("prompt_eval_count"), int):
             ex.prompt_tokens = obj["prompt_eval_count"]
+    if isinstance(obj.get("done_reason"), str) and obj["done_reason"]:
+        ex.finish_reasons.append(obj["done_reason"])
+    if obj.get("object") == "response":  # a whole Responses API answer
+        _note_response_event(ex, "", obj)
     if collect:
         message = obj.get("message")
         piece = message.get("content") if isinstance(message, dict) else obj.get("response")
         if isinstance(piece, str) and piece:
             ex.response_text = (ex.response_text or "") + piece
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        if isinstance(usage.get("prompt_tokens"), int):
-            ex.prompt_tokens = usage["prompt_tokens"]
-        if isinstance(usage.get("completion_tokens"), int):
-            ex.completion_tokens = usage["completion_tokens"]
+    _note_usage(ex, obj.get("usage"))
     has_text = has_finish = False
     choices = obj.get("choices")
     if isinstance(choices, list):
@@ -672,6 +725,48 @@ def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tup
     return has_text, has_finish
 
 
+_RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _put_energy(obj: dict[str, Any], energy: dict[str, Any]) -> None:
+    """Set (replace, never merge into) ``energy`` where a client reads it: in the
+    ``response`` of a Responses stream's last event, else at the top."""
+    inner = obj.get("response")
+    if obj.get("type") in _RESPONSES_FINAL and isinstance(inner, dict):
+        inner["energy"] = energy
+    else:
+        obj["energy"] = energy
+
+
+def _note_usage(ex: Exchange, usage: Any) -> None:
+    """Token counts in OpenAI's chat (prompt/completion) or Responses (input/output) names."""
+    if not isinstance(usage, dict):
+        return
+    for name, attr in (
+        ("prompt_tokens", "prompt_tokens"),
+        ("input_tokens", "prompt_tokens"),
+        ("completion_tokens", "completion_tokens"),
+        ("output_tokens", "completion_tokens"),
+    ):
+        if isinstance(usage.get(name), int):
+            setattr(ex, attr, usage[name])
+
+
+def _note_response_event(ex: Exchange, kind: str, response: dict[str, Any]) -> None:
+    """A Responses API object: whole, or inside a stream's ``response.*`` event."""
+    if ex.response_id is None and isinstance(response.get("id"), str):
+        ex.response_id = response["id"]
+    if isinstance(response.get("model"), str):
+        ex.model_served = response["model"]
+    _note_usage(ex, response.get("usage"))
+    status = response.get("status")
+    # "completed", "incomplete" or "failed": the Responses API's finish reason.
+    if kind in ("", "response.completed", "response.incomplete", "response.failed") and (
+        isinstance(status, str) and status not in ("in_progress", "queued")
+    ):
+        ex.finish_reasons.append(status)
+
+
 def _text_of(choice: dict[str, Any]) -> str | None:
     for key in ("delta", "message"):
         part = choice.get(key)
@@ -679,6 +774,34 @@ def _text_of(choice: dict[str, Any]) -> str | None:
             return str(part["content"])
     text = choice.get("text")
     return text if isinstance(text, str) else None
+
+
+def _decoder(encoding: str) -> Any:
+    """A zlib decoder for a gzip or deflate body; None for identity (or what we cannot
+    decode, which then passes through as the backend sent it)."""
+    enc = encoding.strip().lower()
+    if enc in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    if enc not in ("", "identity"):
+        log.warning("backend answer in %r encoding: relayed as is, not parsed", enc)
+    return None
+
+
+def _decompress(decoder: Any, data: bytes, where: str) -> bytes:
+    try:
+        return bytes(decoder.decompress(data))
+    except zlib.error as exc:
+        raise BackendUnreachable(
+            f"the backend at {where} sent a body that does not decompress: {exc}",
+            code="backend_bad_encoding",
+        ) from None
+
+
+async def _chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
+    """The body as it arrives, decoded when the backend compressed it."""
+    where = str(response.url.origin())
+    async for chunk in response.content.iter_any():
+        yield _decompress(decoder, chunk, where) if decoder is not None else chunk
 
 
 def _request_id(ex: Exchange) -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
 ``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
+``x-fake-gzip``            gzip the answer whatever the request's accept-encoding says
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
                            (as another joulegate in front of a backend would)
 
@@ -26,6 +27,7 @@ import contextlib
 import json
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +121,8 @@ class FakeBackend:
         h = seen.headers
         if "x-fake-impostor" in h:
             send = _impostor(send)
+        if "x-fake-gzip" in h:
+            send = _gzipped(send)
         if "x-fake-hang" in h:
             await asyncio.sleep(3600)
         if "x-fake-hold" in h:
@@ -170,6 +174,9 @@ class FakeBackend:
             return
         if seen.path == "/api/chat":
             await self._ollama_chat(seen, send)
+            return
+        if seen.path == "/v1/responses":
+            await self._responses(seen, send)
             return
         if seen.path in ("/v1/chat/completions", "/v1/completions"):
             req = seen.json() if seen.body else {}
@@ -223,6 +230,61 @@ class FakeBackend:
             msg = {"model": model, "message": {"role": "assistant", "content": word}, "done": False}
             await _ollama_chunk(send, msg, more=True)
         await _ollama_chunk(send, done, more=False)
+
+    async def _responses(self, seen: Seen, send: Any) -> None:
+        """OpenAI's Responses API: a ``response`` object, or its typed SSE events."""
+        req = seen.json()
+        n = int(req.get("max_output_tokens") or len(self.words))
+        words = self._text(n)
+        done = {
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": 1,
+            "status": "completed" if n >= len(self.words) else "incomplete",
+            "model": req.get("model", "fake-model"),
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_fake",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "".join(words), "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": 7,
+                "output_tokens": n,
+                "total_tokens": 7 + n,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+            "parallel_tool_calls": False,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+        if not req.get("stream"):
+            await _json(send, 200, done)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        started = {**done, "status": "in_progress", "output": [], "usage": None}
+        events: list[dict[str, Any]] = [{"type": "response.created", "response": started}]
+        events += [
+            {"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0,
+             "content_index": 0, "delta": w, "sequence_number": i + 1}
+            for i, w in enumerate(words)
+        ]  # fmt: skip
+        final = "response.completed" if done["status"] == "completed" else "response.incomplete"
+        events.append({"type": final, "response": done, "sequence_number": n + 1})
+        for e in events:
+            data = f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _text(self, n: int) -> list[str]:
         return [self.words[i % len(self.words)] for i in range(n)]
@@ -367,6 +429,25 @@ def _impostor(send: Any) -> Any:
             message = {**message, "headers": [*kept, *IMPOSTOR_HEADERS]}
         elif message.get("body"):
             message = {**message, "body": _with_energy(message["body"])}
+        await send(message)
+
+    return wrapped
+
+
+def _gzipped(send: Any) -> Any:
+    """Wrap ``send``: one gzip stream over the whole body, flushed at every message
+    (as a compressing server streams)."""
+    gz = zlib.compressobj(wbits=31)
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            kept = [(k, v) for k, v in message["headers"] if k != b"content-length"]
+            message = {**message, "headers": [*kept, (b"content-encoding", b"gzip")]}
+        else:
+            body = gz.compress(message.get("body", b""))
+            more = message.get("more_body", False)
+            body += gz.flush(zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
+            message = {**message, "body": body}
         await send(message)
 
     return wrapped

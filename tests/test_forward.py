@@ -260,6 +260,8 @@ async def test_ollama_native_stream_is_relayed_line_by_line_with_energy_last(fak
     assert lines[-1]["done"] is True and lines[-1]["energy"]["duration_ms"] > 0
     (ex,) = cap.seen
     assert (ex.prompt_tokens, ex.completion_tokens, ex.endpoint) == (7, 5, "chat")
+    # No "stream" field: Ollama streams by default, and says why it stopped.
+    assert ex.stream is True and ex.finish_reasons == ["length"]
 
 
 async def test_ollama_native_answer_without_stream_gets_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
@@ -366,3 +368,80 @@ async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(  
     assert "impostor" not in events[-1]["energy"]
     assert "x-joulegate-anything" not in stream.headers
     assert len(stream.headers.get_list("x-queue-ms")) <= 1
+
+
+async def test_responses_api_answers_and_streams_are_accounted(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    cap = _Capture()
+    async with joulegate_app(fake.url, [_component(cap)]) as jg:
+        client = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="k", max_retries=0)
+        whole = await client.responses.create(model="m", input="hi", max_output_tokens=3)
+        stream = await client.responses.create(model="m", input="hi", stream=True)
+        events = [e async for e in stream]
+        await client.close()
+    assert whole.output_text == "Hello there," and whole.model_extra is not None
+    assert whole.model_extra["energy"]["duration_ms"] > 0
+    final = events[-1]
+    assert final.type == "response.completed"
+    # The SDK hands the response object over typed: energy rides in it.
+    assert final.response.model_extra is not None
+    assert final.response.model_extra["energy"]["duration_ms"] > 0
+    assert sum(1 for e in events if e.type == "response.output_text.delta") == 5
+    assert not any("energy" in (e.model_extra or {}) for e in events[:-1])
+    first, second = cap.seen
+    assert (first.prompt_tokens, first.completion_tokens) == (7, 3)
+    assert first.finish_reasons == ["incomplete"] and first.response_id == "resp_fake"
+    assert (second.prompt_tokens, second.completion_tokens) == (7, 5)
+    assert second.finish_reasons == ["completed"] and second.stream is True
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PUT", "PATCH", "PROPFIND"])
+async def test_methods_apis_do_not_use_are_405_and_never_forwarded(  # type: ignore[no-untyped-def]
+    fake, joulegate_app, method
+):
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.request(method, jg.url + "/v1/chat/completions", json=CHAT)
+        options = await c.options(jg.url + "/v1/models")
+        head = await c.head(jg.url + "/v1/models")
+    assert r.status_code == 405
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and method in err["message"]
+    assert "GET" in r.headers["allow"] and method not in r.headers["allow"]
+    assert options.status_code == 204 and "POST" in options.headers["allow"]
+    assert head.status_code == 200 and head.content == b""
+    assert fake.seen == []
+
+
+@pytest.mark.parametrize("opts", ["yes", 1, ["include_usage"], True])
+async def test_stream_options_that_are_not_an_object_are_400(fake, joulegate_app, opts):  # type: ignore[no-untyped-def]
+    async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
+        r = await c.post(
+            jg.url + "/v1/chat/completions",
+            json={**CHAT, "stream": True, "stream_options": opts},
+        )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "stream_options"
+    assert fake.seen == []
+
+
+async def test_a_backend_that_compresses_anyway_loses_no_accounting(fake, joulegate_app):  # type: ignore[no-untyped-def]
+    cap = _Capture()
+    gz = {"x-fake-gzip": "1"}
+    async with joulegate_app(fake.url, [_component(cap)]) as jg:
+        client = openai.AsyncOpenAI(
+            base_url=jg.url + "/v1", api_key="k", max_retries=0, default_headers=gz
+        )
+        whole = await client.chat.completions.create(model="m", messages=[], max_tokens=3)
+        stream = await client.chat.completions.create(
+            model="m", messages=[], max_tokens=4, stream=True
+        )
+        chunks = [c async for c in stream]
+        await client.close()
+    assert whole.choices[0].message.content == "Hello there,"
+    assert whole.model_extra is not None and "energy" in whole.model_extra
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Hello there, friend"
+    )
+    assert "energy" in (chunks[-1].model_extra or {})
+    first, second = cap.seen
+    assert (first.model_served, first.prompt_tokens, first.completion_tokens) == ("m", 7, 3)
+    assert (second.completion_tokens, second.finish_reasons) == (4, ["length"])
