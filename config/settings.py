@@ -17,7 +17,8 @@ from typing import Literal
 
 from config.errors import ConfigError
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 def _require(ok: bool, key: str, allowed: str) -> None:
@@ -349,10 +350,26 @@ class Settings:
     """Requests allowed to wait; beyond it clients get 503 with Retry-After."""
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted (413 beyond)."""
+    max_queued_bytes: int = 256 * MiB
+    """Request bodies held at once, being read or waiting in the queue (503
+    ``queue_full`` beyond): bounds the memory queued requests take."""
+    max_header_bytes: int = 64 * KiB
+    """Largest request line plus headers accepted (431 beyond)."""
+    max_parsed_answer_bytes: int = 32 * MiB
+    """A non-streamed answer larger than this is relayed without being parsed: its
+    energy is then in the headers only, and its tokens are unknown."""
+    max_connections: int = 64
+    """Connections to the backends for requests outside the gate (model lists, files);
+    gated requests have ``max_concurrency`` of their own and never wait behind these."""
     connect_timeout_s: float = 5.0
     """Timeout for connecting to the backend (504 beyond)."""
+    pool_timeout_s: float = 10.0
+    """Longest wait for a free backend connection (504 beyond)."""
     read_timeout_s: float = 600.0
     """Timeout between bytes from the backend (504 beyond)."""
+    write_timeout_s: float = 30.0
+    """A client that takes nothing of its answer for this long loses it: the backend
+    request is cancelled, the slot freed, the row says ``client_stalled``."""
     gated_paths: tuple[str, ...] = ()
     """Extra paths (e.g. ``/v1/audio/speech``) that pass the gate and are metered."""
     stream_usage: bool = True
@@ -393,8 +410,13 @@ class Settings:
         _require(1 <= self.max_concurrency <= 1024, "max_concurrency", "between 1 and 1024")
         _require(0 <= self.max_queue <= 100_000, "max_queue", "between 0 and 100000")
         _require(self.max_body_bytes >= 1024, "max_body_bytes", ">= 1024")
-        _require(self.connect_timeout_s > 0, "connect_timeout_s", "> 0")
-        _require(self.read_timeout_s > 0, "read_timeout_s", "> 0")
+        _require(self.max_queued_bytes >= self.max_body_bytes, "max_queued_bytes",
+                 ">= max_body_bytes")  # fmt: skip
+        _require(self.max_header_bytes >= 4 * KiB, "max_header_bytes", ">= 4096")
+        _require(self.max_parsed_answer_bytes >= 1024, "max_parsed_answer_bytes", ">= 1024")
+        _require(1 <= self.max_connections <= 10_000, "max_connections", "between 1 and 10000")
+        for name in ("connect_timeout_s", "pool_timeout_s", "read_timeout_s", "write_timeout_s"):
+            _require(getattr(self, name) > 0, name, "> 0")
         for p in self.gated_paths:
             _require(p.startswith("/"), "gated_paths", "paths starting with '/'")
 

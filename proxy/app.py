@@ -17,7 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException
@@ -30,6 +29,7 @@ from proxy.backends import BackendRouter
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder, internal_error
 from proxy.gate import Gate
+from proxy.transport import open_transport
 
 log = logging.getLogger("joulegate")
 
@@ -113,7 +113,7 @@ def create_app(
                     trust_env=False,
                 )
             )
-            session = await stack.enter_async_context(_backend_session(settings))
+            transport = await stack.enter_async_context(open_transport(settings))
             router = BackendRouter(settings.backend_list, client)
             await router.discover()
             refresher = asyncio.create_task(
@@ -133,7 +133,7 @@ def create_app(
                     stages.append(stage)
             holder["forwarder"] = Forwarder(
                 settings,
-                session,
+                transport,
                 ctx.gate,
                 Pipeline(stages),
                 router,
@@ -172,25 +172,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def _backend_session(settings: Settings) -> aiohttp.ClientSession:
-    """The hot path's HTTP client. aiohttp rather than httpx here: on this 2-core
-    reference machine a loopback round trip costs ~0.6 ms p50 with aiohttp and
-    ~2.0 ms with httpx (bench numbers in the README), which is the whole proxy
-    overhead budget. httpx stays for everything else (readiness, carbon, meters)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=settings.max_concurrency + 64, limit_per_host=0),
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.read_timeout_s,
-        ),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-    )
 
 
 @get("/healthz", media_type=MediaType.JSON, sync_to_thread=False)

@@ -61,13 +61,14 @@ def run_server(settings: Settings) -> None:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.server import http_protocol
 
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(settings),
         lifespan="on",
         access_log=False,
         log_level=settings.log_level,

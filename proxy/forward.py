@@ -33,18 +33,17 @@ from typing import Any
 
 import aiohttp
 import msgspec
-import yarl
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
 from config.errors import (
-    BackendTimeout,
     BackendUnreachable,
     BadRequest,
     InternalError,
     MethodNotAllowed,
     PayloadTooLarge,
     ProxyError,
+    QueueFull,
 )
 from config.settings import Settings
 from proxy.backends import Backend, BackendRouter
@@ -52,6 +51,7 @@ from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.paths import canonical_path
 from proxy.sse import EventSplitter
+from proxy.transport import BackendTransport, Outgoing, backend_error
 
 log = logging.getLogger("joulegate.proxy")
 
@@ -148,14 +148,10 @@ def _ms(seconds: float | None) -> float | None:
 
 
 @dataclass(slots=True)
-class _Outgoing:
-    """The backend request, built once the slot is held (stages may add headers)."""
+class _Hold:
+    """Bytes of one request's body counted against ``max_queued_bytes``."""
 
-    method: str
-    url: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    backend: Backend
+    nbytes: int
 
 
 @dataclass(slots=True)
@@ -177,13 +173,17 @@ class _Relay:
     error_event: bytes = b""
 
 
+class _ClientStalled(Exception):
+    """The client took nothing of its answer for ``write_timeout_s``."""
+
+
 class Forwarder:
     """The ASGI app mounted at ``/v1`` (and ``/api``) that proxies to the backend."""
 
     def __init__(
         self,
         settings: Settings,
-        session: aiohttp.ClientSession,
+        transport: BackendTransport,
         gate: Gate,
         pipeline: Pipeline,
         router: BackendRouter,
@@ -191,7 +191,9 @@ class Forwarder:
         strip_client_auth: bool = False,
     ) -> None:
         self._s = settings
-        self._session = session
+        self._transport = transport
+        self._held_bytes = 0
+        """Bytes of request bodies being read or waiting in the queue."""
         self._gate = gate
         self._pipeline = pipeline
         self._router = router
@@ -227,6 +229,48 @@ class Forwarder:
         gated = method == "POST" and path in self._gated
         try:
             body = await self._read_body(scope, receive)
+        except ProxyError as err:
+            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            return
+        # A gated body stays counted against max_queued_bytes until it is admitted.
+        hold = _Hold(len(body))
+        if not gated:
+            self._let_go(hold)
+        try:
+            await self._handle(scope, receive, send, window, method, path, query, body, hold)
+        finally:
+            self._let_go(hold)
+
+    async def _to_client(self, send: Send, message: Any) -> None:
+        """Send to the client; one that reads nothing for ``write_timeout_s`` (its
+        socket buffer full) loses the answer instead of holding the slot forever."""
+        try:
+            async with asyncio.timeout(self._s.write_timeout_s):
+                await send(message)
+        except TimeoutError:
+            raise _ClientStalled from None
+
+    async def _send_body(self, send: Send, data: bytes) -> None:
+        await self._to_client(send, {"type": "http.response.body", "body": data, "more_body": True})
+
+    def _let_go(self, hold: _Hold) -> None:
+        self._held_bytes -= hold.nbytes
+        hold.nbytes = 0
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        window: Window,
+        method: str,
+        path: str,
+        query: bytes,
+        body: bytes,
+        hold: _Hold,
+    ) -> None:
+        gated = method == "POST" and path in self._gated
+        try:
             parsed = self._parse(body, path) if gated else None
         except ProxyError as err:
             await send_error(send, err, [(b"x-queue-ms", b"0.0")])
@@ -243,6 +287,7 @@ class Forwarder:
             gated=gated,
             body=parsed,
         )
+        ex.scratch["_hold"] = hold
         if parsed is not None:
             model = parsed.get("model")
             ex.model_requested = model if isinstance(model, str) else None
@@ -320,20 +365,32 @@ class Forwarder:
                 )
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise BadRequest("client disconnected while sending the body")
-            chunk: bytes = msg.get("body", b"")  # type: ignore[assignment]
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"request body is larger than {limit} bytes (max_body_bytes)",
-                    code="request_too_large",
-                )
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise BadRequest("client disconnected while sending the body")
+                chunk: bytes = msg.get("body", b"")  # type: ignore[assignment]
+                size += len(chunk)
+                self._held_bytes += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"request body is larger than {limit} bytes (max_body_bytes)",
+                        code="request_too_large",
+                    )
+                if self._held_bytes > self._s.max_queued_bytes:
+                    raise QueueFull(
+                        f"joulegate holds {self._s.max_queued_bytes} bytes of queued request "
+                        "bodies (max_queued_bytes); retry later",
+                        code="queue_full",
+                        headers={"retry-after": "1"},
+                    )
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    return b"".join(chunks)
+        except BaseException:
+            self._held_bytes -= size
+            raise
 
     @staticmethod
     def _parse(body: bytes, path: str) -> dict[str, Any] | None:
@@ -398,23 +455,25 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
-        request = _Outgoing(method, url, self._forward_headers(scope), body, backend)
+        request = Outgoing(method, url, self._forward_headers(scope), body, ex.gated)
         relay = _Relay()
         error: ProxyError | None = None
-        work = asyncio.ensure_future(self._forward(ex, request, relay, send))
-        watcher = asyncio.ensure_future(_wait_disconnect(receive)) if ex.gated else None
+        work = asyncio.ensure_future(self._forward(ex, request, backend, relay, send))
+        # Every forwarded request, gated or not, lets go of its backend connection (and
+        # its slot) the moment its client leaves.
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            if watcher is None:
-                await work
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                ex.failure = "client_disconnected"
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
             else:
-                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if not work.done():
-                    ex.failure = "client_disconnected"
-                    work.cancel()
-                    await asyncio.gather(work, return_exceptions=True)
-                else:
-                    watcher.cancel()
-                    work.result()
+                watcher.cancel()
+                work.result()
+        except _ClientStalled:
+            log.info("client stalled on %s %s: answer dropped after write_timeout_s", method, path)
+            ex.failure = "client_stalled"
         except ProxyError as err:
             error = err
             ex.failure = ex.failure or err.error_type
@@ -427,43 +486,32 @@ class Forwarder:
         finally:
             # Runs on disconnect too: record what was used, then free the slot.
             ex.window.finished_s = ex.window.finished_s or time.monotonic()
-            if ex.status is None and ex.failure == "client_disconnected":
+            if ex.status is None and ex.failure in ("client_disconnected", "client_stalled"):
                 ex.status = 499
             await self._finish(ex, relay, error, send)
 
-    async def _forward(self, ex: Exchange, out: _Outgoing, relay: _Relay, send: Send) -> None:
+    async def _forward(
+        self, ex: Exchange, out: Outgoing, backend: Backend, relay: _Relay, send: Send
+    ) -> None:
         if ex.gated:
-            await self._gate.acquire(ex.window)
+            try:
+                await self._gate.acquire(ex.window)
+            finally:
+                self._let_go(ex.scratch["_hold"])
             await self._pipeline.admitted(ex)
         else:
             ex.window.admitted_s = time.monotonic()
-        headers = out.headers
         if ex.backend_headers:
             extra = {k.lower() for k in ex.backend_headers}
-            headers = [(k, v) for k, v in headers if k not in extra]
-            headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
-        data = out.body if out.body or out.method not in ("GET", "HEAD") else None
-        where = out.backend.url
+            out.headers = [(k, v) for k, v in out.headers if k not in extra]
+            out.headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
+        where = backend.url
         try:
-            response = await self._session.request(
-                out.method,
-                yarl.URL(out.url, encoded=True),  # canonical already: no second normalising
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-            )
-        except TimeoutError as exc:
-            raise BackendTimeout(
-                f"the backend at {where} did not answer in time ({type(exc).__name__})",
-                code="backend_timeout",
-            ) from exc
-        except aiohttp.ClientError as exc:
-            self._router.mark(out.backend, up=False, error=f"{type(exc).__name__}: {exc}")
-            raise BackendUnreachable(
-                f"could not reach the backend at {where}: {exc or type(exc).__name__}",
-                code="backend_unreachable",
-            ) from exc
-        self._router.mark(out.backend, up=True)
+            response = await self._transport.send(out, where)
+        except BackendUnreachable as err:
+            self._router.mark(backend, up=False, error=str(err.__cause__ or err))
+            raise
+        self._router.mark(backend, up=True)
         ex.window.first_byte_s = time.monotonic()
         ex.status = relay.status = response.status
         relay.headers = [(k, v) for k, v in response.raw_headers if _relayed(k)]
@@ -488,23 +536,21 @@ class Forwarder:
                 if decoder is not None:
                     relay.body = _decompress(decoder, relay.body, where)
                 if ex.gated and ctype.startswith("application/json"):
-                    self._note_json(ex, relay)
+                    if len(relay.body) <= self._s.max_parsed_answer_bytes:
+                        self._note_json(ex, relay)
+                    else:  # parsing would take several times its size in memory
+                        log.info(
+                            "answer of %d bytes relayed unparsed (max_parsed_answer_bytes)",
+                            len(relay.body),
+                        )
             else:  # anything else of unknown length (audio, …) streams through as it is
                 relay.streaming = "raw"
                 await self._start_stream(ex, relay, send)
                 async for chunk in response.content.iter_any():
-                    await _send_body(send, chunk)
+                    await self._send_body(send, chunk)
             complete = True
-        except TimeoutError as exc:
-            raise BackendTimeout(
-                f"the backend at {where} stopped answering (read timeout)",
-                code="backend_timeout",
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise BackendUnreachable(
-                f"the backend at {where} broke the connection: {exc or type(exc).__name__}",
-                code="backend_unreachable",
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise backend_error(exc, where, connecting=False) from exc
         finally:
             # Closing (not releasing) an unfinished response drops the connection, which
             # is how the backend learns that the client left and stops generating.
@@ -524,7 +570,8 @@ class Forwarder:
             _note_chunk(ex, obj, self._pipeline.wants_content)
 
     async def _start_stream(self, ex: Exchange, relay: _Relay, send: Send) -> None:
-        await send(
+        await self._to_client(
+            send,
             {
                 "type": "http.response.start",
                 "status": relay.status,
@@ -534,7 +581,7 @@ class Forwarder:
                     _request_id(ex),
                     *((k.encode(), v.encode()) for k, v in ex.response_headers.items()),
                 ],
-            }
+            },
         )
         relay.started = True
 
@@ -557,7 +604,7 @@ class Forwarder:
                     if obj.get("done") is True:
                         relay.held = (None, obj)
                         continue
-                await _send_body(send, line + b"\n")
+                await self._send_body(send, line + b"\n")
         relay.tail = buf
 
     async def _relay_stream(
@@ -569,20 +616,20 @@ class Forwarder:
         async for chunk in chunks:
             for event in splitter.feed(chunk):
                 if event.data is None:
-                    await _send_body(send, event.raw)
+                    await self._send_body(send, event.raw)
                     continue
                 if event.data == b"[DONE]":
                     relay.tail = event.raw
                     return
                 obj = event.decoded()
                 if not isinstance(obj, dict):
-                    await _send_body(send, event.raw)
+                    await self._send_body(send, event.raw)
                     continue
                 if obj.get("type") in _RESPONSES_FINAL:
                     # The Responses API's last event: energy rides in its response.
                     _note_chunk(ex, obj, collect)
                     if relay.held is not None:
-                        await _send_body(send, relay.held[0].raw)
+                        await self._send_body(send, relay.held[0].raw)
                     relay.held = (event, obj)
                     continue
                 if obj.get("type") == "response.output_text.delta":
@@ -595,12 +642,12 @@ class Forwarder:
                         continue  # the client did not ask for it
                 elif not has_finish:
                     if relay.held is not None:
-                        await _send_body(send, relay.held[0].raw)
+                        await self._send_body(send, relay.held[0].raw)
                         relay.held = None
-                    await _send_body(send, event.raw)
+                    await self._send_body(send, event.raw)
                     continue
                 if relay.held is not None:
-                    await _send_body(send, relay.held[0].raw)
+                    await self._send_body(send, relay.held[0].raw)
                 relay.held = (event, obj)
         rest = splitter.rest()
         if rest:
@@ -628,7 +675,7 @@ class Forwarder:
             if ex.gated and w.admitted_s is not None:
                 self._gate.release(w.duration_s)
         try:
-            if ex.failure == "client_disconnected":
+            if ex.failure in ("client_disconnected", "client_stalled"):
                 return
             if relay.started:
                 await self._finish_stream(ex, relay, error, send)
@@ -636,6 +683,9 @@ class Forwarder:
                 await send_error(send, error, self._timing_headers(ex))
             else:
                 await self._finish_whole(ex, relay, send)
+        except _ClientStalled:
+            # Recorded already; the client stopped reading its very last bytes.
+            log.info("client stalled on the end of %s %s", ex.method, ex.path)
         finally:
             await self._pipeline.closed(ex)
 
@@ -654,8 +704,9 @@ class Forwarder:
         headers = relay.headers + self._timing_headers(ex)
         headers += [(k.encode(), v.encode()) for k, v in ex.response_headers.items()]
         headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": relay.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        start = {"type": "http.response.start", "status": relay.status, "headers": headers}
+        await self._to_client(send, start)
+        await self._to_client(send, {"type": "http.response.body", "body": body})
 
     async def _finish_stream(
         self, ex: Exchange, relay: _Relay, error: ProxyError | None, send: Send
@@ -677,7 +728,7 @@ class Forwarder:
                 out += b"data: " + _encode(error.to_json()) + b"\n\n"
             else:
                 out += relay.tail
-        await send({"type": "http.response.body", "body": out, "more_body": False})
+        await self._to_client(send, {"type": "http.response.body", "body": out})
 
 
 def _note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tuple[bool, bool]:
@@ -811,10 +862,6 @@ def _request_id(ex: Exchange) -> tuple[bytes, bytes]:
 
 def _fmt(ms: float) -> bytes:
     return f"{ms:.1f}".encode()
-
-
-async def _send_body(send: Send, data: bytes) -> None:
-    await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
 async def _wait_disconnect(receive: Receive) -> None:

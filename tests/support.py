@@ -13,12 +13,17 @@ from typing import Any, Literal
 import uvicorn
 from litestar import Litestar
 
+from config.settings import Settings
 from proxy.gate import Gate
+from proxy.server import http_protocol
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> AsyncIterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port; yield its base URL."""
+async def serve(
+    app: Any, *, lifespan: Literal["auto", "on", "off"] = "on", max_header_bytes: int = 64 * 1024
+) -> AsyncIterator[str]:
+    """Run ``app`` with uvicorn on a free 127.0.0.1 port, with the HTTP protocol
+    ``joulegate serve`` uses; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -29,6 +34,7 @@ async def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> A
         log_level="warning",
         access_log=False,
         loop="asyncio",
+        http=http_protocol(Settings(max_header_bytes=max_header_bytes)),
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
