@@ -22,6 +22,7 @@ from config.errors import ConfigError, JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
 from meters.cli import register as register_meters
+from proxy.accesslog import LogFormat, log_handler
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,19 +40,15 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, form: LogFormat = "text") -> None:
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(form, sys.stderr)])
     # httpx logs every request at INFO (readiness probes, carbon polls): too chatty.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(args, host=args.host, port=args.port, backend_url=args.backend_url)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     run_server(settings)
     return 0
 
@@ -69,8 +66,10 @@ def run_server(settings: Settings) -> None:
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=False,
+        access_log=False,  # joulegate writes its own (proxy.accesslog)
         log_level=settings.log_level,
+        # JSON lines: uvicorn's own loggers go through joulegate's handler too.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run()
@@ -82,7 +81,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     models = demo_models(args.models)
     settings0 = settings_from(args, host=args.host, port=args.port)
-    _configure_logging(settings0.log_level)
+    _configure_logging(settings0.log_level, settings0.log_format)
     _check_port_free(settings0.host, settings0.port)
     names = ", ".join(m.title for m in models)
     print(f"starting llama-server for {names} …", flush=True)
