@@ -2,7 +2,9 @@
 
 Each package adds its sub-commands through a ``register(subparsers)`` function
 listed in :data:`COMMANDS`; a handler returns the process exit code. Errors
-from joulegate's own tree are printed as one line and exit 2.
+from joulegate's own tree and usage mistakes are printed as one line and exit 2.
+Output cut short by its reader (``joulegate export | head -1``) ends quietly
+with status 141, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
 from config.errors import ConfigError, JoulegateError
@@ -25,6 +27,20 @@ from meters.cli import register as register_meters
 from proxy.accesslog import LogFormat, log_handler
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXIT_BROKEN_PIPE = 128 + 13
+"""Exit status when the reader of standard output went away (128 + SIGPIPE)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes on one line (``joulegate: error: ...``), exit 2.
+
+    Sub-command parsers are made of the same class, so every level answers alike.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the mistake, and exit 2."""
+        self.exit(2, f"joulegate: error: {message} (see '{self.prog} --help')\n")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -162,7 +178,7 @@ COMMANDS: list[Callable[[Any], None]] = [_register_core, register_meters, regist
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (all packages' sub-commands)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="joulegate", description="Energy-metering proxy for OpenAI-compatible LLM servers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,12 +193,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so a reader that left is noticed below, not at exit
+        return code
     except JoulegateError as exc:
         print(f"joulegate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (``| head``): stop quietly. What is still buffered goes to
+        # /dev/null, or flushing it at exit would raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover
