@@ -14,7 +14,7 @@ import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import IO, Any, NoReturn, get_args
+from typing import IO, Any, get_args
 
 import msgspec
 
@@ -25,18 +25,7 @@ from accounting.reports import By, Format, Unit, build_report, parse_query
 from config.errors import ConfigError, LedgerError
 
 
-def _one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Usage mistakes print one line and exit 2, like joulegate's other errors."""
-
-    def error(message: str) -> NoReturn:
-        p.exit(2, f"{p.prog}: {message} (see --help)\n")
-
-    p.error = error  # type: ignore[method-assign]
-    return p
-
-
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    _one_line_errors(p)
     p.add_argument("--config", help="TOML settings file (default: ./joulegate.toml)")
     p.add_argument("--ledger", metavar="PATH", help="ledger file (default: ledger.path)")
     return p
@@ -87,6 +76,14 @@ def _keys_list(args: argparse.Namespace) -> int:
     async def work(ledger: Ledger) -> int:
         keys = KeyStore(ledger)
         await keys.load()
+        shown = [k for k in keys.all() if args.all or k.revoked_ts is None]
+        if args.format == "json":
+            _print_json([
+                {"prefix": k.prefix, "user": k.user, "admin": k.is_admin,
+                 "created": k.created_ts, "revoked": k.revoked_ts}
+                for k in shown
+            ])  # fmt: skip
+            return 0
         rows = [
             [
                 k.prefix + "…",
@@ -95,8 +92,7 @@ def _keys_list(args: argparse.Namespace) -> int:
                 k.created_ts[:19],
                 k.revoked_ts[:19] if k.revoked_ts else "",
             ]
-            for k in keys.all()
-            if args.all or k.revoked_ts is None
+            for k in shown
         ]
         print(_table(["key", "user", "role", "created (UTC)", "revoked (UTC)"], rows), end="")
         return 0
@@ -155,14 +151,24 @@ def _users_list(args: argparse.Namespace) -> int:
         now = utcnow()
         await book.load(now)
         rows = []
+        found = []
         for user, b in sorted(book.budgets.items()):
             energy_j, co2e_g = book.spent(user, b.period, now)
+            resets = iso(period_bounds(b.period, now)[1])
+            found.append({
+                "user": user, "period": b.period,
+                "used_wh": energy_j / J_PER_WH,
+                "budget_wh": None if b.energy_j is None else b.energy_j / J_PER_WH,
+                "used_co2e_g": co2e_g, "budget_co2e_g": b.co2e_g, "resets": resets,
+            })  # fmt: skip
             rows.append([
                 user, b.period,
                 f"{energy_j / J_PER_WH:.4f}", _opt(b.energy_j and b.energy_j / J_PER_WH),
-                f"{co2e_g:.4f}", _opt(b.co2e_g),
-                iso(period_bounds(b.period, now)[1])[:19],
+                f"{co2e_g:.4f}", _opt(b.co2e_g), resets[:19],
             ])  # fmt: skip
+        if args.format == "json":
+            _print_json(found)
+            return 0
         head = ["user", "period", "used_Wh", "budget_Wh", "used_co2e_g", "budget_co2e_g",
                 "resets (UTC)"]  # fmt: skip
         print(_table(head, rows), end="")
@@ -186,7 +192,7 @@ def _report(args: argparse.Namespace) -> int:
 
     async def work(ledger: Ledger) -> int:
         report = await build_report(ledger, query)
-        sys.stdout.write(report.render(args.format))
+        sys.stdout.write(report.render(args.format, totals=args.totals))
         return 0
 
     return _run(args, work, must_exist=True)
@@ -231,6 +237,10 @@ async def _write_rows(
     return count
 
 
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 def _opt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
@@ -262,9 +272,14 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="an aligned table (default) or JSON for scripts")  # fmt: skip
+
+
 def register(sub: Any) -> None:
     """Add ``keys``, ``users``, ``report`` and ``export`` to the ``joulegate`` command."""
-    keys = _one_line_errors(sub.add_parser("keys", help="create, list and revoke API keys"))
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
     kact = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
     create = _common(kact.add_parser("create", help="issue a key (printed once)"))
     create.add_argument("--user", required=True, help="who the key belongs to")
@@ -272,13 +287,14 @@ def register(sub: Any) -> None:
     create.set_defaults(handler=_keys_create)
     ls = _common(kact.add_parser("list", help="keys by prefix (never the keys themselves)"))
     ls.add_argument("--all", action="store_true", help="include revoked keys")
+    _format_arg(ls)
     ls.set_defaults(handler=_keys_list)
     revoke = _common(kact.add_parser("revoke", help="revoke a key by its prefix, or a user's"))
     revoke.add_argument("key", nargs="?", help="the key's prefix (jg-xxxxxxxx) or the key")
     revoke.add_argument("--user", help="revoke every key of this user")
     revoke.set_defaults(handler=_keys_revoke)
 
-    users = _one_line_errors(sub.add_parser("users", help="per-user energy and carbon budgets"))
+    users = sub.add_parser("users", help="per-user energy and carbon budgets")
     uact = users.add_subparsers(dest="users_action", required=True, metavar="ACTION")
     budget = _common(uact.add_parser("set-budget", help="cap a user's energy and/or carbon"))
     budget.add_argument("user")
@@ -289,6 +305,7 @@ def register(sub: Any) -> None:
     budget.add_argument("--clear", action="store_true", help="remove the user's budget")
     budget.set_defaults(handler=_set_budget)
     ulist = _common(uact.add_parser("list", help="budgets and what is used this period"))
+    _format_arg(ulist)
     ulist.set_defaults(handler=_users_list)
 
     report = _common(sub.add_parser("report", help="energy and CO2e totals from the ledger"))
@@ -296,6 +313,9 @@ def register(sub: Any) -> None:
     report.add_argument("--by", choices=get_args(By), default="user")
     report.add_argument("--unit", choices=get_args(Unit), default="Wh")
     report.add_argument("--format", choices=get_args(Format), default="table")
+    report.add_argument(
+        "--totals", action="store_true", help="end CSV with a TOTAL row (the table always has it)"
+    )
     report.set_defaults(handler=_report)
 
     export = _common(sub.add_parser("export", help="every ledger row as CSV or JSON lines"))

@@ -204,12 +204,13 @@ class Report:
                 format(line.energy, fmt), format(line.energy_dynamic, fmt),
                 format(line.co2e_g, fmt)]  # fmt: skip
 
-    def to_csv(self) -> str:
-        """CSV with a header and a final ``TOTAL`` line (full precision)."""
+    def to_csv(self, *, totals: bool = False) -> str:
+        """CSV with a header and one row per group (full precision): data rows only, as
+        CSV readers expect, unless ``totals`` adds a final ``TOTAL`` row."""
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(self.columns())
-        for line in [*self.lines, self.totals]:
+        for line in [*self.lines, self.totals] if totals else self.lines:
             w.writerow(self._cells(line, ""))
         return out.getvalue()
 
@@ -235,11 +236,11 @@ class Report:
         body = [fmt(r) for r in rows] or ["(no requests)"]
         return "\n".join([title, "", fmt(head), rule, *body, rule, fmt(total)]) + "\n"
 
-    def render(self, form: Format) -> str:
-        """The report as ``table``, ``csv`` or ``json`` text."""
+    def render(self, form: Format, *, totals: bool = False) -> str:
+        """The report as ``table``, ``csv`` or ``json`` text (``totals``: CSV's TOTAL row)."""
         if form == "json":
             return json.dumps(self.to_json(), indent=2) + "\n"
-        return self.to_csv() if form == "csv" else self.to_table()
+        return self.to_csv(totals=totals) if form == "csv" else self.to_table()
 
 
 async def build_report(ledger: Ledger, query: ReportQuery) -> Report:

@@ -376,7 +376,11 @@ class Settings:
     """Ask the backend for token usage on streams (``stream_options.include_usage``)
     and strip that extra chunk when the client did not ask for it."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Log level."""
+    """Log level; at ``info`` every request gets one access line (method, path, status,
+    user, model, queue and duration in ms, energy in J, meter, failure)."""
+    log_format: Literal["text", "json"] = "text"
+    """How log lines are written to standard error: ``text``, or ``json`` (one JSON
+    object per line, the access line's fields as keys)."""
     meters: MeterSettings = field(default_factory=MeterSettings)
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)

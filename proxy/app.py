@@ -63,15 +63,19 @@ def default_components() -> list[Component]:
     from accounting.carbon_stage import carbon
     from accounting.ledger_stage import auth_component, record_component
     from meters import meters_component
+    from proxy.accesslog import access_log_component
     from proxy.metrics import prometheus_component
     from proxy.telemetry import telemetry_component
 
     # Telemetry first: its span wraps the other stages and it reads their figures in
     # on_closed, after all of them have run on_finished.
+    # The access log and Prometheus come before auth: a request auth refuses (401, budget
+    # 429) is closed only by the stages up to the refusing one, and both must count it.
     return [
         telemetry_component(),
-        auth_component,  # before anything queues: 401 and budget 429 cost nothing
+        access_log_component,
         prometheus_component,
+        auth_component,  # before anything queues: 401 and budget 429 cost nothing
         meters_component,  # energy per request: the window is on_admitted to on_finished
         carbon(),  # carbon reads the meters' energy: keep it after the meters component
         record_component,  # last: records what every stage above has added

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,28 @@ USER_AGENT = "joulegate"
 """``User-Agent`` of joulegate's own requests to backends (not the ones it forwards)."""
 
 
+PROVIDERS = {
+    "llamacpp": "llama.cpp",
+    "llama.cpp": "llama.cpp",
+    "library": "ollama",
+    "ollama": "ollama",
+    "vllm": "vllm",
+}
+"""``owned_by`` of a server's ``/v1/models`` entries → ``gen_ai.provider.name``:
+llama.cpp's server says ``llamacpp``, Ollama ``library`` (its registry's models),
+vLLM ``vllm``."""
+
+
+def provider_of(entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """The serving software a model listing names, if it names one (the first entry
+    that does wins); None when no ``owned_by`` is known."""
+    for e in entries:
+        owner = e.get("owned_by")
+        if isinstance(owner, str) and owner.lower() in PROVIDERS:
+            return PROVIDERS[owner.lower()]
+    return None
+
+
 @dataclass
 class Backend:
     """One model server and what joulegate knows about it now."""
@@ -55,6 +77,9 @@ class Backend:
     up: bool = True
     error: str | None = None
     """Why the last look-up failed, while it is down."""
+    provider: str | None = None
+    """The serving software its ``/v1/models`` names (``llama.cpp``, ``ollama``,
+    ``vllm``); None until it says."""
 
 
 class BackendRouter:
@@ -126,7 +151,7 @@ class BackendRouter:
             b.up, b.error = False, f"GET /v1/models answered {r.status_code}"
             return
         b.up, b.error = True, None  # it answers; a 4xx only means it lists no models
-        if b.configured or r.status_code != 200:
+        if r.status_code != 200:
             return
         try:
             data = r.json().get("data")
@@ -134,9 +159,10 @@ class BackendRouter:
             return
         if not isinstance(data, list):
             return
-        b.models = {
-            e["id"]: e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)
-        }
+        entries = [e for e in data if isinstance(e, dict) and isinstance(e.get("id"), str)]
+        b.provider = provider_of(entries) or b.provider
+        if not b.configured:
+            b.models = {e["id"]: e for e in entries}
 
     def _rebuild(self, *, strict: bool) -> None:
         owner: dict[str, Backend] = {}
@@ -176,6 +202,17 @@ class BackendRouter:
                 code="backend_unreachable",
             )
         return b
+
+    def provider(self, backend: str | None, model: str | None) -> str | None:
+        """What serves a request: the named backend's software, else that of the
+        backend ``model`` routes to; None when it has not said."""
+        for b in self.backends:
+            if b.name == backend:
+                return b.provider
+        if self.single or model is None:
+            return self.backends[0].provider
+        owner = self._owner.get(model)
+        return owner.provider if owner is not None else None
 
     def for_path_model(self, model_id: str) -> Backend:
         """The backend for ``GET /v1/models/{id}`` (the first one when unknown)."""

@@ -2,7 +2,9 @@
 
 Each package adds its sub-commands through a ``register(subparsers)`` function
 listed in :data:`COMMANDS`; a handler returns the process exit code. Errors
-from joulegate's own tree are printed as one line and exit 2.
+from joulegate's own tree and usage mistakes are printed as one line and exit 2.
+Output cut short by its reader (``joulegate export | head -1``) ends quietly
+with status 141, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -15,15 +17,30 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
 from config.errors import ConfigError, JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
 from meters.cli import register as register_meters
+from proxy.accesslog import LogFormat, log_handler
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXIT_BROKEN_PIPE = 128 + 13
+"""Exit status when the reader of standard output went away (128 + SIGPIPE)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes on one line (``joulegate: error: ...``), exit 2.
+
+    Sub-command parsers are made of the same class, so every level answers alike.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the mistake, and exit 2."""
+        self.exit(2, f"joulegate: error: {message} (see '{self.prog} --help')\n")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -39,19 +56,15 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _configure_logging(level: str, form: LogFormat = "text") -> None:
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(form, sys.stderr)])
     # httpx logs every request at INFO (readiness probes, carbon polls): too chatty.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = settings_from(args, host=args.host, port=args.port, backend_url=args.backend_url)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     run_server(settings)
     return 0
 
@@ -70,8 +83,10 @@ def run_server(settings: Settings) -> None:
         loop="uvloop",
         http=http_protocol(settings),
         lifespan="on",
-        access_log=False,
+        access_log=False,  # joulegate writes its own (proxy.accesslog)
         log_level=settings.log_level,
+        # JSON lines: uvicorn's own loggers go through joulegate's handler too.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run()
@@ -83,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     models = demo_models(args.models)
     settings0 = settings_from(args, host=args.host, port=args.port)
-    _configure_logging(settings0.log_level)
+    _configure_logging(settings0.log_level, settings0.log_format)
     _check_port_free(settings0.host, settings0.port)
     names = ", ".join(m.title for m in models)
     print(f"starting llama-server for {names} …", flush=True)
@@ -164,7 +179,7 @@ COMMANDS: list[Callable[[Any], None]] = [_register_core, register_meters, regist
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (all packages' sub-commands)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="joulegate", description="Energy-metering proxy for OpenAI-compatible LLM servers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -179,12 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so a reader that left is noticed below, not at exit
+        return code
     except JoulegateError as exc:
         print(f"joulegate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (``| head``): stop quietly. What is still buffered goes to
+        # /dev/null, or flushing it at exit would raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,10 +4,18 @@ Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
 
     joulegate_energy_joules_total{user,model,component}   counter  J
     joulegate_co2e_grams_total{user,model,component}      counter  gCO2e
-    joulegate_requests_total{user,model,endpoint,status}  counter
+    joulegate_requests_total{user,model,endpoint,status}  counter, refusals included
+    joulegate_tokens_total{model,type}                    counter, type=prompt|completion
     joulegate_request_duration_seconds{model,endpoint}    histogram, arrival to last byte
     joulegate_queue_length                                gauge, requests waiting for a slot
     joulegate_in_flight                                   gauge, requests holding a slot
+    joulegate_power_watts{component}                      gauge, the meters' power now
+
+Every request the pipeline saw is counted, those refused before the queue
+(``401``, budget ``429``, ``503``) included: the stage sits before the auth stage,
+since a refused request is closed only by the stages up to the refusing one.
+``joulegate_power_watts`` is read from the meters' sampler at scrape time (its
+average power per component over the last second; no meter is read then).
 
 ``component="total"`` is a request's whole energy; the other components
 (``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``) break it down and may
@@ -26,13 +34,16 @@ asks for an admin key (``Authorization: Bearer jg-…``) unless
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from config.errors import NotFound
 from proxy.backends import BackendRouter
@@ -41,6 +52,8 @@ from proxy.semconv import endpoint_label, energy_split, model_label, status_labe
 
 if TYPE_CHECKING:
     from proxy.app import AppContext
+
+log = logging.getLogger("joulegate.metrics")
 
 STATE_KEY = "prometheus"
 _DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
@@ -75,6 +88,13 @@ class PrometheusStage(Stage):
             [*who, "model", "endpoint", "status"],
             registry=registry,
         )
+        self._tokens = Counter(
+            "joulegate_tokens",
+            "Tokens processed, as the backend reported them (completion tokens of a stream "
+            "without usage are its content chunks).",
+            ["model", "type"],
+            registry=registry,
+        )
         self._duration = Histogram(
             "joulegate_request_duration_seconds",
             "Time from a request's arrival to its last byte, queue included.",
@@ -84,16 +104,53 @@ class PrometheusStage(Stage):
         )
 
     async def on_closed(self, ex: Exchange) -> None:
-        """Count the request, its duration and its energy and CO2eq."""
+        """Count the request, its tokens, duration, energy and CO2eq."""
         model = model_label(ex, self._router.models)
         endpoint = endpoint_label(ex)
         who = [user_label(ex)] if self._user_label else []
         self._requests.labels(*who, model, endpoint, status_label(ex)).inc()
+        for kind, count in (("prompt", ex.prompt_tokens), ("completion", ex.completion_tokens)):
+            if count is not None and count > 0:
+                self._tokens.labels(model, kind).inc(count)
         self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
             self._energy.labels(*who, model, component).inc(energy_j)
             if co2e_g is not None:
                 self._co2e.labels(*who, model, component).inc(co2e_g)
+
+
+class PowerCollector(Collector):
+    """``joulegate_power_watts{component}``: the meters' power, read when scraped.
+
+    ``meters`` returns what the meters component published (its sampler, with
+    ``power_w()``), or None before it has (or without meters): then the gauge has
+    no samples.
+    """
+
+    _NAME = "joulegate_power_watts"
+    _HELP = "Power drawn now by each metered component (average over the last second), in W."
+
+    def __init__(self, meters: Callable[[], Any]) -> None:
+        self._meters = meters
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """The family without samples (so registering it reads no meter)."""
+        return [GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """One sample per component with a known power."""
+        family = GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])
+        power_w = getattr(self._meters(), "power_w", None)
+        if callable(power_w):
+            try:
+                readings = dict(power_w())
+            except Exception:
+                log.debug("could not read the meters' power for /metrics", exc_info=True)
+                readings = {}
+            for component, watts in sorted(readings.items()):
+                if isinstance(watts, int | float):
+                    family.add_metric([str(component)], float(watts))
+        return [family]
 
 
 @contextlib.asynccontextmanager
@@ -109,6 +166,8 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
         "Requests holding a slot (talking to the backend).",
         registry=registry,
     ).set_function(lambda: gate.in_flight)
+    # Read at scrape time: the meters component comes later in the pipeline.
+    registry.register(PowerCollector(lambda: ctx.state.get("meters")))
     stage = PrometheusStage(
         registry, ctx.router, user_label=ctx.settings.telemetry.metrics_user_label
     )

@@ -107,7 +107,7 @@ def request_attributes(ex: Exchange, provider_name: str) -> dict[str, AttributeV
 
 
 def outcome_attributes(ex: Exchange) -> dict[str, AttributeValue]:
-    """Who asked and what the backend answered."""
+    """Who asked and what the backend answered (token usage apart: :func:`usage_attributes`)."""
     attrs: dict[str, AttributeValue] = {"enduser.id": ex.user}
     if ex.model_served:
         attrs["gen_ai.response.model"] = ex.model_served
@@ -115,11 +115,33 @@ def outcome_attributes(ex: Exchange) -> dict[str, AttributeValue]:
         attrs["gen_ai.response.id"] = ex.response_id
     if ex.finish_reasons:
         attrs["gen_ai.response.finish_reasons"] = tuple(ex.finish_reasons)
+    return attrs
+
+
+def usage_attributes(ex: Exchange) -> dict[str, AttributeValue]:
+    """``gen_ai.usage.*``: for the inference (CLIENT) span only, as the GenAI conventions
+    place them, so a backend that sums spans counts each token once."""
+    attrs: dict[str, AttributeValue] = {}
     if ex.prompt_tokens is not None:
         attrs["gen_ai.usage.input_tokens"] = ex.prompt_tokens
     if ex.completion_tokens is not None:
         attrs["gen_ai.usage.output_tokens"] = ex.completion_tokens
     return attrs
+
+
+def http_route(ex: Exchange) -> str:
+    """``http.route``: a bounded template of the path. Metered paths are a fixed set
+    (plus ``gated_paths``) and stand for themselves; ``/v1/models`` and
+    ``/v1/models/{model}`` are OpenAI's; any other path is its mount's ``/v1/*`` or
+    ``/api/*``, since a client can send any path there."""
+    if ex.gated:
+        return ex.path
+    mount, _, rest = ex.path.lstrip("/").partition("/")
+    if rest == "models":
+        return f"/{mount}/models"
+    if rest.startswith("models/"):
+        return f"/{mount}/models/{{model}}"
+    return f"/{mount}/*"
 
 
 def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:

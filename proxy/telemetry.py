@@ -12,7 +12,14 @@ both it and the server span carry the GenAI attributes (``gen_ai.*``,
 ``server.*``, ``enduser.id``, ``http.response.status_code``, ``error.type``) and
 joulegate's own figures under the ``joulegate.`` namespace
 (:data:`proxy.semconv.ENERGY_ATTRIBUTES`). They describe the same request:
-count one of the two when summing.
+count one of the two when summing. Token usage (``gen_ai.usage.*``) is on the
+backend span only, the inference span the GenAI conventions name. Other paths
+are ``{method} {http.route}`` on both spans (``GET /v1/models``), the route a
+bounded template (:func:`proxy.semconv.http_route`).
+
+``gen_ai.provider.name`` is what the backend's ``/v1/models`` says it runs
+(``owned_by``: ``llamacpp``, Ollama's ``library``, ``vllm``), else
+``telemetry.provider_name``.
 
 Metrics: ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``
 per the GenAI conventions, ``joulegate.energy`` (J) and ``joulegate.co2e`` (g)
@@ -67,10 +74,12 @@ from proxy.semconv import (
     energy_attributes,
     energy_split,
     error_type,
+    http_route,
     model_label,
     operation_name,
     outcome_attributes,
     request_attributes,
+    usage_attributes,
     user_label,
 )
 
@@ -194,17 +203,18 @@ class TelemetryStage(Stage):
     async def on_arrival(self, ex: Exchange) -> None:
         """Open the server span (child of the caller's) and the queue span."""
         origin_ns = time.time_ns() - round((time.monotonic() - ex.window.arrived_s) * 1e9)
+        route = http_route(ex)
         attrs: dict[str, AttributeValue] = {
             "http.request.method": ex.method,
             "url.path": ex.path,
+            "http.route": route,
         }
         if ex.gated:
-            attrs["http.route"] = ex.path
-            attrs |= request_attributes(ex, self._provider_name)
+            attrs |= request_attributes(ex, self._provider(ex))
         if "user-agent" in ex.headers:
             attrs["user_agent.original"] = ex.headers["user-agent"]
         server = self._tracer.start_span(
-            f"{ex.method} {ex.path}" if ex.gated else ex.method,
+            f"{ex.method} {route}",
             context=_propagator.extract(ex.headers),
             kind=SpanKind.SERVER,
             attributes=attrs,
@@ -244,7 +254,7 @@ class TelemetryStage(Stage):
         self._end_queue(ex, spans, None)
         outcome = outcome_attributes(ex) | energy_attributes(ex)
         if spans.client is not None:
-            client_attrs = dict(outcome)
+            client_attrs = outcome | usage_attributes(ex)
             if ex.failure is None and ex.status is not None:
                 client_attrs["http.response.status_code"] = ex.status
             _finish(spans.client, client_attrs, error_type(ex, server_side=False))
@@ -255,17 +265,23 @@ class TelemetryStage(Stage):
         spans.server.end()
         self._record(ex)
 
+    def _provider(self, ex: Exchange) -> str:
+        """``gen_ai.provider.name``: what the backend says it runs, else the setting."""
+        return self._router.provider(ex.backend, ex.model_requested) or self._provider_name
+
     def _server(self, ex: Exchange) -> Mapping[str, AttributeValue]:
         """``server.*`` of the backend that served the request."""
         return _server_attributes(ex.backend_url or self._default_url)
 
     def _start_client(self, ex: Exchange, spans: _Spans) -> None:
         operation = operation_name(ex)
-        attrs = request_attributes(ex, self._provider_name) if ex.gated else {}
+        attrs = request_attributes(ex, self._provider(ex)) if ex.gated else {}
         attrs |= self._server(ex)
         attrs["http.request.method"] = ex.method
         if operation is None:
-            name = ex.method
+            route = http_route(ex)
+            attrs["url.template"] = route
+            name = f"{ex.method} {route}"
         else:
             name = f"{operation} {ex.model_requested}" if ex.model_requested else operation
         spans.client = self._tracer.start_span(
@@ -298,7 +314,7 @@ class TelemetryStage(Stage):
         if operation is not None and duration_s is not None:
             attrs: dict[str, AttributeValue] = {
                 "gen_ai.operation.name": operation,
-                "gen_ai.provider.name": self._provider_name,
+                "gen_ai.provider.name": self._provider(ex),
                 **self._server(ex),
             }
             models = self._router.models

@@ -61,6 +61,9 @@ class FakeBackend:
     words: tuple[str, ...] = ("Hello", " there", ",", " friend", ".")
     models: tuple[str, ...] = ("fake-model",)
     """What ``GET /v1/models`` lists."""
+    owned_by: str = "fake"
+    """The ``owned_by`` of those entries (``llamacpp``, ``library``, ``vllm``: the
+    software real servers name there)."""
     seen: list[Seen] = field(default_factory=list)
     listings: int = 0
     """joulegate's own model look-ups answered (not in ``seen``)."""
@@ -153,7 +156,7 @@ class FakeBackend:
                 {
                     "object": "list",
                     "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                        {"id": m, "object": "model", "created": 0, "owned_by": self.owned_by}
                         for m in self.models
                     ],
                 },

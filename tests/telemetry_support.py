@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import socket
 import threading
@@ -32,7 +33,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from config import Settings
-from proxy.app import AppContext, Component, create_app
+from meters import meters_component
+from meters.base import Meter
+from proxy.app import AppContext, Component, create_app, default_components
 from proxy.exchange import Exchange, Stage
 from tests.support import Running, read_body, serve
 
@@ -55,6 +58,13 @@ async def joulegate(
     )
     async with serve(app) as url:
         yield Joulegate(url, app)
+
+
+def deployed(*meters: Meter) -> list[Component]:
+    """:func:`~proxy.app.default_components` in their real order, with these meters
+    instead of the machine's."""
+    with_meters = functools.partial(meters_component, meters=list(meters))
+    return [with_meters if c is meters_component else c for c in default_components()]
 
 
 def component(stage: Stage) -> Component:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,29 @@ def test_bad_input_is_one_line_and_exit_2(
     _, err = capsys.readouterr()
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("joulegate")
+
+
+def test_keys_list_and_users_list_speak_json_for_scripts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "l.sqlite3")
+    _, out, _ = run(capsys, "keys", "create", "--user", "alice", "--admin", "--ledger", db)
+    key = out.strip()
+    run(capsys, "keys", "create", "--user", "bob", "--ledger", db)
+    run(capsys, "keys", "revoke", "--user", "bob", "--ledger", db)
+    run(capsys, "users", "set-budget", "alice", "--energy-wh", "2.5", "--ledger", db)
+    code, listed, _ = run(capsys, "keys", "list", "--all", "--format", "json", "--ledger", db)
+    keys = {k["user"]: k for k in json.loads(listed)}
+    assert code == 0 and key not in listed
+    assert keys["alice"]["prefix"] == key[:11] and keys["alice"]["admin"] is True
+    assert keys["alice"]["revoked"] is None and keys["bob"]["revoked"].startswith("20")
+    code, active, _ = run(capsys, "keys", "list", "--format", "json", "--ledger", db)
+    assert [k["user"] for k in json.loads(active)] == ["alice"]
+    code, budgets, _ = run(capsys, "users", "list", "--format", "json", "--ledger", db)
+    (alice,) = json.loads(budgets)
+    assert code == 0
+    assert {k: alice[k] for k in ("user", "period", "used_wh", "budget_wh", "budget_co2e_g")} == {
+        "user": "alice", "period": "month", "used_wh": 0.0, "budget_wh": 2.5,
+        "budget_co2e_g": None,
+    }  # fmt: skip
+    assert alice["resets"].endswith("Z") or "+00:00" in alice["resets"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,22 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounting.auth import KeyStore
+from accounting.budgets import Budget, BudgetBook
 from accounting.ledger import Ledger
 from config import AuthSettings, LedgerSettings, TelemetrySettings
 from proxy.app import Component
 from proxy.metrics import metrics_endpoint, prometheus_component
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import accounting_components
+from tests.meters_support import SteadyMeter
 from tests.telemetry_support import (
     FakeEnergy,
     FinishLine,
     HeaderUser,
     component,
+    deployed,
     joulegate,
+    publishing,
     until,
 )
 
@@ -247,3 +252,80 @@ async def test_metrics_public_and_open_mode_need_no_key(fake, tmp_path: Path) ->
         ):
             r = await c.get("/metrics")
         assert r.status_code == 200 and "joulegate_queue_length 0" in r.text
+
+
+async def test_refusals_and_tokens_are_counted_in_the_deployed_pipeline(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    admin, alice = await keys(path)
+    async with Ledger(path) as ledger:  # alice's first request uses up her day's energy
+        await BudgetBook(ledger).set(Budget("alice", "day", 1e-9, None))
+    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    as_alice = {"authorization": f"Bearer {alice}"}
+    async with (
+        joulegate(
+            fake.url, deployed(SteadyMeter(100.0, "gpu")), [metrics_endpoint], **settings
+        ) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        no_key = await c.post("/v1/chat/completions", json=CHAT)
+        ok = await c.post("/v1/chat/completions", json=CHAT, headers=as_alice)
+        over = await c.post("/v1/chat/completions", json=CHAT, headers=as_alice)
+        r = await c.get("/metrics", headers={"authorization": f"Bearer {admin}"})
+    assert (no_key.status_code, ok.status_code, over.status_code) == (401, 200, 429)
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+    requests = {(dict(labels)["user"], dict(labels)["status"]): v
+                for (name, labels), v in samples.items()
+                if name == "joulegate_requests_total"}  # fmt: skip
+    assert requests == {("anonymous", "401"): 1, ("alice", "200"): 1, ("alice", "429"): 1}
+    usage = ok.json()["usage"]
+    assert (
+        get(samples, "joulegate_tokens_total", model="m", type="prompt") == usage["prompt_tokens"]
+    )
+    assert (
+        get(samples, "joulegate_tokens_total", model="m", type="completion")
+        == usage["completion_tokens"]
+    )
+    assert "# TYPE joulegate_power_watts gauge" in r.text
+
+
+@dataclass
+class FakePower:
+    """The sampler's live view as the meters component publishes it."""
+
+    watts: dict[str, float | None]
+
+    def power_w(self) -> dict[str, float | None]:
+        return self.watts
+
+
+async def test_power_gauge_shows_each_component_the_meters_read_now(fake: FakeBackend) -> None:
+    power = FakePower({"gpu": 212.5, "cpu": 37.25, "dram": None})
+    async with (
+        joulegate(
+            fake.url, [prometheus_component, publishing("meters", power)], [metrics_endpoint]
+        ) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        first = await scrape(c, jg.url)
+        power.watts = {"gpu": 80.0, "cpu": 12.0, "dram": None}
+        second = await scrape(c, jg.url)
+    for seen, gpu_w, cpu_w in ((first, 212.5, 37.25), (second, 80.0, 12.0)):
+        power_series = {dict(labels)["component"]: v for (name, labels), v in seen.items()
+                        if name == "joulegate_power_watts"}  # fmt: skip
+        assert power_series == {"gpu": gpu_w, "cpu": cpu_w}
+
+
+async def test_power_gauge_is_empty_without_meters(fake: FakeBackend) -> None:
+    async with (
+        joulegate(fake.url, [prometheus_component], [metrics_endpoint]) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        r = await c.get(jg.url + "/metrics")
+    assert "# TYPE joulegate_power_watts gauge" in r.text
+    assert "\njoulegate_power_watts{" not in r.text

@@ -148,8 +148,16 @@ def test_report_cli_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFix
         == 0
     )
     lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert lines[-1]["model"] == "TOTAL"
-    assert float(lines[-1]["energy_kWh"]) == pytest.approx(total_wh / 1000, rel=1e-12)
+    # Data rows only: a CSV reader summing a column must not count the total twice.
+    assert sorted(line["model"] for line in lines) == sorted({key_of(r, "model") for r in rows})
+    assert sum(float(line["energy_kWh"]) for line in lines) == pytest.approx(
+        total_wh / 1000, rel=1e-12
+    )
+    csv_args = ["report", "--ledger", str(db), "--by", "model", "--format", "csv", "--unit", "kWh"]
+    assert main([*csv_args, "--totals"]) == 0
+    with_total = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert with_total[:-1] == lines and with_total[-1]["model"] == "TOTAL"
+    assert float(with_total[-1]["energy_kWh"]) == pytest.approx(total_wh / 1000, rel=1e-12)
     assert main(["report", "--ledger", str(db), "--month", "2025-02", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     feb = [r for r in rows if r.ts.startswith("2025-02")]

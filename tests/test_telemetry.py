@@ -151,8 +151,6 @@ async def test_a_request_is_a_server_span_with_queue_and_backend_children(fake, 
         "gen_ai.response.model": "m",
         "gen_ai.response.id": "chatcmpl-fake",
         "gen_ai.response.finish_reasons": ("length",),
-        "gen_ai.usage.input_tokens": 7,
-        "gen_ai.usage.output_tokens": 4,
         "enduser.id": "alice",
         "http.response.status_code": 200,
     }
@@ -184,6 +182,12 @@ async def test_a_request_is_a_server_span_with_queue_and_backend_children(fake, 
             json.loads(r.text)["energy"]["queue_ms"], abs=0.01
         )
     assert client.attributes is not None and server.attributes is not None
+    # Token usage once, on the inference (CLIENT) span: summing spans counts it once.
+    assert {k: v for k, v in client.attributes.items() if k.startswith("gen_ai.usage.")} == {
+        "gen_ai.usage.input_tokens": 7,
+        "gen_ai.usage.output_tokens": 4,
+    }
+    assert not [k for k in server.attributes if k.startswith("gen_ai.usage.")]
     assert client.attributes["server.address"] == "127.0.0.1"
     assert client.attributes["server.port"] == port
     assert server.attributes["http.request.method"] == "POST"
@@ -343,8 +347,10 @@ async def test_other_paths_get_an_http_client_span_and_traceparent(fake, rig):  
         await rig.done.wait(1)
     assert r.status_code == 200
     spans = rig.finished()
-    server = one(spans, SpanKind.SERVER, "GET")
-    client = one(spans, SpanKind.CLIENT, "GET")
+    server = one(spans, SpanKind.SERVER, "GET /v1/models")
+    client = one(spans, SpanKind.CLIENT, "GET /v1/models")
+    assert server.attributes is not None and server.attributes["http.route"] == "/v1/models"
+    assert client.attributes is not None and client.attributes["url.template"] == "/v1/models"
     assert client.parent is not None and client.parent.span_id == server.context.span_id
     assert not [s for s in spans if s.name == "queue"]
     assert client.attributes is not None and "gen_ai.operation.name" not in client.attributes
@@ -502,3 +508,46 @@ async def test_a_refused_request_still_gets_its_server_span(fake, rig):  # type:
     assert server.attributes["error.type"] == "authentication_error"
     assert not [s for s in rig.finished() if s.kind == SpanKind.CLIENT]
     assert fake.seen == []
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        ("/v1/models/m", "/v1/models/{model}"),
+        ("/v1/models/made-up-name", "/v1/models/{model}"),
+        ("/v1/files/file-abc123/content", "/v1/*"),
+        ("/v1/chat/completions", "/v1/*"),  # a GET: not inference
+    ],
+)
+async def test_other_paths_are_named_by_a_bounded_route(fake, rig, path, route):  # type: ignore[no-untyped-def]
+    async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
+        await c.get(jg.url + path)
+        await rig.done.wait(1)
+    server = one(rig.finished(), SpanKind.SERVER)
+    assert server.name == f"GET {route}"
+    assert server.attributes is not None
+    assert (server.attributes["http.route"], server.attributes["url.path"]) == (route, path)
+    client = one(rig.finished(), SpanKind.CLIENT)
+    assert client.name == f"GET {route}"
+
+
+@pytest.mark.parametrize(
+    ("owned_by", "provider"),
+    [("llamacpp", "llama.cpp"), ("library", "ollama"), ("vllm", "vllm"), ("someone", "setting")],
+)
+async def test_the_provider_is_what_the_backend_says_it_runs(rig, owned_by, provider):  # type: ignore[no-untyped-def]
+    settings = TelemetrySettings(provider_name="setting")
+    async with (
+        serving(FakeBackend(models=("m",), owned_by=owned_by)) as fake,
+        joulegate(fake.url, rig.components(), telemetry=settings) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        await rig.done.wait(1)
+        durations = rig.points("gen_ai.client.operation.duration")
+    assert r.status_code == 200
+    server, _, client = tree(rig.finished())
+    for span in (server, client):
+        assert span.attributes is not None
+        assert span.attributes["gen_ai.provider.name"] == provider, span.name
+    assert [p.attributes["gen_ai.provider.name"] for p in durations] == [provider]
