@@ -2,8 +2,8 @@
 
 Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
 
-    joulegate_energy_joules_total{user,model,component}   counter  J
-    joulegate_co2e_grams_total{user,model,component}      counter  gCO2e
+    joulegate_energy_joules_total{user,model,task,component}   counter  J
+    joulegate_co2e_grams_total{user,model,task,component}      counter  gCO2e
     joulegate_requests_total{user,model,endpoint,status}  counter
     joulegate_request_duration_seconds{model,endpoint}    histogram, arrival to last byte
     joulegate_queue_length                                gauge, requests waiting for a slot
@@ -16,7 +16,9 @@ registry is the app's own, made in its lifespan, never the process-global one.
 
 Label values come from bounded sets (see :mod:`proxy.semconv`): ``model`` is a
 model some backend serves, ``user`` one the ledger knows or ``anonymous``,
-``endpoint`` a metered path or ``models``; anything else is ``other``.
+``endpoint`` a metered path or ``models``, ``task`` a bundled task name or one
+listed in ``telemetry.metric_tasks`` (``none``: untagged); anything else is
+``other``.
 
 In ``keys`` auth mode ``/metrics`` names every user with their energy, so it
 asks for an admin key (``Authorization: Bearer jg-…``) unless
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
@@ -37,7 +39,15 @@ from prometheus_client.exposition import choose_encoder
 from config.errors import NotFound
 from proxy.backends import BackendRouter
 from proxy.exchange import Exchange, Stage
-from proxy.semconv import endpoint_label, energy_split, model_label, status_label, user_label
+from proxy.semconv import (
+    endpoint_label,
+    energy_split,
+    model_label,
+    status_label,
+    task_label,
+    user_label,
+)
+from proxy.task import BUNDLED_TASKS
 
 if TYPE_CHECKING:
     from proxy.app import AppContext
@@ -52,21 +62,27 @@ class PrometheusStage(Stage):
     name = "prometheus"
 
     def __init__(
-        self, registry: CollectorRegistry, router: BackendRouter, *, user_label: bool
+        self,
+        registry: CollectorRegistry,
+        router: BackendRouter,
+        *,
+        user_label: bool,
+        tasks: Collection[str] = BUNDLED_TASKS,
     ) -> None:
         self._router = router
         self._user_label = user_label
+        self._tasks = frozenset(tasks)
         who = ["user"] if user_label else []
         self._energy = Counter(
             "joulegate_energy_joules",
             "Energy used by requests, in joules (component=total is the whole).",
-            [*who, "model", "component"],
+            [*who, "model", "task", "component"],
             registry=registry,
         )
         self._co2e = Counter(
             "joulegate_co2e_grams",
             "CO2-equivalent emitted by requests' energy, in grams.",
-            [*who, "model", "component"],
+            [*who, "model", "task", "component"],
             registry=registry,
         )
         self._requests = Counter(
@@ -88,12 +104,13 @@ class PrometheusStage(Stage):
         model = model_label(ex, self._router.models)
         endpoint = endpoint_label(ex)
         who = [user_label(ex)] if self._user_label else []
+        task = task_label(ex, self._tasks)
         self._requests.labels(*who, model, endpoint, status_label(ex)).inc()
         self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
-            self._energy.labels(*who, model, component).inc(energy_j)
+            self._energy.labels(*who, model, task, component).inc(energy_j)
             if co2e_g is not None:
-                self._co2e.labels(*who, model, component).inc(co2e_g)
+                self._co2e.labels(*who, model, task, component).inc(co2e_g)
 
 
 @contextlib.asynccontextmanager
@@ -109,8 +126,12 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
         "Requests holding a slot (talking to the backend).",
         registry=registry,
     ).set_function(lambda: gate.in_flight)
+    telemetry = ctx.settings.telemetry
     stage = PrometheusStage(
-        registry, ctx.router, user_label=ctx.settings.telemetry.metrics_user_label
+        registry,
+        ctx.router,
+        user_label=telemetry.metrics_user_label,
+        tasks=(*BUNDLED_TASKS, *telemetry.metric_tasks),
     )
     ctx.state[STATE_KEY] = registry
     yield stage
