@@ -20,6 +20,8 @@ from config.errors import (
     PayloadTooLarge,
     ProxyError,
     QueueFull,
+    StudyAborted,
+    StudyError,
     Unauthorized,
 )
 from config.loader import load_settings, settings_table
@@ -59,6 +61,8 @@ __all__ = [
     "ProxyError",
     "QueueFull",
     "Settings",
+    "StudyAborted",
+    "StudyError",
     "TelemetrySettings",
     "Unauthorized",
     "load_settings",
