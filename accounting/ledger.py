@@ -101,6 +101,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     estimate_model: str | None = None
     backend: str | None = None
     """The backend that served the request (its name, or ``host:port``)."""
+    task: str | None = None
+    """What the request was for (``x-joulegate-task`` or ``metadata.task``)."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -205,6 +207,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: which backend served each request (several backends behind one joulegate).
     ("ALTER TABLE requests ADD COLUMN backend TEXT",),
+    # 5: the task a request was tagged with; the report index covers it too.
+    (
+        "ALTER TABLE requests ADD COLUMN task TEXT",
+        "DROP INDEX requests_user_ts",
+        """CREATE INDEX requests_user_ts ON requests (
+            user, ts, model_served, model_requested, endpoint, failure, prompt_tokens,
+            completion_tokens, duration_s, energy_j, energy_dynamic_j, co2e_g, task
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -237,6 +237,7 @@ def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRo
         energy_high_j=ex.energy_high_j,
         estimate_model=ex.estimate_model,
         backend=ex.backend,
+        task=ex.task,
         carbon_intensity_g_per_kwh=ex.carbon_intensity_g_per_kwh,
         carbon_source=ex.carbon_source,
         co2e_g=ex.co2e_g,

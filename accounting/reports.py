@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 from accounting.ledger import Ledger, iso
 from config.errors import BadRequest
 
-By = Literal["user", "model", "day", "endpoint", "backend"]
+By = Literal["user", "model", "day", "endpoint", "backend", "task"]
 Unit = Literal["J", "Wh", "kWh"]
 Format = Literal["table", "csv", "json"]
 J_PER: dict[str, float] = {"J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
@@ -34,6 +34,7 @@ _GROUP_SQL: dict[str, str] = {
     "day": "substr(ts, 1, 10)",
     "endpoint": "endpoint",
     "backend": "COALESCE(backend, '(none)')",
+    "task": "COALESCE(task, '(none)')",
 }
 
 

@@ -21,6 +21,8 @@ from config.errors import (
     PayloadTooLarge,
     ProxyError,
     QueueFull,
+    StudyAborted,
+    StudyError,
     Unauthorized,
 )
 from config.loader import load_settings, settings_table
@@ -61,6 +63,8 @@ __all__ = [
     "ProxyError",
     "QueueFull",
     "Settings",
+    "StudyAborted",
+    "StudyError",
     "TelemetrySettings",
     "Unauthorized",
     "load_settings",

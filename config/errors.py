@@ -12,6 +12,8 @@ translated into this tree at the adapter that meets them and chained with
     │       └── MeterAbsent         no such hardware or driver here (nothing to fix)
     ├── CarbonSourceError           a carbon-intensity provider failed
     ├── LedgerError                 the ledger database could not be used
+    ├── StudyError                  bad ``joulegate bench`` input (model, task, prompt file)
+    ├── StudyAborted                a ``joulegate bench`` run could not finish
     └── ProxyError                  what a client sees (status + OpenAI error JSON)
         ├── BadRequest              400 invalid_request_error
         ├── Unauthorized            401 authentication_error
@@ -63,6 +65,16 @@ class CarbonSourceError(JoulegateError):
 
 class LedgerError(JoulegateError):
     """The ledger database could not be read or written."""
+
+
+class StudyError(JoulegateError):
+    """``joulegate bench`` was asked for something it cannot do: an unknown model or
+    task, a malformed prompt file (the message names the line), clashing flags."""
+
+
+class StudyAborted(JoulegateError):
+    """A ``joulegate bench`` run stopped before its end (joulegate or its backend
+    failed, or it was interrupted); the finished requests are kept."""
 
 
 class ProxyError(JoulegateError):

@@ -12,6 +12,7 @@ environment as ``JOULEGATE_<SECTION>_<KEY>`` (``JOULEGATE_CARBON_PROVIDER``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,8 @@ def _require(ok: bool, key: str, allowed: str) -> None:
         raise ConfigError(f"setting {key!r}: must be {allowed}")
 
 
+TASK_NAME_PATTERN = r"[a-z0-9_-]{1,40}"
+"""What a task name (``x-joulegate-task``, ``telemetry.metric_tasks``) may be."""
 OTEL_EXPORTERS = ("otlp", "console", "none")
 """Values ``OTEL_TRACES_EXPORTER`` and ``OTEL_METRICS_EXPORTER`` may list."""
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
@@ -253,6 +256,10 @@ class TelemetrySettings:
     metrics_public: bool = False
     """Serve ``/metrics`` without a key in ``keys`` auth mode (by default it asks for an
     admin key, ``Authorization: Bearer jg-…``: it names every user with their energy)."""
+    metric_tasks: tuple[str, ...] = ()
+    """Task names (``x-joulegate-task``) that get their own label on the Prometheus
+    energy counters, besides the bundled ``code``, ``math``, ``questions``, ``sql`` and
+    ``translation``; any other task is counted as ``other``."""
     otel_env: tuple[tuple[str, str], ...] = field(
         default=(), repr=False, metadata={"env": "OTEL_*"}
     )
@@ -260,6 +267,12 @@ class TelemetrySettings:
 
     def __post_init__(self) -> None:
         _require(bool(self.provider_name), "telemetry.provider_name", "a provider name")
+        for task in self.metric_tasks:
+            _require(
+                re.fullmatch(TASK_NAME_PATTERN, task) is not None,
+                "telemetry.metric_tasks",
+                "task names of 1 to 40 of a-z, 0-9, '_' and '-'",
+            )
         for key in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"):
             names = {n.strip() for n in (self.otel(key) or "").split(",") if n.strip()}
             _require(names <= set(OTEL_EXPORTERS), key, _one_of(OTEL_EXPORTERS))

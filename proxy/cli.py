@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
+from accounting.study import register as register_study
 from config.errors import ConfigError, JoulegateError
 from config.loader import load_settings
 from config.settings import Settings
@@ -122,6 +126,53 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _bench_demo(args: argparse.Namespace, folder: Path) -> Iterator[str]:
+    """``joulegate bench`` without ``--url``: the demo models behind a joulegate served
+    from a thread of this process, its ledger in the study folder; yields its URL."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.llamacpp import demo_models, free_port, llama_servers
+
+    models = demo_models(args.models)
+    print(f"starting llama-server for {', '.join(m.title for m in models)} …", file=sys.stderr)
+    with llama_servers(models) as urls:
+        port = free_port()
+        settings = settings_from(
+            args,
+            host="127.0.0.1",
+            port=port,
+            backends=",".join(urls.values()),
+            **{"ledger.path": str(folder / "ledger.sqlite3")},
+        )
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)  # off the main thread it installs no signal handlers
+        thread = threading.Thread(target=server.run, name="joulegate", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not server.started:
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    raise ConfigError("joulegate did not start for the study (see its log above)")
+                time.sleep(0.05)
+            print(f"joulegate for the study at http://127.0.0.1:{port}", file=sys.stderr)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(15)
+
+
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -174,7 +225,12 @@ def _register_core(sub: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_register_core, register_meters, register_accounting]
+COMMANDS: list[Callable[[Any], None]] = [
+    _register_core,
+    register_meters,
+    register_accounting,
+    functools.partial(register_study, start_demo=_bench_demo),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

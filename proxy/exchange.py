@@ -47,6 +47,8 @@ class Exchange:
     """Name of the backend that serves the request (``host:port`` unless named)."""
     backend_url: str | None = None
     model_requested: str | None = None
+    task: str | None = None
+    """What the request is for (``x-joulegate-task`` or ``metadata.task``), e.g. ``code``."""
     stream: bool = False
     usage_injected: bool = False
     user: str = "anonymous"

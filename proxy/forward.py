@@ -51,6 +51,7 @@ from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.paths import canonical_path
 from proxy.sse import EventSplitter
+from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 
 log = logging.getLogger("joulegate.proxy")
@@ -270,12 +271,13 @@ class Forwarder:
         hold: _Hold,
     ) -> None:
         gated = method == "POST" and path in self._gated
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             parsed = self._parse(body, path) if gated else None
+            task = request_task(headers, parsed) if gated else None
         except ProxyError as err:
             await send_error(send, err, [(b"x-queue-ms", b"0.0")])
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         ex = Exchange(
             request_id=uuid.uuid4().hex,
             method=method,
@@ -286,6 +288,7 @@ class Forwarder:
             arrived_at=dt.datetime.now(dt.UTC),
             gated=gated,
             body=parsed,
+            task=task,
         )
         ex.scratch["_hold"] = hold
         if parsed is not None:

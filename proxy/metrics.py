@@ -2,8 +2,8 @@
 
 Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
 
-    joulegate_energy_joules_total{user,model,component}   counter  J
-    joulegate_co2e_grams_total{user,model,component}      counter  gCO2e
+    joulegate_energy_joules_total{user,model,task,component}   counter  J
+    joulegate_co2e_grams_total{user,model,task,component}      counter  gCO2e
     joulegate_requests_total{user,model,endpoint,status}  counter, refusals included
     joulegate_tokens_total{model,type}                    counter, type=prompt|completion
     joulegate_request_duration_seconds{model,endpoint}    histogram, arrival to last byte
@@ -24,7 +24,9 @@ registry is the app's own, made in its lifespan, never the process-global one.
 
 Label values come from bounded sets (see :mod:`proxy.semconv`): ``model`` is a
 model some backend serves, ``user`` one the ledger knows or ``anonymous``,
-``endpoint`` a metered path or ``models``; anything else is ``other``.
+``endpoint`` a metered path or ``models``, ``task`` a bundled task name or one
+listed in ``telemetry.metric_tasks`` (``none``: untagged); anything else is
+``other``.
 
 In ``keys`` auth mode ``/metrics`` names every user with their energy, so it
 asks for an admin key (``Authorization: Bearer jg-…``) unless
@@ -36,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
@@ -48,7 +50,15 @@ from prometheus_client.registry import Collector
 from config.errors import NotFound
 from proxy.backends import BackendRouter
 from proxy.exchange import Exchange, Stage
-from proxy.semconv import endpoint_label, energy_split, model_label, status_label, user_label
+from proxy.semconv import (
+    endpoint_label,
+    energy_split,
+    model_label,
+    status_label,
+    task_label,
+    user_label,
+)
+from proxy.task import BUNDLED_TASKS
 
 if TYPE_CHECKING:
     from proxy.app import AppContext
@@ -65,21 +75,27 @@ class PrometheusStage(Stage):
     name = "prometheus"
 
     def __init__(
-        self, registry: CollectorRegistry, router: BackendRouter, *, user_label: bool
+        self,
+        registry: CollectorRegistry,
+        router: BackendRouter,
+        *,
+        user_label: bool,
+        tasks: Collection[str] = BUNDLED_TASKS,
     ) -> None:
         self._router = router
         self._user_label = user_label
+        self._tasks = frozenset(tasks)
         who = ["user"] if user_label else []
         self._energy = Counter(
             "joulegate_energy_joules",
             "Energy used by requests, in joules (component=total is the whole).",
-            [*who, "model", "component"],
+            [*who, "model", "task", "component"],
             registry=registry,
         )
         self._co2e = Counter(
             "joulegate_co2e_grams",
             "CO2-equivalent emitted by requests' energy, in grams.",
-            [*who, "model", "component"],
+            [*who, "model", "task", "component"],
             registry=registry,
         )
         self._requests = Counter(
@@ -108,15 +124,16 @@ class PrometheusStage(Stage):
         model = model_label(ex, self._router.models)
         endpoint = endpoint_label(ex)
         who = [user_label(ex)] if self._user_label else []
+        task = task_label(ex, self._tasks)
         self._requests.labels(*who, model, endpoint, status_label(ex)).inc()
         for kind, count in (("prompt", ex.prompt_tokens), ("completion", ex.completion_tokens)):
             if count is not None and count > 0:
                 self._tokens.labels(model, kind).inc(count)
         self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
-            self._energy.labels(*who, model, component).inc(energy_j)
+            self._energy.labels(*who, model, task, component).inc(energy_j)
             if co2e_g is not None:
-                self._co2e.labels(*who, model, component).inc(co2e_g)
+                self._co2e.labels(*who, model, task, component).inc(co2e_g)
 
 
 class PowerCollector(Collector):
@@ -168,8 +185,12 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
     ).set_function(lambda: gate.in_flight)
     # Read at scrape time: the meters component comes later in the pipeline.
     registry.register(PowerCollector(lambda: ctx.state.get("meters")))
+    telemetry = ctx.settings.telemetry
     stage = PrometheusStage(
-        registry, ctx.router, user_label=ctx.settings.telemetry.metrics_user_label
+        registry,
+        ctx.router,
+        user_label=telemetry.metrics_user_label,
+        tasks=(*BUNDLED_TASKS, *telemetry.metric_tasks),
     )
     ctx.state[STATE_KEY] = registry
     yield stage

@@ -11,8 +11,8 @@ value a client chooses (a model name, a user name in ``trust`` mode) would let
 it grow joulegate's memory and ``/metrics`` without bound. Labels therefore
 come from bounded sets: a model the backends serve (:func:`model_label`), a
 user the ledger knows (:func:`user_label`), a metered endpoint
-(:func:`endpoint_label`), an HTTP status (:func:`status_label`); anything else
-is :data:`OTHER`.
+(:func:`endpoint_label`), an HTTP status (:func:`status_label`), a bundled or
+configured task (:func:`task_label`); anything else is :data:`OTHER`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from proxy.exchange import Exchange
 ENERGY_ATTRIBUTES = (
     "joulegate.request_id",
     "joulegate.backend",
+    "joulegate.task",
     "joulegate.energy.low_j",
     "joulegate.energy.high_j",
     "joulegate.queue_ms",
@@ -150,6 +151,7 @@ def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue | None] = {
         "joulegate.request_id": ex.request_id,
         "joulegate.backend": ex.backend,
+        "joulegate.task": ex.task,
         "joulegate.energy.low_j": ex.energy_low_j,
         "joulegate.energy.high_j": ex.energy_high_j,
         "joulegate.queue_ms": w.queue_s * 1000.0,
@@ -214,6 +216,15 @@ def user_label(ex: Exchange) -> str:
     """The user a request is counted under: one the ledger knows (a key or a budget),
     ``anonymous``, else :data:`OTHER` (a name a ``trust``-mode caller made up)."""
     return ex.user if ex.user_known or ex.user == "anonymous" else OTHER
+
+
+def task_label(ex: Exchange, tasks: Container[str]) -> str:
+    """The task a request is counted under: one of ``tasks`` (the bundled task names
+    plus ``telemetry.metric_tasks``), :data:`OTHER` for any other name a client tagged,
+    ``none`` when it tagged none."""
+    if ex.task is None:
+        return "none"
+    return bounded(ex.task, tasks)
 
 
 def endpoint_label(ex: Exchange) -> str:

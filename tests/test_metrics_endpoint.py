@@ -96,14 +96,21 @@ async def test_counters_rise_by_exactly_the_energy_the_responses_reported(fake):
     for user, answers in reported.items():
         for component_name, key in (("total", "energy_j"), ("gpu", "energy_gpu_j"),
                                     ("cpu", "energy_cpu_j")):  # fmt: skip
-            labels = {"user": user, "model": "m", "component": component_name}
+            labels = {"user": user, "model": "m", "task": "none", "component": component_name}
             rise = get(after, "joulegate_energy_joules_total", **labels) - get(
                 before, "joulegate_energy_joules_total", **labels
             )
             # The 500 used energy too (request 5: 6.25 J); it was reported in no body.
             extra = {"total": 6.25, "gpu": 5.0, "cpu": 1.25}[component_name] if user == "bob" else 0
             assert rise == sum(a[key] for a in answers) + extra
-        co2e = get(after, "joulegate_co2e_grams_total", user=user, model="m", component="total")
+        co2e = get(
+            after,
+            "joulegate_co2e_grams_total",
+            user=user,
+            model="m",
+            task="none",
+            component="total",
+        )
         assert co2e == sum(a["co2e_g"] for a in answers) + (0.625 if user == "bob" else 0)
 
     requests = {(dict(labels)["user"], dict(labels)["endpoint"], dict(labels)["status"]): v
@@ -155,7 +162,10 @@ async def test_the_user_label_can_be_switched_off(fake):  # type: ignore[no-unty
         samples = await scrape(c, jg.url)
     joulegate_series = [dict(labels) for (name, labels) in samples if name.startswith("joulegate_")]
     assert joulegate_series and all("user" not in labels for labels in joulegate_series)
-    assert get(samples, "joulegate_energy_joules_total", model="m", component="total") == 3.75
+    assert (
+        get(samples, "joulegate_energy_joules_total", model="m", task="none", component="total")
+        == 3.75
+    )
     assert get(samples, "joulegate_requests_total",
                model="m", endpoint="chat/completions", status="200") == 2  # fmt: skip
 
@@ -170,7 +180,7 @@ async def test_each_app_has_its_own_registry(fake):  # type: ignore[no-untyped-d
         await c.post(a.url + "/v1/chat/completions", json=CHAT)
         await first[1].wait(1)
         seen_a, seen_b = await scrape(c, a.url), await scrape(c, b.url)
-    key = {"user": "anonymous", "model": "m", "component": "total"}
+    key = {"user": "anonymous", "model": "m", "task": "none", "component": "total"}
     assert get(seen_a, "joulegate_energy_joules_total", **key) == 1.25
     assert get(seen_b, "joulegate_energy_joules_total", **key) == 0
     assert not [m for m in REGISTRY.collect() if m.name.startswith("joulegate")]
