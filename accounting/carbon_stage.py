@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -30,10 +30,8 @@ from accounting.carbon import (
     build_source,
 )
 from config.settings import CarbonSettings
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext, Component
 
 FETCH_TIMEOUT_S = 10.0
 """Limit for one call to a live carbon API (it runs in the background)."""

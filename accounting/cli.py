@@ -22,18 +22,11 @@ from accounting.auth import KeyStore, check_user
 from accounting.budgets import J_PER_WH, Budget, BudgetBook, period_bounds
 from accounting.ledger import COLUMNS, Ledger, iso, utcnow
 from accounting.reports import By, Format, Unit, build_report, parse_query
+from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError, LedgerError
 
 
-def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--config", help="TOML settings file (default: ./joulegate.toml)")
-    p.add_argument("--ledger", metavar="PATH", help="ledger file (default: ledger.path)")
-    return p
-
-
 def _ledger(args: argparse.Namespace) -> Ledger:
-    from proxy.cli import settings_from  # here: proxy.cli imports this module
-
     settings = settings_from(args, **{"ledger.path": args.ledger})
     return Ledger.from_settings(settings.ledger)
 
@@ -281,22 +274,28 @@ def register(sub: Any) -> None:
     """Add ``keys``, ``users``, ``report`` and ``export`` to the ``joulegate`` command."""
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     kact = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
-    create = _common(kact.add_parser("create", help="issue a key (printed once)"))
+    create = add_ledger_options(kact.add_parser("create", help="issue a key (printed once)"))
     create.add_argument("--user", required=True, help="who the key belongs to")
     create.add_argument("--admin", action="store_true", help="may read every user's energy")
     create.set_defaults(handler=_keys_create)
-    ls = _common(kact.add_parser("list", help="keys by prefix (never the keys themselves)"))
+    ls = add_ledger_options(
+        kact.add_parser("list", help="keys by prefix (never the keys themselves)")
+    )
     ls.add_argument("--all", action="store_true", help="include revoked keys")
     _format_arg(ls)
     ls.set_defaults(handler=_keys_list)
-    revoke = _common(kact.add_parser("revoke", help="revoke a key by its prefix, or a user's"))
+    revoke = add_ledger_options(
+        kact.add_parser("revoke", help="revoke a key by its prefix, or a user's")
+    )
     revoke.add_argument("key", nargs="?", help="the key's prefix (jg-xxxxxxxx) or the key")
     revoke.add_argument("--user", help="revoke every key of this user")
     revoke.set_defaults(handler=_keys_revoke)
 
     users = sub.add_parser("users", help="per-user energy and carbon budgets")
     uact = users.add_subparsers(dest="users_action", required=True, metavar="ACTION")
-    budget = _common(uact.add_parser("set-budget", help="cap a user's energy and/or carbon"))
+    budget = add_ledger_options(
+        uact.add_parser("set-budget", help="cap a user's energy and/or carbon")
+    )
     budget.add_argument("user")
     budget.add_argument("--energy-wh", type=_number, help="energy limit in Wh per period")
     budget.add_argument("--co2e-g", type=_number, help="carbon limit in gCO2e per period")
@@ -304,11 +303,13 @@ def register(sub: Any) -> None:
                         help="UTC day or calendar month (default month)")  # fmt: skip
     budget.add_argument("--clear", action="store_true", help="remove the user's budget")
     budget.set_defaults(handler=_set_budget)
-    ulist = _common(uact.add_parser("list", help="budgets and what is used this period"))
+    ulist = add_ledger_options(uact.add_parser("list", help="budgets and what is used this period"))
     _format_arg(ulist)
     ulist.set_defaults(handler=_users_list)
 
-    report = _common(sub.add_parser("report", help="energy and CO2e totals from the ledger"))
+    report = add_ledger_options(
+        sub.add_parser("report", help="energy and CO2e totals from the ledger")
+    )
     _period_args(report)
     report.add_argument("--by", choices=get_args(By), default="user")
     report.add_argument("--unit", choices=get_args(Unit), default="Wh")
@@ -318,7 +319,9 @@ def register(sub: Any) -> None:
     )
     report.set_defaults(handler=_report)
 
-    export = _common(sub.add_parser("export", help="every ledger row as CSV or JSON lines"))
+    export = add_ledger_options(
+        sub.add_parser("export", help="every ledger row as CSV or JSON lines")
+    )
     _period_args(export)
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     export.add_argument("--output", metavar="FILE", help="write here (default: standard output)")

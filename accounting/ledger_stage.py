@@ -29,17 +29,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from accounting.auth import Authenticator, KeyStore
 from accounting.budgets import BudgetBook
 from accounting.ledger import Ledger, LedgerRow, iso, utcnow
 from config.errors import LedgerError, LedgerUnavailable
 from config.settings import Settings
+from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext
 
 log = logging.getLogger("joulegate.ledger")
 

@@ -8,9 +8,9 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from config.cli import add_config_option, settings_from
 from config.settings import MeterSettings
 from meters.detect import detect_meters
 from meters.sampler import Sampler, total_components
@@ -19,7 +19,7 @@ from meters.sampler import Sampler, total_components
 def register(sub: Any) -> None:
     """Add the ``meters`` sub-command to the ``joulegate`` parser."""
     p = sub.add_parser("meters", help="show the power meters found and live readings in W")
-    p.add_argument("--config", type=Path, help="TOML settings file (default: ./joulegate.toml)")
+    add_config_option(p)
     p.add_argument(
         "--seconds", type=float, default=5.0, help="how long to show live readings (default 5)"
     )
@@ -38,8 +38,6 @@ def _cell(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Detect the meters, then print one line of power per second."""
-    from proxy.cli import settings_from  # the CLI package imports this module
-
     settings = settings_from(args).meters
     # Detection's log lines are printed below; keep the logger from repeating them.
     logger = logging.getLogger("joulegate.meters")

@@ -23,16 +23,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meters.base import Activity, Meter
 from meters.detect import detect_meters
 from meters.sampler import Sampler, WindowEnergy
 from meters.thermal import CpuThermometer, ThermalGuard
+from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext
 
 log = logging.getLogger("joulegate.meters")
 

@@ -1,6 +1,11 @@
-"""The proxy: forwarding, the serialising gate, the app and the CLI."""
+"""The proxy: forwarding, the serialising gate, the app and the CLI.
 
-from proxy.app import AppContext, Component, create_app, default_components
+Other packages use the contract: :class:`Exchange`, :class:`Stage`,
+:class:`Pipeline` and the :class:`AppContext` a component receives. The app itself
+(``proxy.app.create_app``) is the composition root and imports them.
+"""
+
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Pipeline, Stage
 from proxy.gate import Gate, Window
 
@@ -12,6 +17,4 @@ __all__ = [
     "Pipeline",
     "Stage",
     "Window",
-    "create_app",
-    "default_components",
 ]

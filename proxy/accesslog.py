@@ -27,12 +27,10 @@ import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal
 
+from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext
 
 ACCESS_LOGGER = "joulegate.access"
 FIELDS_ATTR = "joulegate_access"

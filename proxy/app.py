@@ -1,4 +1,7 @@
-"""The Litestar application: lifespan, health endpoints and the proxy mount.
+"""The Litestar application, the composition root: lifespan, stage order, routes.
+
+It stands above every capability package (meters, accounting, telemetry) and imports
+them; they code against :mod:`proxy.context` and :mod:`proxy.exchange` only.
 
 Resources (the backend HTTP client, the gate, every stage's meters, database
 and exporters) are opened in one lifespan and closed there; nothing is created
@@ -12,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -23,50 +24,27 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
+from accounting.carbon_stage import carbon
+from accounting.ledger_stage import auth_component, record_component
+from accounting.routes import route_handlers as ledger_routes
 from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
+from meters import meters_component
+from proxy.accesslog import access_log_component
 from proxy.backends import BackendRouter
+from proxy.context import AppContext, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder, internal_error
 from proxy.gate import Gate
+from proxy.metrics import metrics_endpoint, prometheus_component
+from proxy.telemetry import telemetry_component
 from proxy.transport import open_transport
 
 log = logging.getLogger("joulegate")
 
 
-@dataclass
-class AppContext:
-    """What components share: settings, the gate, the backend client, app state."""
-
-    settings: Settings
-    gate: Gate
-    client: httpx.AsyncClient
-    router: BackendRouter
-    state: dict[str, Any] = field(default_factory=dict)
-    """Components publish here what endpoints need (e.g. ``ledger``, ``meters``)."""
-    ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
-    """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
-    strip_client_auth: bool = False
-    """Set by the auth component when joulegate authenticates users itself."""
-    admin_guard: Callable[[Mapping[str, str]], Awaitable[object]] | None = None
-    """Set by the auth component in ``keys`` mode: raises 401 or 403 unless the
-    (lower-cased) headers carry an admin key. Endpoints that show every user's
-    figures (``/metrics``) ask it."""
-
-
-Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]
-
-
 def default_components() -> list[Component]:
     """The capabilities a real deployment runs, in pipeline order."""
-    # Imported here: the components import proxy's types, so a top-level import would cycle.
-    from accounting.carbon_stage import carbon
-    from accounting.ledger_stage import auth_component, record_component
-    from meters import meters_component
-    from proxy.accesslog import access_log_component
-    from proxy.metrics import prometheus_component
-    from proxy.telemetry import telemetry_component
-
     # Telemetry first: its span wraps the other stages and it reads their figures in
     # on_closed, after all of them have run on_finished.
     # The access log and Prometheus come before auth: a request auth refuses (401, budget
@@ -84,9 +62,6 @@ def default_components() -> list[Component]:
 
 def default_route_handlers() -> list[Any]:
     """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
-    from accounting.routes import route_handlers as ledger_routes
-    from proxy.metrics import metrics_endpoint
-
     return [metrics_endpoint, *ledger_routes()]
 
 

@@ -24,8 +24,8 @@ from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
 from accounting.study import register as register_study
+from config.cli import add_config_option, settings_from
 from config.errors import ConfigError, JoulegateError
-from config.loader import load_settings
 from config.settings import Settings
 from meters.cli import register as register_meters
 from proxy.accesslog import LogFormat, log_handler
@@ -45,19 +45,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print one line naming the mistake, and exit 2."""
         self.exit(2, f"joulegate: error: {message} (see '{self.prog} --help')\n")
-
-
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML settings file (default: ./joulegate.toml)")
-
-
-def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Settings from ``--config``, the environment and the given overrides (None = unset)."""
-    return load_settings(
-        getattr(args, "config", None),
-        os.environ,
-        {k: str(v) for k, v in overrides.items() if v is not None},
-    )
 
 
 def _configure_logging(level: str, form: LogFormat = "text") -> None:
@@ -204,7 +191,7 @@ curl:
 
 def _register_core(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the proxy")
-    _add_config(serve)
+    add_config_option(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8400)")
     serve.add_argument("--backend-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080")
@@ -213,7 +200,7 @@ def _register_core(sub: Any) -> None:
     demo = sub.add_parser(
         "demo", help="run llama-server with the demo models and joulegate in front (make run)"
     )
-    _add_config(demo)
+    add_config_option(demo)
     demo.add_argument("--host", help="listen address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, help="listen port (default 8400)")
     demo.add_argument(

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 
 from config.errors import NotFound
 from proxy.backends import BackendRouter
+from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 from proxy.semconv import (
     endpoint_label,
@@ -59,9 +60,6 @@ from proxy.semconv import (
     user_label,
 )
 from proxy.task import BUNDLED_TASKS
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext
 
 log = logging.getLogger("joulegate.metrics")
 

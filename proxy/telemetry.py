@@ -53,7 +53,7 @@ import types
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 from opentelemetry import trace
@@ -66,6 +66,7 @@ from opentelemetry.util.types import AttributeValue
 
 from config.settings import Settings
 from proxy.backends import BackendRouter
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.otel import Providers, build_providers
 from proxy.semconv import (
@@ -82,9 +83,6 @@ from proxy.semconv import (
     usage_attributes,
     user_label,
 )
-
-if TYPE_CHECKING:
-    from proxy.app import AppContext, Component
 
 log = logging.getLogger("joulegate.telemetry")
 

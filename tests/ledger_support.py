@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from accounting.ledger_stage import auth_component, record_component
-from proxy.app import AppContext, Component
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
 ENERGY_J = 7.2

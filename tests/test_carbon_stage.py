@@ -14,8 +14,8 @@ import pytest
 from accounting.carbon import FixedIntensity, Intensity
 from accounting.carbon_stage import CarbonStage, carbon
 from config import CarbonSettings, ConfigError, Settings
-from proxy.app import AppContext, Component
 from proxy.backends import BackendRouter
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Gate, Window
 from tests.fake_carbon import FakeCarbonApi

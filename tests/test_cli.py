@@ -114,3 +114,31 @@ def test_meters_into_a_reader_that_leaves_stops_quietly(tmp_path: Path) -> None:
     assert got[0] == "meters found (in detection order):\n"
     assert got[1].startswith("  rapl: cpu (2 zones), dram (2 zones)")
     assert (err, code) == ("", 141)
+
+
+def _subcommands() -> list[list[str]]:
+    import argparse
+
+    from proxy.cli import build_parser
+
+    out: list[list[str]] = [[]]
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(build_parser(), [])
+    return out
+
+
+@pytest.mark.parametrize("words", _subcommands(), ids=lambda w: " ".join(w) or "joulegate")
+def test_every_command_prints_its_help(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*words, "--help"])
+    assert done.value.code == 0
+    assert "usage: joulegate" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.app import AppContext, Component
+from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend

@@ -18,7 +18,7 @@ from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
 from accounting.ledger import Ledger
 from config import AuthSettings, LedgerSettings, TelemetrySettings
-from proxy.app import Component
+from proxy.context import Component
 from proxy.metrics import metrics_endpoint, prometheus_component
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import accounting_components

@@ -21,8 +21,8 @@ from accounting.study.prompts import bundled_prompts, load_prompt_file, select
 from accounting.study.runner import Progress, StudySettings
 from accounting.study.stats import confidence_interval, linear_fit, mean, t_quantile
 from config import LedgerSettings, StudyAborted, StudyError
-from proxy.app import AppContext
 from proxy.cli import main
+from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 from proxy.task import BUNDLED_TASKS
 from tests.fake_backend import FakeBackend, serving

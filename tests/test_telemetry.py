@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 from config import TelemetrySettings, Unauthorized
 from meters.base import Meter, Reading
 from meters.sampler import Sampler
-from proxy.app import Component
+from proxy.context import Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Window
 from proxy.llamacpp import free_port

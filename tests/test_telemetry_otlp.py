@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from config import TelemetrySettings
-from proxy.app import Component
+from proxy.context import Component
 from proxy.llamacpp import free_port
 from proxy.telemetry import telemetry_component
 from tests.support import serve

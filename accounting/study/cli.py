@@ -37,6 +37,7 @@ from accounting.study.runner import (
     run_study,
 )
 from accounting.study.summary import Summary, summarise
+from config.cli import add_config_option
 from config.errors import StudyAborted, StudyError
 
 DemoStarter = Callable[[argparse.Namespace, Path], contextlib.AbstractContextManager[str]]
@@ -76,11 +77,11 @@ def register(sub: Any, *, start_demo: DemoStarter | None = None) -> None:
     """Add ``joulegate bench``."""
     p = sub.add_parser(
         "bench",
-        help="compare models per task: energy, SCI and CO2e per request, with 95% CIs",
+        help="compare models per task: energy, SCI and CO2e per request, with 95%% CIs",
         description="Send task-tagged prompts through joulegate, one at a time, and report "
         "each model's energy and SCI per task (tables, dataset, plots, report).",
     )
-    p.add_argument("--config", type=Path, help="TOML settings for the demo's joulegate")
+    add_config_option(p, "TOML settings for the demo's joulegate")
     p.add_argument("--url", help="a running joulegate (default: start the demo)")
     p.add_argument("--api-key", help="joulegate key (keys auth mode)")
     p.add_argument("--models", help="comma-separated models (default: all it serves)")
