@@ -34,11 +34,12 @@ from proxy.accesslog import access_log_component
 from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component
 from proxy.exchange import Pipeline, Stage
-from proxy.forward import Forwarder, internal_error
+from proxy.forward import Forwarder
 from proxy.gate import Gate
 from proxy.metrics import metrics_endpoint, prometheus_component
 from proxy.telemetry import telemetry_component
 from proxy.transport import open_transport
+from proxy.wire import internal_error
 
 log = logging.getLogger("joulegate")
 

@@ -1,0 +1,241 @@
+"""The answer side: relaying the backend's answer to the client as it arrives.
+
+Whole JSON answers (with ``energy`` added), SSE event by event (``energy`` in the last
+data event), Ollama's NDJSON line by line, anything else byte for byte; compressed
+answers decoded for parsing. Every send to the client is bounded by
+``write_timeout_s``: a client that stops reading loses its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgspec
+from litestar.types import Send
+
+from config.errors import BackendUnreachable, ProxyError
+from config.settings import Settings
+from proxy.exchange import Exchange, Pipeline
+from proxy.schema import RESPONSES_FINAL, note_chunk, put_energy
+from proxy.sse import EventSplitter
+from proxy.wire import decode_json, encode_json, fmt_ms, request_id_header
+
+log = logging.getLogger("joulegate.proxy")
+
+
+@dataclass(slots=True)
+class Relay:
+    """What the forwarding task hands back to the finishing step."""
+
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    streaming: str = ""
+    """How the answer is relayed while it arrives: ``sse``, ``ndjson``, ``raw``, or
+    empty when it is read whole (JSON, or any body of known length)."""
+    started: bool = False
+    """Response headers already sent to the client (streams)."""
+    held: tuple[Any, Any] | None = None
+    """A stream's last data event (event, parsed object), held to carry ``energy``."""
+    tail: bytes = b""
+    """Bytes to send after the held event (``[DONE]``)."""
+    error_event: bytes = b""
+
+
+class ClientStalled(Exception):
+    """The client took nothing of its answer for ``write_timeout_s``."""
+
+
+class Relayer:
+    """Sends the backend's answer on to the client, in the shape it arrives in."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._s = settings
+        self._pipeline = pipeline
+
+    async def to_client(self, send: Send, message: Any) -> None:
+        """Send to the client; one that reads nothing for ``write_timeout_s`` (its
+        socket buffer full) loses the answer instead of holding the slot forever."""
+        try:
+            async with asyncio.timeout(self._s.write_timeout_s):
+                await send(message)
+        except TimeoutError:
+            raise ClientStalled from None
+
+    async def send_body(self, send: Send, data: bytes) -> None:
+        """One more piece of the body (bounded by ``write_timeout_s``)."""
+        await self.to_client(send, {"type": "http.response.body", "body": data, "more_body": True})
+
+    async def start_stream(self, ex: Exchange, relay: Relay, send: Send) -> None:
+        """Send the status and headers of a streamed answer (energy comes in the body)."""
+        await self.to_client(
+            send,
+            {
+                "type": "http.response.start",
+                "status": relay.status,
+                "headers": [
+                    *relay.headers,
+                    (b"x-queue-ms", fmt_ms(ex.window.queue_s * 1000)),
+                    request_id_header(ex),
+                    *((k.encode(), v.encode()) for k, v in ex.response_headers.items()),
+                ],
+            },
+        )
+        relay.started = True
+
+    async def relay_lines(
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
+    ) -> None:
+        """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``."""
+        await self.start_stream(ex, relay, send)
+        buf = b""
+        async for chunk in chunks:
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                try:
+                    obj = decode_json(line)
+                except msgspec.DecodeError:
+                    obj = None
+                if isinstance(obj, dict):
+                    note_chunk(ex, obj, self._pipeline.wants_content)
+                    if obj.get("done") is True:
+                        relay.held = (None, obj)
+                        continue
+                await self.send_body(send, line + b"\n")
+        relay.tail = buf
+
+    async def relay_stream(
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
+    ) -> None:
+        """SSE, event by event; the event that ends the answer is held for ``energy``."""
+        await self.start_stream(ex, relay, send)
+        splitter = EventSplitter()
+        collect = self._pipeline.wants_content
+        async for chunk in chunks:
+            for event in splitter.feed(chunk):
+                if event.data is None:
+                    await self.send_body(send, event.raw)
+                    continue
+                if event.data == b"[DONE]":
+                    relay.tail = event.raw
+                    return
+                obj = event.decoded()
+                if not isinstance(obj, dict):
+                    await self.send_body(send, event.raw)
+                    continue
+                if obj.get("type") in RESPONSES_FINAL:
+                    # The Responses API's last event: energy rides in its response.
+                    note_chunk(ex, obj, collect)
+                    if relay.held is not None:
+                        await self.send_body(send, relay.held[0].raw)
+                    relay.held = (event, obj)
+                    continue
+                if obj.get("type") == "response.output_text.delta":
+                    ex.stream_content_chunks += 1
+                has_text, has_finish = note_chunk(ex, obj, collect)
+                if has_text:
+                    ex.stream_content_chunks += 1
+                if obj.get("choices") == [] and obj.get("usage") is not None:
+                    if ex.usage_injected:
+                        continue  # the client did not ask for it
+                elif not has_finish:
+                    if relay.held is not None:
+                        await self.send_body(send, relay.held[0].raw)
+                        relay.held = None
+                    await self.send_body(send, event.raw)
+                    continue
+                if relay.held is not None:
+                    await self.send_body(send, relay.held[0].raw)
+                relay.held = (event, obj)
+        rest = splitter.rest()
+        if rest:
+            relay.tail = rest
+
+    def note_json(self, ex: Exchange, relay: Relay) -> None:
+        """Parse a whole JSON answer and hold it to carry ``energy``."""
+        try:
+            obj = decode_json(relay.body)
+        except msgspec.DecodeError:
+            return
+        if isinstance(obj, dict):
+            relay.held = (None, obj)
+            note_chunk(ex, obj, self._pipeline.wants_content)
+
+    def timing_headers(self, ex: Exchange) -> list[tuple[bytes, bytes]]:
+        """``x-queue-ms``, ``x-request-id`` and, once known, ``x-duration-ms``."""
+        out = [(b"x-queue-ms", fmt_ms(ex.window.queue_s * 1000)), request_id_header(ex)]
+        if ex.window.duration_s is not None:
+            out.append((b"x-duration-ms", fmt_ms(ex.window.duration_s * 1000)))
+        return out
+
+    async def finish_whole(self, ex: Exchange, relay: Relay, send: Send) -> None:
+        """Send a whole answer with its ``energy`` field and every figure as a header."""
+        body = relay.body
+        if relay.held is not None and 200 <= relay.status < 300:
+            obj = relay.held[1]
+            put_energy(obj, ex.energy)
+            body = encode_json(obj)
+        headers = relay.headers + self.timing_headers(ex)
+        headers += [(k.encode(), v.encode()) for k, v in ex.response_headers.items()]
+        headers.append((b"content-length", str(len(body)).encode()))
+        start = {"type": "http.response.start", "status": relay.status, "headers": headers}
+        await self.to_client(send, start)
+        await self.to_client(send, {"type": "http.response.body", "body": body})
+
+    async def finish_stream(
+        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: Send
+    ) -> None:
+        """The held last event with ``energy`` (or an error event), then the tail."""
+        out = b""
+        if relay.streaming == "ndjson":
+            if relay.held is not None:
+                out += encode_json({**relay.held[1], "energy": ex.energy}) + b"\n"
+            if error is not None:
+                out += encode_json({"error": error.message}) + b"\n"  # Ollama's error shape
+            else:
+                out += relay.tail
+        elif relay.streaming == "sse":
+            if relay.held is not None:
+                event, obj = relay.held
+                put_energy(obj, ex.energy)
+                out += event.with_data(obj)
+            if error is not None:
+                out += b"data: " + encode_json(error.to_json()) + b"\n\n"
+            else:
+                out += relay.tail
+        await self.to_client(send, {"type": "http.response.body", "body": out})
+
+
+def decoder_for(encoding: str) -> Any:
+    """A zlib decoder for a gzip or deflate body; None for identity (or what we cannot
+    decode, which then passes through as the backend sent it)."""
+    enc = encoding.strip().lower()
+    if enc in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    if enc not in ("", "identity"):
+        log.warning("backend answer in %r encoding: relayed as is, not parsed", enc)
+    return None
+
+
+def decompress(decoder: Any, data: bytes, where: str) -> bytes:
+    try:
+        return bytes(decoder.decompress(data))
+    except zlib.error as exc:
+        raise BackendUnreachable(
+            f"the backend at {where} sent a body that does not decompress: {exc}",
+            code="backend_bad_encoding",
+        ) from None
+
+
+async def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
+    """The body as it arrives, decoded when the backend compressed it."""
+    where = str(response.url.origin())
+    async for chunk in response.content.iter_any():
+        yield decompress(decoder, chunk, where) if decoder is not None else chunk

@@ -1,0 +1,107 @@
+"""Reading OpenAI-compatible answers: what joulegate takes from each object or chunk.
+
+Chat and completions objects, their stream chunks, the Responses API's objects and
+typed events, and Ollama's native answers: ids, models, tokens, finish reasons and
+(when a stage asks for it) the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.exchange import Exchange
+
+RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tuple[bool, bool]:
+    """Pick what stages need from a response object or stream chunk, in one pass.
+
+    Returns whether any choice carried text and whether any carried a finish reason
+    (what the stream relay decides on).
+    """
+    if isinstance(obj.get("response"), dict) and isinstance(obj.get("type"), str):
+        _note_response_event(ex, obj["type"], obj["response"])
+        return False, False
+    if ex.response_id is None and isinstance(obj.get("id"), str):
+        ex.response_id = obj["id"]
+    if isinstance(obj.get("model"), str):
+        ex.model_served = obj["model"]
+    if isinstance(obj.get("eval_count"), int):  # Ollama's native answers
+        ex.completion_tokens = obj["eval_count"]
+        if isinstance(obj.get("prompt_eval_count"), int):
+            ex.prompt_tokens = obj["prompt_eval_count"]
+    if isinstance(obj.get("done_reason"), str) and obj["done_reason"]:
+        ex.finish_reasons.append(obj["done_reason"])
+    if obj.get("object") == "response":  # a whole Responses API answer
+        _note_response_event(ex, "", obj)
+    if collect:
+        message = obj.get("message")
+        piece = message.get("content") if isinstance(message, dict) else obj.get("response")
+        if isinstance(piece, str) and piece:
+            ex.response_text = (ex.response_text or "") + piece
+    _note_usage(ex, obj.get("usage"))
+    has_text = has_finish = False
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        for c in choices:
+            if not isinstance(c, dict):
+                continue
+            reason = c.get("finish_reason")
+            if isinstance(reason, str) and reason:
+                ex.finish_reasons.append(reason)
+                has_finish = True
+            piece = _text_of(c)
+            if piece:
+                has_text = True
+                if collect:
+                    ex.response_text = (ex.response_text or "") + piece
+    return has_text, has_finish
+
+
+def put_energy(obj: dict[str, Any], energy: dict[str, Any]) -> None:
+    """Set (replace, never merge into) ``energy`` where a client reads it: in the
+    ``response`` of a Responses stream's last event, else at the top."""
+    inner = obj.get("response")
+    if obj.get("type") in RESPONSES_FINAL and isinstance(inner, dict):
+        inner["energy"] = energy
+    else:
+        obj["energy"] = energy
+
+
+def _note_usage(ex: Exchange, usage: Any) -> None:
+    """Token counts in OpenAI's chat (prompt/completion) or Responses (input/output) names."""
+    if not isinstance(usage, dict):
+        return
+    for name, attr in (
+        ("prompt_tokens", "prompt_tokens"),
+        ("input_tokens", "prompt_tokens"),
+        ("completion_tokens", "completion_tokens"),
+        ("output_tokens", "completion_tokens"),
+    ):
+        if isinstance(usage.get(name), int):
+            setattr(ex, attr, usage[name])
+
+
+def _note_response_event(ex: Exchange, kind: str, response: dict[str, Any]) -> None:
+    """A Responses API object: whole, or inside a stream's ``response.*`` event."""
+    if ex.response_id is None and isinstance(response.get("id"), str):
+        ex.response_id = response["id"]
+    if isinstance(response.get("model"), str):
+        ex.model_served = response["model"]
+    _note_usage(ex, response.get("usage"))
+    status = response.get("status")
+    # "completed", "incomplete" or "failed": the Responses API's finish reason.
+    if kind in ("", "response.completed", "response.incomplete", "response.failed") and (
+        isinstance(status, str) and status not in ("in_progress", "queued")
+    ):
+        ex.finish_reasons.append(status)
+
+
+def _text_of(choice: dict[str, Any]) -> str | None:
+    for key in ("delta", "message"):
+        part = choice.get(key)
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            return str(part["content"])
+    text = choice.get("text")
+    return text if isinstance(text, str) else None
