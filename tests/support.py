@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,3 +84,7 @@ async def read_body(receive: Any) -> bytes:
         body += chunk
         if not msg.get("more_body"):
             return body
+
+
+JoulegateApp = Callable[..., contextlib.AbstractAsyncContextManager[Running]]
+"""The ``joulegate_app`` fixture: ``joulegate_app(backend_url, components, **settings)``."""

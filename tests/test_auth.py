@@ -15,7 +15,9 @@ import pytest
 from accounting.auth import KeyStore
 from accounting.ledger import Ledger
 from config import AuthSettings, LedgerError, LedgerSettings
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
+from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -48,8 +50,8 @@ async def test_only_a_salted_digest_and_a_short_prefix_are_stored(tmp_path: Path
 
 
 async def test_keys_mode_refuses_missing_wrong_and_revoked_keys(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     key = await make_key(path, "alice")
     revoked = await make_key(path, "bob")
@@ -80,8 +82,8 @@ async def test_keys_mode_refuses_missing_wrong_and_revoked_keys(
 
 
 async def test_the_openai_sdk_works_with_a_key_and_raises_on_a_bad_one(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     key = await make_key(path, "carol")
     settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
@@ -102,8 +104,8 @@ async def test_the_openai_sdk_works_with_a_key_and_raises_on_a_bad_one(
 
 
 async def test_keys_created_or_revoked_while_serving_take_effect(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     first = await make_key(path, "alice")
     settings = {"ledger": LedgerSettings(path=str(path)),
@@ -128,8 +130,8 @@ async def test_keys_created_or_revoked_while_serving_take_effect(
 
 
 async def test_trust_mode_takes_the_user_from_the_header_or_the_body(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     settings = {"ledger": LedgerSettings(path=str(path)),
                 "auth": AuthSettings(mode="trust", user_header="x-user")}  # fmt: skip
@@ -149,8 +151,8 @@ async def test_trust_mode_takes_the_user_from_the_header_or_the_body(
 
 
 async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     for mode in ("open", "auto"):
         settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode=mode)}  # type: ignore[arg-type]
@@ -165,8 +167,8 @@ async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
 
 
 async def test_auto_mode_stays_keys_once_every_key_has_been_revoked(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     key = await make_key(path, "alice")
     assert await revoke(path, key[:11]) == 1
@@ -184,8 +186,8 @@ async def test_auto_mode_stays_keys_once_every_key_has_been_revoked(
 
 
 async def test_a_failing_key_look_up_is_a_503_in_openai_shape(
-    fake, joulegate_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "l.sqlite3"
     await make_key(path, "alice")
     settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -136,7 +137,7 @@ def test_backends_come_from_one_environment_variable_and_backend_url_still_works
         )
 
 
-async def test_without_a_valid_key_nothing_is_learnt_about_the_models(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_without_a_valid_key_nothing_is_learnt_about_the_models(tmp_path: Path) -> None:
     from accounting.auth import KeyStore
     from accounting.ledger import Ledger
     from config import AuthSettings

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fake_backend import FakeBackend
-from tests.support import serve
+from tests.support import JoulegateApp, serve
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -31,9 +31,9 @@ async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_clients_that_leave_free_their_backend_connections_and_gated_never_wait(  # type: ignore[no-untyped-def]
-    joulegate_app,
-):
+async def test_clients_that_leave_free_their_backend_connections_and_gated_never_wait(
+    joulegate_app: JoulegateApp,
+) -> None:
     fake = FakeBackend()
     async with (
         backend(fake) as url,
@@ -64,9 +64,9 @@ async def test_clients_that_leave_free_their_backend_connections_and_gated_never
     assert "connection" in starved.json()["error"]["message"]
 
 
-async def test_a_reader_that_stops_reading_loses_its_stream_and_frees_the_slot(  # type: ignore[no-untyped-def]
-    joulegate_app,
-):
+async def test_a_reader_that_stops_reading_loses_its_stream_and_frees_the_slot(
+    joulegate_app: JoulegateApp,
+) -> None:
     from tests.test_forward import _Capture, _component
 
     cap = _Capture()
@@ -97,7 +97,7 @@ async def test_a_reader_that_stops_reading_loses_its_stream_and_frees_the_slot( 
     assert jg.gate.in_flight == 0
 
 
-async def test_queued_bodies_are_bounded_in_bytes(joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_queued_bodies_are_bounded_in_bytes(joulegate_app: JoulegateApp) -> None:
     fake = FakeBackend()
     mib = 1024 * 1024
     settings = {"max_body_bytes": mib, "max_queued_bytes": 3 * mib}
@@ -135,9 +135,9 @@ async def test_queued_bodies_are_bounded_in_bytes(joulegate_app) -> None:  # typ
 
 
 @pytest.mark.parametrize("head_kib", [65, 1024])
-async def test_an_oversized_request_head_is_431_and_the_connection_closed(  # type: ignore[no-untyped-def]
-    joulegate_app, head_kib
-):
+async def test_an_oversized_request_head_is_431_and_the_connection_closed(
+    joulegate_app: JoulegateApp, head_kib: int
+) -> None:
     fake = FakeBackend()
     async with backend(fake) as url, joulegate_app(url) as jg:
         host, port = jg.url.removeprefix("http://").split(":")
@@ -161,7 +161,9 @@ async def test_an_oversized_request_head_is_431_and_the_connection_closed(  # ty
     assert ok.status_code == 200  # a head under the limit is fine
 
 
-async def test_a_huge_answer_is_relayed_unparsed_with_energy_in_headers(joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_a_huge_answer_is_relayed_unparsed_with_energy_in_headers(
+    joulegate_app: JoulegateApp,
+) -> None:
     fake = FakeBackend()
     async with (
         backend(fake) as url,

@@ -12,7 +12,9 @@ import pytest
 from accounting.budgets import Budget, BudgetBook, period_bounds
 from accounting.ledger import Ledger, LedgerRow, iso
 from config import AuthSettings, LedgerSettings
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import CO2E_G, ENERGY_J, accounting_components, db_rows
+from tests.support import JoulegateApp
 
 UTC = dt.UTC
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -62,8 +64,8 @@ async def test_totals_start_from_the_ledger_and_roll_over_with_the_period(tmp_pa
 
 
 async def test_every_response_carries_what_is_left_and_the_crossing_request_is_the_last(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with Ledger(path) as ledger:
         # 2.5 requests' worth of energy per day (each request uses ENERGY_J).
@@ -100,8 +102,8 @@ async def test_every_response_carries_what_is_left_and_the_crossing_request_is_t
 
 
 async def test_a_carbon_budget_refuses_with_its_own_code(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with Ledger(path) as ledger:
         await BudgetBook(ledger).set(Budget("anonymous", "month", co2e_g=CO2E_G / 2))
@@ -120,8 +122,8 @@ async def test_a_carbon_budget_refuses_with_its_own_code(
 
 
 async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     settings = {"ledger": LedgerSettings(path=str(path)),
                 "auth": AuthSettings(mode="open", refresh_s=0.05)}  # fmt: skip
@@ -144,8 +146,8 @@ async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
 
 @pytest.mark.parametrize("max_concurrency", [1, 3])
 async def test_queued_requests_are_checked_at_admission_so_the_overshoot_is_bounded(
-    fake, joulegate_app, tmp_path: Path, max_concurrency: int
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, max_concurrency: int
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with Ledger(path) as ledger:
         # Less than one request's energy: the first admitted ones use it all up.

@@ -15,12 +15,14 @@ from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
-from tests.support import sse_events
+from tests.support import JoulegateApp, sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-async def test_non_streaming_answer_comes_back_with_timing_and_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_non_streaming_answer_comes_back_with_timing_and_energy(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(
             jg.url + "/v1/chat/completions?trace=1",
@@ -49,7 +51,9 @@ async def test_non_streaming_answer_comes_back_with_timing_and_energy(fake, joul
     assert not {"keep-alive", "proxy-authorization", "te"} & set(seen.headers)
 
 
-async def test_backend_errors_come_back_unchanged(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_backend_errors_come_back_unchanged(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(
             jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-status": "400"}
@@ -66,7 +70,9 @@ async def test_backend_errors_come_back_unchanged(fake, joulegate_app):  # type:
     assert "x-queue-ms" in r.headers
 
 
-async def test_malformed_json_is_refused_without_touching_the_backend(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_malformed_json_is_refused_without_touching_the_backend(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(
             jg.url + "/v1/chat/completions",
@@ -81,7 +87,7 @@ async def test_malformed_json_is_refused_without_touching_the_backend(fake, joul
     assert fake.seen == []
 
 
-async def test_oversized_body_gets_413(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_oversized_body_gets_413(fake: FakeBackend, joulegate_app: JoulegateApp) -> None:
     async with joulegate_app(fake.url, max_body_bytes=2048) as jg, httpx.AsyncClient() as c:
         big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
         r = await c.post(jg.url + "/v1/chat/completions", json=big)
@@ -96,7 +102,7 @@ async def test_oversized_body_gets_413(fake, joulegate_app):  # type: ignore[no-
     assert fake.seen == []
 
 
-async def test_unreachable_backend_is_502_naming_the_url(joulegate_app):  # type: ignore[no-untyped-def]
+async def test_unreachable_backend_is_502_naming_the_url(joulegate_app: JoulegateApp) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with joulegate_app(dead) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
@@ -106,7 +112,9 @@ async def test_unreachable_backend_is_502_naming_the_url(joulegate_app):  # type
     assert err["type"] == "backend_unreachable" and dead in err["message"]
 
 
-async def test_backend_timeout_is_504_and_frees_the_slot(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_backend_timeout_is_504_and_frees_the_slot(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url, read_timeout_s=0.2) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-hang": "1"})
         assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
@@ -117,7 +125,9 @@ async def test_backend_timeout_is_504_and_frees_the_slot(fake, joulegate_app):  
     assert ok.status_code == 200
 
 
-async def test_client_key_is_replaced_by_the_configured_backend_key(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_client_key_is_replaced_by_the_configured_backend_key(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with (
         joulegate_app(fake.url, backend_api_key="backend-secret") as jg,
         httpx.AsyncClient() as c,
@@ -131,15 +141,17 @@ async def test_client_key_is_replaced_by_the_configured_backend_key(fake, jouleg
     assert [s.headers["authorization"] for s in fake.seen] == ["Bearer backend-secret"] * 2
 
 
-async def test_client_key_passes_through_when_joulegate_does_not_authenticate(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_client_key_passes_through_when_joulegate_does_not_authenticate(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         await c.get(jg.url + "/v1/models", headers={"authorization": "Bearer client-secret"})
     assert fake.seen[0].headers["authorization"] == "Bearer client-secret"
 
 
 async def test_stream_carries_energy_in_the_finish_chunk_and_strips_injected_usage(
-    fake, joulegate_app
-):  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -158,7 +170,9 @@ async def test_stream_carries_energy_in_the_finish_chunk_and_strips_injected_usa
     assert fake.seen[0].json()["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_with_usage_asked_gets_energy_in_the_usage_chunk(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_stream_with_usage_asked_gets_energy_in_the_usage_chunk(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     req = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=req)
@@ -169,15 +183,17 @@ async def test_stream_with_usage_asked_gets_energy_in_the_usage_chunk(fake, joul
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
-async def test_stream_usage_injection_can_be_turned_off(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_stream_usage_injection_can_be_turned_off(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url, stream_usage=False) as jg, httpx.AsyncClient() as c:
         await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
     assert "stream_options" not in fake.seen[0].json()
 
 
 async def test_first_event_reaches_the_client_while_the_backend_still_generates(
-    fake, joulegate_app
-):  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     req = {**CHAT, "stream": True, "max_tokens": 5}
     async with (
         joulegate_app(fake.url) as jg,
@@ -198,7 +214,9 @@ async def test_first_event_reaches_the_client_while_the_backend_still_generates(
     assert sse_events(first + rest)[-1] == "[DONE]"
 
 
-async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_backend_dropping_a_stream_ends_it_with_an_error_event(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(
             jg.url + "/v1/chat/completions",
@@ -211,7 +229,7 @@ async def test_backend_dropping_a_stream_ends_it_with_an_error_event(fake, joule
     assert "[DONE]" not in evs
 
 
-async def test_health_and_readiness(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_health_and_readiness(fake: FakeBackend, joulegate_app: JoulegateApp) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         h = await c.get(jg.url + "/healthz")
         ready = await c.get(jg.url + "/readyz")
@@ -222,13 +240,17 @@ async def test_health_and_readiness(fake, joulegate_app):  # type: ignore[no-unt
     assert not_ready.status_code == 503 and not_ready.json()["status"] == "not_ready"
 
 
-async def test_unknown_route_outside_v1_is_an_openai_style_404(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_unknown_route_outside_v1_is_an_openai_style_404(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.get(jg.url + "/nope")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
-async def test_ollama_native_paths_forwarded_only_when_enabled(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_ollama_native_paths_forwarded_only_when_enabled(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url, ollama_native=True) as jg, httpx.AsyncClient() as c:
         on = await c.get(jg.url + "/api/tags")
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
@@ -238,7 +260,9 @@ async def test_ollama_native_paths_forwarded_only_when_enabled(fake, joulegate_a
     assert [s.path for s in fake.seen] == ["/api/tags"]
 
 
-async def test_ollama_native_stream_is_relayed_line_by_line_with_energy_last(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_ollama_native_stream_is_relayed_line_by_line_with_energy_last(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     cap = _Capture()
     req = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
            "options": {"num_predict": 5}}  # fmt: skip
@@ -264,7 +288,9 @@ async def test_ollama_native_stream_is_relayed_line_by_line_with_energy_last(fak
     assert ex.stream is True and ex.finish_reasons == ["length"]
 
 
-async def test_ollama_native_answer_without_stream_gets_energy(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_ollama_native_answer_without_stream_gets_energy(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     req = {"model": "m", "messages": [], "stream": False, "options": {"num_predict": 2}}
     async with joulegate_app(fake.url, ollama_native=True) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/api/chat", json=req)
@@ -273,7 +299,9 @@ async def test_ollama_native_answer_without_stream_gets_energy(fake, joulegate_a
     assert "x-duration-ms" in r.headers
 
 
-async def test_openai_sdk_parses_every_response_unchanged(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_openai_sdk_parses_every_response_unchanged(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg:
         client = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="x", max_retries=0)
         raw = await client.chat.completions.with_raw_response.create(
@@ -318,7 +346,9 @@ def _component(stage: Stage) -> Component:
     return make
 
 
-async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     cap = _Capture()
     async with joulegate_app(fake.url, [_component(cap)]) as jg, httpx.AsyncClient() as c:
         await c.post(
@@ -336,9 +366,9 @@ async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(fake, j
     assert reported.prompt_tokens == 7
 
 
-async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(  # type: ignore[no-untyped-def]
-    fake, joulegate_app
-):
+async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     from accounting.carbon_stage import carbon
     from meters import meters_component
     from tests.fake_backend import IMPOSTOR_HEADERS
@@ -370,7 +400,9 @@ async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(  
     assert len(stream.headers.get_list("x-queue-ms")) <= 1
 
 
-async def test_responses_api_answers_and_streams_are_accounted(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_responses_api_answers_and_streams_are_accounted(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     cap = _Capture()
     async with joulegate_app(fake.url, [_component(cap)]) as jg:
         client = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="k", max_retries=0)
@@ -395,9 +427,9 @@ async def test_responses_api_answers_and_streams_are_accounted(fake, joulegate_a
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PUT", "PATCH", "PROPFIND"])
-async def test_methods_apis_do_not_use_are_405_and_never_forwarded(  # type: ignore[no-untyped-def]
-    fake, joulegate_app, method
-):
+async def test_methods_apis_do_not_use_are_405_and_never_forwarded(
+    fake: FakeBackend, joulegate_app: JoulegateApp, method: str
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.request(method, jg.url + "/v1/chat/completions", json=CHAT)
         options = await c.options(jg.url + "/v1/models")
@@ -412,7 +444,9 @@ async def test_methods_apis_do_not_use_are_405_and_never_forwarded(  # type: ign
 
 
 @pytest.mark.parametrize("opts", ["yes", 1, ["include_usage"], True])
-async def test_stream_options_that_are_not_an_object_are_400(fake, joulegate_app, opts):  # type: ignore[no-untyped-def]
+async def test_stream_options_that_are_not_an_object_are_400(
+    fake: FakeBackend, joulegate_app: JoulegateApp, opts: str
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient() as c:
         r = await c.post(
             jg.url + "/v1/chat/completions",
@@ -423,7 +457,9 @@ async def test_stream_options_that_are_not_an_object_are_400(fake, joulegate_app
     assert fake.seen == []
 
 
-async def test_a_backend_that_compresses_anyway_loses_no_accounting(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_a_backend_that_compresses_anyway_loses_no_accounting(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     cap = _Capture()
     gz = {"x-fake-gzip": "1"}
     async with joulegate_app(fake.url, [_component(cap)]) as jg:

@@ -13,7 +13,9 @@ import pytest
 
 from accounting.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerRow, default_path
 from config import LedgerError, LedgerSettings
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import CO2E_G, ENERGY_J, accounting_components, db_rows
+from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "secret prompt"}], "max_tokens": 4}
 
@@ -105,8 +107,8 @@ async def test_concurrent_writers_on_one_file_lose_nothing(tmp_path: Path) -> No
 
 
 async def test_each_gated_request_is_recorded_before_its_last_byte(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     ledger = LedgerSettings(path=str(path))
     async with (
@@ -142,7 +144,9 @@ async def test_each_gated_request_is_recorded_before_its_last_byte(
     )
 
 
-async def test_content_is_stored_only_when_asked(fake, joulegate_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_content_is_stored_only_when_asked(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     ledger = LedgerSettings(path=str(path), record_content=True)
     async with (
@@ -157,8 +161,8 @@ async def test_content_is_stored_only_when_asked(fake, joulegate_app, tmp_path: 
 
 
 async def test_recorded_content_never_reaches_a_log_even_at_debug(
-    fake, joulegate_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)  # log_level = "debug": every library's debug lines
     path = tmp_path / "l.sqlite3"
     ledger = LedgerSettings(path=str(path), record_content=True)
@@ -175,8 +179,8 @@ async def test_recorded_content_never_reaches_a_log_even_at_debug(
 
 
 async def test_failed_and_cancelled_requests_are_recorded_with_a_reason(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     ledger = LedgerSettings(path=str(path))
     async with (

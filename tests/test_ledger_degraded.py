@@ -17,7 +17,9 @@ import pytest
 
 from accounting.ledger import Ledger, LedgerRow
 from config import LedgerSettings
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
+from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -191,8 +193,8 @@ async def test_a_read_only_file_holds_rows_until_it_is_writable_again(tmp_path: 
 
 
 async def test_requests_are_served_while_the_ledger_is_locked_and_readyz_says_so(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     settings = {"ledger": LedgerSettings(path=str(path), busy_timeout_s=0.05, retry_s=0.05)}
     async with (

@@ -16,7 +16,9 @@ import pytest
 from accounting import ledger as ledger_module
 from accounting.ledger import Ledger, LedgerRow
 from config import LedgerSettings
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
+from tests.support import JoulegateApp
 from tests.test_ledger_degraded import CHAT, eventually, fast, row, write_locked
 
 
@@ -73,8 +75,8 @@ async def test_degraded_mode_ends_although_rows_arrive_during_every_retry(tmp_pa
 
 
 async def test_degraded_mode_ends_while_requests_keep_flowing(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     settings = {"ledger": LedgerSettings(path=str(path), busy_timeout_s=0.05, retry_s=0.05)}
     served: list[str] = []
@@ -160,8 +162,8 @@ async def test_memory_only_rows_are_filed_once_the_file_takes_rows_again(tmp_pat
 
 @pytest.mark.parametrize("require_durable", [True, False])
 async def test_require_durable_refuses_requests_while_no_row_could_be_kept(
-    fake, joulegate_app, tmp_path: Path, require_durable: bool
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, require_durable: bool
+) -> None:
     path = tmp_path / "l.sqlite3"
     (tmp_path / "a-file").write_text("not a folder")
     ledger_settings = LedgerSettings(path=str(path), busy_timeout_s=0.05, retry_s=0.05,

@@ -13,8 +13,9 @@ from config.settings import MeterSettings
 from meters.stage import meters_component
 from meters.thermal import ThermalGuard
 from proxy.gate import Gate, Window
+from tests.fake_backend import FakeBackend
 from tests.meters_support import SteadyMeter
-from tests.support import sse_events
+from tests.support import JoulegateApp, sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 DELAY = {"x-fake-delay-ms": "200"}
@@ -24,7 +25,9 @@ def component(*meters: SteadyMeter) -> Any:
     return functools.partial(meters_component, meters=list(meters))
 
 
-async def test_non_streaming_response_carries_energy_headers_and_body(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_non_streaming_response_carries_energy_headers_and_body(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     gpu, cpu = SteadyMeter(200.0, "gpu", name="nvml"), SteadyMeter(50.0, "cpu", name="rapl")
     async with joulegate_app(fake.url, [component(gpu, cpu)]) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT, headers=DELAY)
@@ -55,7 +58,9 @@ async def test_non_streaming_response_carries_energy_headers_and_body(fake, joul
     assert "x-energy-machine-j" not in h  # not measured here
 
 
-async def test_stream_carries_energy_in_its_last_data_chunk(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_carries_energy_in_its_last_data_chunk(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     gpu = SteadyMeter(100.0, "gpu", name="nvml")
     async with joulegate_app(fake.url, [component(gpu)]) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True},
@@ -72,7 +77,9 @@ async def test_stream_carries_energy_in_its_last_data_chunk(fake, joulegate_app)
     assert "x-energy-j" not in r.headers  # a stream's headers leave before its energy is known
 
 
-async def test_failed_meter_gives_null_and_a_reason_never_zero(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_failed_meter_gives_null_and_a_reason_never_zero(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     gpu, cpu = SteadyMeter(200.0, "gpu", name="nvml"), SteadyMeter(50.0, "cpu", name="rapl")
     async with joulegate_app(fake.url, [component(gpu, cpu)]) as jg, httpx.AsyncClient() as c:
         gpu.fail = "NVML read: GPU is lost"
@@ -92,7 +99,7 @@ async def test_failed_meter_gives_null_and_a_reason_never_zero(fake, joulegate_a
     assert check["failing"] == {"nvml": "NVML read: GPU is lost"} and check["ok"] is True
 
 
-async def test_estimates_are_labelled(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_estimates_are_labelled(fake: FakeBackend, joulegate_app: JoulegateApp) -> None:
     cpu = SteadyMeter(30.0, "cpu", name="estimate", estimated=True)
     async with joulegate_app(fake.url, [component(cpu)]) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/completions", json={"model": "m", "prompt": "hi"})
@@ -104,7 +111,9 @@ async def test_estimates_are_labelled(fake, joulegate_app) -> None:  # type: ign
     assert "x-energy-j" not in models.headers  # not gated: no window, no energy
 
 
-async def test_thermal_guard_pauses_and_resumes_the_gate(fake, joulegate_app) -> None:  # type: ignore[no-untyped-def]
+async def test_thermal_guard_pauses_and_resumes_the_gate(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     gpu = SteadyMeter(100.0, "gpu", name="nvml")
     gpu.temperature_c = 91.0
     meters = MeterSettings(thermal_limit_c=85.0, thermal_resume_c=75.0)

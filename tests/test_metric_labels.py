@@ -96,7 +96,7 @@ def exchange(
     return ex
 
 
-async def test_random_model_names_over_http_are_counted_as_other(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_random_model_names_over_http_are_counted_as_other(fake: FakeBackend) -> None:
     done = FinishLine()
     parts = [prometheus_component, component(HeaderUser()), component(FakeEnergy()),
              component(done)]  # fmt: skip
@@ -131,7 +131,7 @@ async def test_random_model_names_over_http_are_counted_as_other(fake) -> None: 
     }
 
 
-async def test_ten_thousand_model_names_keep_the_registry_small(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_ten_thousand_model_names_keep_the_registry_small(fake: FakeBackend) -> None:
     settings = Settings(backends=(BackendSettings(url=fake.url),))
     async with httpx.AsyncClient() as client:
         router = BackendRouter(settings.backend_list, client)
@@ -162,7 +162,7 @@ async def test_ten_thousand_model_names_keep_the_registry_small(fake) -> None:  
     assert energy[("m", "total")] == energy[("m-2", "total")] == 1.0
 
 
-async def test_opentelemetry_metrics_bound_the_model_but_spans_keep_it(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_opentelemetry_metrics_bound_the_model_but_spans_keep_it(fake: FakeBackend) -> None:
     spans, reader, done = InMemorySpanExporter(), InMemoryMetricReader(), FinishLine()
     parts = [telemetry_component(span_exporter=spans, metric_reader=reader),
              component(HeaderUser()), component(FakeEnergy()), component(done)]  # fmt: skip
@@ -188,7 +188,7 @@ async def test_opentelemetry_metrics_bound_the_model_but_spans_keep_it(fake) -> 
     assert set(sent) <= span_models
 
 
-async def test_opentelemetry_stage_direct_volume_stays_bounded(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_opentelemetry_stage_direct_volume_stays_bounded(fake: FakeBackend) -> None:
     settings = Settings(backends=(BackendSettings(url=fake.url, models=MODELS),))
     reader = InMemoryMetricReader()
     providers = build_providers(settings.telemetry, span_exporters=[], metric_readers=[reader])
@@ -212,7 +212,9 @@ async def test_opentelemetry_stage_direct_volume_stays_bounded(fake) -> None:  #
     }
 
 
-async def test_trust_mode_names_only_users_the_ledger_knows(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_trust_mode_names_only_users_the_ledger_knows(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with Ledger(path) as ledger:
         await KeyStore(ledger).create("carol")

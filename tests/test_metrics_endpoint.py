@@ -73,7 +73,9 @@ def parts(energy: FakeEnergy, done: FinishLine) -> list[Component]:
     return [prometheus_component, component(HeaderUser()), component(energy), component(done)]
 
 
-async def test_counters_rise_by_exactly_the_energy_the_responses_reported(fake):  # type: ignore[no-untyped-def]
+async def test_counters_rise_by_exactly_the_energy_the_responses_reported(
+    fake: FakeBackend,
+) -> None:
     energy, done = FakeEnergy(), FinishLine()
     async with (
         joulegate(fake.url, parts(energy, done), [metrics_endpoint]) as jg,
@@ -129,7 +131,7 @@ async def test_counters_rise_by_exactly_the_energy_the_responses_reported(fake):
                model="m", endpoint="chat/completions", le="+Inf") == 5  # fmt: skip
 
 
-async def test_queue_length_shows_requests_waiting_for_a_slot(fake):  # type: ignore[no-untyped-def]
+async def test_queue_length_shows_requests_waiting_for_a_slot(fake: FakeBackend) -> None:
     energy, done = FakeEnergy(), FinishLine()
     async with (
         joulegate(fake.url, parts(energy, done), [metrics_endpoint]) as jg,
@@ -149,7 +151,7 @@ async def test_queue_length_shows_requests_waiting_for_a_slot(fake):  # type: ig
     assert (get(after, "joulegate_queue_length"), get(after, "joulegate_in_flight")) == (0, 0)
 
 
-async def test_the_user_label_can_be_switched_off(fake):  # type: ignore[no-untyped-def]
+async def test_the_user_label_can_be_switched_off(fake: FakeBackend) -> None:
     energy, done = FakeEnergy(), FinishLine()
     settings = TelemetrySettings(metrics_user_label=False)
     async with (
@@ -170,7 +172,7 @@ async def test_the_user_label_can_be_switched_off(fake):  # type: ignore[no-unty
                model="m", endpoint="chat/completions", status="200") == 2  # fmt: skip
 
 
-async def test_each_app_has_its_own_registry(fake):  # type: ignore[no-untyped-def]
+async def test_each_app_has_its_own_registry(fake: FakeBackend) -> None:
     first, second = (FakeEnergy(), FinishLine()), (FakeEnergy(), FinishLine())
     async with (
         joulegate(fake.url, parts(*first), [metrics_endpoint]) as a,
@@ -186,7 +188,7 @@ async def test_each_app_has_its_own_registry(fake):  # type: ignore[no-untyped-d
     assert not [m for m in REGISTRY.collect() if m.name.startswith("joulegate")]
 
 
-async def test_openmetrics_is_served_to_scrapers_that_ask_for_it(fake):  # type: ignore[no-untyped-def]
+async def test_openmetrics_is_served_to_scrapers_that_ask_for_it(fake: FakeBackend) -> None:
     async with (
         joulegate(fake.url, [prometheus_component], [metrics_endpoint]) as jg,
         httpx.AsyncClient() as c,
@@ -198,7 +200,7 @@ async def test_openmetrics_is_served_to_scrapers_that_ask_for_it(fake):  # type:
     assert "joulegate_queue_length 0" in r.text
 
 
-async def test_metrics_without_the_component_is_a_clean_404(fake):  # type: ignore[no-untyped-def]
+async def test_metrics_without_the_component_is_a_clean_404(fake: FakeBackend) -> None:
     async with joulegate(fake.url, [], [metrics_endpoint]) as jg, httpx.AsyncClient() as c:
         r = await c.get(jg.url + "/metrics")
     assert r.status_code == 404
@@ -218,7 +220,7 @@ def auth_parts() -> list[Component]:
     return [*accounting_components(), prometheus_component]
 
 
-async def test_keys_mode_asks_for_an_admin_key(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_keys_mode_asks_for_an_admin_key(fake: FakeBackend, tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     admin, alice = await keys(path)
     settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
@@ -246,7 +248,7 @@ async def test_keys_mode_asks_for_an_admin_key(fake, tmp_path: Path) -> None:  #
     assert 'user="alice"' in ok.text
 
 
-async def test_metrics_public_and_open_mode_need_no_key(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_public_and_open_mode_need_no_key(fake: FakeBackend, tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     await keys(path)
     public = {

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 
 from tests.conftest import Running
+from tests.fake_backend import FakeBackend
+from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -28,7 +30,9 @@ async def post(c: httpx.AsyncClient, jg: Running, i: int, **headers: str) -> htt
     )
 
 
-async def test_fifty_clients_are_served_one_at_a_time_in_arrival_order(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_fifty_clients_are_served_one_at_a_time_in_arrival_order(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     limits = httpx.Limits(max_connections=100)
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient(limits=limits, timeout=60) as c:
         first = asyncio.create_task(post(c, jg, 0, **{"x-fake-hold": "1"}))
@@ -46,7 +50,9 @@ async def test_fifty_clients_are_served_one_at_a_time_in_arrival_order(fake, jou
     assert queued[-1] > queued[1] > queued[0]  # later arrivals waited longer
 
 
-async def test_never_more_than_max_concurrency_reach_the_backend(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_never_more_than_max_concurrency_reach_the_backend(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url, max_concurrency=3) as jg, httpx.AsyncClient(timeout=60) as c:
         rs = await asyncio.gather(*(post(c, jg, i, **{"x-fake-delay-ms": "20"}) for i in range(30)))
         assert (jg.gate.in_flight, jg.gate.waiting) == (0, 0)
@@ -54,7 +60,9 @@ async def test_never_more_than_max_concurrency_reach_the_backend(fake, joulegate
     assert fake.max_in_flight == 3
 
 
-async def test_full_queue_gets_503_with_retry_after(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_full_queue_gets_503_with_retry_after(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url, max_queue=2) as jg, httpx.AsyncClient(timeout=60) as c:
         held = asyncio.create_task(post(c, jg, 0, **{"x-fake-hold": "1"}))
         await until(lambda: jg.gate.in_flight == 1)
@@ -70,7 +78,9 @@ async def test_full_queue_gets_503_with_retry_after(fake, joulegate_app):  # typ
     assert "u3" not in [s.json()["user"] for s in fake.seen]
 
 
-async def test_client_leaving_the_queue_never_reaches_the_backend(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_client_leaving_the_queue_never_reaches_the_backend(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient(timeout=60) as c:
         held = asyncio.create_task(post(c, jg, 0, **{"x-fake-hold": "1"}))
         await until(lambda: jg.gate.in_flight == 1)
@@ -88,8 +98,8 @@ async def test_client_leaving_the_queue_never_reaches_the_backend(fake, joulegat
 
 
 async def test_client_leaving_mid_stream_cancels_the_backend_and_frees_the_slot(
-    fake, joulegate_app
-):  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     req = {**CHAT, "stream": True, "max_tokens": 50}
     async with joulegate_app(fake.url) as jg, httpx.AsyncClient(timeout=60) as c:
         async with c.stream(
@@ -109,7 +119,9 @@ async def test_client_leaving_mid_stream_cancels_the_backend_and_frees_the_slot(
     assert after.status_code == 200
 
 
-async def test_gate_is_empty_after_a_mix_of_disconnects_timeouts_and_errors(fake, joulegate_app):  # type: ignore[no-untyped-def]
+async def test_gate_is_empty_after_a_mix_of_disconnects_timeouts_and_errors(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
     stream = {**CHAT, "stream": True, "max_tokens": 20}
     kinds = ["ok", "stream_leave", "queued_leave", "timeout", "error", "drop", "ok_stream"] * 6
 

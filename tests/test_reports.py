@@ -19,7 +19,9 @@ from accounting.ledger import Ledger, LedgerRow
 from accounting.reports import J_PER, build_report, parse_query
 from config import AuthSettings, BadRequest, LedgerSettings
 from proxy.cli import main
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components
+from tests.support import JoulegateApp
 
 USERS = ("alice", "bob", "carol")
 MODELS = ("small", "large")
@@ -239,8 +241,8 @@ async def get(c: httpx.AsyncClient, url: str, key: str | None, **params: Any) ->
 
 
 async def test_http_report_shows_a_user_their_own_rows_and_an_admin_everyones(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     rows = generated()
     async with Ledger(path) as ledger:
@@ -271,8 +273,8 @@ async def test_http_report_shows_a_user_their_own_rows_and_an_admin_everyones(
 
 
 async def test_http_requests_are_the_callers_newest_first_in_pages(
-    fake, joulegate_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     keys = await keys_for(path)
     settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
@@ -298,7 +300,9 @@ async def test_http_requests_are_the_callers_newest_first_in_pages(
     assert too_big.status_code == 400
 
 
-async def test_user_a_can_never_read_user_bs_rows(fake, joulegate_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_user_a_can_never_read_user_bs_rows(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
     path = tmp_path / "l.sqlite3"
     rows = generated(200)
     for r in rows:

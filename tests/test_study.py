@@ -27,6 +27,7 @@ from proxy.exchange import Exchange, Stage
 from proxy.task import BUNDLED_TASKS
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import db_rows
+from tests.support import JoulegateApp
 
 MODELS = ("m1", "m2")
 
@@ -162,8 +163,11 @@ def bench_argv(url: str, out: Path, *extra: str) -> list[str]:
 
 
 async def test_unknown_model_is_one_line_before_any_request(
-    fake, joulegate_app, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     async with joulegate_app(fake.url) as jg:
         argv = bench_argv(jg.url, tmp_path / "s", "--models", "m1,nope", "--prompts", "1")
         code = await asyncio.to_thread(main, argv)
@@ -174,8 +178,11 @@ async def test_unknown_model_is_one_line_before_any_request(
 
 
 async def test_unknown_task_and_bad_prompt_file_exit_2_before_any_request(
-    fake, joulegate_app, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task": "a", "prompt": "x"}\nnot json\n')
     async with joulegate_app(fake.url) as jg:
@@ -190,8 +197,11 @@ async def test_unknown_task_and_bad_prompt_file_exit_2_before_any_request(
 
 
 async def test_a_study_records_every_request_in_the_dataset_and_the_ledger(
-    fake, joulegate_app, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     ledger = tmp_path / "l.sqlite3"
     out = tmp_path / "study"
     components = [auth_component, study_energy, record_component]
@@ -256,8 +266,11 @@ class FailAfter(httpx.AsyncBaseTransport):
 
 
 async def test_resume_sends_exactly_the_missing_requests(
-    fake, joulegate_app, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     out = tmp_path / "study"
     settings = StudySettings(models=MODELS, tasks=("math", "translation"), prompts_per_task=2,
                              repeats=2, max_tokens=3)  # fmt: skip

@@ -15,7 +15,9 @@ from config import ConfigError, LedgerSettings, TelemetrySettings
 from proxy.cli import main
 from proxy.metrics import metrics_endpoint, prometheus_component
 from proxy.telemetry import telemetry_component
+from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
+from tests.support import JoulegateApp
 from tests.telemetry_support import FakeEnergy, FinishLine, component, joulegate
 
 
@@ -25,8 +27,11 @@ def chat(**extra: object) -> dict[str, object]:
 
 
 async def test_header_and_metadata_tags_reach_the_ledger_and_the_reports(
-    fake, joulegate_app, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # type: ignore[no-untyped-def]
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with (
         joulegate_app(
@@ -70,13 +75,13 @@ async def test_header_and_metadata_tags_reach_the_ledger_and_the_reports(
     ],
 )
 async def test_a_bad_task_is_a_400_naming_it_and_never_reaches_the_backend(
-    fake,
-    joulegate_app,
+    fake: FakeBackend,
+    joulegate_app: JoulegateApp,
     tmp_path: Path,
     headers: dict[str, str],
     body_extra: dict[str, object],
     param: str,
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     path = tmp_path / "l.sqlite3"
     async with (
         joulegate_app(
@@ -92,7 +97,7 @@ async def test_a_bad_task_is_a_400_naming_it_and_never_reaches_the_backend(
     assert fake.seen == [] and db_rows(path) == []
 
 
-async def test_spans_carry_the_task_and_metrics_bound_it(fake) -> None:  # type: ignore[no-untyped-def]
+async def test_spans_carry_the_task_and_metrics_bound_it(fake: FakeBackend) -> None:
     spans, done = InMemorySpanExporter(), FinishLine()
     parts = [telemetry_component(span_exporter=spans), prometheus_component,
              component(FakeEnergy()), component(done)]  # fmt: skip

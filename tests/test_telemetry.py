@@ -116,7 +116,9 @@ def traceparent_ids(value: str) -> tuple[str, str]:
     return trace_id, span_id
 
 
-async def test_a_request_is_a_server_span_with_queue_and_backend_children(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_request_is_a_server_span_with_queue_and_backend_children(
+    fake: FakeBackend, rig: Any
+) -> None:
     async with (
         joulegate(fake.url, rig.components(),
                       telemetry=TelemetrySettings(provider_name="vllm")) as jg,
@@ -199,7 +201,9 @@ async def test_a_request_is_a_server_span_with_queue_and_backend_children(fake, 
     assert rig.energy.trace_ids == [format_trace_id(server.context.trace_id)]
 
 
-async def test_incoming_traceparent_is_joined_and_the_backend_call_carries_it_on(fake, rig):  # type: ignore[no-untyped-def]
+async def test_incoming_traceparent_is_joined_and_the_backend_call_carries_it_on(
+    fake: FakeBackend, rig: Any
+) -> None:
     incoming = f"00-{TRACE_ID}-{PARENT_ID}-01"
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT,
@@ -219,7 +223,7 @@ async def test_incoming_traceparent_is_joined_and_the_backend_call_carries_it_on
     assert rig.energy.trace_ids == [TRACE_ID]
 
 
-async def test_a_new_trace_starts_when_the_caller_sends_none(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_new_trace_starts_when_the_caller_sends_none(fake: FakeBackend, rig: Any) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         await c.post(jg.url + "/v1/chat/completions", json=CHAT)
         await c.post(jg.url + "/v1/chat/completions", json=CHAT)
@@ -233,7 +237,7 @@ async def test_a_new_trace_starts_when_the_caller_sends_none(fake, rig):  # type
         assert parent_id == format_span_id(client.context.span_id)
 
 
-async def test_a_stream_records_its_usage_and_finish_reason(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_stream_records_its_usage_and_finish_reason(fake: FakeBackend, rig: Any) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "stream": True})
         await rig.done.wait(1)
@@ -248,7 +252,7 @@ async def test_a_stream_records_its_usage_and_finish_reason(fake, rig):  # type:
 
 
 @pytest.mark.parametrize("status", [500, 503])
-async def test_a_backend_error_marks_both_spans(fake, rig, status):  # type: ignore[no-untyped-def]
+async def test_a_backend_error_marks_both_spans(fake: FakeBackend, rig: Any, status: int) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT,
                          headers={"x-fake-status": str(status)})  # fmt: skip
@@ -262,7 +266,7 @@ async def test_a_backend_error_marks_both_spans(fake, rig, status):  # type: ign
         assert span.attributes["http.response.status_code"] == status
 
 
-async def test_a_client_error_fails_the_backend_span_only(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_client_error_fails_the_backend_span_only(fake: FakeBackend, rig: Any) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT,
                          headers={"x-fake-status": "400"})  # fmt: skip
@@ -275,7 +279,7 @@ async def test_a_client_error_fails_the_backend_span_only(fake, rig):  # type: i
     assert server.attributes is not None and "error.type" not in server.attributes
 
 
-async def test_an_unreachable_backend_is_an_error_span(rig):  # type: ignore[no-untyped-def]
+async def test_an_unreachable_backend_is_an_error_span(rig: Any) -> None:
     async with (
         joulegate(f"http://127.0.0.1:{free_port()}", rig.components()) as jg,
         httpx.AsyncClient() as c,
@@ -295,7 +299,9 @@ async def test_an_unreachable_backend_is_an_error_span(rig):  # type: ignore[no-
     assert server.attributes["http.response.status_code"] == 502
 
 
-async def test_a_request_refused_by_a_full_queue_never_gets_a_backend_span(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_request_refused_by_a_full_queue_never_gets_a_backend_span(
+    fake: FakeBackend, rig: Any
+) -> None:
     async with (
         joulegate(fake.url, rig.components(), max_queue=0) as jg,
         httpx.AsyncClient(timeout=10) as c,
@@ -321,7 +327,7 @@ async def test_a_request_refused_by_a_full_queue_never_gets_a_backend_span(fake,
     assert len([s for s in spans if s.kind == SpanKind.CLIENT]) == 1
 
 
-async def test_queue_wait_is_its_own_span(fake, rig):  # type: ignore[no-untyped-def]
+async def test_queue_wait_is_its_own_span(fake: FakeBackend, rig: Any) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient(timeout=10) as c:
         first = asyncio.ensure_future(
             c.post(jg.url + "/v1/chat/completions", json=CHAT, headers={"x-fake-delay-ms": "200"})
@@ -341,7 +347,9 @@ async def test_queue_wait_is_its_own_span(fake, rig):  # type: ignore[no-untyped
     )
 
 
-async def test_other_paths_get_an_http_client_span_and_traceparent(fake, rig):  # type: ignore[no-untyped-def]
+async def test_other_paths_get_an_http_client_span_and_traceparent(
+    fake: FakeBackend, rig: Any
+) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.get(jg.url + "/v1/models")
         await rig.done.wait(1)
@@ -359,7 +367,7 @@ async def test_other_paths_get_an_http_client_span_and_traceparent(fake, rig):  
     assert rig.points("gen_ai.client.operation.duration") == []
 
 
-async def test_genai_and_energy_metrics(fake, rig):  # type: ignore[no-untyped-def]
+async def test_genai_and_energy_metrics(fake: FakeBackend, rig: Any) -> None:
     async with (
         joulegate(fake.url, rig.components(),
                       telemetry=TelemetrySettings(provider_name="ollama")) as jg,
@@ -403,7 +411,7 @@ async def test_genai_and_energy_metrics(fake, rig):  # type: ignore[no-untyped-d
     assert co2[("bob", "gpu")] == pytest.approx((0.375 + 0.5) * 1.0 / 1.25)
 
 
-async def test_the_user_attribute_can_be_switched_off(fake, rig):  # type: ignore[no-untyped-def]
+async def test_the_user_attribute_can_be_switched_off(fake: FakeBackend, rig: Any) -> None:
     settings = TelemetrySettings(metrics_user_label=False)
     async with (
         joulegate(fake.url, rig.components(), telemetry=settings) as jg,
@@ -419,7 +427,7 @@ async def test_the_user_attribute_can_be_switched_off(fake, rig):  # type: ignor
     ]
 
 
-async def test_device_power_and_energy_follow_the_meters(fake, rig):  # type: ignore[no-untyped-def]
+async def test_device_power_and_energy_follow_the_meters(fake: FakeBackend, rig: Any) -> None:
     cpu = {"id": "package-0", "type": "cpu", "power_w": 48.0, "energy_j": None}
     meters = FakeMeters([DeviceReading("gpu0", "gpu", 212.5, 1000.0), cpu])
     rig.extra.append(publishing("meters", meters))
@@ -433,7 +441,9 @@ async def test_device_power_and_energy_follow_the_meters(fake, rig):  # type: ig
 
 
 @pytest.mark.parametrize("meters", [None, object(), FakeMeters([{"id": "x"}])])
-async def test_device_instruments_are_quiet_without_usable_meters(fake, rig, meters):  # type: ignore[no-untyped-def]
+async def test_device_instruments_are_quiet_without_usable_meters(
+    fake: FakeBackend, rig: Any, meters: Any
+) -> None:
     if meters is not None:
         rig.extra.append(publishing("meters", meters))
     async with joulegate(fake.url, rig.components()):
@@ -441,7 +451,7 @@ async def test_device_instruments_are_quiet_without_usable_meters(fake, rig, met
         assert rig.points("hw.energy") == []
 
 
-async def test_device_power_comes_from_the_real_sampler(fake, rig):  # type: ignore[no-untyped-def]
+async def test_device_power_comes_from_the_real_sampler(fake: FakeBackend, rig: Any) -> None:
     class Steady(Meter):
         name = "steady"
 
@@ -497,7 +507,7 @@ class _Refuser(Stage):
         raise Unauthorized("no key", code="invalid_api_key")
 
 
-async def test_a_refused_request_still_gets_its_server_span(fake, rig):  # type: ignore[no-untyped-def]
+async def test_a_refused_request_still_gets_its_server_span(fake: FakeBackend, rig: Any) -> None:
     rig.extra.append(component(_Refuser()))
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
@@ -519,7 +529,9 @@ async def test_a_refused_request_still_gets_its_server_span(fake, rig):  # type:
         ("/v1/chat/completions", "/v1/*"),  # a GET: not inference
     ],
 )
-async def test_other_paths_are_named_by_a_bounded_route(fake, rig, path, route):  # type: ignore[no-untyped-def]
+async def test_other_paths_are_named_by_a_bounded_route(
+    fake: FakeBackend, rig: Any, path: Any, route: Any
+) -> None:
     async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
         await c.get(jg.url + path)
         await rig.done.wait(1)
@@ -535,7 +547,9 @@ async def test_other_paths_are_named_by_a_bounded_route(fake, rig, path, route):
     ("owned_by", "provider"),
     [("llamacpp", "llama.cpp"), ("library", "ollama"), ("vllm", "vllm"), ("someone", "setting")],
 )
-async def test_the_provider_is_what_the_backend_says_it_runs(rig, owned_by, provider):  # type: ignore[no-untyped-def]
+async def test_the_provider_is_what_the_backend_says_it_runs(
+    rig: Any, owned_by: Any, provider: Any
+) -> None:
     settings = TelemetrySettings(provider_name="setting")
     async with (
         serving(FakeBackend(models=("m",), owned_by=owned_by)) as fake,

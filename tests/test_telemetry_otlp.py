@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from config import TelemetrySettings
 from proxy.context import Component
 from proxy.llamacpp import free_port
 from proxy.telemetry import telemetry_component
+from tests.fake_backend import FakeBackend
 from tests.support import serve
 from tests.telemetry_support import (
     Collector,
@@ -29,7 +31,9 @@ def parts(energy: FakeEnergy, done: FinishLine) -> list[Component]:
     return [telemetry_component(), component(energy), component(done)]
 
 
-async def test_spans_and_metrics_reach_an_otlp_http_collector_with_their_energy(fake):  # type: ignore[no-untyped-def]
+async def test_spans_and_metrics_reach_an_otlp_http_collector_with_their_energy(
+    fake: FakeBackend,
+) -> None:
     collector, energy, done = Collector(), FakeEnergy(), FinishLine()
     async with serve(collector, lifespan="off") as collector_url:
         otel = (("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url),
@@ -66,7 +70,9 @@ async def test_spans_and_metrics_reach_an_otlp_http_collector_with_their_energy(
     assert collector.sums("joulegate.co2e")["total"] == 0.125
 
 
-async def test_an_unreachable_collector_only_logs(fake, caplog):  # type: ignore[no-untyped-def]
+async def test_an_unreachable_collector_only_logs(
+    fake: FakeBackend, caplog: pytest.LogCaptureFixture
+) -> None:
     energy, done = FakeEnergy(), FinishLine()
     otel = (("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "300"))  # fmt: skip
@@ -87,7 +93,9 @@ async def test_an_unreachable_collector_only_logs(fake, caplog):  # type: ignore
     assert failures >= {"trace_exporter", "metric_exporter"}  # logged, and nothing else
 
 
-async def test_nothing_is_exported_or_printed_without_configuration(fake, caplog, capfd):  # type: ignore[no-untyped-def]
+async def test_nothing_is_exported_or_printed_without_configuration(
+    fake: FakeBackend, caplog: pytest.LogCaptureFixture, capfd: Any
+) -> None:
     caplog.set_level(logging.DEBUG)
     energy, done = FakeEnergy(), FinishLine()
     async with (
@@ -107,7 +115,9 @@ async def test_nothing_is_exported_or_printed_without_configuration(fake, caplog
     assert fake.seen[0].headers["traceparent"].startswith("00-")
 
 
-async def test_the_console_exporter_prints_only_when_asked(fake, capsys):  # type: ignore[no-untyped-def]
+async def test_the_console_exporter_prints_only_when_asked(
+    fake: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
     energy, done = FakeEnergy(), FinishLine()
     otel = (("OTEL_TRACES_EXPORTER", "console"), ("OTEL_METRICS_EXPORTER", "none"))
     async with (
@@ -128,7 +138,9 @@ async def test_the_console_exporter_prints_only_when_asked(fake, capsys):  # typ
         ((), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
     ],
 )
-async def test_unsampled_requests_record_nothing_but_still_propagate(fake, otel, incoming):  # type: ignore[no-untyped-def]
+async def test_unsampled_requests_record_nothing_but_still_propagate(
+    fake: FakeBackend, otel: Any, incoming: Any
+) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     spans, energy, done = InMemorySpanExporter(), FakeEnergy(), FinishLine()
