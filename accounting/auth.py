@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 from accounting.ledger import Ledger
 from accounting.schema import iso, utcnow
+from config import AuthSettings
 from config.errors import Forbidden, LedgerError, LedgerUnavailable, Unauthorized
-from config.settings import AuthSettings
 
 log = logging.getLogger("joulegate.auth")
 

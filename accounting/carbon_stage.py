@@ -29,7 +29,7 @@ from accounting.carbon import (
     LiveIntensity,
     build_source,
 )
-from config.settings import CarbonSettings
+from config import CarbonSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 

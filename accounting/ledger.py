@@ -49,8 +49,8 @@ import platformdirs
 
 from accounting.schema import INSERT_ROW, LedgerRow, migrate, row_from_sql, row_params
 from accounting.spill import Spill, describe
+from config import LedgerSettings
 from config.errors import LedgerError
-from config.settings import LedgerSettings
 
 log = logging.getLogger("joulegate.ledger")
 
