@@ -13,7 +13,8 @@ from typing import Any
 from config import MeterSettings
 from config.cli import add_config_option, settings_from
 from meters.detect import detect_meters
-from meters.sampler import Sampler, total_components
+from meters.sampler import Sampler
+from meters.window import total_components
 
 
 def register(sub: Any) -> None:
