@@ -35,9 +35,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from accounting.ledger import Ledger, iso, utcnow
+from accounting.ledger import Ledger
+from accounting.schema import iso, utcnow
+from config import AuthSettings
 from config.errors import Forbidden, LedgerError, LedgerUnavailable, Unauthorized
-from config.settings import AuthSettings
 
 log = logging.getLogger("joulegate.auth")
 

@@ -18,7 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from accounting.ledger import Ledger, LedgerRow, iso, utcnow
+from accounting.ledger import Ledger
+from accounting.schema import LedgerRow, iso, utcnow
 from config.errors import BudgetExceeded
 
 Period = Literal["day", "month"]

@@ -32,8 +32,8 @@ from urllib.parse import quote
 
 import httpx
 
+from config import CarbonSettings
 from config.errors import CarbonSourceError, ConfigError
-from config.settings import CarbonSettings
 
 log = logging.getLogger("joulegate.carbon")
 

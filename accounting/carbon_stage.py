@@ -29,7 +29,7 @@ from accounting.carbon import (
     LiveIntensity,
     build_source,
 )
-from config.settings import CarbonSettings
+from config import CarbonSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
@@ -71,8 +71,14 @@ class CarbonStage(Stage):
         if ex.energy_j is None:
             fields["co2e_reason"] = NO_ENERGY
         else:
-            energy_kwh = sci.kwh_from_j(ex.energy_j * cfg.pue)
-            score = sci.Sci(sci.operational_g(energy_kwh, reading.g_per_kwh), embodied_g)
+            score = sci.sci(
+                energy_kwh=sci.kwh_from_j(ex.energy_j * cfg.pue),
+                intensity_g_per_kwh=reading.g_per_kwh,
+                total_embodied_g=cfg.embodied_g,
+                reserved_s=reserved_s,
+                lifetime_s=cfg.lifetime_s,
+                resource_share=cfg.resource_share,
+            )
             ex.co2e_g = ex.sci_operational_g = score.operational_g
             ex.sci_g = score.total_g
             ex.sci_g_per_token = score.per(ex.completion_tokens)

@@ -20,8 +20,9 @@ import msgspec
 
 from accounting.auth import KeyStore, check_user
 from accounting.budgets import J_PER_WH, Budget, BudgetBook, period_bounds
-from accounting.ledger import COLUMNS, Ledger, iso, utcnow
+from accounting.ledger import Ledger
 from accounting.reports import By, Format, Unit, build_report, parse_query
+from accounting.schema import COLUMNS, iso, utcnow
 from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError, LedgerError
 

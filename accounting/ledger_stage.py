@@ -33,9 +33,10 @@ from typing import Any
 
 from accounting.auth import Authenticator, KeyStore
 from accounting.budgets import BudgetBook
-from accounting.ledger import Ledger, LedgerRow, iso, utcnow
+from accounting.ledger import Ledger
+from accounting.schema import LedgerRow, iso, utcnow
+from config import Settings
 from config.errors import LedgerError, LedgerUnavailable
-from config.settings import Settings
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from accounting.ledger import Ledger, iso
+from accounting.ledger import Ledger
+from accounting.schema import iso
 from config.errors import BadRequest
 
 By = Literal["user", "model", "day", "endpoint", "backend", "task"]

@@ -14,9 +14,9 @@ import msgspec
 from litestar import MediaType, Request, get
 
 from accounting.auth import Identity
-from accounting.ledger import LedgerRow, row_from_sql
 from accounting.ledger_stage import STATE_KEY, Accounting
 from accounting.reports import build_report, parse_query
+from accounting.schema import LedgerRow, row_from_sql
 from config.errors import BadRequest, Forbidden, NotFound
 
 MAX_PAGE = 500

@@ -28,8 +28,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+from accounting import Ledger, LedgerRow, iso, utcnow
 from accounting.budgets import BudgetBook
-from accounting.ledger import Ledger, LedgerRow, iso, utcnow
 from accounting.reports import build_report, parse_query
 
 USERS = [f"user{i:02d}" for i in range(50)]

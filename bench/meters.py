@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench.serve import spawn
-from config.settings import MeterSettings, Settings
+from config import MeterSettings, Settings
 from meters.base import Meter
 from meters.detect import detect_meters
 from meters.rapl import RaplMeter

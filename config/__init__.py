@@ -26,17 +26,21 @@ from config.errors import (
     Unauthorized,
 )
 from config.loader import load_settings, settings_table
-from config.settings import (
+from config.sections import (
+    OTLP_PROTOCOLS,
+    TASK_NAME_PATTERN,
     AuthSettings,
     BackendSettings,
     CarbonSettings,
     LedgerSettings,
     MeterSettings,
-    Settings,
     TelemetrySettings,
 )
+from config.settings import Settings
 
 __all__ = [
+    "OTLP_PROTOCOLS",
+    "TASK_NAME_PATTERN",
     "AuthSettings",
     "BackendSettings",
     "BackendTimeout",

@@ -14,9 +14,10 @@ from meters.nvml import NvmlMeter
 from meters.plug import ShellyMeter, TasmotaMeter
 from meters.prometheus import PrometheusMeter
 from meters.rapl import RaplMeter
-from meters.sampler import ComponentEnergy, Sampler, WindowEnergy, total_components
+from meters.sampler import Sampler
 from meters.stage import MeterStage, energy_body, energy_headers, meters_component
 from meters.thermal import CpuThermometer, ThermalGuard
+from meters.window import ComponentEnergy, WindowEnergy, total_components
 
 __all__ = [
     "COMPONENTS",

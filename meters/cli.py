@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from config import MeterSettings
 from config.cli import add_config_option, settings_from
-from config.settings import MeterSettings
 from meters.detect import detect_meters
-from meters.sampler import Sampler, total_components
+from meters.sampler import Sampler
+from meters.window import total_components
 
 
 def register(sub: Any) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from config import MeterSettings
 from config.errors import MeterUnavailable
-from config.settings import MeterSettings
 from meters.base import Activity, Meter, MeterAbsent
 from meters.estimate import EstimateMeter
 from meters.ipmi import IpmiMeter, Runner

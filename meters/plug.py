@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -123,8 +123,3 @@ class TasmotaMeter(_PlugMeter):
 
     def _power_w(self) -> float:
         return tasmota_power_w(http.get_json(self._client, self._base + TASMOTA_PATH))
-
-
-def plug_meter(kind: Literal["shelly", "tasmota"], url: str, **kwargs: Any) -> Meter:
-    """The plug meter for ``meters.plug_kind``."""
-    return ShellyMeter(url, **kwargs) if kind == "shelly" else TasmotaMeter(url, **kwargs)

@@ -15,15 +15,12 @@ A request's window costs the event loop almost nothing:
   and awaits it (one thread hop: a ``queue.SimpleQueue`` there, a
   ``call_soon_threadsafe`` back), so the end edge is exact without waiting
   for the next tick;
-* :meth:`Sampler.measure` interpolates each track at both edges.
+* :meth:`Sampler.measure` interpolates each track at both edges (the sum is
+  :class:`~meters.window.TrackSet`'s, in :mod:`meters.window`).
 
 While no window is open the sampler keeps each component's **idle power**
 (an exponential average with a 10 s time constant); a window's *dynamic*
 energy is its total minus idle power x duration, never below zero.
-
-The total for a window never counts a part twice: the ``machine`` meter when
-there is one (it includes everything), else ``psys`` (the platform) plus
-``gpu``, else ``cpu`` + ``dram`` + ``gpu``.
 """
 
 from __future__ import annotations
@@ -36,11 +33,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from config.errors import MeterError
-from meters.base import COMPONENTS, Activity, Meter
+from meters.base import Activity, Meter
 from meters.timeline import Track
+from meters.window import TrackSet, WindowEnergy, WindowToken
 
 log = logging.getLogger("joulegate.meters")
 
@@ -50,79 +47,6 @@ FRESH_TIMEOUT_S = 0.25
 """Longest a window's end waits for its fresh sample (then it extrapolates)."""
 RETAIN_S = 5.0
 """Samples kept behind the oldest open window (and when none is open)."""
-
-
-@dataclass(slots=True)
-class ComponentEnergy:
-    """One component's share of a window."""
-
-    component: str
-    meter: str
-    energy_j: float | None
-    dynamic_j: float | None
-    idle_power_w: float | None
-    estimated: bool
-    low_resolution: bool
-    reason: str | None = None
-    """Why ``energy_j`` is None (a failed meter), else None."""
-    energy_low_j: float | None = None
-    """An estimate's energy with its lowest plausible coefficients (None: no range)."""
-    energy_high_j: float | None = None
-    """An estimate's energy with its highest plausible coefficients (None: no range)."""
-
-
-@dataclass(slots=True)
-class WindowEnergy:
-    """The energy of one window, whole and by component."""
-
-    start_s: float
-    end_s: float
-    components: dict[str, ComponentEnergy]
-    energy_j: float | None
-    dynamic_j: float | None
-    idle_power_w: float | None
-    meter: str
-    """Meters used, joined with ``+`` (``nvml+rapl``, ``estimate``)."""
-    estimated: bool
-    low_resolution: bool
-    exclusive: bool
-    """No other window overlapped this one (with one slot, always)."""
-    reason: str | None = None
-    energy_low_j: float | None = None
-    """The total with each estimated component at its low figure (measured ones as
-    measured); None when no estimated component reports a range."""
-    energy_high_j: float | None = None
-    """Likewise at the high figures."""
-    estimate_model: str | None = None
-    """The estimate models in use, joined with ``; `` (None when all is measured)."""
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the window."""
-        return max(0.0, self.end_s - self.start_s)
-
-    @property
-    def power_w(self) -> float | None:
-        """Average power over the window."""
-        if self.energy_j is None or self.duration_s <= 0:
-            return None
-        return self.energy_j / self.duration_s
-
-
-def total_components(present: Sequence[str]) -> tuple[str, ...]:
-    """Which components add up to the whole without counting a part twice."""
-    if "machine" in present:
-        return ("machine",)
-    base = ("psys",) if "psys" in present else tuple(c for c in ("cpu", "dram") if c in present)
-    return base + (("gpu",) if "gpu" in present else ())
-
-
-@dataclass(slots=True)
-class WindowToken:
-    """An open window (returned by :meth:`Sampler.open_window`)."""
-
-    start_s: float
-    exclusive: bool = True
 
 
 class Sampler:
@@ -154,12 +78,8 @@ class Sampler:
                 self._tracks[c] = track = Track(meter, c)
                 mine.append(track)
             self._by_meter[id(meter)] = mine
-        self._tracks = {c: self._tracks[c] for c in COMPONENTS if c in self._tracks}
-        self._total = frozenset(total_components(tuple(self._tracks)))
-        self._label = "+".join(dict.fromkeys(t.meter.name for t in self._tracks.values())) or "none"
-        self._estimated = any(t.meter.estimated for t in self._tracks.values())
-        models = [t.meter.estimate_model for t in self._tracks.values() if t.meter.estimate_model]
-        self._estimate_model = "; ".join(dict.fromkeys(models)) or None
+        self._set = TrackSet.of(self._tracks)
+        self._tracks = self._set.tracks
         local = [m for m in self.meters if not m.remote]
         self.interval_s = min([1.0 / sample_hz, *(m.max_poll_interval_s for m in local)])
         self.external_interval_s = 1.0 / external_hz
@@ -183,12 +103,12 @@ class Sampler:
     @property
     def label(self) -> str:
         """The meters used, e.g. ``nvml+rapl``."""
-        return self._label
+        return self._set.label
 
     @property
     def estimated(self) -> bool:
         """Whether any component comes from a model rather than a measurement."""
-        return self._estimated
+        return self._set.estimated
 
     def failing(self) -> dict[str, str]:
         """Meters whose last read failed, with the reason."""
@@ -375,52 +295,8 @@ class Sampler:
 
     def measure(self, token: WindowToken, end_s: float) -> WindowEnergy:
         """The window's energy from ``token.start_s`` to ``end_s`` (cheap: runs per request)."""
-        start_s = token.start_s
-        duration_s = end_s - start_s if end_s > start_s else 0.0
-        parts: dict[str, ComponentEnergy] = {}
-        energy: float | None = 0.0
-        idle_w: float | None = 0.0
-        low_res = False
-        missing: list[str] = []
-        low: float = 0.0
-        high: float = 0.0
-        ranged = False
         with self._lock:
-            for c, track in self._tracks.items():
-                span = track.span(start_s, end_s)
-                e, idle = span.energy_j, track.idle_power_w
-                dynamic = None
-                if e is not None and idle is not None:
-                    dynamic = max(0.0, e - idle * duration_s)
-                meter = track.meter
-                parts[c] = ComponentEnergy(c, meter.name, e, dynamic, idle, meter.estimated,
-                                           span.low_resolution, span.reason)  # fmt: skip
-                bounds = track.range_j(start_s, end_s) if e is not None else None
-                if bounds is not None:
-                    parts[c].energy_low_j, parts[c].energy_high_j = bounds
-                low_res = low_res or span.low_resolution
-                if c in self._total:
-                    if e is None:
-                        missing.append(f"{c}: {span.reason}")
-                    elif energy is not None:
-                        energy += e
-                        ranged = ranged or bounds is not None
-                        low += e if bounds is None else bounds[0]
-                        high += e if bounds is None else bounds[1]
-                    idle_w = None if idle is None or idle_w is None else idle_w + idle
-        reason = "; ".join(missing) if missing else None
-        if not self._total:
-            energy, idle_w, reason = None, None, "no meter"
-        elif missing:
-            energy = None
-        dynamic_j = None
-        if energy is not None and idle_w is not None:
-            dynamic_j = max(0.0, energy - idle_w * duration_s)
-        has_range = ranged and energy is not None
-        return WindowEnergy(start_s, end_s, parts, energy, dynamic_j, idle_w, self._label,
-                            self._estimated, low_res, token.exclusive, reason,
-                            low if has_range else None, high if has_range else None,
-                            self._estimate_model)  # fmt: skip
+            return self._set.measure(token.start_s, end_s, exclusive=token.exclusive)
 
     def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         """Average power of each component over the last ``over_s`` (for live views)."""

@@ -27,8 +27,9 @@ from typing import Any
 
 from meters.base import Activity, Meter
 from meters.detect import detect_meters
-from meters.sampler import Sampler, WindowEnergy
+from meters.sampler import Sampler
 from meters.thermal import CpuThermometer, ThermalGuard
+from meters.window import WindowEnergy
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 

@@ -55,11 +55,6 @@ class CpuThermometer:
             if name in CPU_SENSORS:
                 self._inputs += sorted(hwmon.glob("temp*_input"))
 
-    @property
-    def present(self) -> bool:
-        """Whether a CPU sensor was found."""
-        return bool(self._inputs)
-
     def temperatures_c(self) -> dict[str, float]:
         """``{"cpu": hottest °C}``, or empty when no sensor can be read."""
         values = []

@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
+from config import BackendSettings
 from config.errors import BackendUnreachable, ConfigError, ModelNotFound
-from config.settings import BackendSettings
 
 log = logging.getLogger("joulegate.backends")
 

@@ -66,7 +66,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.util.re import parse_env_headers
 
-from config.settings import OTLP_PROTOCOLS, TelemetrySettings
+from config import OTLP_PROTOCOLS, TelemetrySettings
 
 log = logging.getLogger("joulegate.telemetry")
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from config import TASK_NAME_PATTERN
 from config.errors import BadRequest
-from config.settings import TASK_NAME_PATTERN
 
 TASK_HEADER = "x-joulegate-task"
 BUNDLED_TASKS: tuple[str, ...] = ("code", "math", "questions", "sql", "translation")

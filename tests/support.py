@@ -13,7 +13,7 @@ from typing import Any, Literal
 import uvicorn
 from litestar import Litestar
 
-from config.settings import Settings
+from config import Settings
 from proxy.gate import Gate
 from proxy.server import http_protocol
 

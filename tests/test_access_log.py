@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from accounting import Ledger
 from accounting.auth import KeyStore
-from accounting.ledger import Ledger
 from config import AuthSettings, ConfigError, LedgerSettings, load_settings
 from proxy.accesslog import ACCESS_LOGGER, log_handler
 from tests.fake_backend import FakeBackend, serving

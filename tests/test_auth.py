@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
+from accounting import Ledger
 from accounting.auth import KeyStore
-from accounting.ledger import Ledger
 from config import AuthSettings, LedgerError, LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows

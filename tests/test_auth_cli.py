@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from accounting import Ledger
 from accounting.auth import KeyStore
 from accounting.budgets import BudgetBook
-from accounting.ledger import Ledger
 from proxy.cli import main
 
 

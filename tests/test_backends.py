@@ -138,8 +138,8 @@ def test_backends_come_from_one_environment_variable_and_backend_url_still_works
 
 
 async def test_without_a_valid_key_nothing_is_learnt_about_the_models(tmp_path: Path) -> None:
+    from accounting import Ledger
     from accounting.auth import KeyStore
-    from accounting.ledger import Ledger
     from config import AuthSettings
 
     path = tmp_path / "l.sqlite3"

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from accounting import Ledger, LedgerRow, iso
 from accounting.budgets import Budget, BudgetBook, period_bounds
-from accounting.ledger import Ledger, LedgerRow, iso
 from config import AuthSettings, LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import CO2E_G, ENERGY_J, accounting_components, db_rows

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from accounting.ledger import Ledger, LedgerRow
+from accounting import Ledger, LedgerRow
 from proxy.cli import main
 from tests.meters_support import rapl_tree
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from accounting import Ledger
 from accounting.auth import KeyStore
-from accounting.ledger import Ledger
 from config import AuthSettings, LedgerSettings
 from proxy.metrics import metrics_endpoint
 from tests.fake_backend import FakeBackend, serving

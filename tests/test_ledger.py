@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from accounting.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, LedgerRow, default_path
+from accounting.ledger import Ledger, default_path
+from accounting.schema import MIGRATIONS, SCHEMA_VERSION, LedgerRow
 from config import LedgerError, LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import CO2E_G, ENERGY_J, accounting_components, db_rows

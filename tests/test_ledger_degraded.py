@@ -15,7 +15,7 @@ import httpx
 import msgspec
 import pytest
 
-from accounting.ledger import Ledger, LedgerRow
+from accounting import Ledger, LedgerRow
 from config import LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows

@@ -13,8 +13,8 @@ import httpx
 import msgspec
 import pytest
 
-from accounting import ledger as ledger_module
-from accounting.ledger import Ledger, LedgerRow
+from accounting import Ledger, LedgerRow
+from accounting import spill as spill_module
 from config import LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
@@ -218,7 +218,7 @@ async def test_no_empty_fallback_file_is_left_after_recovering_from_a_full_disk(
     await ledger.open(serving=True)
     try:
         with write_locked(path):
-            monkeypatch.setattr(ledger_module, "_append", disk_full)
+            monkeypatch.setattr(spill_module, "_append", disk_full)
             await ledger.append(row(1))
             assert ledger.fallback_path.stat().st_size == 0
         await eventually(lambda: not ledger.degraded)

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from config import MeterSettings
 from config.errors import ConfigError
-from config.settings import MeterSettings
 from meters.detect import Hardware, detect_meters
 from tests.meters_support import FakeNvml, fake_proc, rapl_tree, runner_returning
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from meters import Sampler, total_components
 from meters.base import Meter, Reading
-from meters.sampler import Sampler, total_components
 from tests.meters_support import CurveMeter, SteadyMeter, VirtualClock
 
 

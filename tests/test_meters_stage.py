@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from config.settings import MeterSettings
+from config import MeterSettings
 from meters.stage import meters_component
 from meters.thermal import ThermalGuard
 from proxy.gate import Gate, Window

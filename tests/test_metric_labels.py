@@ -21,9 +21,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from accounting import Ledger
 from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
-from accounting.ledger import Ledger
 from config import AuthSettings, BackendSettings, LedgerSettings, Settings
 from proxy.app import create_app
 from proxy.backends import BackendRouter

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from accounting import Ledger
 from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
-from accounting.ledger import Ledger
 from config import AuthSettings, LedgerSettings, TelemetrySettings
 from proxy.context import Component
 from proxy.metrics import metrics_endpoint, prometheus_component

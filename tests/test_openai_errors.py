@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from accounting import Ledger
 from accounting.auth import KeyStore
-from accounting.ledger import Ledger
 from config import AuthSettings, LedgerSettings
 from proxy.metrics import prometheus_component
 from tests.fake_backend import FakeBackend

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from accounting import Ledger, LedgerRow
 from accounting.auth import KeyStore
-from accounting.ledger import Ledger, LedgerRow
 from accounting.reports import J_PER, build_report, parse_query
 from config import AuthSettings, BadRequest, LedgerSettings
 from proxy.cli import main

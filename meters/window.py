@@ -1,0 +1,170 @@
+"""A window's energy: what one request cost, whole and by component.
+
+:class:`TrackSet` holds the sampler's tracks (one per component) and adds a
+window's energy up from them: each track is interpolated at both edges (see
+:mod:`meters.timeline`), a component's *dynamic* energy is its total minus its
+idle power x duration (never below zero), and an estimate's low/high range is
+carried through the sum.
+
+The total for a window never counts a part twice: the ``machine`` meter when
+there is one (it includes everything), else ``psys`` (the platform) plus
+``gpu``, else ``cpu`` + ``dram`` + ``gpu`` (:func:`total_components`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from meters.base import COMPONENTS
+from meters.timeline import Track
+
+
+@dataclass(slots=True)
+class ComponentEnergy:
+    """One component's share of a window."""
+
+    component: str
+    meter: str
+    energy_j: float | None
+    dynamic_j: float | None
+    idle_power_w: float | None
+    estimated: bool
+    low_resolution: bool
+    reason: str | None = None
+    """Why ``energy_j`` is None (a failed meter), else None."""
+    energy_low_j: float | None = None
+    """An estimate's energy with its lowest plausible coefficients (None: no range)."""
+    energy_high_j: float | None = None
+    """An estimate's energy with its highest plausible coefficients (None: no range)."""
+
+
+@dataclass(slots=True)
+class WindowEnergy:
+    """The energy of one window, whole and by component."""
+
+    start_s: float
+    end_s: float
+    components: dict[str, ComponentEnergy]
+    energy_j: float | None
+    dynamic_j: float | None
+    idle_power_w: float | None
+    meter: str
+    """Meters used, joined with ``+`` (``nvml+rapl``, ``estimate``)."""
+    estimated: bool
+    low_resolution: bool
+    exclusive: bool
+    """No other window overlapped this one (with one slot, always)."""
+    reason: str | None = None
+    energy_low_j: float | None = None
+    """The total with each estimated component at its low figure (measured ones as
+    measured); None when no estimated component reports a range."""
+    energy_high_j: float | None = None
+    """Likewise at the high figures."""
+    estimate_model: str | None = None
+    """The estimate models in use, joined with ``; `` (None when all is measured)."""
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the window."""
+        return max(0.0, self.end_s - self.start_s)
+
+    @property
+    def power_w(self) -> float | None:
+        """Average power over the window."""
+        if self.energy_j is None or self.duration_s <= 0:
+            return None
+        return self.energy_j / self.duration_s
+
+
+def total_components(present: Sequence[str]) -> tuple[str, ...]:
+    """Which components add up to the whole without counting a part twice."""
+    if "machine" in present:
+        return ("machine",)
+    base = ("psys",) if "psys" in present else tuple(c for c in ("cpu", "dram") if c in present)
+    return base + (("gpu",) if "gpu" in present else ())
+
+
+@dataclass(slots=True)
+class WindowToken:
+    """An open window (returned by :meth:`~meters.sampler.Sampler.open_window`)."""
+
+    start_s: float
+    exclusive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSet:
+    """The components a sampler measures, one track each, and how they add up."""
+
+    tracks: dict[str, Track]
+    """One track per component, in :data:`~meters.base.COMPONENTS` order."""
+    total: frozenset[str]
+    """The components whose sum is the whole (:func:`total_components`)."""
+    label: str
+    """The meters used, joined with ``+`` (``nvml+rapl``; ``none`` without any)."""
+    estimated: bool
+    """Whether any component comes from a model rather than a measurement."""
+    estimate_model: str | None
+    """The estimate models in use, joined with ``; `` (None when all is measured)."""
+
+    @classmethod
+    def of(cls, tracks: Mapping[str, Track]) -> TrackSet:
+        """The set of ``tracks`` (one per component, in any order)."""
+        ordered = {c: tracks[c] for c in COMPONENTS if c in tracks}
+        models = [t.meter.estimate_model for t in ordered.values() if t.meter.estimate_model]
+        return cls(
+            tracks=ordered,
+            total=frozenset(total_components(tuple(ordered))),
+            label="+".join(dict.fromkeys(t.meter.name for t in ordered.values())) or "none",
+            estimated=any(t.meter.estimated for t in ordered.values()),
+            estimate_model="; ".join(dict.fromkeys(models)) or None,
+        )
+
+    def measure(self, start_s: float, end_s: float, *, exclusive: bool) -> WindowEnergy:
+        """The energy from ``start_s`` to ``end_s``; ``exclusive``: no other window
+        overlapped it. Tracks are not thread-safe: the caller holds the sampler's lock."""
+        duration_s = end_s - start_s if end_s > start_s else 0.0
+        parts: dict[str, ComponentEnergy] = {}
+        energy: float | None = 0.0
+        idle_w: float | None = 0.0
+        low_res = False
+        missing: list[str] = []
+        low: float = 0.0
+        high: float = 0.0
+        ranged = False
+        for c, track in self.tracks.items():
+            span = track.span(start_s, end_s)
+            e, idle = span.energy_j, track.idle_power_w
+            dynamic = None
+            if e is not None and idle is not None:
+                dynamic = max(0.0, e - idle * duration_s)
+            meter = track.meter
+            parts[c] = ComponentEnergy(c, meter.name, e, dynamic, idle, meter.estimated,
+                                       span.low_resolution, span.reason)  # fmt: skip
+            bounds = track.range_j(start_s, end_s) if e is not None else None
+            if bounds is not None:
+                parts[c].energy_low_j, parts[c].energy_high_j = bounds
+            low_res = low_res or span.low_resolution
+            if c in self.total:
+                if e is None:
+                    missing.append(f"{c}: {span.reason}")
+                elif energy is not None:
+                    energy += e
+                    ranged = ranged or bounds is not None
+                    low += e if bounds is None else bounds[0]
+                    high += e if bounds is None else bounds[1]
+                idle_w = None if idle is None or idle_w is None else idle_w + idle
+        reason = "; ".join(missing) if missing else None
+        if not self.total:
+            energy, idle_w, reason = None, None, "no meter"
+        elif missing:
+            energy = None
+        dynamic_j = None
+        if energy is not None and idle_w is not None:
+            dynamic_j = max(0.0, energy - idle_w * duration_s)
+        has_range = ranged and energy is not None
+        return WindowEnergy(start_s, end_s, parts, energy, dynamic_j, idle_w, self.label,
+                            self.estimated, low_res, exclusive, reason,
+                            low if has_range else None, high if has_range else None,
+                            self.estimate_model)  # fmt: skip
