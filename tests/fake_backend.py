@@ -8,6 +8,8 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-hang``            never answer (for timeouts and disconnects)
 ``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
+``x-fake-pad``             add N bytes to every streamed word (big chunks fill a
+                           reader's buffers at once)
 ``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
 ``x-fake-gzip``            gzip the answer whatever the request's accept-encoding says
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
@@ -69,6 +71,8 @@ class FakeBackend:
     """joulegate's own model look-ups answered (not in ``seen``)."""
     in_flight: int = 0
     max_in_flight: int = 0
+    url: str = ""
+    """Its base URL while :func:`serving` serves it."""
     _released: asyncio.Event | None = None
 
     def release(self) -> None:
@@ -318,6 +322,7 @@ class FakeBackend:
         )
         delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
         drop = int(seen.headers.get("x-fake-drop", "-1"))
+        pad = "x" * int(seen.headers.get("x-fake-pad", "0"))
         model = req.get("model", "fake-model")
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
@@ -345,7 +350,7 @@ class FakeBackend:
             await send(
                 {
                     "type": "http.response.body",
-                    "body": chunk({"content": word}, None),
+                    "body": chunk({"content": word + pad}, None),
                     "more_body": True,
                 }
             )
@@ -377,7 +382,7 @@ class FakeBackend:
 async def serving(backend: FakeBackend) -> AsyncIterator[FakeBackend]:
     """Serve ``backend`` on loopback; its base URL is ``backend.url`` meanwhile."""
     async with serve(backend, lifespan="off") as url:
-        backend.url = url  # type: ignore[attr-defined]
+        backend.url = url
         yield backend
 
 
