@@ -1,8 +1,9 @@
 """What joulegate adds to each request, beside a bare forwarder, and its memory queued.
 
-The fake backend and joulegate each run in their own process (uvicorn, uvloop,
-httptools), as in production; the client runs here. Requests alternate between
-the backend directly and joulegate in one run, so both see the same machine load.
+The fake backend, joulegate and the bare forwarder (:mod:`bench.bare`, the floor
+any forwarder on this stack pays) each run in their own process (uvicorn, uvloop,
+httptools), as in production; the client runs here. Requests go round the backend
+directly and the proxies one at a time in one run, so all see the same machine load.
 """
 
 from __future__ import annotations
