@@ -1,8 +1,9 @@
-"""What joulegate adds to each request, and its memory with 500 queued clients.
+"""What joulegate adds to each request, beside a bare forwarder, and its memory queued.
 
-The fake backend and joulegate each run in their own process (uvicorn, uvloop,
-httptools), as in production; the client runs here. Requests alternate between
-the backend directly and joulegate in one run, so both see the same machine load.
+The fake backend, joulegate and the bare forwarder (:mod:`bench.bare`, the floor
+any forwarder on this stack pays) each run in their own process (uvicorn, uvloop,
+httptools), as in production; the client runs here. Requests go round the backend
+directly and the proxies one at a time in one run, so all see the same machine load.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 STREAM = {**CHAT, "max_tokens": 20, "stream": True}
 
 
+QUEUED_CLIENTS = 500
+# joulegate's default max_queue (256) would turn half of the queued clients away.
+QUEUE_ENV = {"JOULEGATE_MAX_QUEUE": str(QUEUED_CLIENTS + 10)}
+
+
 def process(kind: str, *args: str) -> contextlib.AbstractContextManager[str]:
     """``bench.serve KIND`` in its own process (see :func:`bench.serve.spawn`)."""
-    return spawn("bench.serve", kind, "PORT", *args)
+    return spawn("bench.serve", kind, "PORT", *args, env=QUEUE_ENV)
 
 
 def pct(xs: list[float], p: float) -> float:
-    """The p-th percentile (0-100), in the units of xs."""
+    """The p-th percentile (0-100), in the units of xs; p50 is the median."""
+    if p == 50:
+        return statistics.median(xs)
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
@@ -51,25 +59,24 @@ async def _one_stream(c: httpx.AsyncClient, url: str) -> tuple[float, float]:
     return first, (time.perf_counter() - t) * 1000
 
 
-async def latency(backend: str, proxy: str, n: int, n_stream: int) -> dict[str, list[float]]:
-    """Alternate direct and proxied requests; return per-kind latency samples (ms)."""
+async def latency(targets: dict[str, str], n: int, n_stream: int) -> dict[str, list[float]]:
+    """Round-robin over ``targets`` (name: base URL) one request at a time; return
+    latency samples (ms) under ``NAME``, ``NAME_ttfb`` and ``NAME_ttlb``."""
     out: dict[str, list[float]] = {
-        k: [] for k in ("d", "p", "d_ttfb", "p_ttfb", "d_ttlb", "p_ttlb")
+        name + suffix: [] for name in targets for suffix in ("", "_ttfb", "_ttlb")
     }
     async with httpx.AsyncClient(timeout=30) as c:
         for _ in range(50):  # warm-up
-            await _one(c, backend)
-            await _one(c, proxy)
+            for url in targets.values():
+                await _one(c, url)
         for _ in range(n):
-            out["d"].append(await _one(c, backend))
-            out["p"].append(await _one(c, proxy))
+            for name, url in targets.items():
+                out[name].append(await _one(c, url))
         for _ in range(n_stream):
-            a, b = await _one_stream(c, backend)
-            out["d_ttfb"].append(a)
-            out["d_ttlb"].append(b)
-            a, b = await _one_stream(c, proxy)
-            out["p_ttfb"].append(a)
-            out["p_ttlb"].append(b)
+            for name, url in targets.items():
+                first, last = await _one_stream(c, url)
+                out[name + "_ttfb"].append(first)
+                out[name + "_ttlb"].append(last)
     return out
 
 
@@ -82,7 +89,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def queued_memory(
-    backend: str, proxy: str, pid: int, clients: int = 500
+    backend: str, proxy: str, pid: int, clients: int = QUEUED_CLIENTS
 ) -> tuple[float, float]:
     """RSS of joulegate idle and with ``clients`` requests waiting in its queue."""
     idle = rss_mb(pid)
@@ -99,6 +106,8 @@ async def queued_memory(
             if h["waiting"] >= clients - 1:
                 break
             await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"only {h['waiting']} of {clients} clients got into the queue")
         loaded = rss_mb(pid)
         await c.post(backend + "/fake/release")
         for _ in range(clients):
@@ -117,36 +126,64 @@ def _pid_listening(port: str) -> int:
     return int(out[0])
 
 
+METRICS = (
+    ("non-streaming", ""),
+    ("stream TTFB", "_ttfb"),
+    ("stream last byte (20 chunks)", "_ttlb"),
+)
+
+
+def added_ms(s: dict[str, list[float]], name: str, suffix: str, p: float) -> float:
+    """How much later than the backend directly ``name`` answered, at percentile p."""
+    return pct(s[name + suffix], p) - pct(s["direct" + suffix], p)
+
+
 async def main(n: int = 2000, n_stream: int = 300) -> None:
-    """Print the overhead table for the gate-only proxy and for the full pipeline."""
+    """Print the overhead table for the gate-only proxy, the full pipeline and the bare
+    aiohttp forwarder (measured in the full pipeline's run, so that both see the same
+    load), then joulegate's added time as a multiple of the bare forwarder's."""
     rows = []
-    with process("fake") as backend:
+    with process("fake") as backend, process("bare", backend) as bare:
         for kind in ("gate", "full"):
             with process(kind, backend) as proxy:
-                s = await latency(backend, proxy, n, n_stream)
+                targets = {"direct": backend, kind: proxy}
+                if kind == "full":
+                    targets["bare"] = bare
+                s = await latency(targets, n, n_stream)
                 pid = _pid_listening(proxy.rsplit(":", 1)[1])
                 idle, loaded = await queued_memory(backend, proxy, pid)
                 rows.append((kind, s, idle, loaded))
+    full = rows[-1][1]
     print("\n### Proxy overhead (ms; fake backend, client and joulegate share 2 cores)\n")
     print(
-        "| pipeline | metric | direct p50 | via joulegate p50 | added p50 | direct p99 "
-        "| via joulegate p99 | added p99 |"
+        "| pipeline | metric | direct p50 | via proxy p50 | added p50 | direct p99 "
+        "| via proxy p99 | added p99 |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for kind, s, _, _ in rows:
-        for label, d, p in (
-            ("non-streaming", "d", "p"),
-            ("stream TTFB", "d_ttfb", "p_ttfb"),
-            ("stream last byte (20 chunks)", "d_ttlb", "p_ttlb"),
-        ):
-            d50, p50 = statistics.median(s[d]), statistics.median(s[p])
-            d99, p99 = pct(s[d], 99), pct(s[p], 99)
+    for kind, s in [(kind, s) for kind, s, _, _ in rows] + [("bare", full)]:
+        for label, suffix in METRICS:
+            d50, p50 = pct(s["direct" + suffix], 50), pct(s[kind + suffix], 50)
+            d99, p99 = pct(s["direct" + suffix], 99), pct(s[kind + suffix], 99)
             print(
                 f"| {kind} | {label} | {d50:.2f} | {p50:.2f} | {p50 - d50:.2f} | {d99:.2f} "
                 f"| {p99:.2f} | {p99 - d99:.2f} |"
             )
+    print("\n### joulegate (full) against the bare aiohttp forwarder (added ms, same run)\n")
+    print(
+        "| metric | full p50 | bare p50 | full / bare p50 | full p99 | bare p99 | full / bare p99 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, suffix in METRICS:
+        if suffix == "_ttfb":
+            continue
+        cells = []
+        for p in (50, 99):
+            f, b = added_ms(full, "full", suffix, p), added_ms(full, "bare", suffix, p)
+            ratio = f"{f / b:.1f}x" if b > 0 else "n/a"
+            cells.append(f"{f:.2f} | {b:.2f} | {ratio}")
+        print(f"| {label} | {' | '.join(cells)} |")
     print("\n### Memory (resident, MB)\n")
-    print("| pipeline | idle | 500 clients queued |")
+    print(f"| pipeline | idle | {QUEUED_CLIENTS} clients queued |")
     print("|---|---|---|")
     for kind, _, idle, loaded in rows:
         print(f"| {kind} | {idle:.1f} | {loaded:.1f} |")

@@ -1,8 +1,11 @@
 """Run the fake backend or joulegate in its own process, for the benchmarks.
 
 python -m bench.serve fake PORT
+python -m bench.serve bare PORT BACKEND_URL      # bench.bare: the least a forwarder does
 python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
 python -m bench.serve full PORT BACKEND_URL      # every default stage
+
+All of them run under the same uvicorn settings.
 """
 
 from __future__ import annotations
@@ -13,36 +16,54 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 
+from bench.bare import BareForwarder
+from bench.fake import FakeBackend
 from config import load_settings
 from proxy.app import create_app
 from proxy.llamacpp import free_port
-from tests.fake_backend import FakeBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def spawn(*argv: str) -> Iterator[str]:
-    """Run ``python -m ARGV`` with ``PORT`` filled in; yield its URL once it answers."""
-    port = free_port()
-    args = [a.replace("PORT", str(port)) for a in argv]
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT)
+def spawn(*argv: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Run ``python -m ARGV`` with ``PORT`` filled in, and ``env`` added to this
+    process's environment; yield its URL once it answers."""
+    with spawn_process(argv, env or {}) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def spawn_process(
+    argv: Sequence[str], env: Mapping[str, str], base: Mapping[str, str] = os.environ
+) -> Iterator[tuple[str, int]]:
+    """Run ``python -m ARGV`` in ``base`` plus ``env``, with ``PORT`` filled in (in the
+    arguments and in ``env``'s values); yield its URL and pid once it answers."""
+    port = str(free_port())
+    args = [a.replace("PORT", port) for a in argv]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env={**base, **{k: v.replace("PORT", port) for k, v in env.items()}},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(400):
+            if proc.poll() is not None:
+                raise RuntimeError(f"python -m {' '.join(args)} exited with {proc.returncode}")
             try:
                 httpx.get(url + "/healthz", timeout=1)  # any answer, even a 404, will do
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -51,8 +72,11 @@ def spawn(*argv: str) -> Iterator[str]:
 def main(argv: list[str]) -> None:
     """Serve until killed."""
     kind, port = argv[0], int(argv[1])
+    app: Any
     if kind == "fake":
-        app: Any = FakeBackend()
+        app = FakeBackend()
+    elif kind == "bare":
+        app = BareForwarder(argv[2])
     else:
         data = tempfile.mkdtemp(prefix="joulegate-bench-")
         env = {
