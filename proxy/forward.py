@@ -151,6 +151,8 @@ class Forwarder:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             parsed = parse_body(body, path) if gated else None
+            if parsed is not None:
+                self._bodies.hold_parsed(hold, len(body))
             task = request_task(headers, parsed) if gated else None
         except ProxyError as err:
             await send_error(send, err, [(b"x-queue-ms", b"0.0")])
