@@ -9,6 +9,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-hold``            wait until the test calls ``release()``
 ``x-fake-drop``            drop the connection mid-stream after N chunks
 ``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
+``x-fake-response-id``     the ``id`` of the answer and its chunks (``chatcmpl-fake``)
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
                            (as another joulegate in front of a backend would)
 
@@ -177,7 +178,7 @@ class FakeBackend:
             if req.get("stream"):
                 await self._stream(seen, req, n, send)
             else:
-                await _json(send, 200, self._completion(req, n))
+                await _json(send, 200, self._completion(req, n, _response_id(seen)))
             return
         await _json(
             send,
@@ -227,9 +228,9 @@ class FakeBackend:
     def _text(self, n: int) -> list[str]:
         return [self.words[i % len(self.words)] for i in range(n)]
 
-    def _completion(self, req: dict[str, Any], n: int) -> dict[str, Any]:
+    def _completion(self, req: dict[str, Any], n: int, response_id: str) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-fake",
+            "id": response_id,
             "object": "chat.completion",
             "created": 1,
             "model": req.get("model", "fake-model"),
@@ -254,10 +255,11 @@ class FakeBackend:
         delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
         drop = int(seen.headers.get("x-fake-drop", "-1"))
         model = req.get("model", "fake-model")
+        response_id = _response_id(seen)
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
             obj = {
-                "id": "chatcmpl-fake",
+                "id": response_id,
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,
@@ -289,7 +291,7 @@ class FakeBackend:
             "include_usage"
         ):
             usage = {
-                "id": "chatcmpl-fake",
+                "id": response_id,
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,
@@ -314,6 +316,10 @@ async def serving(backend: FakeBackend) -> AsyncIterator[FakeBackend]:
     async with serve(backend, lifespan="off") as url:
         backend.url = url  # type: ignore[attr-defined]
         yield backend
+
+
+def _response_id(seen: Seen) -> str:
+    return seen.headers.get("x-fake-response-id", "chatcmpl-fake")
 
 
 async def _ollama_chunk(send: Any, obj: dict[str, Any], more: bool) -> None:
