@@ -60,6 +60,8 @@ class FakeBackend:
     words: tuple[str, ...] = ("Hello", " there", ",", " friend", ".")
     models: tuple[str, ...] = ("fake-model",)
     """What ``GET /v1/models`` lists."""
+    finish_reason: str = "length"
+    """Why an answer with words ends (``stop`` for clients that refuse ``length``)."""
     seen: list[Seen] = field(default_factory=list)
     listings: int = 0
     """joulegate's own model look-ups answered (not in ``seen``)."""
@@ -237,7 +239,7 @@ class FakeBackend:
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "length" if n else "stop",
+                    "finish_reason": self.finish_reason if n else "stop",
                     "message": {"role": "assistant", "content": "".join(self._text(n))},
                 }
             ],
@@ -286,7 +288,8 @@ class FakeBackend:
                     "more_body": True,
                 }
             )
-        await send({"type": "http.response.body", "body": chunk({}, "length"), "more_body": True})
+        finish = chunk({}, self.finish_reason)
+        await send({"type": "http.response.body", "body": finish, "more_body": True})
         if "x-fake-no-usage" not in seen.headers and (req.get("stream_options") or {}).get(
             "include_usage"
         ):
