@@ -266,3 +266,47 @@ async def test_openai_node(node_sdk: Path, tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
         read = await run_node(node_sdk, script, served)
     assert_read(served, read)
+
+
+NODE_OVER_BUDGET = """
+import OpenAI from "openai";
+
+const client = new OpenAI({ baseURL: "http://127.0.0.1:8400/v1", apiKey: KEY });
+try {
+  await client.chat.completions.create({ model: "m", messages: [{ role: "user", content: "hi" }] });
+  console.log(JSON.stringify({ answered: true }));
+} catch (err) {
+  console.log(JSON.stringify({
+    rateLimit: err instanceof OpenAI.RateLimitError, status: err.status, code: err.code,
+    maxRetries: client.maxRetries,
+  }));
+}
+"""
+
+
+async def test_openai_node_with_default_retries_gives_up_on_a_budget_429(
+    node_sdk: Path, tmp_path: Path
+) -> None:
+    async with joulegate(tmp_path, budget_spent=True) as served:
+        result = await run_node(node_sdk, NODE_OVER_BUDGET, served)
+    assert result == {"rateLimit": True, "status": 429, "code": "energy_budget_exceeded",
+                      "maxRetries": 2}  # fmt: skip
+    assert served.arrivals.count == 1  # one request, no retries (it would sleep till reset)
+
+
+async def test_openai_python_with_default_retries_gives_up_on_a_budget_429(
+    tmp_path: Path,
+) -> None:
+    import openai
+
+    def ask(served: Served) -> openai.RateLimitError:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.key)
+        assert client.max_retries == 2
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        return caught.value
+
+    async with joulegate(tmp_path, budget_spent=True) as served:
+        err = await asyncio.to_thread(ask, served)
+    assert err.status_code == 429 and err.code == "energy_budget_exceeded"
+    assert served.arrivals.count == 1  # one request, no retries
