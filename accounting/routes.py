@@ -1,9 +1,12 @@
-"""HTTP endpoints over the ledger: ``/v1/energy/report`` and ``/v1/energy/requests``.
+"""HTTP endpoints over the ledger: ``/v1/energy/report``, ``/v1/energy/requests``
+and ``/v1/energy/requests/{id}``.
 
 They authenticate like the proxy does (a joulegate key in ``keys`` mode).
 A caller sees only their own rows; an admin key may name any ``user`` or
 leave it out to see everyone. Asking for another user's rows without an admin
-key is 403, never an empty answer that would reveal nothing either way.
+key is 403, never an empty answer that would reveal nothing either way. The one
+exception is a single request looked up by id: another user's id is 404, exactly
+like an unknown one, so that ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, get
+from litestar.params import FromPath
 
 from accounting.auth import Identity
 from accounting.ledger_stage import STATE_KEY, Accounting
@@ -86,6 +90,33 @@ async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
     }
 
 
+@get("/v1/energy/requests/{lookup_id:str}", media_type=MediaType.JSON)
+async def energy_request(
+    request: Request[Any, Any, Any], lookup_id: FromPath[str]
+) -> dict[str, Any]:
+    """One request's row, by joulegate's id (``x-request-id``) or the backend's response
+    id (``chatcmpl-…``, ``resp_…``): for clients whose SDK drops the ``energy`` field.
+
+    The row is committed before the answer's last byte, so it is here as soon as the
+    client has its answer. A response id that several of the caller's rows share (a
+    backend that does not make them unique) gives the newest of them.
+    """
+    acc, who = await _caller(request)
+    mine, owner = ("", []) if who.is_admin else (" AND user = ?", [who.user])
+    rows: list[Any] = []
+    # joulegate's own id first, then the backend's: two indexed look-ups.
+    for column in ("request_id", "response_id"):
+        rows = await acc.ledger.fetchall(
+            f"SELECT * FROM requests WHERE {column} = ?{mine} ORDER BY id DESC LIMIT 1",  # noqa: S608
+            [lookup_id, *owner],
+        )
+        if rows:
+            break
+    if not rows:
+        raise NotFound(f"no request with id {lookup_id!r}", code="not_found")
+    return _public(row_from_sql(rows[0]))
+
+
 def _integer(text: str | None, name: str) -> int | None:
     """A query parameter as an integer SQLite can hold (None when absent or empty)."""
     if not text:
@@ -108,4 +139,4 @@ def _public(row: LedgerRow) -> dict[str, Any]:
 
 def route_handlers() -> list[Any]:
     """The ledger's Litestar handlers, for ``default_route_handlers``."""
-    return [energy_report, energy_requests]
+    return [energy_report, energy_requests, energy_request]

@@ -66,6 +66,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     sci_embodied_g: float | None = None
     sci_g_per_token: float | None = None
     trace_id: str | None = None
+    response_id: str | None = None
+    """The backend's own id of its answer (``chatcmpl-…``, ``resp_…``), if it sent one."""
     failure: str | None = None
     finish_reason: str | None = None
     request_params: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -171,6 +173,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             user, ts, model_served, model_requested, endpoint, failure, prompt_tokens,
             completion_tokens, duration_s, energy_j, energy_dynamic_j, co2e_g, task
         )""",
+    ),
+    # 6: the backend's response id, so a client whose SDK drops the ``energy`` field
+    # can look its request up by the id it does keep (GET /v1/energy/requests/{id}).
+    (
+        "ALTER TABLE requests ADD COLUMN response_id TEXT",
+        "CREATE INDEX requests_response_id ON requests (response_id)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
                            reader's buffers at once)
 ``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
 ``x-fake-gzip``            gzip the answer whatever the request's accept-encoding says
+``x-fake-response-id``     the ``id`` of the answer and its chunks (``chatcmpl-fake``)
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
                            (as another joulegate in front of a backend would)
 
@@ -66,6 +67,8 @@ class FakeBackend:
     owned_by: str = "fake"
     """The ``owned_by`` of those entries (``llamacpp``, ``library``, ``vllm``: the
     software real servers name there)."""
+    finish_reason: str = "length"
+    """Why an answer with words ends (``stop`` for clients that refuse ``length``)."""
     seen: list[Seen] = field(default_factory=list)
     listings: int = 0
     """joulegate's own model look-ups answered (not in ``seen``)."""
@@ -191,7 +194,7 @@ class FakeBackend:
             if req.get("stream"):
                 await self._stream(seen, req, n, send)
             else:
-                await _json(send, 200, self._completion(req, n))
+                await _json(send, 200, self._completion(req, n, _response_id(seen)))
             return
         await _json(
             send,
@@ -296,16 +299,16 @@ class FakeBackend:
     def _text(self, n: int) -> list[str]:
         return [self.words[i % len(self.words)] for i in range(n)]
 
-    def _completion(self, req: dict[str, Any], n: int) -> dict[str, Any]:
+    def _completion(self, req: dict[str, Any], n: int, response_id: str) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-fake",
+            "id": response_id,
             "object": "chat.completion",
             "created": 1,
             "model": req.get("model", "fake-model"),
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "length" if n else "stop",
+                    "finish_reason": self.finish_reason if n else "stop",
                     "message": {"role": "assistant", "content": "".join(self._text(n))},
                 }
             ],
@@ -324,10 +327,11 @@ class FakeBackend:
         drop = int(seen.headers.get("x-fake-drop", "-1"))
         pad = "x" * int(seen.headers.get("x-fake-pad", "0"))
         model = req.get("model", "fake-model")
+        response_id = _response_id(seen)
 
         def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
             obj = {
-                "id": "chatcmpl-fake",
+                "id": response_id,
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,
@@ -354,12 +358,13 @@ class FakeBackend:
                     "more_body": True,
                 }
             )
-        await send({"type": "http.response.body", "body": chunk({}, "length"), "more_body": True})
+        finish = chunk({}, self.finish_reason)
+        await send({"type": "http.response.body", "body": finish, "more_body": True})
         if "x-fake-no-usage" not in seen.headers and (req.get("stream_options") or {}).get(
             "include_usage"
         ):
             usage = {
-                "id": "chatcmpl-fake",
+                "id": response_id,
                 "object": "chat.completion.chunk",
                 "created": 1,
                 "model": model,
@@ -384,6 +389,10 @@ async def serving(backend: FakeBackend) -> AsyncIterator[FakeBackend]:
     async with serve(backend, lifespan="off") as url:
         backend.url = url
         yield backend
+
+
+def _response_id(seen: Seen) -> str:
+    return seen.headers.get("x-fake-response-id", "chatcmpl-fake")
 
 
 async def _ollama_chunk(send: Any, obj: dict[str, Any], more: bool) -> None:

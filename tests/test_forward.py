@@ -424,6 +424,7 @@ async def test_responses_api_answers_and_streams_are_accounted(
     assert first.finish_reasons == ["incomplete"] and first.response_id == "resp_fake"
     assert (second.prompt_tokens, second.completion_tokens) == (7, 5)
     assert second.finish_reasons == ["completed"] and second.stream is True
+    assert second.response_id == "resp_fake"  # from the stream's response.* events
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PUT", "PATCH", "PROPFIND"])

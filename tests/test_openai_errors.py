@@ -142,7 +142,8 @@ edge = st.sampled_from(
     ["", " ", "-1", "0", "1e9", "NaN", "∞", "١٢", "%", "J", "kwh", "USER", "\x00"]
 )
 values = st.one_of(edge, huge_ints, months, dates, timestamps, text)
-raw_escapes = st.sampled_from(["%FF", "%C3%28", "%00", "%E2%82", "%25", "%2", "+", "&&", "="])
+RAW = ["%FF", "%C3%28", "%00", "%E2%82", "%25", "%2", "+", "&&", "="]
+raw_escapes = st.sampled_from(RAW)
 # The edges of what datetime and SQLite hold, where parsing used to break.
 month_edges = st.sampled_from(["9999-12", "9999-11", "0000-01", "0001-01", "10000-01", "9999-13"])
 when_edges = st.sampled_from(
@@ -223,7 +224,12 @@ gets = st.tuples(methods, routes).flatmap(
     lambda mr: st.tuples(st.just(mr[0]), st.just(mr[1]), query_strings(mr[1]), st.just(b""))
 )
 posts = st.tuples(st.just("POST"), st.just("/v1/chat/completions"), st.just(""), chat_bodies())
-calls = st.one_of(gets, gets, posts)
+# One request by id: any text as the path segment, raw escapes now and then.
+lookup_paths = st.tuples(st.one_of(edge, huge_ints, text), st.sampled_from(["", "", *RAW])).map(
+    lambda p: "/v1/energy/requests/" + quote(p[0], safe="") + p[1]
+)
+lookups = st.tuples(st.just("GET"), lookup_paths, st.just(""), st.just(b""))
+calls = st.one_of(gets, gets, posts, lookups)
 callers = st.sampled_from(["admin", "admin", "alice", "alice", "nobody", "stranger"])
 
 
@@ -237,6 +243,8 @@ callers = st.sampled_from(["admin", "admin", "alice", "alice", "nobody", "strang
 @example(call=("GET", "/v1/energy/report", "until=9999-12-31", b""), who="admin")
 @example(call=("GET", "/v1/energy/requests", f"before={2**70}", b""), who="alice")
 @example(call=("POST", "/v1/energy/report", "", b""), who="alice")
+@example(call=("GET", "/v1/energy/requests/%FF", "", b""), who="alice")
+@example(call=("GET", "/v1/energy/requests/%00", "", b""), who="admin")
 async def test_no_input_makes_joulegate_fail_and_every_4xx_is_openais_shape(
     served: Served, call: tuple[str, str, str, bytes], who: str
 ) -> None:
