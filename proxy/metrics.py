@@ -2,9 +2,9 @@
 
 Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
 
-    joulegate_energy_joules_total{user,model,task,component}   counter  J
+    joulegate_energy_joules_total{user,model,backend,task,component}   counter  J
     joulegate_co2e_grams_total{user,model,task,component}      counter  gCO2e
-    joulegate_requests_total{user,model,endpoint,status}  counter, refusals included
+    joulegate_requests_total{user,model,backend,endpoint,status}  counter, refusals included
     joulegate_tokens_total{model,type}                    counter, type=prompt|completion
     joulegate_request_duration_seconds{model,endpoint}    histogram, arrival to last byte
     joulegate_queue_length                                gauge, requests waiting for a slot
@@ -87,7 +87,7 @@ class PrometheusStage(Stage):
         self._energy = Counter(
             "joulegate_energy_joules",
             "Energy used by requests, in joules (component=total is the whole).",
-            [*who, "model", "task", "component"],
+            [*who, "model", "backend", "task", "component"],
             registry=registry,
         )
         self._co2e = Counter(
@@ -99,7 +99,7 @@ class PrometheusStage(Stage):
         self._requests = Counter(
             "joulegate_requests",
             "Requests proxied, by final HTTP status (499: the client left).",
-            [*who, "model", "endpoint", "status"],
+            [*who, "model", "backend", "endpoint", "status"],
             registry=registry,
         )
         self._tokens = Counter(
@@ -123,13 +123,14 @@ class PrometheusStage(Stage):
         endpoint = endpoint_label(ex)
         who = [user_label(ex)] if self._user_label else []
         task = task_label(ex, self._tasks)
-        self._requests.labels(*who, model, endpoint, status_label(ex)).inc()
+        backend = ex.backend or "none"  # a configured backend's name, or refused before
+        self._requests.labels(*who, model, backend, endpoint, status_label(ex)).inc()
         for kind, count in (("prompt", ex.prompt_tokens), ("completion", ex.completion_tokens)):
             if count is not None and count > 0:
                 self._tokens.labels(model, kind).inc(count)
         self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
-            self._energy.labels(*who, model, task, component).inc(energy_j)
+            self._energy.labels(*who, model, backend, task, component).inc(energy_j)
             if co2e_g is not None:
                 self._co2e.labels(*who, model, task, component).inc(co2e_g)
 

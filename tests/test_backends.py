@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from accounting.routes import route_handlers as ledger_routes
 from config import BackendSettings, ConfigError, LedgerSettings, Settings, load_settings
 from proxy.app import create_app
 from proxy.backends import BackendRouter
@@ -107,11 +108,24 @@ async def test_the_ledger_records_which_backend_served_each_request(tmp_path: An
             backends=(BackendSettings(url=url_s, name="cpu-a"), BackendSettings(url=url_l)),
             ledger=LedgerSettings(path=str(ledger)),
         )
-        app = create_app(settings, components=accounting_components())
+        from proxy.metrics import metrics_endpoint, prometheus_component
+
+        app = create_app(
+            settings,
+            components=[prometheus_component, *accounting_components()],
+            route_handlers=[metrics_endpoint, *ledger_routes()],
+        )
         async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
             for model in ("small", "large", "large"):
                 assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
             report = (await c.get("/v1/energy/report", params={"by": "backend"})).json()
+            metrics = (await c.get("/metrics")).text
+    served = {
+        line.split('backend="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("joulegate_requests_total{") and 'endpoint="chat/completions"' in line
+    }
+    assert served == {"cpu-a": 1.0, url_l.split("//")[1]: 2.0}  # metrics carry the backend
     rows = db_rows(ledger)
     large_name = url_l.split("//")[1]
     assert [(r["model_requested"], r["backend"]) for r in rows] == [
