@@ -50,6 +50,7 @@ from proxy.intake import (
     Hold,
     answer_method,
     ask_usage,
+    method_not_allowed,
     parse_body,
 )
 from proxy.paths import canonical_path
@@ -115,16 +116,22 @@ class Forwarder:
             # One spelling for the gate, the ledger and the backend URL (sent as is).
             path = canonical_path(path_b, self._mounts)
         except ProxyError as err:
-            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            shown = path_b[:200].decode("latin-1")  # the refused spelling, bounded
+            await self._refuse_early(send, err, method, shown, window)
             return
         if method not in FORWARDED_METHODS:
-            await answer_method(send, method, path)
+            if method in ("HEAD", "OPTIONS"):
+                await answer_method(send, method)
+            else:
+                await self._refuse_early(
+                    send, method_not_allowed(method, path), method, path, window
+                )
             return
         gated = method == "POST" and path in self._gated
         try:
             body = await self._bodies.read(scope, receive)
         except ProxyError as err:
-            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            await self._refuse_early(send, err, method, path, window)
             return
         # A gated body stays counted against max_queued_bytes until it is admitted.
         hold = Hold(len(body))
@@ -134,6 +141,29 @@ class Forwarder:
             await self._handle(scope, receive, send, window, method, path, query, body, hold)
         finally:
             self._bodies.let_go(hold)
+
+    async def _refuse_early(
+        self, send: Send, err: ProxyError, method: str, path: str, window: Window
+    ) -> None:
+        """Refuse before the request is parsed (bad path, method, body): the client gets
+        the error and an ``x-request-id``; the log and the metrics see it; nothing else
+        (no backend, no ledger row) does."""
+        ex = Exchange(
+            request_id=uuid.uuid4().hex,
+            method=method,
+            path=path,
+            endpoint="other",
+            headers={},
+            window=window,
+            arrived_at=dt.datetime.now(dt.UTC),
+            gated=False,
+        )
+        ex.status, ex.failure = err.status, err.error_type
+        window.finished_s = time.monotonic()
+        try:
+            await send_error(send, err, [(b"x-queue-ms", b"0.0"), request_id_header(ex)])
+        finally:
+            await self._pipeline.closed(ex)
 
     async def _handle(
         self,
@@ -155,7 +185,7 @@ class Forwarder:
                 self._bodies.hold_parsed(hold, len(body))
             task = request_task(headers, parsed) if gated else None
         except ProxyError as err:
-            await send_error(send, err, [(b"x-queue-ms", b"0.0")])
+            await self._refuse_early(send, err, method, path, window)
             return
         ex = Exchange(
             request_id=uuid.uuid4().hex,

@@ -16,7 +16,7 @@ from litestar.types import Receive, Scope, Send
 from config.errors import BadRequest, MethodNotAllowed, PayloadTooLarge, QueueFull
 from config.settings import Settings
 from proxy.exchange import Exchange
-from proxy.wire import decode_json, encode_json, send_error
+from proxy.wire import decode_json, encode_json
 
 INFERENCE_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
@@ -152,17 +152,19 @@ def ask_usage(ex: Exchange, parsed: dict[str, Any], body: bytes, *, enabled: boo
     return encode_json({**parsed, "stream_options": new_opts})
 
 
-async def answer_method(send: Send, method: str, path: str) -> None:
-    """HEAD and OPTIONS are answered here; any other method is 405 (never forwarded:
-    TRACE would echo the request, headers and keys included, back)."""
-    if method in ("HEAD", "OPTIONS"):
-        status = 200 if method == "HEAD" else 204
-        headers = [ALLOW, (b"content-length", b"0")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return
-    err = MethodNotAllowed(
+async def answer_method(send: Send, method: str) -> None:
+    """Answer HEAD (200) and OPTIONS (204) here, with the methods joulegate forwards."""
+    status = 200 if method == "HEAD" else 204
+    headers = [ALLOW, (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def method_not_allowed(method: str, path: str) -> MethodNotAllowed:
+    """The 405 for any other method (never forwarded: TRACE would echo the request,
+    headers and keys included, back)."""
+    return MethodNotAllowed(
         f"Invalid method for URL ({method} {path}): joulegate forwards GET, POST and DELETE",
         code="method_not_allowed",
+        headers={"allow": ALLOW[1].decode()},
     )
-    await send_error(send, err, [ALLOW])

@@ -4,11 +4,16 @@ uvicorn's httptools protocol buffers a request's line and headers for as long as
 keep coming, without a limit: 40 connections each sending an unfinished 4 MiB header
 took 167 MB here. :class:`BoundedHttpToolsProtocol` answers ``431`` and closes the
 connection once the head of a request passes ``max_header_bytes``.
+
+uvicorn also frames an answer of unknown length (a stream) as ``transfer-encoding:
+chunked`` even to an HTTP/1.0 client, which cannot read it. For those clients the
+protocol sends such answers close-delimited instead, as HTTP/1.0 expects.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -46,6 +51,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The head is complete: the body is not counted."""
         self._in_head = False
         super().on_headers_complete()
+        if self.scope.get("http_version") == "1.0":
+            _close_delimited(self.cycle)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; refuse a head that grows past the limit."""
@@ -62,6 +69,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 b"content-length: " + str(len(_TOO_LARGE)).encode() + b"\r\n\r\n" + _TOO_LARGE
             )
             self.transport.close()
+
+
+def _close_delimited(cycle: Any) -> None:
+    """Make uvicorn write this answer's body as is, ended by closing the connection
+    (HTTP/1.0 keeps no connection open), instead of chunked."""
+    send = cycle.send
+    cycle.chunked_encoding = False  # decided now: uvicorn never adds chunked framing
+    cycle.expected_content_length = sys.maxsize
+
+    async def framed(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            # The last piece: tell uvicorn that it completes the body.
+            cycle.expected_content_length = len(message.get("body", b""))
+        await send(message)
+
+    cycle.send = framed
 
 
 def http_protocol(settings: Settings) -> type[HttpToolsProtocol]:

@@ -107,3 +107,38 @@ def test_log_format_is_text_by_default_and_refuses_other_values() -> None:
     assert load_settings(env={"JOULEGATE_LOG_FORMAT": "json"}).log_format == "json"
     with pytest.raises(ConfigError, match="'log_format'"):
         load_settings(env={"JOULEGATE_LOG_FORMAT": "xml"})
+
+
+async def test_requests_refused_before_parsing_are_logged_counted_and_identified(
+    tmp_path: Path,
+) -> None:
+    from proxy.metrics import metrics_endpoint
+
+    settings = {"ledger": LedgerSettings(path=str(tmp_path / "l.sqlite3")), "max_body_bytes": 2048}
+    meter = SteadyMeter(100.0, "gpu", name="nvml")
+    with access_lines() as (text, _):
+        async with (
+            serving(FakeBackend(models=("m",))) as fake,
+            joulegate(fake.url, deployed(meter), [metrics_endpoint], **settings) as jg,
+            httpx.AsyncClient(base_url=jg.url) as c,
+        ):
+            refused = {
+                400: await c.post("/v1/%2e%2e/etc/passwd", json=CHAT),
+                405: await c.request("TRACE", "/v1/chat/completions"),
+                413: await c.post("/v1/chat/completions", content=b"x" * 4096),
+            }
+            bad_json = await c.post("/v1/chat/completions", content=b"{nope")
+            metrics = (await c.get("/metrics")).text
+            seen = list(fake.seen)
+    assert seen == []  # none of them reached the backend
+    for status, r in {**refused, 4000: bad_json}.items():
+        assert r.status_code == (status if status < 1000 else 400)
+        assert len(r.headers["x-request-id"]) == 32
+        assert r.headers["x-request-id"] in text.getvalue()  # one access line each
+    counted = {
+        line.split('status="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("joulegate_requests_total{")
+    }
+    assert counted["400"] == 2 and counted["405"] == 1 and counted["413"] == 1
+    assert PROMPT not in text.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -482,3 +483,31 @@ async def test_a_backend_that_compresses_anyway_loses_no_accounting(
     first, second = cap.seen
     assert (first.model_served, first.prompt_tokens, first.completion_tokens) == ("m", 7, 3)
     assert (second.completion_tokens, second.finish_reasons) == (4, ["length"])
+
+
+async def _http10(url: str, body: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)  # HTTP/1.0: until the server closes
+    writer.close()
+    return answer
+
+
+async def test_http_1_0_clients_get_streams_close_delimited_not_chunked(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
+    async with joulegate_app(fake.url) as jg:
+        stream = await _http10(jg.url, json.dumps({**CHAT, "stream": True}).encode())
+        whole = await _http10(jg.url, json.dumps(CHAT).encode())
+    head, _, body = stream.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+    events = sse_events(body)  # the raw events, no chunk-size lines between them
+    assert events[-1] == "[DONE]" and "energy" in events[-2]
+    head, _, body = whole.partition(b"\r\n\r\n")
+    length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+                 .split(b":")[1])  # fmt: skip
+    assert length == len(body) and "energy" in json.loads(body)
