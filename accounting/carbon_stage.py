@@ -127,7 +127,7 @@ def carbon(
     """The carbon component; tests pass a ``transport`` standing in for the live API.
 
     The intensity source is built at start-up (an unknown ``carbon.country`` stops
-    it with a ConfigError) and published as ``ctx.state["carbon"]``. A live source
+    it with a ConfigError) and published with ``ctx.publish``. A live source
     gets its own HTTP client and a background refresh task for the app's lifetime.
     """
 
@@ -135,7 +135,7 @@ def carbon(
     async def component(ctx: AppContext) -> AsyncIterator[Stage]:
         cfg = ctx.settings.carbon
         source = build_source(cfg, table, clock=clock)
-        ctx.state["carbon"] = source
+        ctx.publish(source)
         ctx.ready_checks.append(lambda: _ready(source))
         if not isinstance(source, LiveIntensity):
             yield CarbonStage(source, cfg)

@@ -7,7 +7,7 @@ after the meters and carbon stages have filled the exchange: its
 ``on_finished`` commits the request's row before the last byte is sent.
 
 Both share one :class:`Accounting` (ledger, keys, budgets) published as
-``ctx.state["accounting"]`` for the report endpoints; whichever component is
+``ctx.get(Accounting)`` for the report endpoints; whichever component is
 entered first opens it and closes it when it exits.
 
 What is recorded: every gated request that passed ``on_arrival``, completed
@@ -42,7 +42,6 @@ from proxy.exchange import Exchange, Stage
 
 log = logging.getLogger("joulegate.ledger")
 
-STATE_KEY = "accounting"
 _CONTENT_FIELDS = ("messages", "prompt", "input", "instructions", "suffix")
 
 
@@ -89,12 +88,12 @@ class Accounting:
 @contextlib.asynccontextmanager
 async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
     """The app's :class:`Accounting`, opened here unless an earlier component did."""
-    existing = ctx.state.get(STATE_KEY)
+    existing = ctx.get(Accounting)
     if existing is not None:
         yield existing
         return
     acc = await Accounting.open(ctx.settings)
-    ctx.state[STATE_KEY] = acc
+    ctx.publish(acc)
     ctx.ready_checks.append(acc.ledger.health)
     refresher = asyncio.create_task(acc.refresh_forever(), name="accounting-refresh")
     log.info("ledger at %s; auth mode %s", acc.ledger.path, acc.auth.mode)
@@ -106,7 +105,7 @@ async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
-        ctx.state.pop(STATE_KEY, None)
+        ctx.withdraw(Accounting)
         await acc.ledger.close()
 
 

@@ -15,21 +15,23 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, get
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from accounting.auth import Identity
-from accounting.ledger_stage import STATE_KEY, Accounting
+from accounting.ledger_stage import Accounting
 from accounting.reports import build_report, parse_query
 from accounting.schema import LedgerRow, row_from_sql
 from config.errors import BadRequest, Forbidden, NotFound
+from proxy.context import AppContext
 
 MAX_PAGE = 500
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
 """The range of SQLite's INTEGER: row ids and ``before`` fit in it."""
 
 
-async def _caller(request: Request[Any, Any, Any]) -> tuple[Accounting, Identity]:
-    acc: Accounting | None = request.app.state.ctx.state.get(STATE_KEY)
+async def _caller(request: Request[Any, Any, Any], ctx: AppContext) -> tuple[Accounting, Identity]:
+    acc = ctx.get(Accounting)
     if acc is None:
         raise NotFound("the ledger is not enabled on this joulegate", code="not_found")
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -46,9 +48,11 @@ def _whose(who: Identity, asked: str | None) -> str | None:
 
 
 @get("/v1/energy/report", media_type=MediaType.JSON)
-async def energy_report(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def energy_report(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> dict[str, Any]:
     """Energy and CO2e totals, grouped; same filters as ``joulegate report``."""
-    acc, who = await _caller(request)
+    acc, who = await _caller(request, ctx)
     params = dict(request.query_params)
     unknown = set(params) - {"user", "since", "until", "month", "by", "unit"}
     if unknown:
@@ -59,9 +63,11 @@ async def energy_report(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/energy/requests", media_type=MediaType.JSON)
-async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def energy_requests(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> dict[str, Any]:
     """The caller's requests, newest first; ``limit`` (1-500) and ``before`` (an id) page."""
-    acc, who = await _caller(request)
+    acc, who = await _caller(request, ctx)
     q = request.query_params
     user = _whose(who, q.get("user"))
     limit = _integer(q.get("limit"), "limit")
@@ -92,7 +98,7 @@ async def energy_requests(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/v1/energy/requests/{lookup_id:str}", media_type=MediaType.JSON)
 async def energy_request(
-    request: Request[Any, Any, Any], lookup_id: FromPath[str]
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext], lookup_id: FromPath[str]
 ) -> dict[str, Any]:
     """One request's row, by joulegate's id (``x-request-id``) or the backend's response
     id (``chatcmpl-…``, ``resp_…``): for clients whose SDK drops the ``energy`` field.
@@ -101,7 +107,7 @@ async def energy_request(
     client has its answer. A response id that several of the caller's rows share (a
     backend that does not make them unique) gives the newest of them.
     """
-    acc, who = await _caller(request)
+    acc, who = await _caller(request, ctx)
     mine, owner = ("", []) if who.is_admin else (" AND user = ?", [who.user])
     rows: list[Any] = []
     # joulegate's own id first, then the backend's: two indexed look-ups.

@@ -2,7 +2,7 @@
 
 What other packages use: :func:`meters_component` (the app component),
 :class:`MeterStage`, :class:`Sampler` and :class:`WindowEnergy` (published as
-``ctx.state["meters"]``), :func:`detect_meters`, and the meter classes for
+``ctx.power``), :func:`detect_meters`, and the meter classes for
 tests and tools.
 """
 

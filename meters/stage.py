@@ -163,7 +163,7 @@ async def meters_component(
     """Detect (or take) the meters, run the sampler and the thermal guard, yield the stage.
 
     Tests pass ``meters`` (fakes) and, for the estimate, the ``activity`` its
-    meter was built with; the sampler is published as ``ctx.state["meters"]``.
+    meter was built with; the sampler is published as ``ctx.power`` and ``ctx.get(Sampler)``.
     """
     s = ctx.settings.meters
     activity = activity or Activity()
@@ -173,7 +173,8 @@ async def meters_component(
     for line in sampler.ignored:
         log.info("meter: ignoring %s", line)
     await asyncio.to_thread(sampler.start)
-    ctx.state["meters"] = sampler
+    ctx.power = sampler
+    ctx.publish(sampler)
     ctx.ready_checks.append(lambda: _ready(sampler))
     guard_task: asyncio.Task[None] | None = None
     if s.thermal_limit_c > 0:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from litestar import Litestar, MediaType, Request, Response, get
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
@@ -137,6 +138,8 @@ def create_app(
 
     return Litestar(
         route_handlers=[healthz, readyz, *mounts, *routes],
+        # Route handlers get the context (and its typed resources) by injection.
+        dependencies={"ctx": Provide(_context, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
             ProxyError: _proxy_error,
@@ -148,6 +151,12 @@ def create_app(
     )
 
 
+def _context(request: Request[Any, Any, Any]) -> AppContext:
+    """The app's :class:`AppContext`, for handlers that declare a ``ctx`` parameter."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -155,9 +164,8 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 @get("/healthz", media_type=MediaType.JSON, sync_to_thread=False)
-def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
+def healthz(ctx: NamedDependency[AppContext]) -> dict[str, Any]:
     """joulegate itself is up; also shows the gate's state."""
-    ctx: AppContext = request.app.state.ctx
     return {
         "status": "ok",
         "in_flight": ctx.gate.in_flight,
@@ -167,9 +175,8 @@ def healthz(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/readyz", media_type=MediaType.JSON)
-async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+async def readyz(ctx: NamedDependency[AppContext]) -> Response[dict[str, Any]]:
     """Ready when every backend answers ``GET /v1/models`` and every component is fine."""
-    ctx: AppContext = request.app.state.ctx
     await ctx.router.refresh()
     checks = ctx.router.health()
     checks += [check() for check in ctx.ready_checks]

@@ -7,10 +7,10 @@ never the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -19,17 +19,35 @@ from proxy.backends import BackendRouter
 from proxy.exchange import Stage
 from proxy.gate import Gate
 
+T = TypeVar("T")
+
+
+class PowerReadings(Protocol):
+    """The meters' live figures, as the observability stages read them at scrape time
+    (the meters' sampler is one; it never blocks on a meter)."""
+
+    def power_w(self, over_s: float = 1.0) -> Mapping[str, float | None]:
+        """Average power of each component over the last ``over_s``."""
+        ...
+
+    def device_readings(self) -> Sequence[Mapping[str, float | str | None]]:
+        """Each device's ``id``, ``type``, ``power_w`` and ``energy_j`` (since start-up)."""
+        ...
+
 
 @dataclass
 class AppContext:
-    """What components share: settings, the gate, the backend client, app state."""
+    """What components share: settings, the gate, the backend client, and the typed
+    resources components open (published by their class, read by their class)."""
 
     settings: Settings
     gate: Gate
     client: httpx.AsyncClient
     router: BackendRouter
-    state: dict[str, Any] = field(default_factory=dict)
-    """Components publish here what endpoints need (e.g. ``ledger``, ``meters``)."""
+    power: PowerReadings | None = None
+    """Set by the meters component: what ``/metrics`` and the OTel device instruments
+    read when they are scraped."""
+    _resources: dict[type[Any], Any] = field(default_factory=dict, repr=False)
     ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
     strip_client_auth: bool = False
@@ -38,6 +56,19 @@ class AppContext:
     """Set by the auth component in ``keys`` mode: raises 401 or 403 unless the
     (lower-cased) headers carry an admin key. Endpoints that show every user's
     figures (``/metrics``) ask it."""
+
+    def publish(self, resource: object) -> None:
+        """Make ``resource`` what :meth:`get` returns for its class (one per class)."""
+        self._resources[type(resource)] = resource
+
+    def get(self, kind: type[T]) -> T | None:
+        """The published resource of class ``kind``, or None if no component opened one."""
+        found = self._resources.get(kind)
+        return found if isinstance(found, kind) else None
+
+    def withdraw(self, kind: type[Any]) -> None:
+        """Forget the resource of class ``kind`` (its component is closing it)."""
+        self._resources.pop(kind, None)
 
 
 Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]

@@ -38,10 +38,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -63,7 +64,6 @@ from proxy.task import BUNDLED_TASKS
 
 log = logging.getLogger("joulegate.metrics")
 
-STATE_KEY = "prometheus"
 _DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
@@ -138,16 +138,15 @@ class PrometheusStage(Stage):
 class PowerCollector(Collector):
     """``joulegate_power_watts{component}``: the meters' power, read when scraped.
 
-    ``meters`` returns what the meters component published (its sampler, with
-    ``power_w()``), or None before it has (or without meters): then the gauge has
-    no samples.
+    It reads ``ctx.power``, which the meters component sets when it opens (it comes
+    later in the pipeline); before that, or without meters, the gauge has no samples.
     """
 
     _NAME = "joulegate_power_watts"
     _HELP = "Power drawn now by each metered component (average over the last second), in W."
 
-    def __init__(self, meters: Callable[[], Any]) -> None:
-        self._meters = meters
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         """The family without samples (so registering it reads no meter)."""
@@ -156,15 +155,15 @@ class PowerCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         """One sample per component with a known power."""
         family = GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])
-        power_w = getattr(self._meters(), "power_w", None)
-        if callable(power_w):
+        meters = self._ctx.power
+        if meters is not None:
             try:
-                readings = dict(power_w())
+                readings = dict(meters.power_w())
             except Exception:
                 log.debug("could not read the meters' power for /metrics", exc_info=True)
                 readings = {}
             for component, watts in sorted(readings.items()):
-                if isinstance(watts, int | float):
+                if watts is not None:
                     family.add_metric([str(component)], float(watts))
         return [family]
 
@@ -183,7 +182,7 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
         registry=registry,
     ).set_function(lambda: gate.in_flight)
     # Read at scrape time: the meters component comes later in the pipeline.
-    registry.register(PowerCollector(lambda: ctx.state.get("meters")))
+    registry.register(PowerCollector(ctx))
     telemetry = ctx.settings.telemetry
     stage = PrometheusStage(
         registry,
@@ -191,16 +190,17 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
         user_label=telemetry.metrics_user_label,
         tasks=(*BUNDLED_TASKS, *telemetry.metric_tasks),
     )
-    ctx.state[STATE_KEY] = registry
+    ctx.publish(registry)
     yield stage
 
 
 @get("/metrics", name="metrics")
-async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def metrics_endpoint(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> Response[bytes]:
     """Prometheus exposition (OpenMetrics when the scraper asks for it); an admin key
     is required in ``keys`` mode unless ``telemetry.metrics_public``."""
-    ctx: AppContext = request.app.state.ctx
-    registry: CollectorRegistry | None = ctx.state.get(STATE_KEY)
+    registry = ctx.get(CollectorRegistry)
     if registry is None:
         raise NotFound("metrics are not enabled", code="not_found")
     if ctx.admin_guard is not None and not ctx.settings.telemetry.metrics_public:

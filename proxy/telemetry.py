@@ -30,16 +30,14 @@ serves is ``other`` in ``gen_ai.request.model``, ``gen_ai.response.model`` and
 ``model``, as is a user the ledger does not know in ``user``; spans keep the
 names as sent.
 
-The device instruments read what the meters component publishes as
-``ctx.state["meters"]``, without blocking (they run on the metric reader's
-thread): preferably ``device_readings()``, the latest reading of each device as
-objects or mappings with ``id``, ``type`` (``gpu``, ``cpu``, …), ``power_w`` and
-``energy_j`` (cumulative), either of which may be None; else the sampler's
-``power_w()``, average power by component over the last second, which feeds
-``hw.power`` only. Without either these instruments report nothing.
+The device instruments read what the meters component publishes as ``ctx.power``
+(:class:`~proxy.context.PowerReadings`), without blocking (they run on the metric
+reader's thread): ``device_readings()``, the latest reading of each device with
+``id``, ``type`` (``gpu``, ``cpu``, …), ``power_w`` and ``energy_j`` (cumulative),
+either of which may be None. Without meters these instruments report nothing.
 
 The component builds its providers from ``OTEL_*`` (see :mod:`proxy.otel`),
-publishes them as ``ctx.state["telemetry"]`` and shuts them down, flushing, when
+publishes them (``ctx.get(Providers)``) and shuts them down, flushing, when
 the app stops; tests hand it an in-memory span exporter and metric reader.
 """
 
@@ -66,7 +64,7 @@ from opentelemetry.util.types import AttributeValue
 
 from config.settings import Settings
 from proxy.backends import BackendRouter
-from proxy.context import AppContext, Component
+from proxy.context import AppContext, Component, PowerReadings
 from proxy.exchange import Exchange, Stage
 from proxy.otel import Providers, build_providers
 from proxy.semconv import (
@@ -113,11 +111,9 @@ def telemetry_component(
         )
         for line in providers.exporting:
             log.info("exporting %s", line)
-        ctx.state["telemetry"] = providers
+        ctx.publish(providers)
         try:
-            yield TelemetryStage(
-                ctx.settings, providers, ctx.router, lambda: ctx.state.get("meters")
-            )
+            yield TelemetryStage(ctx.settings, providers, ctx.router, ctx)
         finally:
             # Flushing may wait on the collector: keep it off the event loop.
             await anyio.to_thread.run_sync(providers.shutdown)
@@ -153,7 +149,7 @@ class TelemetryStage(Stage):
         settings: Settings,
         providers: Providers,
         router: BackendRouter,
-        meters: Callable[[], Any],
+        ctx: AppContext,
     ) -> None:
         self._router = router
         self._provider_name = settings.telemetry.provider_name
@@ -184,7 +180,7 @@ class TelemetryStage(Stage):
             unit="g",
             description="CO2-equivalent emitted by requests' energy, split like joulegate.energy.",
         )
-        self._meters = meters
+        self._ctx = ctx  # its ``power`` is set once the meters component has opened
         meter.create_observable_gauge(
             "hw.power",
             callbacks=[self._observe("power_w")],
@@ -338,7 +334,7 @@ class TelemetryStage(Stage):
     def _observe(self, field_name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             out: list[Observation] = []
-            for reading in _device_readings(self._meters()):
+            for reading in _device_readings(self._ctx.power):
                 value = _get(reading, field_name)
                 hw_id, hw_type = _get(reading, "id"), _get(reading, "type")
                 if isinstance(value, int | float) and hw_id is not None and hw_type is not None:
@@ -369,17 +365,11 @@ def _finish(span: Span, attrs: Mapping[str, AttributeValue], error: str | None) 
         span.set_status(Status(StatusCode.ERROR, error))
 
 
-def _device_readings(meters: Any) -> list[Any]:
-    devices = getattr(meters, "device_readings", None)
-    power_w = getattr(meters, "power_w", None)
+def _device_readings(meters: PowerReadings | None) -> list[Any]:
+    if meters is None:
+        return []
     try:
-        if callable(devices):
-            return [_hw_typed(r) for r in devices()]
-        if callable(power_w):
-            return [
-                {"id": c, "type": HW_TYPES.get(c, c), "power_w": w, "energy_j": None}
-                for c, w in power_w().items()
-            ]
+        return [_hw_typed(r) for r in meters.device_readings()]
     except Exception:
         log.debug("could not read device power for hw.* metrics", exc_info=True)
     return []

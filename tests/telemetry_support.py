@@ -171,7 +171,7 @@ class DeviceReading:
 
 @dataclass
 class FakeMeters:
-    """Stands in for ``ctx.state["meters"]``."""
+    """Stands in for ``ctx.power`` (the meters' sampler)."""
 
     readings: Sequence[Any] = field(default_factory=list)
 
@@ -179,13 +179,18 @@ class FakeMeters:
         """The latest reading of every device."""
         return self.readings
 
+    def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
+        """Not what these tests read."""
+        return {}
 
-def publishing(key: str, value: Any) -> Component:
-    """A component that publishes ``value`` as ``ctx.state[key]`` and adds no stage."""
+
+def powering(meters: Any) -> Component:
+    """A component that sets ``ctx.power`` (as the meters component does) and adds no
+    stage."""
 
     @contextlib.asynccontextmanager
     async def make(ctx: AppContext) -> AsyncIterator[None]:
-        ctx.state[key] = value
+        ctx.power = meters
         yield None
 
     return make

@@ -14,6 +14,7 @@ import pytest
 
 from accounting import Ledger
 from accounting.auth import KeyStore
+from accounting.ledger_stage import Accounting
 from config import AuthSettings, LedgerError, LedgerSettings
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
@@ -195,7 +196,7 @@ async def test_a_failing_key_look_up_is_a_503_in_openai_shape(
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
     ):
-        ledger = jg.app.state.ctx.state["accounting"].ledger
+        ledger = jg.app.state.ctx.get(Accounting).ledger
 
         async def unreadable(sql: str, params: object = ()) -> list[sqlite3.Row]:
             raise LedgerError("cannot read the ledger: disk I/O error")

@@ -30,7 +30,7 @@ from tests.telemetry_support import (
     component,
     deployed,
     joulegate,
-    publishing,
+    powering,
     until,
 )
 
@@ -320,16 +320,17 @@ class FakePower:
 
     watts: dict[str, float | None]
 
-    def power_w(self) -> dict[str, float | None]:
+    def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         return self.watts
+
+    def device_readings(self) -> list[dict[str, float | str | None]]:
+        return []
 
 
 async def test_power_gauge_shows_each_component_the_meters_read_now(fake: FakeBackend) -> None:
     power = FakePower({"gpu": 212.5, "cpu": 37.25, "dram": None})
     async with (
-        joulegate(
-            fake.url, [prometheus_component, publishing("meters", power)], [metrics_endpoint]
-        ) as jg,
+        joulegate(fake.url, [prometheus_component, powering(power)], [metrics_endpoint]) as jg,
         httpx.AsyncClient() as c,
     ):
         first = await scrape(c, jg.url)

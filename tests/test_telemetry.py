@@ -34,7 +34,7 @@ from tests.telemetry_support import (
     HeaderUser,
     component,
     joulegate,
-    publishing,
+    powering,
     until,
 )
 
@@ -430,7 +430,7 @@ async def test_the_user_attribute_can_be_switched_off(fake: FakeBackend, rig: An
 async def test_device_power_and_energy_follow_the_meters(fake: FakeBackend, rig: Any) -> None:
     cpu = {"id": "package-0", "type": "cpu", "power_w": 48.0, "energy_j": None}
     meters = FakeMeters([DeviceReading("gpu0", "gpu", 212.5, 1000.0), cpu])
-    rig.extra.append(publishing("meters", meters))
+    rig.extra.append(powering(meters))
     async with joulegate(fake.url, rig.components()):
         power = {p.attributes["hw.id"]: (p.attributes["hw.type"], p.value)
                  for p in rig.points("hw.power")}  # fmt: skip
@@ -445,7 +445,7 @@ async def test_device_instruments_are_quiet_without_usable_meters(
     fake: FakeBackend, rig: Any, meters: Any
 ) -> None:
     if meters is not None:
-        rig.extra.append(publishing("meters", meters))
+        rig.extra.append(powering(meters))
     async with joulegate(fake.url, rig.components()):
         assert rig.points("hw.power") == []
         assert rig.points("hw.energy") == []
@@ -467,7 +467,7 @@ async def test_device_power_comes_from_the_real_sampler(fake: FakeBackend, rig: 
     for _ in range(4):
         sampler.sample()
         now[0] += 0.5
-    rig.extra.append(publishing("meters", sampler))
+    rig.extra.append(powering(sampler))
     async with joulegate(fake.url, rig.components()):
         power = {p.attributes["hw.id"]: (p.attributes["hw.type"], p.value)
                  for p in rig.points("hw.power")}  # fmt: skip

@@ -12,6 +12,7 @@ import pytest
 from config import TelemetrySettings
 from proxy.context import Component
 from proxy.llamacpp import free_port
+from proxy.otel import Providers
 from proxy.telemetry import telemetry_component
 from tests.fake_backend import FakeBackend
 from tests.support import serve
@@ -102,7 +103,7 @@ async def test_nothing_is_exported_or_printed_without_configuration(
         joulegate(fake.url, parts(energy, done)) as jg,
         httpx.AsyncClient() as c,
     ):
-        providers = jg.app.state.ctx.state["telemetry"]
+        providers = jg.app.state.ctx.get(Providers)
         r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
         await done.wait(1)
     assert r.status_code == 200
