@@ -184,6 +184,19 @@ class BackendRouter:
         """What forwarding learnt: the backend answered, or could not be reached."""
         backend.up, backend.error = up, (None if up else error)
 
+    def pick(self, gated: bool, method: str, endpoint: str, model: str | None) -> Backend | None:
+        """The backend for a request; None when joulegate answers it itself (the union
+        ``GET /v1/models`` of several backends)."""
+        if gated:
+            return self.route(model)
+        if self.single:
+            return self.backends[0]
+        if method == "GET" and endpoint == "models":
+            return None
+        if endpoint.startswith("models/"):
+            return self.for_path_model(endpoint.removeprefix("models/"))
+        return self.backends[0]
+
     def route(self, model: str | None) -> Backend:
         """The backend for ``model``; 404 when none serves it, 502 when its server is down."""
         if self.single or model is None:

@@ -42,7 +42,6 @@ from proxy.backends import Backend, BackendRouter
 from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.intake import (
-    DROP_REQUEST,
     FORWARDED_METHODS,
     INFERENCE_PATHS,
     OLLAMA_INFERENCE_PATHS,
@@ -50,6 +49,7 @@ from proxy.intake import (
     Hold,
     answer_method,
     ask_usage,
+    forward_headers,
     method_not_allowed,
     parse_body,
 )
@@ -214,7 +214,7 @@ class Forwarder:
         # key learns nothing, not even which models exist.
         try:
             await self._pipeline.arrival(ex)
-            backend = self._pick_backend(ex)
+            backend = self._router.pick(ex.gated, ex.method, ex.endpoint, ex.model_requested)
         except Exception as exc:
             if isinstance(exc, ProxyError):
                 refusal = exc
@@ -238,30 +238,6 @@ class Forwarder:
         ex.backend, ex.backend_url = backend.name, backend.url
         await self._serve(ex, backend, scope, receive, send, method, path, query, body)
 
-    def _pick_backend(self, ex: Exchange) -> Backend | None:
-        """The backend for this request; None when joulegate answers it itself."""
-        router = self._router
-        if ex.gated:
-            return router.route(ex.model_requested)
-        if router.single:
-            return router.backends[0]
-        if ex.method == "GET" and ex.endpoint == "models":
-            return None
-        if ex.endpoint.startswith("models/"):
-            return router.for_path_model(ex.endpoint.removeprefix("models/"))
-        return router.backends[0]
-
-    def _forward_headers(self, scope: Scope) -> list[tuple[str, str]]:
-        out = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in scope["headers"]
-            if k not in DROP_REQUEST and not (self._strip_auth and k == b"authorization")
-        ]
-        if self._auth_header is not None:
-            out.append(self._auth_header)
-        out.append(("accept-encoding", "identity"))
-        return out
-
     async def _serve(
         self,
         ex: Exchange,
@@ -275,7 +251,9 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
-        request = Outgoing(method, url, self._forward_headers(scope), body, ex.gated)
+        request = Outgoing(
+            method, url, forward_headers(scope, self._strip_auth, self._auth_header), body, ex.gated
+        )
         relay = Relay()
         error: ProxyError | None = None
         work = asyncio.ensure_future(self._forward(ex, request, backend, relay, send))

@@ -116,6 +116,23 @@ class BodyReader:
         hold.nbytes = 0
 
 
+def forward_headers(
+    scope: Scope, strip_auth: bool, auth_header: tuple[str, str] | None
+) -> list[tuple[str, str]]:
+    """The client's headers as the backend gets them: hop-by-hop ones dropped, the
+    client's key stripped when joulegate authenticates (or sends its own), and
+    ``accept-encoding: identity`` so answers can be read as they stream."""
+    out = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k not in DROP_REQUEST and not (strip_auth and k == b"authorization")
+    ]
+    if auth_header is not None:
+        out.append(auth_header)
+    out.append(("accept-encoding", "identity"))
+    return out
+
+
 def parse_body(body: bytes, path: str) -> dict[str, Any] | None:
     if not body.strip():
         raise BadRequest(f"the body of {path} must be a JSON object", code="invalid_json")
