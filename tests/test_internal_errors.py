@@ -39,6 +39,14 @@ class Boom(Stage):
         if self.hook == "on_admitted":
             raise RuntimeError("stage bug")
 
+    async def on_finished(self, ex: Exchange) -> None:
+        if self.hook == "on_finished":
+            raise RuntimeError("stage bug")
+
+    async def on_closed(self, ex: Exchange) -> None:
+        if self.hook == "on_closed":
+            raise RuntimeError("stage bug")
+
 
 def boom(hook: str) -> Component:
     @contextlib.asynccontextmanager
@@ -48,24 +56,39 @@ def boom(hook: str) -> Component:
     return make
 
 
-@pytest.mark.parametrize("hook", ["on_arrival", "on_admitted"])
-async def test_a_failing_stage_is_a_500_internal_error_for_client_and_ledger(
+@pytest.mark.parametrize("hook", ["on_arrival", "on_admitted", "on_finished", "on_closed"])
+async def test_a_failing_stage_gives_client_ledger_and_span_one_status(
     hook: str, fake: FakeBackend, joulegate_app: Start, tmp_path: Path
 ) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from proxy.telemetry import telemetry_component
+
     ledger = tmp_path / "ledger.sqlite3"
-    comps = [auth_component, boom(hook), record_component]
+    spans = InMemorySpanExporter()
+    comps = [telemetry_component(span_exporter=spans), auth_component, boom(hook),
+             record_component]  # fmt: skip
     async with (
         joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(ledger))) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,
     ):
         r = await c.post("/v1/chat/completions", json={"model": "m", "messages": []})
         assert jg.gate.in_flight == 0
+    server = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    span_status = [sp.attributes.get("http.response.status_code") for sp in server]
+    rows = db_rows(ledger)
+    if hook in ("on_finished", "on_closed"):
+        # After the backend answered: the failure is logged, nothing else changes.
+        assert r.status_code == 200 and "energy" in r.json()
+        assert [(row["status"], row["failure"]) for row in rows] == [(200, None)]
+        assert span_status == [200]
+        return
     assert r.status_code == 500
     assert r.json()["error"]["type"] == "server_error"
     assert r.json()["error"]["code"] == "internal_error"
     assert "stage bug" not in r.text  # no internals leak to the client
     assert not [s for s in fake.seen if s.method == "POST"]  # the backend was never called
-    rows = db_rows(ledger)
+    assert span_status == [500]
     if hook == "on_admitted":  # admitted, so recorded, with the status the client saw
         assert [(row["status"], row["failure"]) for row in rows] == [(500, "internal_error")]
     else:  # refused before the gate: not recorded, like any refusal
