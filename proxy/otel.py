@@ -85,6 +85,10 @@ class Providers:
     meter_provider: MeterProvider
     exporting: tuple[str, ...]
     """What is exported, e.g. ``("traces: otlp http/protobuf http://c:4318/v1/traces",)``."""
+    traces: bool = True
+    """Whether any span goes anywhere (an exporter or a test's)."""
+    metrics: bool = True
+    """Whether any metric reader reads the OTel metrics."""
 
     def shutdown(self) -> None:
         """Flush and stop both providers (blocks up to the export timeout: use a thread)."""
@@ -106,9 +110,11 @@ def build_providers(
     tracer_provider = TracerProvider(
         sampler=build_sampler(settings), resource=resource, shutdown_on_exit=False
     )
+    traces = bool(span_exporters)
     for exporter, what in _span_exporters(settings):
         exporting.append(f"traces: {what}")
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        traces = True
     for exporter in span_exporters:
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     readers = list(metric_readers)
@@ -126,7 +132,7 @@ def build_providers(
     meter_provider = MeterProvider(
         metric_readers=readers, resource=resource, shutdown_on_exit=False
     )
-    return Providers(tracer_provider, meter_provider, tuple(exporting))
+    return Providers(tracer_provider, meter_provider, tuple(exporting), traces, bool(readers))
 
 
 def build_resource(settings: TelemetrySettings) -> Resource:
