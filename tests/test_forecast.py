@@ -15,6 +15,7 @@ from accounting import Ledger
 from accounting.forecast import Sample, fit_samples
 from accounting.forecast_stage import approx_prompt_tokens, forecast_component
 from accounting.ledger_stage import auth_component, record_component
+from accounting.reports import build_report, parse_query
 from accounting.schema import LedgerRow, iso
 from config import LedgerSettings
 from tests.fake_backend import FakeBackend
@@ -248,3 +249,28 @@ async def test_every_response_carries_its_forecast_and_the_ledger_keeps_it(
     assert "x-energy-forecast-j" not in cold.headers
     row = db_rows(path, "request_id = ?", (whole.headers["x-request-id"],))[0]
     assert row["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
+
+
+async def test_report_by_model_and_task_gives_the_forecasts_mean_absolute_percentage_error(
+    tmp_path: Path,
+) -> None:
+    def row(i: int, forecast: float | None, **more: Any) -> LedgerRow:
+        return LedgerRow(request_id=f"r{i}", ts=iso(START + dt.timedelta(seconds=i)),
+                         model_served=MODEL, task="code", status=200, energy_j=100.0,
+                         forecast_energy_j=forecast, **more)  # fmt: skip
+
+    path = tmp_path / "l.sqlite3"
+    # 10% and 20% off; a failed row and one without a forecast do not count.
+    await seeded(path, [row(1, 110.0), row(2, 80.0), row(3, 5.0, failure="backend_timeout"),
+                        row(4, None)])  # fmt: skip
+    async with Ledger(path) as ledger:
+        by_model = await build_report(ledger, parse_query({"by": "model"}))
+        by_task = await build_report(ledger, parse_query({"by": "task"}))
+        by_user = await build_report(ledger, parse_query({"by": "user"}))
+    line = by_model.to_json()["groups"][0]
+    assert line["forecast_mape_pct"] == pytest.approx(15.0) and line["forecast_rows"] == 2
+    assert by_model.to_json()["totals"]["forecast_mape_pct"] == pytest.approx(15.0)
+    assert by_task.columns()[-1] == "forecast_mape_pct"
+    assert by_task.to_table().splitlines()[4].split()[-1] == "15.0"
+    assert "forecast_mape_pct" not in by_user.columns()
+    assert "forecast_mape_pct" not in by_user.to_json()["groups"][0]
