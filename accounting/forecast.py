@@ -270,12 +270,15 @@ def fit_samples(samples: Iterable[Sample], now: dt.datetime | None = None) -> Fi
     return FitSet(fits, tokens, fitted_at, count)
 
 
-SAMPLE_SQL = (
-    "SELECT model_served, task, energy_estimated, prompt_tokens, completion_tokens, energy_j,"
-    " energy_dynamic_j, duration_s FROM requests WHERE failure IS NULL AND status < 400"
-    " AND model_served IS NOT NULL AND prompt_tokens IS NOT NULL"
-    " AND completion_tokens IS NOT NULL AND energy_j IS NOT NULL"
+SAMPLE_COLUMNS = (
+    "model_served, task, energy_estimated, prompt_tokens, completion_tokens, energy_j,"
+    " energy_dynamic_j, duration_s"
 )
+SAMPLE_WHERE = (
+    "failure IS NULL AND status < 400 AND model_served IS NOT NULL"
+    " AND prompt_tokens IS NOT NULL AND completion_tokens IS NOT NULL AND energy_j IS NOT NULL"
+)
+SAMPLE_SQL = f"SELECT {SAMPLE_COLUMNS} FROM requests WHERE {SAMPLE_WHERE}"  # noqa: S608
 """The completed rows a fit may use (add a condition, an order and a limit)."""
 
 
@@ -291,3 +294,41 @@ def sample_from_sql(r: Sequence[object]) -> Sample:
         None if r[6] is None else float(r[6]),  # type: ignore[arg-type]
         None if r[7] is None else float(r[7]),  # type: ignore[arg-type]
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """How a fit on earlier rows did on later ones, for one (model, task)."""
+
+    model: str
+    task: str
+    test_rows: int
+    r2_actual_tokens: float | None
+    """R^2 of the energy fit given each request's actual tokens (None: no fit)."""
+    mape_pct: float | None
+    """Mean absolute percentage error of the before-the-fact forecast (None: none made)."""
+    forecast_rows: int
+
+
+def evaluate(fs: FitSet, test: Sequence[tuple[Sample, int | None]]) -> list[Evaluation]:
+    """Score ``fs`` on later rows (each with its request's ``max_tokens``), per (model, task)."""
+    groups: dict[tuple[str, str], list[tuple[Sample, int | None]]] = defaultdict(list)
+    for item in test:
+        groups[(item[0].model, item[0].task or "(none)")].append(item)
+    out: list[Evaluation] = []
+    for (model, task), items in sorted(groups.items()):
+        y = np.array([s.energy_j for s, _ in items])
+        fit = fs.fit_for(model)
+        r2 = None
+        if fit is not None and len(items) >= 2:
+            f = np.array([fit.energy.at(s.prompt_tokens, s.completion_tokens) for s, _ in items])
+            total = float(np.sum((y - y.mean()) ** 2))
+            r2 = 1.0 - float(np.sum((y - f) ** 2)) / total if total > 0 else None
+        errors = []
+        for s, cap in items:
+            e = fs.predict(model, s.task, s.prompt_tokens, cap).energy_j
+            if e is not None and s.energy_j > 0:
+                errors.append(abs(e.p50 - s.energy_j) / s.energy_j)
+        mape = 100.0 * float(np.mean(errors)) if errors else None
+        out.append(Evaluation(model, task, len(items), r2, mape, len(errors)))
+    return out

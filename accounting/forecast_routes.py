@@ -18,7 +18,7 @@ from typing import Any
 from litestar import MediaType, Request, post
 
 from accounting import sci
-from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, IntensitySource
+from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource
 from accounting.forecast import Interval, Prediction
 from accounting.forecast_stage import (
     STATE_KEY,
@@ -27,6 +27,7 @@ from accounting.forecast_stage import (
     max_tokens_of,
 )
 from accounting.routes import _caller
+from config import CarbonSettings
 from config.errors import BadRequest, ModelNotFound, NotFound
 from proxy.context import AppContext
 from proxy.intake import parse_body
@@ -97,19 +98,22 @@ async def energy_forecast(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "prompt_tokens_source": "approximation",
         "max_tokens": max_tokens_of(body),
         "interval": INTERVAL,
-        **render(prediction, ctx),
+        **render(prediction, ctx.settings.carbon, _intensity(ctx)),
     }
 
 
-def render(prediction: Prediction, ctx: AppContext) -> dict[str, Any]:
-    """A prediction's figures, with CO2e and SCI at the carbon stage's intensity."""
-    cfg = ctx.settings.carbon
+def _intensity(ctx: AppContext) -> Intensity:
+    """The carbon stage's intensity now; the world average without a carbon stage."""
     source: IntensitySource | None = ctx.state.get("carbon")
-    if source is not None:
-        reading = source.current()
-        intensity, where = reading.g_per_kwh, reading.source
-    else:
-        intensity, where = WORLD_AVERAGE_G_PER_KWH, "table:world-average"
+    if source is None:
+        return Intensity(WORLD_AVERAGE_G_PER_KWH, "table:world-average")
+    return source.current()
+
+
+def render(prediction: Prediction, cfg: CarbonSettings, reading: Intensity) -> dict[str, Any]:
+    """A prediction's figures, with CO2e and SCI at ``reading`` (PUE and embodied
+    carbon from ``cfg``, as the carbon stage applies them)."""
+    intensity, where = reading.g_per_kwh, reading.source
     co2e = sci_g = None
     e, d = prediction.energy_j, prediction.duration_s
     if e is not None:

@@ -3,7 +3,9 @@ the forecast every inference response carries from admission."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from accounting.ledger_stage import auth_component, record_component
 from accounting.reports import build_report, parse_query
 from accounting.schema import LedgerRow, iso
 from config import LedgerSettings
+from proxy.cli import main
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import db_rows, fake_energy
 from tests.support import JoulegateApp
@@ -274,3 +277,47 @@ async def test_report_by_model_and_task_gives_the_forecasts_mean_absolute_percen
     assert by_task.to_table().splitlines()[4].split()[-1] == "15.0"
     assert "forecast_mape_pct" not in by_user.columns()
     assert "forecast_mape_pct" not in by_user.to_json()["groups"][0]
+
+
+# -- joulegate forecast -------------------------------------------------------------
+
+
+def test_the_cli_forecasts_one_request_and_evaluates_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    asyncio.run(seeded(path, synthetic_rows(outliers=2) + synthetic_rows(seed=3, task="math")))
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("w" * 4000, encoding="utf-8")
+    args = ["forecast", "--ledger", str(path), "--model", MODEL, "--task", "code"]
+    assert main([*args, "--file", str(prompt), "--max-tokens", "100", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["basis"] == "task history" and out["prompt_tokens"] == 1004
+    assert out["energy_j"]["p50"] == pytest.approx(A_J + B_J * 1004 + C_J * 100, rel=0.03)
+    assert main([*args, "--prompt", "hello"]) == 0
+    assert "task history" in capsys.readouterr().out
+    assert main(["forecast", "--ledger", str(path), "--evaluate", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["train_rows"] == 560 and report["test_rows"] == 240
+    code = next(g for g in report["groups"] if g["task"] == "code")
+    assert code["r2_actual_tokens"] > 0.5 and code["forecast_rows"] == code["test_rows"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--model", MODEL], "--prompt TEXT or --file F"),
+        (["--model", MODEL, "--prompt", "a", "--file", "f"], "--prompt TEXT or --file F"),
+        (["--prompt", "a"], "give --model"),
+        (["--model", MODEL, "--prompt", "a", "--max-tokens", "0"], "--max-tokens"),
+        (["--model", MODEL, "--prompt", "a", "--task", "Bad Task"], "--task"),
+        (["--evaluate", "--model", MODEL], "--evaluate takes no"),
+        (["--model", MODEL, "--file", "/nonexistent/prompt"], "--file: cannot read"),
+    ],
+)
+def test_the_cli_refuses_bad_input_in_one_line_with_exit_2(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["forecast", "--ledger", str(tmp_path / "l.sqlite3"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
