@@ -192,7 +192,23 @@ class FitSet:
 
 
 def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFit:
-    """Robust ``y ≈ x @ (a, b, c)`` (``x``'s first column is ones) by IRLS with Huber weights."""
+    """Robust ``y ≈ x @ (a, b, c)`` (``x``'s first column is ones) by IRLS with Huber weights.
+
+    A token column that never varies (every prompt the same length) cannot be told
+    from the constant: its coefficient is 0 rather than an arbitrary split with ``a``.
+    """
+    varies = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
+    if not all(varies):
+        part = huber_fit_full(x[:, varies], y, iterations=iterations)
+        coef = iter([part.a, part.b, part.c])
+        full = [next(coef) if v else 0.0 for v in varies]
+        return LinearFit(full[0], full[1], full[2], part.r2, part.rows,
+                         part.residual_p10, part.residual_p90)  # fmt: skip
+    return huber_fit_full(x, y, iterations=iterations)
+
+
+def huber_fit_full(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFit:
+    """:func:`huber_fit` on columns that all vary (or fewer of them: missing ones are 0)."""
     w = np.ones_like(y)
     beta = np.linalg.lstsq(x, y, rcond=None)[0]
     for _ in range(iterations):
@@ -213,7 +229,8 @@ def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFi
     total = float(np.sum(w * (y - mean) ** 2))
     r2 = 1.0 - float(np.sum(w * r**2)) / total if total > 0 else 1.0
     p10, p90 = (float(v) for v in np.quantile(r, [0.1, 0.9]))
-    return LinearFit(float(beta[0]), float(beta[1]), float(beta[2]), r2, len(y), p10, p90)
+    coef = [*(float(v) for v in beta), 0.0, 0.0]
+    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90)
 
 
 def _design(samples: Sequence[Sample]) -> FloatArray:

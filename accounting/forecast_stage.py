@@ -156,8 +156,8 @@ class ForecastStage(Stage):
         if energy is not None:
             ex.response_headers["x-energy-forecast-j"] = f"{energy.p50:.3f}"
 
-    async def on_finished(self, ex: Exchange) -> None:
-        """Count the request towards the next refit."""
+    async def on_closed(self, ex: Exchange) -> None:
+        """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
             self._f.note_finished()
 

@@ -22,7 +22,7 @@ from accounting.schema import LedgerRow, iso
 from config import LedgerSettings
 from proxy.cli import main
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import db_rows, fake_energy
+from tests.ledger_support import ENERGY_J, db_rows, fake_energy
 from tests.support import JoulegateApp
 
 A_J, B_J, C_J = 40.0, 0.02, 0.5
@@ -321,3 +321,27 @@ def test_the_cli_refuses_bad_input_in_one_line_with_exit_2(
     assert main(["forecast", "--ledger", str(tmp_path / "l.sqlite3"), *argv]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
+
+
+async def test_the_fit_is_refreshed_in_the_background_as_requests_finish(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    comps = [auth_component, fake_energy, forecast_component(refit_rows=10), record_component]
+    async with (
+        joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(path))) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        before = (await c.post("/v1/energy/forecast", json=forecast_body())).json()
+        for n in range(1, 11):  # the fake answers max_tokens tokens: they vary, energy does not
+            await c.post("/v1/chat/completions", json=forecast_body(max_tokens=n))
+        for _ in range(200):
+            after = (await c.post("/v1/energy/forecast", json=forecast_body())).json()
+            if after["basis"] != "no history":
+                break
+            await asyncio.sleep(0.02)
+    assert before["basis"] == "no history"
+    assert after["basis"] == "task history" and after["fit"]["rows"] == 10
+    # Every prompt was the same length: no per-prompt-token slope is made up.
+    assert after["fit"]["energy_j"]["b_per_prompt_token"] == 0.0
+    assert after["energy_j"]["p50"] == pytest.approx(ENERGY_J)
