@@ -23,7 +23,7 @@ from config import LedgerSettings
 from proxy.cli import main
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import ENERGY_J, db_rows, fake_energy
-from tests.support import JoulegateApp
+from tests.support import JoulegateApp, sse_events
 
 A_J, B_J, C_J = 40.0, 0.02, 0.5
 """The synthetic ledger's true energy coefficients: fixed, per prompt and per output token."""
@@ -245,11 +245,15 @@ async def test_every_response_carries_its_forecast_and_the_ledger_keeps_it(
             "/v1/chat/completions", json=chat, headers={"x-joulegate-task": "code"}
         )
         cold = await c.post("/v1/chat/completions", json={**chat, "model": "other"})
+        streamed = await c.post("/v1/chat/completions", json={**chat, "stream": True},
+                                headers={"x-joulegate-task": "code"})  # fmt: skip
     expected = A_J + B_J * 1004 + C_J * 3
     assert whole.json()["energy"]["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
     assert float(whole.headers["x-energy-forecast-j"]) == pytest.approx(expected, rel=0.03)
     assert cold.json()["energy"]["forecast_energy_j"] is None
     assert "x-energy-forecast-j" not in cold.headers
+    last = [e for e in sse_events(streamed.content) if isinstance(e, dict) and "energy" in e]
+    assert last[-1]["energy"]["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
     row = db_rows(path, "request_id = ?", (whole.headers["x-request-id"],))[0]
     assert row["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
 
