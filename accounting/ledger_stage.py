@@ -245,6 +245,7 @@ def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRo
         sci_g_per_token=ex.sci_g_per_token,
         trace_id=ex.trace_id,
         response_id=ex.response_id,
+        forecast_energy_j=ex.forecast_energy_j,
         failure=ex.failure or ("backend_error" if (ex.status or 0) >= 400 else None),
         finish_reason=ex.finish_reasons[-1] if ex.finish_reasons else None,
         request_params=params,

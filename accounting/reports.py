@@ -37,6 +37,14 @@ _GROUP_SQL: dict[str, str] = {
     "backend": "COALESCE(backend, '(none)')",
     "task": "COALESCE(task, '(none)')",
 }
+FORECAST_BY = frozenset({"model", "task"})
+"""Groupings whose report says how far off the energy forecasts were (MAPE)."""
+_FORECAST_APE_SQL = (
+    "TOTAL(CASE WHEN forecast_energy_j IS NOT NULL AND energy_j > 0 AND failure IS NULL"
+    " THEN ABS(forecast_energy_j - energy_j) / energy_j END),"
+    " COUNT(CASE WHEN forecast_energy_j IS NOT NULL AND energy_j > 0 AND failure IS NULL"
+    " THEN 1 END)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,15 @@ class Line:
     energy: float = 0.0
     energy_dynamic: float = 0.0
     co2e_g: float = 0.0
+    forecast_ape: float = 0.0
+    """Sum of the forecasts' absolute percentage errors (as fractions) over ``forecast_rows``."""
+    forecast_rows: int = 0
+    """Completed rows that had both a forecast and a measured energy."""
+
+    @property
+    def forecast_mape_pct(self) -> float | None:
+        """Mean absolute percentage error of the forecasts at admission (None: no forecasts)."""
+        return 100.0 * self.forecast_ape / self.forecast_rows if self.forecast_rows else None
 
 
 @dataclass(slots=True)
@@ -180,9 +197,13 @@ class Report:
             "totals": self._line_json(self.totals),
         }
 
+    @property
+    def _forecasts(self) -> bool:
+        return self.query.by in FORECAST_BY
+
     def _line_json(self, line: Line) -> dict[str, Any]:
         unit = self.query.unit.lower()
-        return {
+        out: dict[str, Any] = {
             self.query.by: line.key,
             "requests": line.requests,
             "failed": line.failed,
@@ -193,18 +214,27 @@ class Report:
             f"energy_dynamic_{unit}": line.energy_dynamic,
             "co2e_g": line.co2e_g,
         }
+        if self._forecasts:
+            out["forecast_mape_pct"] = line.forecast_mape_pct
+            out["forecast_rows"] = line.forecast_rows
+        return out
 
     def columns(self) -> list[str]:
         """Column names of the table and CSV forms."""
         u = self.query.unit
-        return [self.query.by, "requests", "failed", "prompt_tokens", "completion_tokens",
+        head = [self.query.by, "requests", "failed", "prompt_tokens", "completion_tokens",
                 "duration_s", f"energy_{u}", f"energy_dynamic_{u}", "co2e_g"]  # fmt: skip
+        return [*head, "forecast_mape_pct"] if self._forecasts else head
 
     def _cells(self, line: Line, fmt: str) -> list[str]:
-        return [line.key, str(line.requests), str(line.failed), str(line.prompt_tokens),
+        cells = [line.key, str(line.requests), str(line.failed), str(line.prompt_tokens),
                 str(line.completion_tokens), format(line.duration_s, fmt),
                 format(line.energy, fmt), format(line.energy_dynamic, fmt),
                 format(line.co2e_g, fmt)]  # fmt: skip
+        if self._forecasts:
+            mape = line.forecast_mape_pct
+            cells.append("" if mape is None else format(mape, ".1f" if fmt else ""))
+        return cells
 
     def to_csv(self, *, totals: bool = False) -> str:
         """CSV with a header and one row per group (full precision): data rows only, as
@@ -252,13 +282,13 @@ async def build_report(ledger: Ledger, query: ReportQuery) -> Report:
     rows = await ledger.fetchall(
         f"SELECT {group} AS k, COUNT(*), COUNT(failure), TOTAL(prompt_tokens),"  # noqa: S608
         " TOTAL(completion_tokens), TOTAL(duration_s), TOTAL(energy_j),"
-        f" TOTAL(energy_dynamic_j), TOTAL(co2e_g) FROM requests WHERE {where}"
+        f" TOTAL(energy_dynamic_j), TOTAL(co2e_g), {_FORECAST_APE_SQL} FROM requests WHERE {where}"
         " GROUP BY k ORDER BY k",
         params,
     )
     per = J_PER[query.unit]
     lines = [
-        Line(str(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], r[6] / per, r[7] / per, r[8])
+        Line(str(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], r[6] / per, r[7] / per, *r[8:])
         for r in rows
     ]
     totals = Line("TOTAL")

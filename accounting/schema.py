@@ -69,6 +69,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     response_id: str | None = None
     """The backend's own id of its answer (``chatcmpl-…``, ``resp_…``), if it sent one."""
     failure: str | None = None
+    forecast_energy_j: float | None = None
+    """What :mod:`accounting.forecast` expected the request to cost, at admission."""
     finish_reason: str | None = None
     request_params: dict[str, Any] = msgspec.field(default_factory=dict)
     """Numeric and boolean request parameters (``max_tokens``, ``temperature``, …)
@@ -179,6 +181,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE requests ADD COLUMN response_id TEXT",
         "CREATE INDEX requests_response_id ON requests (response_id)",
+    ),
+    # 7: the energy forecast at admission, so a report can say how far off it was; the
+    # report index covers it too.
+    (
+        "ALTER TABLE requests ADD COLUMN forecast_energy_j REAL",
+        "DROP INDEX requests_user_ts",
+        """CREATE INDEX requests_user_ts ON requests (
+            user, ts, model_served, model_requested, endpoint, failure, prompt_tokens,
+            completion_tokens, duration_s, energy_j, energy_dynamic_j, co2e_g, task,
+            forecast_energy_j
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

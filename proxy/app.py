@@ -26,6 +26,8 @@ from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
 from accounting.carbon_stage import carbon
+from accounting.forecast_routes import route_handlers as forecast_routes
+from accounting.forecast_stage import forecast_component
 from accounting.ledger_stage import auth_component, record_component
 from accounting.routes import route_handlers as ledger_routes
 from config.errors import BadRequest, NotFound, ProxyError
@@ -58,13 +60,14 @@ def default_components() -> list[Component]:
         auth_component,  # before anything queues: 401 and budget 429 cost nothing
         meters_component,  # energy per request: the window is on_admitted to on_finished
         carbon(),  # carbon reads the meters' energy: keep it after the meters component
+        forecast_component(),  # after carbon: its endpoint prices CO2e at carbon's intensity
         record_component,  # last: records what every stage above has added
     ]
 
 
 def default_route_handlers() -> list[Any]:
     """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
-    return [metrics_endpoint, *ledger_routes()]
+    return [metrics_endpoint, *ledger_routes(), *forecast_routes()]
 
 
 def create_app(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
+from accounting.forecast_cli import register as register_forecast
 from accounting.study import register as register_study
 from config.cli import add_config_option, settings_from
 from config.errors import ConfigError, JoulegateError
@@ -216,6 +217,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _register_core,
     register_meters,
     register_accounting,
+    register_forecast,
     functools.partial(register_study, start_demo=_bench_demo),
 ]
 

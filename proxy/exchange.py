@@ -86,6 +86,8 @@ class Exchange:
     """An estimate's total at its highest plausible coefficients (None: no range)."""
     estimate_model: str | None = None
     """Which estimate model and coefficients were used (None when measured)."""
+    forecast_energy_j: float | None = None
+    """What the forecast stage expects the request to cost (set at admission)."""
     # Set by the carbon stage:
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
