@@ -16,12 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import MediaType, Request, post
+from litestar.di import NamedDependency
 
 from accounting import sci
 from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource
 from accounting.forecast import Interval, Prediction
 from accounting.forecast_stage import (
-    STATE_KEY,
     Forecaster,
     approx_prompt_tokens,
     max_tokens_of,
@@ -71,11 +71,12 @@ def _body_of(raw: bytes, headers: dict[str, str]) -> tuple[dict[str, Any], str, 
 
 
 @post("/v1/energy/forecast", media_type=MediaType.JSON, status_code=200)
-async def energy_forecast(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def energy_forecast(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> dict[str, Any]:
     """The forecast for a chat or completions body, answered without calling the model."""
-    await _caller(request)
-    ctx: AppContext = request.app.state.ctx
-    forecaster: Forecaster | None = ctx.state.get(STATE_KEY)
+    await _caller(request, ctx)
+    forecaster = ctx.get(Forecaster)
     if forecaster is None:
         raise NotFound("forecasts are not enabled on this joulegate", code="not_found")
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -104,7 +105,7 @@ async def energy_forecast(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 def _intensity(ctx: AppContext) -> Intensity:
     """The carbon stage's intensity now; the world average without a carbon stage."""
-    source: IntensitySource | None = ctx.state.get("carbon")
+    source = ctx.get(IntensitySource)  # type: ignore[type-abstract]  # fixed or live: either
     if source is None:
         return Intensity(WORLD_AVERAGE_G_PER_KWH, "table:world-average")
     return source.current()

@@ -30,7 +30,6 @@ from proxy.exchange import Exchange, Stage
 
 log = logging.getLogger("joulegate.forecast")
 
-STATE_KEY = "forecast"
 CHARS_PER_TOKEN = 4.0
 """The prompt-size approximation: about four characters a token for English text."""
 TOKENS_PER_MESSAGE = 4
@@ -165,7 +164,7 @@ class ForecastStage(Stage):
 def forecast_component(
     *, refit_rows: int = 200, refit_s: float = 600.0, max_rows: int = 200_000
 ) -> Component:
-    """The forecast component; the forecaster is published as ``ctx.state["forecast"]``."""
+    """The forecast component; the forecaster is published (``ctx.get(Forecaster)``)."""
 
     @contextlib.asynccontextmanager
     async def component(ctx: AppContext) -> AsyncIterator[Stage]:
@@ -178,7 +177,7 @@ def forecast_component(
                 log.info("forecast fitted on %d ledger rows (%d models)", fit.rows, len(fit.fits))
             except LedgerError as exc:
                 log.warning("no forecast until the ledger can be read: %s", exc)
-            ctx.state[STATE_KEY] = forecaster
+            ctx.publish(forecaster)
             task = asyncio.create_task(forecaster.run(), name="forecast-refit")
             try:
                 yield ForecastStage(forecaster)
@@ -186,6 +185,6 @@ def forecast_component(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                ctx.state.pop(STATE_KEY, None)
+                ctx.withdraw(Forecaster)
 
     return component

@@ -62,13 +62,17 @@ class AppContext:
         self._resources[type(resource)] = resource
 
     def get(self, kind: type[T]) -> T | None:
-        """The published resource of class ``kind``, or None if no component opened one."""
+        """The published resource of class ``kind`` (or of a subclass of it: an
+        ``IntensitySource`` is a fixed or a live one), or None if no component opened one."""
         found = self._resources.get(kind)
-        return found if isinstance(found, kind) else None
+        if isinstance(found, kind):
+            return found
+        return next((r for r in self._resources.values() if isinstance(r, kind)), None)
 
     def withdraw(self, kind: type[Any]) -> None:
         """Forget the resource of class ``kind`` (its component is closing it)."""
-        self._resources.pop(kind, None)
+        for key in [k for k, r in self._resources.items() if isinstance(r, kind)]:
+            del self._resources[key]
 
 
 Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -160,3 +161,27 @@ async def test_unsampled_requests_record_nothing_but_still_propagate(
     assert energy.trace_ids == [trace_id]
     if incoming:
         assert trace_id == incoming.split("-")[1]
+
+
+async def test_without_exporters_the_trace_context_still_reaches_backend_and_ledger(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    from accounting.ledger_stage import auth_component, record_component
+    from config import LedgerSettings
+    from proxy.telemetry import telemetry_component
+    from tests.ledger_support import db_rows
+
+    ledger = tmp_path / "l.sqlite3"
+    theirs = "4bf92f3577b34da6a3ce929d0e0e4736"
+    comps = [telemetry_component(), auth_component, record_component]
+    async with (
+        joulegate(fake.url, comps, ledger=LedgerSettings(path=str(ledger))) as jg,
+        httpx.AsyncClient() as c,
+    ):
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT,
+                     headers={"traceparent": f"00-{theirs}-00f067aa0ba902b7-01"})  # fmt: skip
+    fresh, joined = (s.headers["traceparent"].split("-")[1] for s in fake.seen)
+    rows = db_rows(ledger)
+    assert [r["trace_id"] for r in rows] == [fresh, theirs]  # the row names the trace
+    assert fresh != theirs and len(fresh) == 32 and joined == theirs
