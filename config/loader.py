@@ -1,9 +1,13 @@
 """Read settings once: TOML file, then ``JOULEGATE_*`` environment, then CLI flags.
 
-Later sources override earlier ones. Values from the environment and the CLI
-are strings and are parsed by the field's type; TOML values must already have
-the right type. Unknown keys and unparsable values raise :class:`ConfigError`
-naming the key, so a typo stops start-up instead of being ignored.
+Later sources override earlier ones. The merged values are converted into
+:class:`Settings` by ``msgspec.convert(..., strict=False)``, which parses the
+strings the environment and the CLI give (``"5"``, ``"true"``), checks Literals
+and builds the nested frozen dataclasses, running their ``__post_init__``. What
+msgspec does not do is here: the ``JOULEGATE_*`` names, comma-separated lists,
+rejecting unknown keys (msgspec ignores them), and turning its
+``ValidationError`` into a one-line :class:`ConfigError` naming the dotted key,
+so a typo stops start-up instead of being ignored.
 
 The standard ``OTEL_*`` variables keep their names: they are captured whole
 into ``telemetry.otel_env`` for the telemetry component to build exporters from.
@@ -13,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import msgspec
 
 from config.errors import ConfigError
 from config.settings import Settings
@@ -26,120 +31,96 @@ from config.settings import Settings
 ENV_PREFIX = "JOULEGATE_"
 OTEL_PREFIX = "OTEL_"
 DEFAULT_CONFIG_FILE = Path("joulegate.toml")
+# msgspec takes true/false/1/0 for a bool; these older spellings are kept working.
+_BOOL_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
 
 
-def _sections(cls: type[Any]) -> dict[str, type[Any]]:
+def _types(cls: type[Any]) -> dict[str, Any]:
+    """Each field's name and resolved type."""
     hints = get_type_hints(cls)
-    return {
-        f.name: hints[f.name]
-        for f in dataclasses.fields(cls)
-        if dataclasses.is_dataclass(hints[f.name])
-    }
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _sections(cls: type[Any]) -> dict[str, Any]:
+    return {name: tp for name, tp in _types(cls).items() if dataclasses.is_dataclass(tp)}
+
+
+def _table_item(tp: Any) -> Any:
+    """The table type of a ``tuple[SomeTable, ...]`` field (``[[backends]]``), else None."""
+    item = get_args(tp)[0] if get_origin(tp) is tuple else None
+    return item if dataclasses.is_dataclass(item) else None
 
 
 def _allowed(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
+    if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin is tuple:
+    if get_origin(tp) is tuple:
         return f"a list of {_allowed(get_args(tp)[0])}"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_allowed(a) for a in get_args(tp) if a is not type(None))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, str(tp)
     )
 
 
-def _parse_str(raw: str, tp: Any, key: str) -> Any:
-    """Parse an environment/CLI string as the field's type."""
-    origin = get_origin(tp)
-    if origin is tuple:
-        item = get_args(tp)[0]
-        parts = [p.strip() for p in raw.split(",") if p.strip()]
-        if dataclasses.is_dataclass(item):
-            # A list of tables from one string: each item fills the table's first field
-            # (``JOULEGATE_BACKENDS=http://a:8080,http://b:8081``).
-            first = dataclasses.fields(item)[0].name
-            return tuple(_check({first: p}, tp=item, key=key) for p in parts)
-        return tuple(_parse_str(p, item, key) for p in parts)
-    if tp is bool:
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"setting {key!r}: {raw!r} is not {_allowed(tp)}")
-    if tp in (int, float):
-        try:
-            return tp(raw)
-        except ValueError:
-            raise ConfigError(f"setting {key!r}: {raw!r} is not {_allowed(tp)}") from None
-    return _check(raw, tp, key)
+def _from_strings(raw: Mapping[str, str], origin: str) -> dict[str, Any]:
+    """Map dotted keys (``carbon.provider``) with string values onto nested tables.
 
-
-def _check(value: Any, tp: Any, key: str) -> Any:
-    """Check a TOML (already typed) value against the field's type."""
-    origin = get_origin(tp)
-    bad = ConfigError(f"setting {key!r}: {value!r} is not {_allowed(tp)}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"setting {key!r}: must be a table of settings")
-        return _check_table(tp, value, key + ".")  # type: ignore[arg-type]
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise bad
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise bad
-        return tuple(_check(v, get_args(tp)[0], key) for v in value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is bool or tp is str:
-        if not isinstance(value, tp):
-            raise bad
-        return value
-    raise ConfigError(f"setting {key!r}: unsupported type {tp}")  # pragma: no cover
-
-
-def _build(cls: type[Any], values: Mapping[str, Any]) -> Any:
-    """Construct ``cls`` from checked values, sections and lists of tables included."""
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        tp = hints[name]
-        item = get_args(tp)[0] if get_origin(tp) is tuple else None
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value)  # type: ignore[arg-type]
-        elif item is not None and dataclasses.is_dataclass(item):
-            kwargs[name] = tuple(_build(item, v) for v in value)  # type: ignore[arg-type]
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _from_strings(cls: type[Any], raw: Mapping[str, str], origin: str) -> dict[str, Any]:
-    """Map dotted keys (``carbon.provider``) with string values onto typed values."""
-    hints = get_type_hints(cls)
-    sections = _sections(cls)
+    The strings stay strings for msgspec to parse, except that lists are split on
+    commas; a list of tables takes one table per item, filling its first field
+    (``JOULEGATE_BACKENDS=http://a:8080,http://b:8081``).
+    """
+    sections = _sections(Settings)
     out: dict[str, Any] = {}
     for dotted, text in raw.items():
         section, _, name = dotted.rpartition(".")
-        target_cls = sections.get(section) if section else cls
-        if target_cls is None or name not in {f.name for f in dataclasses.fields(target_cls)}:
+        cls = sections.get(section) if section else Settings
+        tp = _types(cls).get(name) if cls is not None else None
+        if tp is None:
             raise ConfigError(f"unknown setting {dotted!r} (from {origin})")
-        tp = get_type_hints(target_cls)[name] if section else hints[name]
-        if dataclasses.is_dataclass(tp):
-            raise ConfigError(f"setting {dotted!r} is a section; set its keys instead")
-        value = _parse_str(text, tp, dotted)
+        value: Any = _BOOL_WORDS.get(text.strip().lower(), text) if tp is bool else text
+        if get_origin(tp) is tuple:
+            value = [p.strip() for p in text.split(",") if p.strip()]
+            if (item := _table_item(tp)) is not None:
+                value = [{dataclasses.fields(item)[0].name: p} for p in value]
         (out.setdefault(section, {}) if section else out)[name] = value
     return out
+
+
+def _check_keys(cls: type[Any], values: Any, prefix: str = "") -> None:
+    """Reject keys ``cls`` lacks, in nested tables too (msgspec would drop them)."""
+    if not isinstance(values, Mapping):
+        return  # not a table: msgspec reports the type
+    types = _types(cls)
+    for key, value in values.items():
+        if key not in types:
+            known = ", ".join(sorted(types))
+            raise ConfigError(f"unknown setting {prefix + key!r}; known keys: {known}")
+        tp, item = types[key], _table_item(types[key])
+        if dataclasses.is_dataclass(tp):
+            _check_keys(tp, value, f"{prefix}{key}.")  # type: ignore[arg-type]
+        elif item is not None and isinstance(value, list):
+            for table in value:
+                _check_keys(item, table, f"{prefix}{key}.")
+
+
+def _config_error(exc: msgspec.ValidationError, data: Mapping[str, Any]) -> ConfigError:
+    """msgspec's ``Expected `int`, got `str` - at `$.carbon.ttl_s``` in joulegate's words."""
+    _, at, path = str(exc).rpartition(" - at `$")
+    if not at:  # pragma: no cover - every error is under some key of Settings
+        return ConfigError(f"settings: {exc}")
+    tp: Any = Settings
+    value: Any = data
+    names: list[str] = []
+    for name, index in _STEP.findall(path.rstrip("`")):
+        if name:
+            names.append(name)
+            tp, value = _types(tp)[name], value[name]
+        else:
+            tp, value = get_args(tp)[0], value[int(index)]
+    key = ".".join(names)
+    if dataclasses.is_dataclass(tp):
+        return ConfigError(f"setting {key!r}: must be a table of settings")
+    return ConfigError(f"setting {key!r}: {value!r} is not {_allowed(tp)}")
 
 
 def env_to_dotted(env: Mapping[str, str]) -> dict[str, str]:
@@ -193,30 +174,16 @@ def load_settings(
             raise ConfigError(f"config file {str(config_file)!r} not found") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {str(config_file)!r}: {exc}") from exc
-    _merge(data, _from_strings(Settings, env_to_dotted(env), "environment"))
-    _merge(data, _from_strings(Settings, dict(overrides or {}), "command line"))
+        _check_keys(Settings, data)
+    _merge(data, _from_strings(env_to_dotted(env), "environment"))
+    _merge(data, _from_strings(dict(overrides or {}), "command line"))
     # OTEL_* keep their standard names; the telemetry component reads them from here.
-    otel_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(OTEL_PREFIX)))
+    otel_env = [(k, v) for k, v in sorted(env.items()) if k.startswith(OTEL_PREFIX)]
     _merge(data, {"telemetry": {"otel_env": otel_env}})
-    return _build_checked(data)
-
-
-def _check_table(cls: type[Any], values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """Check one table's keys (unknown ones name the key) and each value's type."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in names:
-            known = ", ".join(sorted(names))
-            raise ConfigError(f"unknown setting {prefix + key!r}; known keys: {known}")
-        out[key] = _check(value, hints[key], prefix + key)
-    return out
-
-
-def _build_checked(data: Mapping[str, Any]) -> Settings:
-    """Type-check every leaf, then construct (so ``__post_init__`` sees right types)."""
-    return typing.cast(Settings, _build(Settings, _check_table(Settings, data, "")))
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc, data) from exc
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:

@@ -136,6 +136,8 @@ class FakeNvml:
     init_error: int | None = None
     read_error: int | None = None
     """NVML code raised by every reading call while set (e.g. 15, GPU is lost)."""
+    inits: int = 0
+    """Successful ``nvmlInit`` calls; each must be matched by one ``nvmlShutdown``."""
     shutdowns: int = 0
     NVMLError: type[Exception] = NVMLError
     NVML_TEMPERATURE_GPU: int = 0
@@ -148,6 +150,7 @@ class FakeNvml:
     def nvmlInit(self) -> None:
         if self.init_error is not None:
             raise NVMLError(self.init_error)
+        self.inits += 1
 
     def nvmlShutdown(self) -> None:
         self.shutdowns += 1

@@ -270,6 +270,9 @@ async def test_failure_before_any_value_serves_the_table(
                          ttl_s=900.0, stale_s=3600.0)  # fmt: skip
     assert await live.refresh(client) is False
     assert live.current() == Intensity(237.6, "table:GBR")
+    api.mode = "ok"  # the control: the same source serves the live value once it answers
+    assert await live.refresh(client) is True
+    assert live.current() == Intensity(180.0, "uk")
 
 
 async def test_zero_stale_time_falls_back_as_soon_as_the_ttl_is_up(
@@ -277,9 +280,11 @@ async def test_zero_stale_time_falls_back_as_soon_as_the_ttl_is_up(
 ) -> None:
     clock = Clock()
     live = LiveIntensity(em(api), Intensity(1.0, "table:X"), ttl_s=60.0, stale_s=0.0, clock=clock)
-    await live.refresh(client)
+    assert await live.refresh(client) is True
+    clock.now_s += 59.5
+    assert live.current() == Intensity(302.0, "electricitymaps:DE")  # live until the TTL
     api.mode = "garbage"
-    clock.now_s += 60.5
+    clock.now_s += 1.0
     await live.refresh(client)
     assert live.current() == Intensity(1.0, "table:X")
 

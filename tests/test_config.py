@@ -48,6 +48,7 @@ def test_config_file_named_by_environment(tmp_path: Path) -> None:
 def test_lists_come_from_comma_separated_environment_values() -> None:
     s = load_settings(env={"JOULEGATE_GATED_PATHS": "/v1/audio/speech, /v1/rerank"})
     assert s.gated_paths == ("/v1/audio/speech", "/v1/rerank")
+    assert load_settings(env={"JOULEGATE_METERS_GPU_INDICES": "0, 2"}).meters.gpu_indices == (0, 2)
 
 
 @pytest.mark.parametrize(
@@ -63,6 +64,10 @@ def test_lists_come_from_comma_separated_environment_values() -> None:
         ("", {"JOULEGATE_OLLAMA_NATIVE": "maybe"}, "is not true or false"),
         ("backend_url = 'localhost:8080'\n", {}, "setting 'backend_url': must be an http://"),
         ("carbon = 3\n", {}, "setting 'carbon': must be a table"),
+        ("[[backends]]\nurl = 5\n", {}, "setting 'backends.url': 5 is not a string"),
+        ("[[backends]]\nurl = 'http://a:1'\nmodle = []\n", {}, "unknown setting 'backends.modle'"),
+        ("", {"JOULEGATE_METERS_GPU_INDICES": "0,x"}, "'meters.gpu_indices': 'x' is not an"),
+        ("gated_paths = ['/a', 3]\n", {}, "setting 'gated_paths': 3 is not a string"),
     ],
 )
 def test_bad_settings_stop_start_up_naming_the_key(

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meters.base import COMPONENTS, Meter
+from config.errors import MeterUnavailable
+from meters.base import COMPONENTS, Meter, MeterAbsent
 from meters.estimate import EstimateMeter
 from meters.ipmi import IpmiMeter
 from meters.nvml import NvmlMeter
@@ -76,3 +77,30 @@ def test_description_names_the_meter_and_flags_are_consistent(meter: Meter) -> N
 def test_close_twice_is_harmless(meter: Meter) -> None:
     meter.close()
     meter.close()
+
+
+@pytest.mark.parametrize("counter", [True, False], ids=["nvml-counter", "nvml-power"])
+def test_nvml_is_shut_down_exactly_once_per_init(counter: bool) -> None:
+    nvml = FakeNvml([FakeGpu(counter_supported=counter)])
+    meter = NvmlMeter(nvml)
+    assert (nvml.inits, nvml.shutdowns) == (1, 0)  # held open while the meter is in use
+    meter.close()
+    meter.close()
+    assert (nvml.inits, nvml.shutdowns) == (1, 1)
+    NvmlMeter(nvml).close()  # a second meter inits and shuts down again
+    assert (nvml.inits, nvml.shutdowns) == (2, 2)
+
+
+def test_nvml_failing_after_init_is_shut_down_and_never_inited_is_not() -> None:
+    nvml = FakeNvml()
+    with pytest.raises(MeterUnavailable, match="index 5"):
+        NvmlMeter(nvml, indices=[5])
+    assert (nvml.inits, nvml.shutdowns) == (1, 1)
+    no_gpu = FakeNvml(gpus=[])
+    with pytest.raises(MeterAbsent):
+        NvmlMeter(no_gpu)
+    assert (no_gpu.inits, no_gpu.shutdowns) == (1, 1)
+    no_driver = FakeNvml(init_error=12)
+    with pytest.raises(MeterAbsent):
+        NvmlMeter(no_driver)
+    assert (no_driver.inits, no_driver.shutdowns) == (0, 0)

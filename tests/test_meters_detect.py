@@ -49,9 +49,16 @@ def test_configured_whole_machine_meter_is_used_after_local_ones(tmp_path: Path)
     def client() -> httpx.Client:
         return httpx.Client(transport=httpx.MockTransport(exporter))
 
-    hw = Hardware(nvml=FakeNvml(init_error=12), http_client=client)
-    found = detect_meters(settings(tmp_path, prometheus_url="http://e/metrics"), hardware=hw)
-    assert [m.name for m in found.meters] == ["prometheus"]
+    rapl_tree(tmp_path / "powercap")
+    hw = Hardware(
+        nvml=FakeNvml(),
+        http_client=client,
+        ipmi_runner=runner_returning("Instantaneous power reading: 300 Watts\n"),
+    )
+    cfg = settings(tmp_path, prometheus_url="http://e/metrics", ipmi=True)
+    found = detect_meters(cfg, hardware=hw)
+    assert [m.name for m in found.meters] == ["nvml", "rapl", "prometheus", "ipmi"]
+    assert [line.split(":")[0] for line in found.lines] == [m.name for m in found.meters]
 
 
 def test_unreadable_rapl_is_a_warning_but_absent_hardware_is_not(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,13 @@ def test_a_counter_that_becomes_unreadable_fails_the_read(tmp_path: Path) -> Non
 def test_counters_are_reread_through_kept_open_files(tmp_path: Path) -> None:
     zone = write_zone(tmp_path / "intel-rapl:0", "package-0", 1_000_000)
     meter = RaplMeter(tmp_path)
+    # Move the counter file away and leave a decoy at its path: a meter that opens the
+    # path on every read would see the decoy, one holding the file open keeps reading it.
+    held = zone / "energy_uj.held"
+    os.replace(zone / "energy_uj", held)
+    (zone / "energy_uj").write_text("0\n")
     for step in range(1, 4):
-        set_energy(zone, 1_000_000 + step * 250_000)
+        held.write_text(f"{1_000_000 + step * 250_000}\n")  # in place: same open file
         assert meter.read()["cpu"].energy_j == pytest.approx(0.25 * step)
     meter.close()
 
