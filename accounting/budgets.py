@@ -21,10 +21,10 @@ from typing import Literal
 from accounting.ledger import Ledger
 from accounting.schema import LedgerRow, iso, utcnow
 from config.errors import BudgetExceeded
+from config.units import J_PER_WH
 
 Period = Literal["day", "month"]
 PERIODS: tuple[Period, ...] = ("day", "month")
-J_PER_WH = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

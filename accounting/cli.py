@@ -19,12 +19,14 @@ from typing import IO, Any, get_args
 import msgspec
 
 from accounting.auth import KeyStore, check_user
-from accounting.budgets import J_PER_WH, Budget, BudgetBook, period_bounds
+from accounting.budgets import Budget, BudgetBook, period_bounds
 from accounting.ledger import Ledger
 from accounting.reports import By, Format, Unit, build_report, parse_query
 from accounting.schema import COLUMNS, iso, utcnow
 from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError, LedgerError
+from config.table import render_table
+from config.units import J_PER_WH
 
 
 def _ledger(args: argparse.Namespace) -> Ledger:
@@ -250,10 +252,7 @@ def _csv_cell(value: Any) -> Any:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     if not rows:
         return "(none)\n"
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [head, *rows]]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return render_table(head, rows, right_align=False)
 
 
 # -- registration -------------------------------------------------------------------

@@ -34,6 +34,7 @@ from accounting.forecast_stage import approx_prompt_tokens
 from accounting.ledger import Ledger
 from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError
+from config.table import render_table
 from proxy.task import is_task_name
 
 TRAIN_SHARE = 0.7
@@ -141,14 +142,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"fit on the first {cut} completed rows by time, scored on the last {len(items) - cut}")
     head = ["model", "task", "test_rows", "r2_actual_tokens", "mape_pct", "forecast_rows"]
-    table = [head] + [
+    rows = [
         [r.model, r.task, str(r.test_rows), _opt(r.r2_actual_tokens, ".3f"),
          _opt(r.mape_pct, ".1f"), str(r.forecast_rows)]
         for r in results
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print(render_table(head, rows, right_align=False), end="")
     return 0
 
 

@@ -24,11 +24,12 @@ from typing import Any, Literal, get_args
 from accounting.ledger import Ledger
 from accounting.schema import iso
 from config.errors import BadRequest
+from config.table import render_table
+from config.units import J_PER
 
 By = Literal["user", "model", "day", "endpoint", "backend", "task"]
 Unit = Literal["J", "Wh", "kWh"]
 Format = Literal["table", "csv", "json"]
-J_PER: dict[str, float] = {"J": 1.0, "Wh": 3600.0, "kWh": 3_600_000.0}
 _GROUP_SQL: dict[str, str] = {
     "user": "user",
     "model": "COALESCE(model_served, model_requested, '(none)')",
@@ -255,18 +256,8 @@ class Report:
         rows = [self._cells(line, ".4f") for line in self.lines]
         total = self._cells(self.totals, ".4f")
         total[0] = "TOTAL"
-        head = self.columns()
-        widths = [max(len(r[i]) for r in [head, *rows, total]) for i in range(len(head))]
-
-        def fmt(cells: list[str]) -> str:
-            return "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        body = [fmt(r) for r in rows] or ["(no requests)"]
-        return "\n".join([title, "", fmt(head), rule, *body, rule, fmt(total)]) + "\n"
+        table = render_table(self.columns(), rows, footer=total, rules=True, empty="(no requests)")
+        return f"{title}\n\n{table}"
 
     def render(self, form: Format, *, totals: bool = False) -> str:
         """The report as ``table``, ``csv`` or ``json`` text (``totals``: CSV's TOTAL row)."""

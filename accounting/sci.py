@@ -24,13 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-J_PER_KWH = 3.6e6
-"""Joules in one kilowatt-hour."""
-
-
-def kwh_from_j(energy_j: float) -> float:
-    """Convert joules to kilowatt-hours (the unit of ``E``)."""
-    return energy_j / J_PER_KWH
+# SCI is stated in kWh: the conversion is config's, re-exported here.
+from config.units import J_PER_KWH as J_PER_KWH
+from config.units import kwh_from_j as kwh_from_j
 
 
 def operational_g(energy_kwh: float, intensity_g_per_kwh: float) -> float:

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from config.units import wh_from_j
 from meters.base import Activity, Meter
 from meters.detect import detect_meters
 from meters.sampler import Sampler
@@ -69,7 +70,7 @@ def energy_body(energy: WindowEnergy) -> dict[str, Any]:
     body: dict[str, Any] = {
         "energy_j": _r(energy.energy_j),
         "energy_dynamic_j": _r(energy.dynamic_j),
-        "energy_wh": _r(None if energy.energy_j is None else energy.energy_j / 3600.0, 9),
+        "energy_wh": _r(None if energy.energy_j is None else wh_from_j(energy.energy_j), 9),
         "power_w": _r(energy.power_w, 3),
         "idle_power_w": _r(energy.idle_power_w, 3),
         "window_s": round(d, 6),

@@ -15,6 +15,7 @@ from typing import Any
 
 from accounting.study.dataset import StudyRow
 from accounting.study.stats import Estimate, confidence_interval, linear_fit
+from config.table import render_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +119,7 @@ class Summary:
         blocks = [self.header]
         for m in METRICS:
             head, rows = self.grid(m)
-            widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-            lines = [
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
-                ).rstrip()
-                for r in [head, *rows]
-            ]
-            lines.insert(1, "  ".join("-" * w for w in widths))
-            blocks.append("\n".join(lines))
+            blocks.append(render_table(head, rows, rules=True).rstrip("\n"))
         return "\n\n".join(blocks) + "\n"
 
     def to_markdown(self) -> str:
