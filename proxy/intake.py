@@ -83,13 +83,7 @@ class BodyReader:
                         f"request body is larger than {limit} bytes (max_body_bytes)",
                         code="request_too_large",
                     )
-                if self._held_bytes > self._s.max_queued_bytes:
-                    raise QueueFull(
-                        f"joulegate holds {self._s.max_queued_bytes} bytes of queued request "
-                        "bodies (max_queued_bytes); retry later",
-                        code="queue_full",
-                        headers={"retry-after": "1"},
-                    )
+                self._check_held()
                 chunks.append(chunk)
                 if not msg.get("more_body", False):
                     return b"".join(chunks)
@@ -102,6 +96,9 @@ class BodyReader:
         raw bytes alone undercounted what queued requests hold by 2-3x)."""
         self._held_bytes += nbytes
         hold.nbytes += nbytes
+        self._check_held()
+
+    def _check_held(self) -> None:
         if self._held_bytes > self._s.max_queued_bytes:
             raise QueueFull(
                 f"joulegate holds {self._s.max_queued_bytes} bytes of queued request "
