@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import sys
 
-MODULES = ["bench.overhead", "bench.memory", "bench.meters", "bench.ledger"]
+MODULES = ["bench.overhead", "bench.memory", "bench.meters", "bench.ledger", "bench.forecast"]
 
 
 def main() -> None:

@@ -1,0 +1,121 @@
+"""Benchmark of the forecast: a refit over a big ledger and one forecast.
+
+1. Refit over a generated ledger of 1,000,000 rows (``bench.ledger``'s generator):
+   the read and the robust fit, off the event loop (target: at most 5 s).
+2. ``POST /v1/energy/forecast`` through joulegate in front of the fake backend,
+   p50 and p99 (target p50: at most 2 ms), and the forecast each admitted request
+   gets (arithmetic only), in microseconds.
+
+Run with ``python -m bench.forecast [--rows N]`` (``make bench`` runs it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from accounting import Ledger
+from accounting.forecast_routes import route_handlers as forecast_routes
+from accounting.forecast_stage import Forecaster, forecast_component
+from accounting.ledger_stage import auth_component
+from bench.fake import MODELS as FAKE_MODELS
+from bench.fake import FakeBackend
+from bench.ledger import MODELS, _generate
+from config import LedgerSettings, Settings
+from proxy.app import create_app
+
+BODY = {"model": MODELS[0], "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": 64}  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn on a free loopback port, in this process."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
+    """Measure; Markdown table rows (what, figure, note)."""
+    out: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big.sqlite3"
+        async with Ledger(big):
+            pass
+        _generate(big, rows)
+        async with Ledger(big) as ledger:
+            forecaster = Forecaster(ledger, max_rows=rows)
+            t0 = time.perf_counter()
+            fit = await forecaster.refit()
+            refit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(10_000):
+                forecaster.predict(MODELS[0], None, BODY)
+            admission_us = (time.perf_counter() - t0) / 10_000 * 1e6
+        out.append((f"refit over {rows:,} ledger rows (read + robust fit, in a thread)",
+                    f"{refit_s:.2f} s", f"target <= 5 s; {fit.rows:,} rows used"))  # fmt: skip
+        out.append(("forecast at admission (arithmetic only)", f"{admission_us:.1f} us",
+                    "per request"))  # fmt: skip
+
+        settings = Settings(ledger=LedgerSettings(path=str(big)))
+        fake = FakeBackend()
+        async with serve(fake) as backend_url:
+            served = dict(BODY, model=FAKE_MODELS[0])  # a model the backend lists
+            app = create_app(
+                Settings(backend_url=backend_url, ledger=settings.ledger),
+                components=[auth_component, forecast_component(max_rows=rows)],
+                route_handlers=forecast_routes(),
+            )
+            async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
+                for _ in range(50):
+                    await c.post("/v1/energy/forecast", json=served)
+                samples = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    r = await c.post("/v1/energy/forecast", json=served)
+                    samples.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+        ordered = sorted(samples)
+        p50 = statistics.median(samples) * 1000
+        p99 = ordered[int(0.99 * (len(ordered) - 1))] * 1000
+        out.append(("POST /v1/energy/forecast, client to answer", f"p50 {p50:.2f} ms, p99 "
+                    f"{p99:.2f} ms", f"target p50 <= 2 ms; {calls} calls"))  # fmt: skip
+    return out
+
+
+async def main(rows: int = 1_000_000, calls: int = 1000) -> None:
+    """Run the forecast benchmark and print a Markdown table."""
+    results = await run(rows, calls)
+    print("\n### Forecast: refit over a big ledger, and one forecast (2 cores shared)\n")
+    print("| what | measured | note |")
+    print("| --- | --- | --- |")
+    for what, figure, note in results:
+        print(f"| {what} | {figure} | {note} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.rows))
