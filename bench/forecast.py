@@ -13,47 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import socket
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import uvicorn
 
 from accounting import Ledger
-from accounting.forecast_routes import route_handlers as forecast_routes
-from accounting.forecast_stage import Forecaster, forecast_component
-from accounting.ledger_stage import auth_component
+from accounting.forecast_stage import Forecaster
 from bench.fake import MODELS as FAKE_MODELS
-from bench.fake import FakeBackend
 from bench.ledger import MODELS, _generate
-from config import LedgerSettings, Settings
-from proxy.app import create_app
+from bench.serve import spawn, spawn_process
 
 BODY = {"model": MODELS[0], "messages": [{"role": "user", "content": "Name three colours."}],
         "max_tokens": 64}  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """``app`` under uvicorn on a free loopback port, in this process."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
@@ -78,24 +52,23 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
         out.append(("forecast at admission (arithmetic only)", f"{admission_us:.1f} us",
                     "per request"))  # fmt: skip
 
-        settings = Settings(ledger=LedgerSettings(path=str(big)))
-        fake = FakeBackend()
-        async with serve(fake) as backend_url:
-            served = dict(BODY, model=FAKE_MODELS[0])  # a model the backend lists
-            app = create_app(
-                Settings(backend_url=backend_url, ledger=settings.ledger),
-                components=[auth_component, forecast_component(max_rows=rows)],
-                route_handlers=forecast_routes(),
-            )
-            async with serve(app) as url, httpx.AsyncClient(base_url=url) as c:
-                for _ in range(50):
-                    await c.post("/v1/energy/forecast", json=served)
+        # joulegate as it is deployed (its own process, every default stage, the forecast
+        # fitted on the big ledger at start-up), in front of bench's fake backend.
+        env = {"JOULEGATE_PORT": "PORT", "JOULEGATE_LEDGER_PATH": str(big),
+               "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}  # fmt: skip
+        with spawn("bench.serve", "fake", "PORT") as backend_url:
+            env["JOULEGATE_BACKEND_URL"] = backend_url
+            with spawn_process(("proxy.cli", "serve"), env) as (url, _):
+                served = dict(BODY, model=FAKE_MODELS[0])  # a model the backend lists
                 samples = []
-                for _ in range(calls):
-                    t0 = time.perf_counter()
-                    r = await c.post("/v1/energy/forecast", json=served)
-                    samples.append(time.perf_counter() - t0)
-                    r.raise_for_status()
+                async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                    for _ in range(50):
+                        await c.post("/v1/energy/forecast", json=served)
+                    for _ in range(calls):
+                        t0 = time.perf_counter()
+                        r = await c.post("/v1/energy/forecast", json=served)
+                        samples.append(time.perf_counter() - t0)
+                        r.raise_for_status()
         ordered = sorted(samples)
         p50 = statistics.median(samples) * 1000
         p99 = ordered[int(0.99 * (len(ordered) - 1))] * 1000
