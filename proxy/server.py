@@ -52,7 +52,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()
         if self.scope.get("http_version") == "1.0":
-            _close_delimited(self.cycle)
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and hasattr(cycle, "chunked_encoding"):  # uvicorn's own
+                _close_delimited(cycle)
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; refuse a head that grows past the limit."""
