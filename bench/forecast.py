@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import httpx
 from accounting import Ledger
 from accounting.forecast_stage import Forecaster
 from bench.fake import MODELS as FAKE_MODELS
-from bench.ledger import MODELS, _generate
+from bench.ledger import MODELS, _generate, percentile_ms, print_results
 from bench.serve import spawn, spawn_process
 
 BODY = {"model": MODELS[0], "messages": [{"role": "user", "content": "Name three colours."}],
@@ -69,9 +68,7 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
                         r = await c.post("/v1/energy/forecast", json=served)
                         samples.append(time.perf_counter() - t0)
                         r.raise_for_status()
-        ordered = sorted(samples)
-        p50 = statistics.median(samples) * 1000
-        p99 = ordered[int(0.99 * (len(ordered) - 1))] * 1000
+        p50, p99 = percentile_ms(samples, 0.5), percentile_ms(samples, 0.99)
         out.append(("POST /v1/energy/forecast, client to answer", f"p50 {p50:.2f} ms, p99 "
                     f"{p99:.2f} ms", f"target p50 <= 2 ms; {calls} calls"))  # fmt: skip
     return out
@@ -80,11 +77,7 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
 async def main(rows: int = 1_000_000, calls: int = 1000) -> None:
     """Run the forecast benchmark and print a Markdown table."""
     results = await run(rows, calls)
-    print("\n### Forecast: refit over a big ledger, and one forecast (2 cores shared)\n")
-    print("| what | measured | note |")
-    print("| --- | --- | --- |")
-    for what, figure, note in results:
-        print(f"| {what} | {figure} | {note} |")
+    print_results("Forecast: refit over a big ledger, and one forecast (2 cores shared)", results)
 
 
 if __name__ == "__main__":

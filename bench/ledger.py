@@ -49,7 +49,8 @@ def _row(n: int) -> LedgerRow:
     )  # fmt: skip
 
 
-def _ms(samples: list[float], q: float) -> float:
+def percentile_ms(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of durations in seconds, in milliseconds."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
@@ -61,7 +62,7 @@ async def _append_cost(ledger: Ledger, count: int, start: int) -> tuple[float, f
         t0 = time.perf_counter()
         await ledger.append(row)
         samples.append(time.perf_counter() - t0)
-    return _ms(samples, 0.5), _ms(samples, 0.99)
+    return percentile_ms(samples, 0.5), percentile_ms(samples, 0.99)
 
 
 def _generate(path: Path, rows: int, seed: int = 1) -> None:
@@ -157,14 +158,19 @@ async def run(rows: int, writes: int) -> list[tuple[str, str, str]]:
     return out
 
 
-async def main(rows: int = 1_000_000, writes: int = 2000) -> None:
-    """Run the ledger benchmark and print a Markdown table."""
-    results = await run(rows, writes)
-    print("\n### Ledger: write cost per request and report time (2 cores shared)\n")
+def print_results(title: str, results: list[tuple[str, str, str]]) -> None:
+    """``(what, figure, note)`` rows as a Markdown table under a heading."""
+    print(f"\n### {title}\n")
     print("| what | measured | note |")
     print("| --- | --- | --- |")
     for what, figure, note in results:
         print(f"| {what} | {figure} | {note} |")
+
+
+async def main(rows: int = 1_000_000, writes: int = 2000) -> None:
+    """Run the ledger benchmark and print a Markdown table."""
+    results = await run(rows, writes)
+    print_results("Ledger: write cost per request and report time (2 cores shared)", results)
 
 
 def _cli(argv: list[str] | None = None) -> None:
