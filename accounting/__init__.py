@@ -4,7 +4,7 @@ What other packages use: the :class:`Ledger` (the SQLite file and its degraded
 mode), the :class:`LedgerRow` it records per request, and the ledger's
 timestamp helpers :func:`iso` and :func:`utcnow`. The stages, routes and CLI
 are wired in by their own modules (``accounting.ledger_stage``,
-``accounting.carbon_stage``, ``accounting.routes``, ``accounting.cli``).
+``accounting.carbon``, ``accounting.routes``, ``accounting.cli``).
 """
 
 from accounting.ledger import Ledger

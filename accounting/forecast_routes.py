@@ -18,8 +18,7 @@ from typing import Any
 from litestar import MediaType, Request, post
 from litestar.di import NamedDependency
 
-from accounting import sci
-from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource
+from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource, sci
 from accounting.forecast import Interval, Prediction
 from accounting.forecast_stage import (
     Forecaster,

@@ -25,7 +25,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from accounting.carbon_stage import carbon
+from accounting.carbon import carbon
 from accounting.forecast_routes import route_handlers as forecast_routes
 from accounting.forecast_stage import forecast_component
 from accounting.ledger_stage import auth_component, record_component
@@ -33,14 +33,17 @@ from accounting.routes import route_handlers as ledger_routes
 from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
 from meters import meters_component
-from proxy.accesslog import access_log_component
 from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
 from proxy.gate import Gate
-from proxy.metrics import metrics_endpoint, prometheus_component
-from proxy.telemetry import telemetry_component
+from proxy.observability import (
+    access_log_component,
+    metrics_endpoint,
+    prometheus_component,
+    telemetry_component,
+)
 from proxy.transport import open_transport
 from proxy.wire import internal_error
 

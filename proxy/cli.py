@@ -29,7 +29,7 @@ from config.cli import add_config_option, settings_from
 from config.errors import ConfigError, JoulegateError
 from config.settings import Settings
 from meters.cli import register as register_meters
-from proxy.accesslog import LogFormat, log_handler
+from proxy.observability import LogFormat, log_handler
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -75,7 +75,7 @@ def run_server(settings: Settings) -> None:
         loop="uvloop",
         http=http_protocol(settings),
         lifespan="on",
-        access_log=False,  # joulegate writes its own (proxy.accesslog)
+        access_log=False,  # joulegate writes its own (proxy.observability.accesslog)
         log_level=settings.log_level,
         # JSON lines: uvicorn's own loggers go through joulegate's handler too.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,

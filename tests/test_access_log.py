@@ -15,7 +15,7 @@ import pytest
 from accounting import Ledger
 from accounting.auth import KeyStore
 from config import AuthSettings, ConfigError, LedgerSettings, load_settings
-from proxy.accesslog import ACCESS_LOGGER, log_handler
+from proxy.observability.accesslog import ACCESS_LOGGER, log_handler
 from tests.fake_backend import FakeBackend, serving
 from tests.meters_support import SteadyMeter
 from tests.telemetry_support import deployed, joulegate, until
@@ -112,7 +112,7 @@ def test_log_format_is_text_by_default_and_refuses_other_values() -> None:
 async def test_requests_refused_before_parsing_are_logged_counted_and_identified(
     tmp_path: Path,
 ) -> None:
-    from proxy.metrics import metrics_endpoint
+    from proxy.observability.metrics import metrics_endpoint
 
     settings = {"ledger": LedgerSettings(path=str(tmp_path / "l.sqlite3")), "max_body_bytes": 2048}
     meter = SteadyMeter(100.0, "gpu", name="nvml")

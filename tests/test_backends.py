@@ -108,7 +108,7 @@ async def test_the_ledger_records_which_backend_served_each_request(tmp_path: An
             backends=(BackendSettings(url=url_s, name="cpu-a"), BackendSettings(url=url_l)),
             ledger=LedgerSettings(path=str(ledger)),
         )
-        from proxy.metrics import metrics_endpoint, prometheus_component
+        from proxy.observability.metrics import metrics_endpoint, prometheus_component
 
         app = create_app(
             settings,

@@ -11,7 +11,7 @@ from importlib import resources
 import httpx
 import pytest
 
-from accounting.carbon import (
+from accounting.carbon.intensity import (
     ElectricityMaps,
     FixedIntensity,
     GridTable,

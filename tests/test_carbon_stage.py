@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from accounting.carbon import FixedIntensity, Intensity
-from accounting.carbon_stage import CarbonStage, carbon
+from accounting.carbon.intensity import FixedIntensity, Intensity
+from accounting.carbon.stage import CarbonStage, carbon
 from config import CarbonSettings, ConfigError, Settings
 from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component

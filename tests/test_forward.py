@@ -370,7 +370,7 @@ async def test_stream_tokens_are_counted_when_the_backend_sends_no_usage(
 async def test_headers_and_energy_joulegate_owns_are_its_own_not_the_backends(
     fake: FakeBackend, joulegate_app: JoulegateApp
 ) -> None:
-    from accounting.carbon_stage import carbon
+    from accounting.carbon.stage import carbon
     from meters import meters_component
     from tests.fake_backend import IMPOSTOR_HEADERS
 

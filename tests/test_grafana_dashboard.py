@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from accounting import Ledger
 from accounting.auth import KeyStore
 from config import AuthSettings, LedgerSettings
-from proxy.metrics import metrics_endpoint
+from proxy.observability.metrics import metrics_endpoint
 from tests.fake_backend import FakeBackend, serving
 from tests.meters_support import SteadyMeter
 from tests.telemetry_support import deployed, joulegate

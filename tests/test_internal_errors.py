@@ -62,7 +62,7 @@ async def test_a_failing_stage_gives_client_ledger_and_span_one_status(
 ) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from proxy.telemetry import telemetry_component
+    from proxy.observability.telemetry import telemetry_component
 
     ledger = tmp_path / "ledger.sqlite3"
     spans = InMemorySpanExporter()

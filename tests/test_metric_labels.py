@@ -29,9 +29,9 @@ from proxy.app import create_app
 from proxy.backends import BackendRouter
 from proxy.exchange import Exchange
 from proxy.gate import Window
-from proxy.metrics import PrometheusStage, metrics_endpoint, prometheus_component
-from proxy.otel import build_providers
-from proxy.telemetry import TelemetryStage, telemetry_component
+from proxy.observability.metrics import PrometheusStage, metrics_endpoint, prometheus_component
+from proxy.observability.otel import build_providers
+from proxy.observability.telemetry import TelemetryStage, telemetry_component
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import accounting_components
 from tests.support import serve

@@ -19,7 +19,7 @@ from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
 from config import AuthSettings, LedgerSettings, TelemetrySettings
 from proxy.context import Component
-from proxy.metrics import metrics_endpoint, prometheus_component
+from proxy.observability.metrics import metrics_endpoint, prometheus_component
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import accounting_components
 from tests.meters_support import SteadyMeter

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from accounting import Ledger
 from accounting.auth import KeyStore
 from config import AuthSettings, LedgerSettings
-from proxy.metrics import prometheus_component
+from proxy.observability.metrics import prometheus_component
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components
 from tests.support import Running

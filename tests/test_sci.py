@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accounting import sci
+from accounting.carbon import sci
 from config import CarbonSettings
 
 HOUR_S = 3600.0

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import ConfigError, LedgerSettings, TelemetrySettings
 from proxy.cli import main
-from proxy.metrics import metrics_endpoint, prometheus_component
-from proxy.telemetry import telemetry_component
+from proxy.observability.metrics import metrics_endpoint, prometheus_component
+from proxy.observability.telemetry import telemetry_component
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import accounting_components, db_rows
 from tests.support import JoulegateApp

@@ -23,8 +23,8 @@ from proxy.context import Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Window
 from proxy.llamacpp import free_port
-from proxy.semconv import energy_split
-from proxy.telemetry import telemetry_component
+from proxy.observability.semconv import energy_split
+from proxy.observability.telemetry import telemetry_component
 from tests.fake_backend import FakeBackend, serving
 from tests.telemetry_support import (
     DeviceReading,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from config import ConfigError, TelemetrySettings, load_settings
-from proxy.otel import Providers, build_providers, build_resource
+from proxy.observability.otel import Providers, build_providers, build_resource
 
 
 def telemetry(**otel: str) -> TelemetrySettings:

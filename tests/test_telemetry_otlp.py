@@ -13,8 +13,8 @@ import pytest
 from config import TelemetrySettings
 from proxy.context import Component
 from proxy.llamacpp import free_port
-from proxy.otel import Providers
-from proxy.telemetry import telemetry_component
+from proxy.observability.otel import Providers
+from proxy.observability.telemetry import telemetry_component
 from tests.fake_backend import FakeBackend
 from tests.support import serve
 from tests.telemetry_support import (
@@ -168,7 +168,7 @@ async def test_without_exporters_the_trace_context_still_reaches_backend_and_led
 ) -> None:
     from accounting.ledger_stage import auth_component, record_component
     from config import LedgerSettings
-    from proxy.telemetry import telemetry_component
+    from proxy.observability.telemetry import telemetry_component
     from tests.ledger_support import db_rows
 
     ledger = tmp_path / "l.sqlite3"

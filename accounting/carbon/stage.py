@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from accounting import sci
-from accounting.carbon import (
+from accounting.carbon import sci
+from accounting.carbon.intensity import (
     Clock,
     GridTable,
     IntensitySource,

@@ -22,7 +22,7 @@ average power per component over the last second; no meter is read then).
 overlap (``machine`` includes the rest), so sum one of them, not all. The
 registry is the app's own, made in its lifespan, never the process-global one.
 
-Label values come from bounded sets (see :mod:`proxy.semconv`): ``model`` is a
+Label values come from bounded sets (see :mod:`proxy.observability.semconv`): ``model`` is a
 model some backend serves, ``user`` one the ledger knows or ``anonymous``,
 ``endpoint`` a metered path or ``models``, ``task`` a bundled task name or one
 listed in ``telemetry.metric_tasks`` (``none``: untagged); anything else is
@@ -52,7 +52,7 @@ from config.errors import NotFound
 from proxy.backends import BackendRouter
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
-from proxy.semconv import (
+from proxy.observability.semconv import (
     endpoint_label,
     energy_split,
     model_label,

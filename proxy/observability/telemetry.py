@@ -11,11 +11,11 @@ The backend span is named ``{gen_ai.operation.name} {gen_ai.request.model}`` and
 both it and the server span carry the GenAI attributes (``gen_ai.*``,
 ``server.*``, ``enduser.id``, ``http.response.status_code``, ``error.type``) and
 joulegate's own figures under the ``joulegate.`` namespace
-(:data:`proxy.semconv.ENERGY_ATTRIBUTES`). They describe the same request:
+(:data:`proxy.observability.semconv.ENERGY_ATTRIBUTES`). They describe the same request:
 count one of the two when summing. Token usage (``gen_ai.usage.*``) is on the
 backend span only, the inference span the GenAI conventions name. Other paths
 are ``{method} {http.route}`` on both spans (``GET /v1/models``), the route a
-bounded template (:func:`proxy.semconv.http_route`).
+bounded template (:func:`proxy.observability.semconv.http_route`).
 
 ``gen_ai.provider.name`` is what the backend's ``/v1/models`` says it runs
 (``owned_by``: ``llamacpp``, Ollama's ``library``, ``vllm``), else
@@ -25,7 +25,7 @@ Metrics: ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``
 per the GenAI conventions, ``joulegate.energy`` (J) and ``joulegate.co2e`` (g)
 counters by ``user``, ``model`` and ``component``, and the hardware conventions'
 ``hw.power`` (W) and ``hw.energy`` (J) by ``hw.id`` and ``hw.type``. Metric
-attributes come from bounded sets (:mod:`proxy.semconv`): a model no backend
+attributes come from bounded sets (:mod:`proxy.observability.semconv`): a model no backend
 serves is ``other`` in ``gen_ai.request.model``, ``gen_ai.response.model`` and
 ``model``, as is a user the ledger does not know in ``user``; spans keep the
 names as sent.
@@ -36,7 +36,7 @@ reader's thread): ``device_readings()``, the latest reading of each device with
 ``id``, ``type`` (``gpu``, ``cpu``, …), ``power_w`` and ``energy_j`` (cumulative),
 either of which may be None. Without meters these instruments report nothing.
 
-The component builds its providers from ``OTEL_*`` (see :mod:`proxy.otel`),
+The component builds its providers from ``OTEL_*`` (see :mod:`proxy.observability.otel`),
 publishes them (``ctx.get(Providers)``) and shuts them down, flushing, when
 the app stops; tests hand it an in-memory span exporter and metric reader.
 """
@@ -66,8 +66,8 @@ from config.settings import Settings
 from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component, PowerReadings
 from proxy.exchange import Exchange, Stage
-from proxy.otel import Providers, build_providers
-from proxy.semconv import (
+from proxy.observability.otel import Providers, build_providers
+from proxy.observability.semconv import (
     HW_TYPES,
     bounded,
     energy_attributes,
@@ -81,7 +81,7 @@ from proxy.semconv import (
     usage_attributes,
     user_label,
 )
-from proxy.tracecontext import TraceContextStage
+from proxy.observability.tracecontext import TraceContextStage
 
 log = logging.getLogger("joulegate.telemetry")
 

@@ -2,8 +2,9 @@
 
 Pure functions from an :class:`~proxy.exchange.Exchange` to attribute
 dictionaries and metric labels, shared by the OpenTelemetry stage
-(:mod:`proxy.telemetry`) and the Prometheus one (:mod:`proxy.metrics`). A value
-that is not known is left out, never sent as zero.
+(:mod:`proxy.observability.telemetry`) and the Prometheus one
+(:mod:`proxy.observability.metrics`). A value that is not known is left out,
+never sent as zero.
 
 Span attributes carry what the client sent; metric labels never do unchecked.
 Every metric series is kept in memory until the process ends, so a label
