@@ -144,16 +144,14 @@ class ForecastStage(Stage):
         self._f = forecaster
 
     async def on_admitted(self, ex: Exchange) -> None:
-        """Put the forecast on the exchange, the ``energy`` object and a header."""
+        """Put the forecast on the exchange (rendered in the ``energy`` object and a header)."""
         if not ex.gated:
             return
         energy = None
         if ex.model_requested is not None:
             energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+        ex.forecast_made = True
         ex.forecast_energy_j = None if energy is None else energy.p50
-        ex.energy["forecast_energy_j"] = None if energy is None else round(energy.p50, 6)
-        if energy is not None:
-            ex.response_headers["x-energy-forecast-j"] = f"{energy.p50:.3f}"
 
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request towards the next refit (closed: its row is committed by now)."""

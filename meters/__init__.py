@@ -15,7 +15,7 @@ from meters.plug import ShellyMeter, TasmotaMeter
 from meters.prometheus import PrometheusMeter
 from meters.rapl import RaplMeter
 from meters.sampler import Sampler
-from meters.stage import MeterStage, energy_body, energy_headers, meters_component
+from meters.stage import MeterStage, meters_component
 from meters.thermal import CpuThermometer, ThermalGuard
 from meters.window import ComponentEnergy, WindowEnergy, total_components
 
@@ -41,8 +41,6 @@ __all__ = [
     "ThermalGuard",
     "WindowEnergy",
     "detect_meters",
-    "energy_body",
-    "energy_headers",
     "meters_component",
     "total_components",
 ]

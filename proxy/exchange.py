@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.figures import WindowEnergy
 from proxy.gate import Window
 
 log = logging.getLogger("joulegate.pipeline")
@@ -70,7 +71,9 @@ class Exchange:
     number of content chunks (one token each on llama.cpp and Ollama)."""
     failure: str | None = None
     """Why the request did not complete: ``client_disconnected``, ``backend_timeout``, …"""
-    # Set by the meters stage (None = not measured):
+    # Set by the meters stage through record_measurement (None = not measured):
+    measurement: WindowEnergy | None = None
+    """The window's full measurement, by component (rendered by :mod:`proxy.render`)."""
     energy_j: float | None = None
     """Total energy over the window, all measured components together."""
     energy_dynamic_j: float | None = None
@@ -86,6 +89,8 @@ class Exchange:
     """An estimate's total at its highest plausible coefficients (None: no range)."""
     estimate_model: str | None = None
     """Which estimate model and coefficients were used (None when measured)."""
+    forecast_made: bool = False
+    """The forecast stage ran for this request (``forecast_energy_j`` may still be None)."""
     forecast_energy_j: float | None = None
     """What the forecast stage expects the request to cost (set at admission)."""
     # Set by the carbon stage:
@@ -96,10 +101,10 @@ class Exchange:
     sci_operational_g: float | None = None
     sci_embodied_g: float | None = None
     sci_g_per_token: float | None = None
-    energy: dict[str, Any] = field(default_factory=dict)
-    """The ``energy`` object sent to the client; stages add their numbers."""
+    carbon_pue: float | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
-    """Extra headers for the response (sent only where headers are still unsent)."""
+    """Headers a stage adds that are not figures (a budget's remaining energy); the
+    figures' own headers are rendered from the typed fields (:mod:`proxy.render`)."""
     backend_headers: dict[str, str] = field(default_factory=dict)
     """Extra headers for the backend request (e.g. ``traceparent``), set before
     or in ``on_admitted``."""
@@ -108,6 +113,19 @@ class Exchange:
     trace_id: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-stage private state, keyed by stage name."""
+
+    def record_measurement(self, energy: WindowEnergy) -> None:
+        """Store the meters' result: the whole window and the summary fields the
+        ledger, carbon and telemetry read (the one place they are written)."""
+        self.measurement = energy
+        self.energy_j = energy.energy_j
+        self.energy_dynamic_j = energy.dynamic_j
+        self.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
+        self.meter = energy.meter
+        self.energy_estimated = energy.estimated
+        self.energy_low_j = energy.energy_low_j
+        self.energy_high_j = energy.energy_high_j
+        self.estimate_model = energy.estimate_model
 
 
 class Stage:

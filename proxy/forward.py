@@ -59,7 +59,6 @@ from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
     internal_error,
-    ms,
     relayed,
     request_id_header,
     send_error,
@@ -367,13 +366,6 @@ class Forwarder:
             # count content chunks, one token each on servers that stream per token.
             ex.completion_tokens = ex.stream_content_chunks
             ex.completion_tokens_counted = True
-        ex.energy.update(
-            {
-                "queue_ms": ms(w.queue_s),
-                "thermal_wait_ms": ms(w.thermal_wait_s),
-                "duration_ms": ms(w.duration_s),
-            }
-        )
         try:
             await self._pipeline.finished(ex)
         finally:

@@ -22,6 +22,7 @@ from litestar.types import Send
 from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
 from proxy.exchange import Exchange, Pipeline
+from proxy.render import energy_object, figure_headers
 from proxy.schema import RESPONSES_FINAL, note_chunk, put_energy
 from proxy.sse import EventSplitter
 from proxy.wire import decode_json, encode_json, fmt_ms, request_id_header
@@ -180,10 +181,11 @@ class Relayer:
         body = relay.body
         if relay.held is not None and 200 <= relay.status < 300:
             obj = relay.held[1]
-            put_energy(obj, ex.energy)
+            put_energy(obj, energy_object(ex))
             body = encode_json(obj)
         headers = relay.headers + self.timing_headers(ex)
-        headers += [(k.encode(), v.encode()) for k, v in ex.response_headers.items()]
+        figures = figure_headers(ex) | ex.response_headers
+        headers += [(k.encode(), v.encode()) for k, v in figures.items()]
         headers.append((b"content-length", str(len(body)).encode()))
         start = {"type": "http.response.start", "status": relay.status, "headers": headers}
         await self.to_client(send, start)
@@ -196,7 +198,7 @@ class Relayer:
         out = b""
         if relay.streaming == "ndjson":
             if relay.held is not None:
-                out += encode_json({**relay.held[1], "energy": ex.energy}) + b"\n"
+                out += encode_json({**relay.held[1], "energy": energy_object(ex)}) + b"\n"
             if error is not None:
                 out += encode_json({"error": error.message}) + b"\n"  # Ollama's error shape
             else:
@@ -204,7 +206,7 @@ class Relayer:
         elif relay.streaming == "sse":
             if relay.held is not None:
                 event, obj = relay.held
-                put_energy(obj, ex.energy)
+                put_energy(obj, energy_object(ex))
                 out += event.with_data(obj)
             if error is not None:
                 out += b"data: " + encode_json(error.to_json()) + b"\n\n"

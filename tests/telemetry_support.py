@@ -37,6 +37,7 @@ from meters import meters_component
 from meters.base import Meter
 from proxy.app import AppContext, Component, create_app, default_components
 from proxy.exchange import Exchange, Stage
+from tests.figures import record_fake_measurement
 from tests.support import Running, read_body, serve
 
 Joulegate = Running
@@ -94,11 +95,10 @@ class FakeEnergy(Stage):
             return
         self.count += 1
         n = self.count
-        ex.energy_j = 1.25 * n
-        ex.energy_dynamic_j = 0.75 * n
-        ex.energy_by_component_j = {"gpu": 1.0 * n, "cpu": 0.25 * n, "dram": None}
-        ex.meter = "fake"
-        ex.energy_estimated = False
+        record_fake_measurement(
+            ex, energy_j=1.25 * n, dynamic_j=0.75 * n,
+            components_j={"gpu": 1.0 * n, "cpu": 0.25 * n, "dram": None},
+        )  # fmt: skip
         ex.carbon_intensity_g_per_kwh = 360.0
         ex.carbon_source = "static"
         ex.co2e_g = 0.125 * n
@@ -106,14 +106,6 @@ class FakeEnergy(Stage):
         ex.sci_operational_g = 0.125 * n
         ex.sci_embodied_g = 0.375 * n
         ex.sci_g_per_token = 0.5 * n / 4
-        ex.energy.update(
-            {
-                "energy_j": ex.energy_j,
-                "energy_gpu_j": 1.0 * n,
-                "energy_cpu_j": 0.25 * n,
-                "co2e_g": ex.co2e_g,
-            }
-        )
 
 
 class HeaderUser(Stage):

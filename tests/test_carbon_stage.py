@@ -18,6 +18,7 @@ from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Gate, Window
+from proxy.render import carbon_object, figure_headers
 from tests.fake_carbon import FakeCarbonApi
 from tests.support import sse_events
 
@@ -35,7 +36,6 @@ class FakeMeter(Stage):
 
     async def on_finished(self, ex: Exchange) -> None:
         ex.energy_j = self.energy_j
-        ex.energy["energy_j"] = self.energy_j
 
 
 def fake_meter(energy_j: float | None) -> Component:
@@ -57,6 +57,12 @@ def exchange(
     )  # fmt: skip
 
 
+def _carbon_headers(ex: Exchange) -> dict[str, str]:
+    """The carbon headers the renderer sends for ``ex``."""
+    carbon = ("x-co2e-g", "x-carbon-", "x-sci-")
+    return {k: v for k, v in figure_headers(ex).items() if k.startswith(carbon)}
+
+
 # --- the stage on one exchange -----------------------------------------------------------
 
 
@@ -73,12 +79,12 @@ async def test_stage_turns_energy_into_co2e_and_sci() -> None:
     assert ex.sci_g == pytest.approx(29.1193, abs=1e-4)
     assert ex.sci_g_per_token == pytest.approx(2.91193, abs=1e-5)
     assert (ex.carbon_intensity_g_per_kwh, ex.carbon_source) == (400.0, "table:XYZ")
-    assert ex.energy == {
+    assert carbon_object(ex) == {
         "co2e_g": 0.6, "carbon_intensity_g_per_kwh": 400.0, "carbon_source": "table:XYZ",
         "pue": 1.5, "sci_g": 29.1193, "sci_g_per_token": 2.91193, "sci_operational_g": 0.6,
         "sci_embodied_g": 28.5193,
     }  # fmt: skip
-    assert ex.response_headers == {
+    assert _carbon_headers(ex) == {
         "x-co2e-g": "0.6", "x-carbon-intensity-g-per-kwh": "400", "x-carbon-source": "table:XYZ",
         "x-sci-g": "29.1193", "x-sci-g-per-token": "2.91193",
     }  # fmt: skip
@@ -89,10 +95,11 @@ async def test_unmeasured_energy_gives_no_co2e_but_says_why() -> None:
     ex = exchange(energy_j=None, tokens=4)
     await stage.on_finished(ex)
     assert ex.co2e_g is None and ex.sci_g is None and ex.sci_g_per_token is None
-    assert ex.energy["co2e_g"] is None and ex.energy["sci_g"] is None
-    assert ex.energy["co2e_reason"] == "no energy measurement for this request"
-    assert ex.energy["sci_embodied_g"] == pytest.approx(0.0929095, rel=1e-5)  # 2 s of 5,864 kg
-    assert ex.response_headers == {
+    body = carbon_object(ex)
+    assert body["co2e_g"] is None and body["sci_g"] is None
+    assert body["co2e_reason"] == "no energy measurement for this request"
+    assert body["sci_embodied_g"] == pytest.approx(0.0929095, rel=1e-5)  # 2 s of 5,864 kg
+    assert _carbon_headers(ex) == {
         "x-carbon-intensity-g-per-kwh": "56",
         "x-carbon-source": "table:FRA",
     }
@@ -104,15 +111,15 @@ async def test_no_output_tokens_means_no_per_token_score() -> None:
         ex = exchange(energy_j=10.0, tokens=tokens)
         await stage.on_finished(ex)
         assert ex.sci_g is not None and ex.sci_g_per_token is None
-        assert ex.energy["sci_g_per_token"] is None
-        assert "x-sci-g-per-token" not in ex.response_headers
+        assert carbon_object(ex)["sci_g_per_token"] is None
+        assert "x-sci-g-per-token" not in figure_headers(ex)
 
 
 async def test_ungated_requests_are_left_alone() -> None:
     stage = CarbonStage(FixedIntensity(Intensity(56.0, "table:FRA")), CarbonSettings())
     ex = exchange(energy_j=10.0, tokens=4, gated=False)
     await stage.on_finished(ex)
-    assert ex.co2e_g is None and ex.energy == {} and ex.response_headers == {}
+    assert ex.co2e_g is None and carbon_object(ex) == {} and _carbon_headers(ex) == {}
 
 
 async def test_unknown_country_stops_the_component_at_start_up() -> None:

@@ -10,8 +10,8 @@ from config.errors import MeterUnavailable
 from meters.base import Activity
 from meters.estimate import EstimateMeter, load_tdp_table, lookup_tdp
 from meters.sampler import Sampler
-from meters.stage import energy_body
 from meters.vcpu import MEMORY_W_PER_GB, choose_coefficients, load_coefficients
+from proxy.render import measurement_object
 from tests.meters_support import VirtualClock, fake_proc, set_busy
 
 
@@ -157,6 +157,6 @@ def test_sampler_integrates_the_range_of_a_vm_estimate(tmp_path: Path) -> None:
     assert w.energy_low_j == pytest.approx(0.75 * (row.min_w * 30 + row.max_w * 10) + dram_j)
     assert w.energy_high_j == pytest.approx(1.25 * (row.min_w * 30 + row.max_w * 10) + dram_j)
     assert w.estimate_model is not None and "EPYC 3rd Gen" in w.estimate_model
-    body = energy_body(w)
+    body = measurement_object(w)
     assert body["energy_range_j"] == [round(w.energy_low_j, 6), round(w.energy_high_j, 6)]
     assert body["estimated"] is True

@@ -26,6 +26,7 @@ from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 from proxy.task import BUNDLED_TASKS
 from tests.fake_backend import FakeBackend, serving
+from tests.figures import record_fake_measurement
 from tests.ledger_support import db_rows
 from tests.support import JoulegateApp
 
@@ -41,21 +42,17 @@ class StudyEnergy(Stage):
         if not ex.gated:
             return
         tokens = ex.completion_tokens or 0
-        ex.energy_j = 0.5 + 0.25 * tokens
-        ex.energy_dynamic_j = 0.25 * tokens
-        ex.energy_by_component_j = {"cpu": ex.energy_j}
-        ex.meter, ex.energy_estimated = "fake", True
+        energy_j = 0.5 + 0.25 * tokens
+        record_fake_measurement(
+            ex, energy_j=energy_j, dynamic_j=0.25 * tokens, components_j={"cpu": energy_j},
+            estimated=True, idle_power_w=5.0,
+        )  # fmt: skip
+        assert ex.energy_j is not None
         ex.carbon_intensity_g_per_kwh, ex.carbon_source = 400.0, "static"
         ex.co2e_g = ex.energy_j * 400.0 / 3.6e6
         ex.sci_g = ex.co2e_g * 2
-        ex.energy.update(
-            energy_j=ex.energy_j, energy_dynamic_j=ex.energy_dynamic_j, power_w=10.0,
-            idle_power_w=5.0, meter="fake", estimated=True,
-            components={"cpu": {"energy_j": ex.energy_j}}, co2e_g=ex.co2e_g,
-            carbon_intensity_g_per_kwh=400.0, carbon_source="static", sci_g=ex.sci_g,
-            sci_operational_g=ex.co2e_g, sci_embodied_g=ex.co2e_g,
-            sci_g_per_token=ex.sci_g / tokens if tokens else None,
-        )  # fmt: skip
+        ex.sci_operational_g = ex.sci_embodied_g = ex.co2e_g
+        ex.sci_g_per_token = ex.sci_g / tokens if tokens else None
 
 
 @contextlib.asynccontextmanager

@@ -5,10 +5,10 @@ energy (``ex.energy_j``), applies the PUE, and multiplies by the carbon
 intensity its source gives *now* (no network on the request's path: live
 values are fetched by a background task started in the component's lifespan).
 It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
-the request's window) per request and per output token, to the exchange, the
-``energy`` body object and, where headers are still unsent, the response
-headers ``x-co2e-g``, ``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``,
-``x-sci-g`` and ``x-sci-g-per-token``.
+the request's window) per request and per output token, as typed fields of the
+exchange; :mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
+``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g`` and
+``x-sci-g-per-token``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from proxy.exchange import Exchange, Stage
 
 FETCH_TIMEOUT_S = 10.0
 """Limit for one call to a live carbon API (it runs in the background)."""
-NO_ENERGY = "no energy measurement for this request"
 
 
 class CarbonStage(Stage):
@@ -58,50 +57,20 @@ class CarbonStage(Stage):
         ex.carbon_intensity_g_per_kwh = reading.g_per_kwh
         ex.carbon_source = reading.source
         ex.sci_embodied_g = embodied_g
-        fields: dict[str, Any] = {
-            "co2e_g": None,
-            "carbon_intensity_g_per_kwh": reading.g_per_kwh,
-            "carbon_source": reading.source,
-            "pue": cfg.pue,
-            "sci_g": None,
-            "sci_g_per_token": None,
-            "sci_operational_g": None,
-            "sci_embodied_g": _sig(embodied_g),
-        }
+        ex.carbon_pue = cfg.pue
         if ex.energy_j is None:
-            fields["co2e_reason"] = NO_ENERGY
-        else:
-            score = sci.sci(
-                energy_kwh=sci.kwh_from_j(ex.energy_j * cfg.pue),
-                intensity_g_per_kwh=reading.g_per_kwh,
-                total_embodied_g=cfg.embodied_g,
-                reserved_s=reserved_s,
-                lifetime_s=cfg.lifetime_s,
-                resource_share=cfg.resource_share,
-            )
-            ex.co2e_g = ex.sci_operational_g = score.operational_g
-            ex.sci_g = score.total_g
-            ex.sci_g_per_token = score.per(ex.completion_tokens)
-            fields |= {
-                "co2e_g": _sig(score.operational_g),
-                "sci_g": _sig(score.total_g),
-                "sci_g_per_token": _sig(ex.sci_g_per_token),
-                "sci_operational_g": _sig(score.operational_g),
-            }
-        ex.energy.update(fields)
-        headers = {
-            "x-co2e-g": ex.co2e_g,
-            "x-carbon-intensity-g-per-kwh": reading.g_per_kwh,
-            "x-sci-g": ex.sci_g,
-            "x-sci-g-per-token": ex.sci_g_per_token,
-        }
-        ex.response_headers.update({k: f"{v:.6g}" for k, v in headers.items() if v is not None})
-        ex.response_headers["x-carbon-source"] = reading.source
-
-
-def _sig(value: float | None) -> float | None:
-    """Six significant digits: grams per request are tiny and float noise is not news."""
-    return None if value is None else float(f"{value:.6g}")
+            return
+        score = sci.sci(
+            energy_kwh=sci.kwh_from_j(ex.energy_j * cfg.pue),
+            intensity_g_per_kwh=reading.g_per_kwh,
+            total_embodied_g=cfg.embodied_g,
+            reserved_s=reserved_s,
+            lifetime_s=cfg.lifetime_s,
+            resource_share=cfg.resource_share,
+        )
+        ex.co2e_g = ex.sci_operational_g = score.operational_g
+        ex.sci_g = score.total_g
+        ex.sci_g_per_token = score.per(ex.completion_tokens)
 
 
 def _ready(source: IntensitySource) -> dict[str, Any]:
