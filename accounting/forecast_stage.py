@@ -23,7 +23,7 @@ from typing import Any
 
 from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_samples, sample_from_sql
 from accounting.ledger import Ledger
-from accounting.ledger_stage import shared_accounting
+from accounting.ledger_stage import Accounting
 from config.errors import LedgerError
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
@@ -166,23 +166,23 @@ def forecast_component(
 
     @contextlib.asynccontextmanager
     async def component(ctx: AppContext) -> AsyncIterator[Stage]:
-        async with shared_accounting(ctx) as acc:
-            forecaster = Forecaster(
-                acc.ledger, refit_rows=refit_rows, refit_s=refit_s, max_rows=max_rows
-            )
-            try:
-                fit = await forecaster.refit()
-                log.info("forecast fitted on %d ledger rows (%d models)", fit.rows, len(fit.fits))
-            except LedgerError as exc:
-                log.warning("no forecast until the ledger can be read: %s", exc)
-            ctx.publish(forecaster)
-            task = asyncio.create_task(forecaster.run(), name="forecast-refit")
-            try:
-                yield ForecastStage(forecaster)
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                ctx.withdraw(Forecaster)
+        acc = ctx.require(Accounting, by="forecast")
+        forecaster = Forecaster(
+            acc.ledger, refit_rows=refit_rows, refit_s=refit_s, max_rows=max_rows
+        )
+        try:
+            fit = await forecaster.refit()
+            log.info("forecast fitted on %d ledger rows (%d models)", fit.rows, len(fit.fits))
+        except LedgerError as exc:
+            log.warning("no forecast until the ledger can be read: %s", exc)
+        ctx.publish(forecaster)
+        task = asyncio.create_task(forecaster.run(), name="forecast-refit")
+        try:
+            yield ForecastStage(forecaster)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            ctx.withdraw(Forecaster)
 
     return component

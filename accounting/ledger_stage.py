@@ -86,12 +86,9 @@ class Accounting:
 
 
 @contextlib.asynccontextmanager
-async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
-    """The app's :class:`Accounting`, opened here unless an earlier component did."""
-    existing = ctx.get(Accounting)
-    if existing is not None:
-        yield existing
-        return
+async def accounting_resource(ctx: AppContext) -> AsyncIterator[None]:
+    """The app's :class:`Accounting` (ledger, keys, budgets), a resource the
+    composition root opens before the stages that use it (auth, forecast, record)."""
     acc = await Accounting.open(ctx.settings)
     ctx.publish(acc)
     ctx.ready_checks.append(acc.ledger.health)
@@ -100,7 +97,7 @@ async def shared_accounting(ctx: AppContext) -> AsyncIterator[Accounting]:
     if ctx.settings.auth.mode == "auto" and acc.auth.mode == "open":
         log.info("no API keys yet: everyone is 'anonymous' (create one, then restart)")
     try:
-        yield acc
+        yield None
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -180,18 +177,17 @@ class RecordStage(Stage):
 @contextlib.asynccontextmanager
 async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     """Component: identify callers and check budgets (place it early)."""
-    async with shared_accounting(ctx) as acc:
-        if acc.auth.mode == "keys":
-            ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
-            ctx.admin_guard = acc.auth.require_admin
-        yield AuthStage(acc)
+    acc = ctx.require(Accounting, by="auth")
+    if acc.auth.mode == "keys":
+        ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
+        ctx.admin_guard = acc.auth.require_admin
+    yield AuthStage(acc)
 
 
 @contextlib.asynccontextmanager
 async def record_component(ctx: AppContext) -> AsyncIterator[Stage]:
     """Component: record every request in the ledger (place it last)."""
-    async with shared_accounting(ctx) as acc:
-        yield RecordStage(acc)
+    yield RecordStage(ctx.require(Accounting, by="the ledger's record stage"))
 
 
 def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRow:

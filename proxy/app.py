@@ -28,7 +28,7 @@ from litestar.types import Receive, Scope, Send
 from accounting.carbon import carbon
 from accounting.forecast_routes import route_handlers as forecast_routes
 from accounting.forecast_stage import forecast_component
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from accounting.routes import route_handlers as ledger_routes
 from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
@@ -56,7 +56,10 @@ def default_components() -> list[Component]:
     # on_closed, after all of them have run on_finished.
     # The access log and Prometheus come before auth: a request auth refuses (401, budget
     # 429) is closed only by the stages up to the refusing one, and both must count it.
+    # Resources (yielding no stage) open before the stages that use them; the
+    # sampler and the intensity source are opened by their own components.
     return [
+        accounting_resource,  # ledger, keys, budgets: auth, forecast and record read it
         telemetry_component(),
         access_log_component,
         prometheus_component,

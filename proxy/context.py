@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
+from config.errors import ConfigError
 from config.settings import Settings
 from proxy.backends import BackendRouter
 from proxy.exchange import Stage
@@ -68,6 +69,14 @@ class AppContext:
         if isinstance(found, kind):
             return found
         return next((r for r in self._resources.values() if isinstance(r, kind)), None)
+
+    def require(self, kind: type[T], by: str) -> T:
+        """Like :meth:`get`, for a component that cannot run without ``kind``: a
+        composition that forgot to open it fails at start-up, naming both."""
+        found = self.get(kind)
+        if found is None:
+            raise ConfigError(f"{by} needs the {kind.__name__} resource, which nothing opened")
+        return found
 
     def withdraw(self, kind: type[Any]) -> None:
         """Forget the resource of class ``kind`` (its component is closing it)."""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
@@ -43,7 +43,7 @@ async def fake_energy(ctx: AppContext) -> AsyncIterator[Stage]:
 
 def accounting_components() -> list[Component]:
     """Auth first, fake meters/carbon, record last: the real order."""
-    return [auth_component, fake_energy, record_component]
+    return [accounting_resource, auth_component, fake_energy, record_component]
 
 
 def db_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

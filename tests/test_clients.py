@@ -27,7 +27,7 @@ import pytest
 from accounting import Ledger, LedgerRow, iso
 from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from config import AuthSettings, LedgerSettings, Settings
 from meters.stage import meters_component
 from proxy.app import AppContext, Component, create_app
@@ -140,6 +140,7 @@ async def joulegate(tmp_path: Path, *, budget_spent: bool = False) -> AsyncItera
 
     meter = SteadyMeter(150.0, "gpu", name="nvml")
     components: list[Component] = [
+        accounting_resource,
         counting,
         auth_component,
         functools.partial(meters_component, meters=[meter]),

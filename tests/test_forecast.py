@@ -16,7 +16,7 @@ import pytest
 from accounting import Ledger
 from accounting.forecast import Sample, fit_samples
 from accounting.forecast_stage import approx_prompt_tokens, forecast_component
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from accounting.reports import build_report, parse_query
 from accounting.schema import LedgerRow, iso
 from config import LedgerSettings
@@ -152,7 +152,13 @@ async def seeded(path: Path, rows: list[LedgerRow]) -> None:
 
 
 def components() -> list[Any]:
-    return [auth_component, fake_energy, forecast_component(), record_component]
+    return [
+        accounting_resource,
+        auth_component,
+        fake_energy,
+        forecast_component(),
+        record_component,
+    ]
 
 
 def forecast_body(**more: Any) -> dict[str, Any]:
@@ -331,7 +337,10 @@ async def test_the_fit_is_refreshed_in_the_background_as_requests_finish(
     fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
 ) -> None:
     path = tmp_path / "l.sqlite3"
-    comps = [auth_component, fake_energy, forecast_component(refit_rows=10), record_component]
+    comps = [
+        accounting_resource, auth_component, fake_energy, forecast_component(refit_rows=10),
+        record_component,
+    ]  # fmt: skip
     async with (
         joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(path))) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from litestar import get
 
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from config import LedgerSettings, Settings
 from proxy.app import AppContext, Component, create_app
 from proxy.exchange import Exchange, Stage
@@ -66,8 +66,8 @@ async def test_a_failing_stage_gives_client_ledger_and_span_one_status(
 
     ledger = tmp_path / "ledger.sqlite3"
     spans = InMemorySpanExporter()
-    comps = [telemetry_component(span_exporter=spans), auth_component, boom(hook),
-             record_component]  # fmt: skip
+    comps = [accounting_resource, telemetry_component(span_exporter=spans), auth_component,
+             boom(hook), record_component]  # fmt: skip
     async with (
         joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(ledger))) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from accounting.ledger_stage import auth_component, record_component
+from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from accounting.study.cli import measure, study_prompts
 from accounting.study.dataset import read_rows
 from accounting.study.prompts import bundled_prompts, load_prompt_file, select
@@ -201,7 +201,7 @@ async def test_a_study_records_every_request_in_the_dataset_and_the_ledger(
 ) -> None:
     ledger = tmp_path / "l.sqlite3"
     out = tmp_path / "study"
-    components = [auth_component, study_energy, record_component]
+    components = [accounting_resource, auth_component, study_energy, record_component]
     async with joulegate_app(fake.url, components, ledger=LedgerSettings(path=str(ledger))) as jg:
         argv = bench_argv(jg.url, out, "--tasks", "code,sql", "--prompts", "3", "--repeats", "2",
                           "--max-tokens", "4", "--seed", "3")  # fmt: skip
@@ -271,7 +271,7 @@ async def test_resume_sends_exactly_the_missing_requests(
     out = tmp_path / "study"
     settings = StudySettings(models=MODELS, tasks=("math", "translation"), prompts_per_task=2,
                              repeats=2, max_tokens=3)  # fmt: skip
-    components = [auth_component, study_energy, record_component]
+    components = [accounting_resource, auth_component, study_energy, record_component]
     ledger = LedgerSettings(path=str(tmp_path / "l.sqlite3"))
     async with joulegate_app(fake.url, components, ledger=ledger) as jg:
         # Warm-up plus 5 counted requests, then joulegate is gone.

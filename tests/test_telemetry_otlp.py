@@ -166,14 +166,14 @@ async def test_unsampled_requests_record_nothing_but_still_propagate(
 async def test_without_exporters_the_trace_context_still_reaches_backend_and_ledger(
     fake: FakeBackend, tmp_path: Path
 ) -> None:
-    from accounting.ledger_stage import auth_component, record_component
+    from accounting.ledger_stage import accounting_resource, auth_component, record_component
     from config import LedgerSettings
     from proxy.observability.telemetry import telemetry_component
     from tests.ledger_support import db_rows
 
     ledger = tmp_path / "l.sqlite3"
     theirs = "4bf92f3577b34da6a3ce929d0e0e4736"
-    comps = [telemetry_component(), auth_component, record_component]
+    comps = [accounting_resource, telemetry_component(), auth_component, record_component]
     async with (
         joulegate(fake.url, comps, ledger=LedgerSettings(path=str(ledger))) as jg,
         httpx.AsyncClient() as c,
