@@ -85,3 +85,17 @@ async def test_rows_wait_in_the_spill_while_the_server_is_away(pg_url: str, tmp_
         assert [r.request_id async for r in ledger.iter_rows()] == ["r1"]
     finally:
         await ledger.close()
+
+
+def test_ledger_url_selects_postgres_and_the_environment_sets_it() -> None:
+    from accounting.ledger import Ledger
+    from accounting.ledgers import ledger_from_settings
+    from config import LedgerSettings
+    from config.loader import env_to_dotted
+
+    assert env_to_dotted({"JOULEGATE_LEDGER_URL": "postgresql://h/db"}) == {
+        "ledger.url": "postgresql://h/db"
+    }
+    pg = ledger_from_settings(LedgerSettings(url="postgresql://u:pw@h/db"))
+    assert isinstance(pg, PostgresLedger) and "pw" not in pg.path
+    assert isinstance(ledger_from_settings(LedgerSettings(path="/tmp/x.sqlite3")), Ledger)
