@@ -79,6 +79,21 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
 _USER = re.compile(r"(?<![\w.\"'])user(?![\w\"'])")
+_TOTAL = re.compile(r"\bTOTAL\(", re.IGNORECASE)
+
+
+def _totals(sql: str) -> str:
+    """SQLite's never-NULL ``TOTAL(x)`` as ``COALESCE(SUM(x), 0.0)`` (nesting allowed)."""
+    while match := _TOTAL.search(sql):
+        depth, end = 1, match.end()
+        while depth and end < len(sql):
+            depth += {"(": 1, ")": -1}.get(sql[end], 0)
+            end += 1
+        inner = sql[match.end() : end - 1]
+        sql = f"{sql[: match.start()]}COALESCE(SUM({inner}), 0.0){sql[end:]}"
+    return sql
+
+
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
@@ -91,6 +106,7 @@ def translate(sql: str) -> str:
     out = parts[0] + "".join(f"${n}{p}" for n, p in enumerate(parts[1:], start=1))
     out = _USER.sub('"user"', out)
     out = re.sub(r"\bWHERE 1\b", "WHERE TRUE", out)
+    out = _totals(out)
     return out + " ON CONFLICT DO NOTHING" if ignore else out
 
 
