@@ -15,6 +15,7 @@ from accounting.ledger import Ledger
 from accounting.ledger_pg import PostgresLedger
 from accounting.ledgers import AnyLedger
 from accounting.reports import build_report, parse_query
+from accounting.schema import row_from_sql
 from tests.test_budgets import at, rec
 from tests.test_reports import generated
 
@@ -77,3 +78,18 @@ async def test_report_totals_equal_the_sum_of_the_rows(make_ledger: MakeLedger, 
     assert report.totals.requests == len(rows)
     assert report.totals.energy == pytest.approx(sum(r.energy_j or 0 for r in rows), rel=1e-9)
     assert sum(line.requests for line in report.lines) == len(rows)
+
+
+async def test_rows_filter_read_back_and_replay_once(make_ledger: MakeLedger) -> None:
+    rows = generated()[:20]
+    async with make_ledger() as ledger:
+        await ledger.append_many(rows)
+        await ledger.append(rows[0])  # a replayed row adds nothing
+        alice = [r async for r in ledger.iter_rows("user = ?", [rows[0].user])]
+        recent = await ledger.fetchall("SELECT * FROM requests ORDER BY id DESC LIMIT ?", [3])
+        before = await ledger.data_version()
+        await KeyStore(ledger).create("carol")
+        after = await ledger.data_version()
+    assert len(alice) == sum(r.user == rows[0].user for r in rows)
+    assert [row_from_sql(r).request_id for r in recent] == [r.request_id for r in rows[-3:][::-1]]
+    assert after != before
