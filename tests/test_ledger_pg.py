@@ -99,3 +99,15 @@ def test_ledger_url_selects_postgres_and_the_environment_sets_it() -> None:
     pg = ledger_from_settings(LedgerSettings(url="postgresql://u:pw@h/db"))
     assert isinstance(pg, PostgresLedger) and "pw" not in pg.path
     assert isinstance(ledger_from_settings(LedgerSettings(path="/tmp/x.sqlite3")), Ledger)
+
+
+async def test_the_server_opens_its_accounting_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    from accounting.ledger_stage import Accounting
+    from config import LedgerSettings, Settings
+
+    settings = Settings(ledger=LedgerSettings(url=pg_url, fallback_path=str(tmp_path / "p.jsonl")))
+    acc = await Accounting.open(settings, serving=True)
+    try:
+        assert isinstance(acc.ledger, PostgresLedger) and acc.ledger.health()["ok"]
+    finally:
+        await acc.ledger.close()
