@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from accounting.ledger import Ledger
+from accounting.ledgers import AnyLedger
 from accounting.schema import iso, utcnow
 from config import AuthSettings
 from config.errors import Forbidden, LedgerError, LedgerUnavailable, Unauthorized
@@ -97,7 +97,7 @@ class KeyStore:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: AnyLedger,
         *,
         unknown_ttl_s: float = 2.0,
         max_unknown: int = MAX_UNKNOWN_PREFIXES,

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from accounting.ledger import Ledger
+from accounting.ledgers import AnyLedger
 from accounting.schema import LedgerRow, iso, utcnow
 from config.errors import BudgetExceeded
 from config.units import J_PER_WH
@@ -122,7 +122,7 @@ def period_bounds(period: Period, now: dt.datetime) -> tuple[dt.datetime, dt.dat
 class BudgetBook:
     """Budgets from the ``budgets`` table and every user's spending this day and month."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: AnyLedger) -> None:
         self._ledger = ledger
         self.budgets: dict[str, Budget] = {}
         self._starts: dict[Period, str] = {}

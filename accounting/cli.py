@@ -20,7 +20,7 @@ import msgspec
 
 from accounting.auth import KeyStore, check_user
 from accounting.budgets import Budget, BudgetBook, period_bounds
-from accounting.ledger import Ledger
+from accounting.ledgers import AnyLedger, ledger_from_settings
 from accounting.reports import By, Format, Unit, build_report, parse_query
 from accounting.schema import COLUMNS, iso, utcnow
 from config.cli import add_ledger_options, settings_from
@@ -29,13 +29,16 @@ from config.table import render_table
 from config.units import J_PER_WH
 
 
-def _ledger(args: argparse.Namespace) -> Ledger:
+def _ledger(args: argparse.Namespace) -> AnyLedger:
     settings = settings_from(args, **{"ledger.path": args.ledger})
-    return Ledger.from_settings(settings.ledger)
+    return ledger_from_settings(settings.ledger)
 
 
 def _run(
-    args: argparse.Namespace, work: Callable[[Ledger], Awaitable[int]], *, must_exist: bool = False
+    args: argparse.Namespace,
+    work: Callable[[AnyLedger], Awaitable[int]],
+    *,
+    must_exist: bool = False,
 ) -> int:
     async def main() -> int:
         ledger = _ledger(args)
@@ -57,7 +60,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--user: {exc}") from None
 
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         key, stored = await KeyStore(ledger).create(user, admin=args.admin)
         print(key)
         role = "admin key" if stored.is_admin else "key"
@@ -69,7 +72,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         keys = KeyStore(ledger)
         await keys.load()
         shown = [k for k in keys.all() if args.all or k.revoked_ts is None]
@@ -100,7 +103,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     if bool(args.key) == bool(args.user):
         raise ConfigError("keys revoke: give a key prefix or --user, not both or neither")
 
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         keys = KeyStore(ledger)
         count = await (keys.revoke_user(args.user) if args.user else keys.revoke(args.key))
         if not count:
@@ -127,7 +130,7 @@ def _set_budget(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             raise ConfigError(f"users set-budget: {name} must be a number above 0")
 
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         book = BudgetBook(ledger)
         if args.clear:
             had = await book.clear(user)
@@ -142,7 +145,7 @@ def _set_budget(args: argparse.Namespace) -> int:
 
 
 def _users_list(args: argparse.Namespace) -> int:
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         book = BudgetBook(ledger)
         now = utcnow()
         await book.load(now)
@@ -186,7 +189,7 @@ def _period_args(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     query = parse_query(vars(args))
 
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         report = await build_report(ledger, query)
         sys.stdout.write(report.render(args.format, totals=args.totals))
         return 0
@@ -202,7 +205,7 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"--output: {exc}") from None
 
-    async def work(ledger: Ledger) -> int:
+    async def work(ledger: AnyLedger) -> int:
         count = await _write_rows(ledger, where, params, args.format, out)
         if args.output:
             print(f"wrote {count} rows to {args.output}", file=sys.stderr)
@@ -216,7 +219,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 async def _write_rows(
-    ledger: Ledger, where: str, params: list[Any], form: str, out: IO[str]
+    ledger: AnyLedger, where: str, params: list[Any], form: str, out: IO[str]
 ) -> int:
     columns = ["id", *COLUMNS]
     writer = csv.writer(out, lineterminator="\n") if form == "csv" else None

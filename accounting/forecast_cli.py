@@ -31,7 +31,7 @@ from accounting.forecast import (
 )
 from accounting.forecast_routes import render
 from accounting.forecast_stage import approx_prompt_tokens
-from accounting.ledger import Ledger
+from accounting.ledgers import ledger_from_settings
 from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError
 from config.table import render_table
@@ -64,7 +64,7 @@ def _forecast(args: argparse.Namespace) -> int:
     prompt_tokens = approx_prompt_tokens(body)
 
     async def main() -> list[Any]:
-        ledger = Ledger.from_settings(settings.ledger)
+        ledger = ledger_from_settings(settings.ledger)
         await ledger.open(must_exist=True)
         try:
             return await ledger.fetchall(SAMPLE_SQL)
@@ -114,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = settings_from(args, **{"ledger.path": args.ledger})
 
     async def main() -> list[Any]:
-        ledger = Ledger.from_settings(settings.ledger)
+        ledger = ledger_from_settings(settings.ledger)
         await ledger.open(must_exist=True)
         try:
             return await ledger.fetchall(

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_samples, sample_from_sql
-from accounting.ledger import Ledger
 from accounting.ledger_stage import Accounting
+from accounting.ledgers import AnyLedger
 from config.errors import LedgerError
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
@@ -85,7 +85,7 @@ class Forecaster:
     """The current fit over the ledger, and the loop that refits it."""
 
     def __init__(
-        self, ledger: Ledger, *, refit_rows: int = 200, refit_s: float = 600.0,
+        self, ledger: AnyLedger, *, refit_rows: int = 200, refit_s: float = 600.0,
         max_rows: int = 200_000,
     ) -> None:  # fmt: skip
         self._ledger = ledger

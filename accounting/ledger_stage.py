@@ -33,7 +33,7 @@ from typing import Any
 
 from accounting.auth import Authenticator, KeyStore
 from accounting.budgets import BudgetBook
-from accounting.ledger import Ledger
+from accounting.ledgers import AnyLedger, ledger_from_settings
 from accounting.schema import LedgerRow, iso, utcnow
 from config import Settings
 from config.errors import LedgerError, LedgerUnavailable
@@ -50,7 +50,7 @@ class Accounting:
     """The ledger and what lives in it, shared by the stages and the report endpoints."""
 
     settings: Settings
-    ledger: Ledger
+    ledger: AnyLedger
     keys: KeyStore
     budgets: BudgetBook
     auth: Authenticator
@@ -58,7 +58,7 @@ class Accounting:
     @classmethod
     async def open(cls, settings: Settings, *, serving: bool = True) -> Accounting:
         """Open the ledger and load keys and budgets."""
-        ledger = Ledger.from_settings(settings.ledger)
+        ledger = ledger_from_settings(settings.ledger)
         await ledger.open(serving=serving)
         try:
             keys = KeyStore(ledger, unknown_ttl_s=settings.auth.refresh_s)

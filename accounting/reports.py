@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from accounting.ledger import Ledger
+from accounting.ledgers import AnyLedger
 from accounting.schema import iso
 from config.errors import BadRequest
 from config.table import render_table
@@ -266,7 +266,7 @@ class Report:
         return self.to_csv(totals=totals) if form == "csv" else self.to_table()
 
 
-async def build_report(ledger: Ledger, query: ReportQuery) -> Report:
+async def build_report(ledger: AnyLedger, query: ReportQuery) -> Report:
     """Add up the ledger's rows for ``query``."""
     where, params = query.where()
     group = _GROUP_SQL[query.by]

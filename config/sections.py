@@ -191,6 +191,9 @@ class LedgerSettings:
 
     path: str = ""
     """SQLite file; empty means ``joulegate/ledger.sqlite3`` in the user's data folder."""
+    url: str = ""
+    """``postgresql://user:password@host:port/db`` keeps the ledger in PostgreSQL instead
+    of the SQLite ``path`` (``JOULEGATE_LEDGER_URL``)."""
     record_content: bool = False
     """Store prompt and response text in the ledger (off by default)."""
     synchronous: Literal["normal", "full"] = "normal"

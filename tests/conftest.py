@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from config import Settings
 from proxy.app import Component, create_app
+from tests import pg_support
 from tests.fake_backend import FakeBackend, serving
+from tests.pg_support import PgServer
 from tests.support import Running, serve
 
 
@@ -34,3 +36,13 @@ def joulegate_app() -> Callable[..., contextlib.AbstractAsyncContextManager[Runn
             yield Running(url, app)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL for the session (skipped where PostgreSQL is not installed)."""
+    bindir = pg_support.bin_dir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) found")
+    with pg_support.pg_server(bindir) as server:
+        yield server
