@@ -138,7 +138,11 @@ class MeterStage(Stage):
         ex.energy_low_j = energy.energy_low_j
         ex.energy_high_j = energy.energy_high_j
         ex.estimate_model = energy.estimate_model
+        if energy.exclusive:  # overlapping windows are shared out by meters.attribution
+            ex.attribution, ex.concurrency_mean = "exclusive", 1.0
         ex.energy.update(energy_body(energy))
+        ex.energy["attribution"] = ex.attribution
+        ex.energy["concurrency_mean"] = ex.concurrency_mean
         ex.response_headers.update(energy_headers(energy))
 
 

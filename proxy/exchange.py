@@ -86,6 +86,14 @@ class Exchange:
     """An estimate's total at its highest plausible coefficients (None: no range)."""
     estimate_model: str | None = None
     """Which estimate model and coefficients were used (None when measured)."""
+    token_events: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time, tokens) per stream chunk with content, for sharing the energy
+    of overlapping requests (:mod:`meters.attribution`)."""
+    attribution: str | None = None
+    """How ``energy_j`` was found: ``exclusive`` (the window was this request's alone),
+    ``token_share`` or ``time_share`` (a share of overlapping windows); None: not measured."""
+    concurrency_mean: float | None = None
+    """Requests in flight on average over this request's window (1.0 when exclusive)."""
     forecast_energy_j: float | None = None
     """What the forecast stage expects the request to cost (set at admission)."""
     # Set by the carbon stage:
