@@ -29,6 +29,7 @@ from config.units import wh_from_j
 from meters.base import Activity, Meter
 from meters.detect import detect_meters
 from meters.sampler import Sampler
+from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
 from meters.window import WindowEnergy
 from proxy.context import AppContext
@@ -112,11 +113,13 @@ class MeterStage(Stage):
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
+        self.overlaps = OverlapBook()
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
         start = ex.window.admitted_s or time.monotonic()
         ex.scratch[self.name] = self.sampler.open_window(start)
+        self.overlaps.open(id(ex), start, ex.token_events)
 
     async def on_finished(self, ex: Exchange) -> None:
         """Close the window, measure it and put the numbers on the exchange."""
@@ -130,6 +133,10 @@ class MeterStage(Stage):
             energy = self.sampler.measure(token, end)
         finally:
             self.sampler.close_window(token, end)
+            self.overlaps.close(id(ex), end)
+        share = None
+        if not energy.exclusive and energy.energy_j is not None:
+            share = self.overlaps.share(id(ex), self.sampler.intervals(token.start_s, end), end)
         ex.energy_j = energy.energy_j
         ex.energy_dynamic_j = energy.dynamic_j
         ex.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
@@ -138,9 +145,16 @@ class MeterStage(Stage):
         ex.energy_low_j = energy.energy_low_j
         ex.energy_high_j = energy.energy_high_j
         ex.estimate_model = energy.estimate_model
-        if energy.exclusive:  # overlapping windows are shared out by meters.attribution
+        if energy.exclusive:
             ex.attribution, ex.concurrency_mean = "exclusive", 1.0
         ex.energy.update(energy_body(energy))
+        if share is not None:  # overlapping windows: this request's fair share
+            ex.energy["energy_window_j"] = ex.energy["energy_j"]
+            ex.energy_j = share.energy_j
+            ex.energy_dynamic_j = share.dynamic_j
+            ex.attribution, ex.concurrency_mean = share.method, share.concurrency_mean
+            ex.energy["energy_j"] = _r(share.energy_j)
+            ex.energy["energy_dynamic_j"] = _r(share.dynamic_j)
         ex.energy["attribution"] = ex.attribution
         ex.energy["concurrency_mean"] = ex.concurrency_mean
         ex.response_headers.update(energy_headers(energy))
