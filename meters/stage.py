@@ -158,6 +158,9 @@ class MeterStage(Stage):
         ex.energy["attribution"] = ex.attribution
         ex.energy["concurrency_mean"] = ex.concurrency_mean
         ex.response_headers.update(energy_headers(energy))
+        if share is not None:
+            ex.response_headers["x-energy-j"] = f"{share.energy_j:.3f}"
+            ex.response_headers["x-energy-dynamic-j"] = f"{share.dynamic_j:.3f}"
 
 
 def _ready(sampler: Sampler) -> dict[str, Any]:
