@@ -75,6 +75,11 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER budgets_version AFTER INSERT OR UPDATE OR DELETE ON budgets
             FOR EACH STATEMENT EXECUTE FUNCTION bump_data_version()""",
     ),
+    # 2: SQLite's 8, how a shared window's energy was attributed.
+    (
+        "ALTER TABLE requests ADD COLUMN attribution TEXT",
+        "ALTER TABLE requests ADD COLUMN concurrency_mean DOUBLE PRECISION",
+    ),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

@@ -242,6 +242,8 @@ def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRo
         trace_id=ex.trace_id,
         response_id=ex.response_id,
         forecast_energy_j=ex.forecast_energy_j,
+        attribution=ex.attribution,
+        concurrency_mean=ex.concurrency_mean,
         failure=ex.failure or ("backend_error" if (ex.status or 0) >= 400 else None),
         finish_reason=ex.finish_reasons[-1] if ex.finish_reasons else None,
         request_params=params,

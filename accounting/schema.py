@@ -79,6 +79,10 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     """Prompt content as JSON; only with ``record_content = true``."""
     response: str | None = None
     """Response text; only with ``record_content = true``."""
+    attribution: str | None = None
+    """``exclusive``, ``token_share`` or ``time_share`` (see :mod:`meters.attribution`)."""
+    concurrency_mean: float | None = None
+    """Requests in flight on average over this one's window."""
     id: int | None = None
     """Row id, assigned by the database (None before it is written)."""
 
@@ -192,6 +196,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             completion_tokens, duration_s, energy_j, energy_dynamic_j, co2e_g, task,
             forecast_energy_j
         )""",
+    ),
+    # 8: how a request's energy was attributed when requests overlapped (issue 14).
+    (
+        "ALTER TABLE requests ADD COLUMN attribution TEXT",
+        "ALTER TABLE requests ADD COLUMN concurrency_mean REAL",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,7 +6,14 @@ import asyncio
 import importlib
 import sys
 
-MODULES = ["bench.overhead", "bench.memory", "bench.meters", "bench.ledger", "bench.forecast"]
+MODULES = [
+    "bench.overhead",
+    "bench.memory",
+    "bench.meters",
+    "bench.ledger",
+    "bench.forecast",
+    "bench.attribution",
+]
 
 
 def main() -> None:

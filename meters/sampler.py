@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import queue
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from config.errors import MeterError
+from meters.attribution import Interval
 from meters.base import Activity, Meter
 from meters.timeline import Track
 from meters.window import TrackSet, WindowEnergy, WindowToken
@@ -297,6 +299,21 @@ class Sampler:
         """The window's energy from ``token.start_s`` to ``end_s`` (cheap: runs per request)."""
         with self._lock:
             return self._set.measure(token.start_s, end_s, exclusive=token.exclusive)
+
+    def intervals(self, start_s: float, end_s: float) -> list[Interval]:
+        """The whole machine's energy per sampling interval from ``start_s`` to
+        ``end_s`` (for sharing overlapping windows); empty when it is not measured."""
+        with self._lock:
+            total = [t for c, t in self._tracks.items() if c in self._set.total]
+            cuts = sorted({start_s, end_s, *(x for t in total for x in t.times
+                                              if start_s < x < end_s)})  # fmt: skip
+            out = []
+            for a, b in itertools.pairwise(cuts):
+                e = self._set.measure(a, b, exclusive=False)
+                if e.energy_j is None or e.idle_power_w is None:
+                    return []
+                out.append(Interval(a, b, e.energy_j, e.idle_power_w))
+            return out
 
     def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         """Average power of each component over the last ``over_s`` (for live views)."""

@@ -25,6 +25,7 @@ from typing import Any
 from meters.base import Activity, Meter
 from meters.detect import detect_meters
 from meters.sampler import Sampler
+from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
@@ -39,11 +40,13 @@ class MeterStage(Stage):
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
+        self.overlaps = OverlapBook()
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
         start = ex.window.admitted_s or time.monotonic()
         ex.scratch[self.name] = self.sampler.open_window(start)
+        self.overlaps.open(id(ex), start, ex.token_events)
 
     async def on_finished(self, ex: Exchange) -> None:
         """Close the window, measure it and put the numbers on the exchange."""
@@ -56,7 +59,19 @@ class MeterStage(Stage):
             energy = self.sampler.measure(token, end)
         finally:
             self.sampler.close_window(token, end)
-        ex.record_measurement(energy)
+            self.overlaps.close(id(ex), end)
+        share = None
+        if not energy.exclusive and energy.energy_j is not None:
+            share = self.overlaps.share(id(ex), self.sampler.intervals(token.start_s, end), end)
+        if share is not None:  # overlapping windows: this request's fair share
+            ex.record_measurement(
+                energy, attribution=share.method, concurrency_mean=share.concurrency_mean,
+                share_j=share.energy_j, share_dynamic_j=share.dynamic_j,
+            )  # fmt: skip
+        elif energy.exclusive:
+            ex.record_measurement(energy, attribution="exclusive", concurrency_mean=1.0)
+        else:
+            ex.record_measurement(energy)
 
 
 def _ready(sampler: Sampler) -> dict[str, Any]:

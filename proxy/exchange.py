@@ -89,6 +89,16 @@ class Exchange:
     """An estimate's total at its highest plausible coefficients (None: no range)."""
     estimate_model: str | None = None
     """Which estimate model and coefficients were used (None when measured)."""
+    token_events: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time, tokens) per stream chunk with content, for sharing the energy
+    of overlapping requests (:mod:`meters.attribution`)."""
+    attribution: str | None = None
+    """How ``energy_j`` was found: ``exclusive`` (the window was this request's alone),
+    ``token_share`` or ``time_share`` (a share of overlapping windows); None: not measured."""
+    concurrency_mean: float | None = None
+    """Requests in flight on average over this request's window (1.0 when exclusive)."""
+    energy_window_j: float | None = None
+    """With a shared window: the meters' total over it (``energy_j`` is the share)."""
     forecast_made: bool = False
     """The forecast stage ran for this request (``forecast_energy_j`` may still be None)."""
     forecast_energy_j: float | None = None
@@ -114,12 +124,25 @@ class Exchange:
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-stage private state, keyed by stage name."""
 
-    def record_measurement(self, energy: WindowEnergy) -> None:
+    def record_measurement(
+        self,
+        energy: WindowEnergy,
+        *,
+        attribution: str | None = None,
+        concurrency_mean: float | None = None,
+        share_j: float | None = None,
+        share_dynamic_j: float | None = None,
+    ) -> None:
         """Store the meters' result: the whole window and the summary fields the
-        ledger, carbon and telemetry read (the one place they are written)."""
+        ledger, carbon and telemetry read (the one place they are written). With a
+        shared window, ``share_j`` is this request's part and becomes ``energy_j``."""
         self.measurement = energy
-        self.energy_j = energy.energy_j
-        self.energy_dynamic_j = energy.dynamic_j
+        self.attribution, self.concurrency_mean = attribution, concurrency_mean
+        if share_j is not None:
+            self.energy_window_j = energy.energy_j
+            self.energy_j, self.energy_dynamic_j = share_j, share_dynamic_j
+        else:
+            self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
         self.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
         self.meter = energy.meter
         self.energy_estimated = energy.estimated

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -140,9 +141,11 @@ class Relayer:
                     continue
                 if obj.get("type") == "response.output_text.delta":
                     ex.stream_content_chunks += 1
+                    ex.token_events.append((time.monotonic(), 1))
                 has_text, has_finish = note_chunk(ex, obj, collect)
                 if has_text:
                     ex.stream_content_chunks += 1
+                    ex.token_events.append((time.monotonic(), 1))
                 if obj.get("choices") == [] and obj.get("usage") is not None:
                     if ex.usage_injected:
                         continue  # the client did not ask for it

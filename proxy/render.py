@@ -117,6 +117,15 @@ def energy_object(ex: Exchange) -> dict[str, Any]:
     }
     if ex.measurement is not None:
         out |= measurement_object(ex.measurement)
+        if ex.energy_window_j is not None:  # a shared window: the request's share
+            out["energy_window_j"] = _r(ex.energy_window_j)
+            out["energy_j"] = _r(ex.energy_j)
+            out["energy_dynamic_j"] = _r(ex.energy_dynamic_j)
+            wh = None if ex.energy_j is None else wh_from_j(ex.energy_j)
+            out["energy_wh"] = _r(wh, 9)
+            out["power_w"] = _r(_per_s(ex.energy_j, ex.measurement.duration_s), 3)
+        out["attribution"] = ex.attribution
+        out["concurrency_mean"] = ex.concurrency_mean
     return out | carbon_object(ex)
 
 
@@ -128,11 +137,12 @@ def figure_headers(ex: Exchange) -> dict[str, str]:
         out["x-energy-forecast-j"] = f"{ex.forecast_energy_j:.3f}"
     energy = ex.measurement
     if energy is not None:
-        if energy.energy_j is not None:
-            out["x-energy-j"] = f"{energy.energy_j:.3f}"
-        if energy.dynamic_j is not None:
-            out["x-energy-dynamic-j"] = f"{energy.dynamic_j:.3f}"
-        if (power_w := energy.power_w) is not None:
+        # energy_j is the request's own: the window's total, or its share of a shared one.
+        if ex.energy_j is not None:
+            out["x-energy-j"] = f"{ex.energy_j:.3f}"
+        if ex.energy_dynamic_j is not None:
+            out["x-energy-dynamic-j"] = f"{ex.energy_dynamic_j:.3f}"
+        if (power_w := _per_s(ex.energy_j, energy.duration_s)) is not None:
             out["x-power-w"] = f"{power_w:.3f}"
         for c, part in energy.components.items():
             if part.energy_j is not None:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from accounting.ledger_pg import PG_SCHEMA_VERSION, PostgresLedger, translate
-from accounting.schema import LedgerRow
+from accounting.schema import COLUMNS, LedgerRow
 from tests.pg_support import PgServer
 
 _names = itertools.count()
@@ -111,3 +111,12 @@ async def test_the_server_opens_its_accounting_on_postgres(pg_url: str, tmp_path
         assert isinstance(acc.ledger, PostgresLedger) and acc.ledger.health()["ok"]
     finally:
         await acc.ledger.close()
+
+
+async def test_both_schemas_have_the_same_request_columns(pg_url: str, tmp_path: Path) -> None:
+    """A column added to SQLite's migrations and not PostgreSQL's (or back) fails here."""
+    async with PostgresLedger(pg_url, fallback_path=tmp_path / "p.jsonl") as ledger:
+        rows = await ledger.fetchall(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
+        )
+    assert {r[0] for r in rows} - {"id"} == set(COLUMNS)

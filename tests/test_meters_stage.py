@@ -42,6 +42,7 @@ async def test_non_streaming_response_carries_energy_headers_and_body(
     assert e["idle_power_w"] == pytest.approx(250.0, rel=0.01)
     assert 0 <= e["energy_dynamic_j"] < 0.05 * e["energy_j"]  # steady power: nothing dynamic
     assert e["meter"] == "nvml+rapl" and e["estimated"] is False and e["exclusive"] is True
+    assert e["attribution"] == "exclusive" and e["concurrency_mean"] == 1.0
     assert e["components"]["gpu"]["energy_j"] == pytest.approx(200.0 * window_s, rel=0.01)
     assert e["components"]["cpu"]["power_w"] == pytest.approx(50.0, rel=0.01)
     assert e["components"]["gpu"]["meter"] == "nvml"
