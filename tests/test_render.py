@@ -60,3 +60,22 @@ def test_a_stage_that_did_not_run_leaves_its_figures_out() -> None:
     assert set(body) == {"queue_ms", "thermal_wait_ms", "duration_ms"}
     assert set(headers) == {"x-thermal-wait-ms"}
     assert body["duration_ms"] == 2000.0
+
+
+@given(window_j=joules, share=st.floats(min_value=0.0, max_value=1.0))
+def test_a_shared_window_shows_the_share_everywhere_and_the_total_apart(
+    window_j: float, share: float
+) -> None:
+    ex = _exchange()
+    record_fake_measurement(ex, energy_j=window_j, dynamic_j=None, components_j={"gpu": window_j})
+    assert ex.measurement is not None
+    ex.record_measurement(
+        ex.measurement, attribution="token_share", concurrency_mean=2.0,
+        share_j=window_j * share, share_dynamic_j=None,
+    )  # fmt: skip
+    body, headers = energy_object(ex), figure_headers(ex)
+    assert ex.energy_j == window_j * share and ex.energy_window_j == window_j
+    assert body["energy_j"] == round(window_j * share, 6)
+    assert body["energy_window_j"] == round(window_j, 6)
+    assert abs(float(headers["x-energy-j"]) - window_j * share) <= 0.0005 + window_j * 1e-9
+    assert (body["attribution"], body["concurrency_mean"]) == ("token_share", 2.0)
