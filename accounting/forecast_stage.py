@@ -11,6 +11,12 @@ arithmetic on a prompt-size approximation (no I/O, microseconds), and puts it in
 ``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
 there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
+
+With ``budgets.preflight`` the stage also refuses at arrival (429, code
+``energy_budget_insufficient``, ``x-should-retry: false``) a request whose forecast
+energy, the high end of its 80% interval, exceeds what is left of its user's energy
+budget. It runs after the auth stage (which set ``ex.user``), so the check lives here
+and the auth stage knows nothing of forecasts.
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from accounting.budgets import BudgetBook
 from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_samples, sample_from_sql
 from accounting.ledger import Ledger
 from accounting.ledger_stage import shared_accounting
-from config.errors import LedgerError
+from config.errors import BudgetExceeded, LedgerError
+from config.units import J_PER_WH
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
@@ -140,8 +148,28 @@ class ForecastStage(Stage):
 
     name = "forecast"
 
-    def __init__(self, forecaster: Forecaster) -> None:
+    def __init__(self, forecaster: Forecaster, budgets: BudgetBook | None = None) -> None:
         self._f = forecaster
+        self._budgets = budgets
+        """Set when ``budgets.preflight`` is on: the book to check forecasts against."""
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        """With pre-flight budgets, refuse (429) a request its budget cannot cover."""
+        if self._budgets is None or not ex.gated or ex.model_requested is None:
+            return
+        status = self._budgets.status(ex.user)
+        remaining_j = None if status is None else status.remaining_energy_j
+        if remaining_j is None:
+            return
+        energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+        if energy is not None and energy.high > remaining_j:
+            raise BudgetExceeded(
+                f"this request is forecast to use up to {energy.high / J_PER_WH:.4g} Wh"
+                f" (80% interval high) but user {ex.user!r} has"
+                f" {remaining_j / J_PER_WH:.4g} Wh of energy budget left",
+                code="energy_budget_insufficient",
+                headers={"x-should-retry": "false"},
+            )
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Put the forecast on the exchange, the ``energy`` object and a header."""
@@ -180,7 +208,8 @@ def forecast_component(
             ctx.publish(forecaster)
             task = asyncio.create_task(forecaster.run(), name="forecast-refit")
             try:
-                yield ForecastStage(forecaster)
+                preflight = ctx.settings.budgets.preflight
+                yield ForecastStage(forecaster, acc.budgets if preflight else None)
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
