@@ -104,10 +104,23 @@ class Forecaster:
         self._due = asyncio.Event()
         self.current = FitSet()
         """The fit requests use now; replaced whole, never changed in place."""
+        self.served: dict[str, str] = {}
+        """Requested model name → the name the backend answered under, where they differ
+        (an alias): fits are keyed by the served name, which the ledger records."""
 
     def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
-        """The forecast for a request body to ``model`` (arithmetic only)."""
+        """The forecast for a request body to ``model`` (arithmetic only).
+
+        ``model`` is the requested name; when it has no fit of its own but has been
+        served under another name, the fit made under that name is used."""
+        if self.current.fit_for(model) is None:
+            model = self.served.get(model, model)
         return self.current.predict(model, task, approx_prompt_tokens(body), max_tokens_of(body))
+
+    def note_served(self, requested: str | None, served: str | None) -> None:
+        """Remember the name a requested model was answered under (an alias)."""
+        if requested and served and requested != served and len(self.served) < 1024:
+            self.served[requested] = served
 
     def note_finished(self) -> None:
         """A request finished: refit once ``refit_rows`` of them have."""
@@ -186,6 +199,7 @@ class ForecastStage(Stage):
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
+            self._f.note_served(ex.model_requested, ex.model_served)
             self._f.note_finished()
 
 

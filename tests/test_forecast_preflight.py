@@ -9,6 +9,7 @@ import pytest
 
 from accounting import Ledger
 from accounting.budgets import Budget, BudgetBook
+from accounting.forecast_stage import Forecaster
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
 from tests.fake_backend import FakeBackend
@@ -61,3 +62,19 @@ async def test_preflight_refuses_a_request_whose_forecast_exceeds_the_remaining_
 
 def test_preflight_is_off_by_default() -> None:
     assert BudgetSettings().preflight is False
+
+
+async def test_a_requested_alias_is_forecast_from_the_fit_made_under_the_served_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 1.0)
+    async with Ledger(path) as ledger:
+        f = Forecaster(ledger)
+        await f.refit()
+        body = forecast_body(max_tokens=3)
+        assert f.predict("alias", None, body).energy_j is None  # not served under it yet
+        f.note_served("alias", "fake-model")
+        energy = f.predict("alias", None, body).energy_j
+    assert energy is not None
+    assert energy.p50 == pytest.approx(FORECAST_J, rel=0.05)
