@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from accounting.budgets import BudgetBook
-from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_samples, sample_from_sql
+from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_rows
 from accounting.ledger import Ledger
 from accounting.ledger_stage import shared_accounting
 from config.errors import BudgetExceeded, LedgerError
@@ -134,7 +134,7 @@ class Forecaster:
         rows = await self._ledger.fetchall(
             SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows]
         )
-        self.current = await asyncio.to_thread(_fit_rows, rows)
+        self.current = await asyncio.to_thread(fit_rows, rows)
         return self.current
 
     async def run(self) -> None:
@@ -150,10 +150,6 @@ class Forecaster:
                 log.warning("could not refit the forecast: %s", exc)
             except Exception:
                 log.exception("refitting the forecast failed")
-
-
-def _fit_rows(rows: Sequence[Sequence[object]]) -> FitSet:
-    return fit_samples(sample_from_sql(r) for r in rows)
 
 
 class ForecastStage(Stage):

@@ -9,13 +9,14 @@ import pytest
 
 from accounting import Ledger
 from accounting.budgets import Budget, BudgetBook
+from accounting.forecast import fit_rows, fit_samples, sample_from_sql
 from accounting.forecast_stage import Forecaster
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import db_rows
 from tests.support import JoulegateApp
-from tests.test_forecast import components, forecast_body, synthetic_rows
+from tests.test_forecast import START, components, forecast_body, synthetic_rows
 
 FORECAST_J = 40.0 + 0.02 * 1004 + 0.5 * 3
 """About what the synthetic fit forecasts for ``forecast_body(max_tokens=3)``."""
@@ -78,3 +79,20 @@ async def test_a_requested_alias_is_forecast_from_the_fit_made_under_the_served_
         energy = f.predict("alias", None, body).energy_j
     assert energy is not None
     assert energy.p50 == pytest.approx(FORECAST_J, rel=0.05)
+
+
+def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
+    rows = [*synthetic_rows(), *synthetic_rows(60, seed=2, task="chat", estimated=True)]
+    sql_rows = [
+        (r.model_served, r.task, int(r.energy_estimated), r.prompt_tokens, r.completion_tokens,
+         r.energy_j, r.energy_dynamic_j, r.duration_s)
+        for r in rows
+        if r.failure is None
+    ]  # fmt: skip
+    columnar = fit_rows(sql_rows, START)
+    per_sample = fit_samples((sample_from_sql(r) for r in sql_rows), START)
+    assert columnar.tokens == per_sample.tokens
+    assert columnar.fits.keys() == per_sample.fits.keys()
+    for key, fit in per_sample.fits.items():
+        assert columnar.fits[key].energy.a == pytest.approx(fit.energy.a, rel=1e-9)
+        assert columnar.fits[key].energy.c == pytest.approx(fit.energy.c, rel=1e-9)
