@@ -28,7 +28,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from accounting.budgets import BudgetBook
-from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_rows
+from accounting.forecast import SAMPLE_SQL, FitSet, Prediction
+from accounting.forecast_rows import fit_rows
 from accounting.ledger import Ledger
 from accounting.ledger_stage import shared_accounting
 from config.errors import BudgetExceeded, LedgerError

@@ -9,7 +9,8 @@ import pytest
 
 from accounting import Ledger
 from accounting.budgets import Budget, BudgetBook
-from accounting.forecast import fit_rows, fit_samples, sample_from_sql
+from accounting.forecast import fit_samples, sample_from_sql
+from accounting.forecast_rows import fit_rows
 from accounting.forecast_stage import Forecaster
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
