@@ -263,13 +263,24 @@ def fit_model(
     """The fits of one model on its rows (None below :data:`MIN_FIT_ROWS`)."""
     if len(samples) < MIN_FIT_ROWS:
         return None
-    x = _design(samples)  # built once, shared by the three fits
+    return fit_arrays(model, estimated, _design(samples), _column(samples, "energy_j"),
+                      _column(samples, "energy_dynamic_j"), _column(samples, "duration_s"),
+                      fitted_at)  # fmt: skip
+
+
+def fit_arrays(
+    model: str, estimated: bool, x: FloatArray, energy_j: FloatArray,
+    energy_dynamic_j: FloatArray, duration_s: FloatArray, fitted_at: str,
+) -> ModelFit | None:  # fmt: skip
+    """:func:`fit_model` on columns (the design ``x`` shared by the three fits)."""
+    if len(energy_j) < MIN_FIT_ROWS:
+        return None
     return ModelFit(
         model,
         estimated,
-        huber_fit(x, _column(samples, "energy_j")),
-        _fit_optional(x, _column(samples, "energy_dynamic_j")),
-        _fit_optional(x, _column(samples, "duration_s")),
+        huber_fit(x, energy_j),
+        _fit_optional(x, energy_dynamic_j),
+        _fit_optional(x, duration_s),
         fitted_at,
     )
 

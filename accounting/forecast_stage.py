@@ -11,6 +11,12 @@ arithmetic on a prompt-size approximation (no I/O, microseconds), and puts it in
 ``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
 there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
+
+With ``budgets.preflight`` the stage also refuses at arrival (429, code
+``energy_budget_insufficient``, ``x-should-retry: false``) a request whose forecast
+energy, the high end of its 80% interval, exceeds what is left of its user's energy
+budget. It runs after the auth stage (which set ``ex.user``), so the check lives here
+and the auth stage knows nothing of forecasts.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from accounting.forecast import SAMPLE_SQL, FitSet, Prediction, fit_samples, sample_from_sql
+from accounting.budgets import BudgetBook
+from accounting.forecast import SAMPLE_SQL, FitSet, Prediction
+from accounting.forecast_rows import fit_rows
 from accounting.ledger_stage import Accounting
 from accounting.ledgers import AnyLedger
-from config.errors import LedgerError
+from config.errors import BudgetExceeded, LedgerError
+from config.units import J_PER_WH
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
@@ -96,10 +105,23 @@ class Forecaster:
         self._due = asyncio.Event()
         self.current = FitSet()
         """The fit requests use now; replaced whole, never changed in place."""
+        self.served: dict[str, str] = {}
+        """Requested model name → the name the backend answered under, where they differ
+        (an alias): fits are keyed by the served name, which the ledger records."""
 
     def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
-        """The forecast for a request body to ``model`` (arithmetic only)."""
+        """The forecast for a request body to ``model`` (arithmetic only).
+
+        ``model`` is the requested name; when it has no fit of its own but has been
+        served under another name, the fit made under that name is used."""
+        if self.current.fit_for(model) is None:
+            model = self.served.get(model, model)
         return self.current.predict(model, task, approx_prompt_tokens(body), max_tokens_of(body))
+
+    def note_served(self, requested: str | None, served: str | None) -> None:
+        """Remember the name a requested model was answered under (an alias)."""
+        if requested and served and requested != served and len(self.served) < 1024:
+            self.served[requested] = served
 
     def note_finished(self) -> None:
         """A request finished: refit once ``refit_rows`` of them have."""
@@ -113,7 +135,7 @@ class Forecaster:
         rows = await self._ledger.fetchall(
             SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows]
         )
-        self.current = await asyncio.to_thread(_fit_rows, rows)
+        self.current = await asyncio.to_thread(fit_rows, rows)
         return self.current
 
     async def run(self) -> None:
@@ -131,17 +153,33 @@ class Forecaster:
                 log.exception("refitting the forecast failed")
 
 
-def _fit_rows(rows: Sequence[Sequence[object]]) -> FitSet:
-    return fit_samples(sample_from_sql(r) for r in rows)
-
-
 class ForecastStage(Stage):
     """Forecasts each gated request's energy at admission."""
 
     name = "forecast"
 
-    def __init__(self, forecaster: Forecaster) -> None:
+    def __init__(self, forecaster: Forecaster, budgets: BudgetBook | None = None) -> None:
         self._f = forecaster
+        self._budgets = budgets
+        """Set when ``budgets.preflight`` is on: the book to check forecasts against."""
+
+    async def on_arrival(self, ex: Exchange) -> None:
+        """With pre-flight budgets, refuse (429) a request its budget cannot cover."""
+        if self._budgets is None or not ex.gated or ex.model_requested is None:
+            return
+        status = self._budgets.status(ex.user)
+        remaining_j = None if status is None else status.remaining_energy_j
+        if remaining_j is None:
+            return
+        energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+        if energy is not None and energy.high > remaining_j:
+            raise BudgetExceeded(
+                f"this request is forecast to use up to {energy.high / J_PER_WH:.4g} Wh"
+                f" (80% interval high) but user {ex.user!r} has"
+                f" {remaining_j / J_PER_WH:.4g} Wh of energy budget left",
+                code="energy_budget_insufficient",
+                headers={"x-should-retry": "false"},
+            )
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Put the forecast on the exchange (rendered in the ``energy`` object and a header)."""
@@ -156,6 +194,7 @@ class ForecastStage(Stage):
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
+            self._f.note_served(ex.model_requested, ex.model_served)
             self._f.note_finished()
 
 
@@ -178,7 +217,8 @@ def forecast_component(
         ctx.publish(forecaster)
         task = asyncio.create_task(forecaster.run(), name="forecast-refit")
         try:
-            yield ForecastStage(forecaster)
+            preflight = ctx.settings.budgets.preflight
+            yield ForecastStage(forecaster, acc.budgets if preflight else None)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -244,6 +244,17 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class BudgetSettings:
+    """How per-user budgets are enforced (``[budgets]``)."""
+
+    preflight: bool = False
+    """Also refuse (429 ``energy_budget_insufficient``) a request whose forecast energy,
+    the high end of its 80% interval, exceeds what is left of its user's energy budget,
+    before it queues. Off by default: a forecast can be wrong, and without it a request
+    is refused only once the budget is used up."""
+
+
+@dataclass(frozen=True)
 class TelemetrySettings:
     """OpenTelemetry and Prometheus (``[telemetry]``); exporters use ``OTEL_*``."""
 

@@ -20,6 +20,7 @@ from config.errors import ConfigError
 from config.sections import (
     AuthSettings,
     BackendSettings,
+    BudgetSettings,
     CarbonSettings,
     LedgerSettings,
     MeterSettings,
@@ -92,6 +93,7 @@ class Settings:
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:

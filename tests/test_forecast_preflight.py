@@ -1,0 +1,99 @@
+"""Pre-flight budgets: a request whose forecast cannot fit in what is left is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from accounting import Ledger
+from accounting.budgets import Budget, BudgetBook
+from accounting.forecast import fit_samples, sample_from_sql
+from accounting.forecast_rows import fit_rows
+from accounting.forecast_stage import Forecaster
+from config import BudgetSettings, LedgerSettings
+from config.units import J_PER_WH
+from tests.fake_backend import FakeBackend
+from tests.ledger_support import db_rows
+from tests.support import JoulegateApp
+from tests.test_forecast import START, components, forecast_body, synthetic_rows
+
+FORECAST_J = 40.0 + 0.02 * 1004 + 0.5 * 3
+"""About what the synthetic fit forecasts for ``forecast_body(max_tokens=3)``."""
+
+
+async def seeded_with_budget(path: Path, energy_j: float) -> None:
+    async with Ledger(path) as ledger:
+        await ledger.append_many(synthetic_rows())  # January: nothing spent this month
+        await BudgetBook(ledger).set(Budget("anonymous", "month", energy_j=energy_j))
+
+
+@pytest.mark.parametrize(
+    ("budget_j", "preflight", "status"),
+    [
+        (FORECAST_J / 2, True, 429),  # the forecast's high end exceeds what is left
+        (10 * FORECAST_J, True, 200),  # it fits
+        (FORECAST_J / 2, False, 200),  # off by default: only a spent budget refuses
+    ],
+)
+async def test_preflight_refuses_a_request_whose_forecast_exceeds_the_remaining_budget(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path,
+    budget_j: float, preflight: bool, status: int,
+) -> None:  # fmt: skip
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, budget_j)
+    settings = {"budgets": BudgetSettings(preflight=True)} if preflight else {}
+    async with (
+        joulegate_app(
+            fake.url, components(), ledger=LedgerSettings(path=str(path)), **settings
+        ) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=forecast_body(max_tokens=3))
+    assert r.status_code == status
+    rows = db_rows(path, "request_id = ?", (r.headers["x-request-id"],))
+    if status == 429:
+        assert r.json()["error"]["code"] == "energy_budget_insufficient"
+        assert r.headers["x-should-retry"] == "false"
+        assert f"{budget_j / J_PER_WH:.4g} Wh" in r.json()["error"]["message"]
+        assert rows == []  # refused before it queued: it used nothing, nothing is billed
+    else:
+        assert len(rows) == 1
+
+
+def test_preflight_is_off_by_default() -> None:
+    assert BudgetSettings().preflight is False
+
+
+async def test_a_requested_alias_is_forecast_from_the_fit_made_under_the_served_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 1.0)
+    async with Ledger(path) as ledger:
+        f = Forecaster(ledger)
+        await f.refit()
+        body = forecast_body(max_tokens=3)
+        assert f.predict("alias", None, body).energy_j is None  # not served under it yet
+        f.note_served("alias", "fake-model")
+        energy = f.predict("alias", None, body).energy_j
+    assert energy is not None
+    assert energy.p50 == pytest.approx(FORECAST_J, rel=0.05)
+
+
+def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
+    rows = [*synthetic_rows(), *synthetic_rows(60, seed=2, task="chat", estimated=True)]
+    sql_rows = [
+        (r.model_served, r.task, int(r.energy_estimated), r.prompt_tokens, r.completion_tokens,
+         r.energy_j, r.energy_dynamic_j, r.duration_s)
+        for r in rows
+        if r.failure is None
+    ]  # fmt: skip
+    columnar = fit_rows(sql_rows, START)
+    per_sample = fit_samples((sample_from_sql(r) for r in sql_rows), START)
+    assert columnar.tokens == per_sample.tokens
+    assert columnar.fits.keys() == per_sample.fits.keys()
+    for key, fit in per_sample.fits.items():
+        assert columnar.fits[key].energy.a == pytest.approx(fit.energy.a, rel=1e-9)
+        assert columnar.fits[key].energy.c == pytest.approx(fit.energy.c, rel=1e-9)
