@@ -28,6 +28,14 @@ def _groups(key: npt.NDArray[np.int64]) -> Iterable[tuple[int, npt.NDArray[np.in
             yield int(key[idx[0]]), idx
 
 
+def _factorize(values: Iterable[object]) -> tuple[list[object], npt.NDArray[np.int64]]:
+    """The distinct values (first-seen order) and each value's index into them: a dict
+    look-up per row, several times faster than ``np.unique`` on Python strings."""
+    codes: dict[object, int] = {}
+    index = np.fromiter((codes.setdefault(v, len(codes)) for v in values), dtype=np.int64)
+    return list(codes), index
+
+
 def fit_rows(rows: Sequence[Sequence[object]], now: dt.datetime | None = None) -> FitSet:
     """:func:`fit_samples` straight from :data:`SAMPLE_SQL` rows, on columns.
 
@@ -38,9 +46,8 @@ def fit_rows(rows: Sequence[Sequence[object]], now: dt.datetime | None = None) -
     if not rows:
         return FitSet(fitted_at=fitted_at)
     cols = list(zip(*rows, strict=True))
-    models, mi = np.unique(np.array(cols[0], dtype=object), return_inverse=True)
-    tasks, ti = np.unique(np.array([t or "(none)" for t in cols[1]], dtype=object),
-                          return_inverse=True)  # fmt: skip
+    models, mi = _factorize(cols[0])
+    tasks, ti = _factorize(t or "(none)" for t in cols[1])
     est = np.array(cols[2], dtype=np.int64) != 0
     p, c = np.array(cols[3], dtype=np.float64), np.array(cols[4], dtype=np.float64)
     x = np.column_stack([np.ones_like(p), p, c])
