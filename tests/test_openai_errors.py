@@ -49,9 +49,9 @@ async def served(fake: FakeBackend, joulegate_app: Start, tmp_path: Path) -> Asy
             "alice": (await store.create("alice"))[0],
             "admin": (await store.create("root", admin=True))[0],
         }
-    auth, fake_energy, record = accounting_components()
+    resource, auth, fake_energy, record = accounting_components()
     settings_ = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
-    comps = [auth, prometheus_component, fake_energy, record]
+    comps = [resource, auth, prometheus_component, fake_energy, record]
     async with (
         joulegate_app(fake.url, comps, **settings_) as jg,
         httpx.AsyncClient(base_url=jg.url) as client,
