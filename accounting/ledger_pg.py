@@ -75,6 +75,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER budgets_version AFTER INSERT OR UPDATE OR DELETE ON budgets
             FOR EACH STATEMENT EXECUTE FUNCTION bump_data_version()""",
     ),
+    # 2: which joulegate host recorded each row (SQLite's migration 8).
+    ("ALTER TABLE requests ADD COLUMN host TEXT",),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
@@ -338,6 +340,7 @@ class PostgresLedger:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": "ledger", "ok": self._degraded is None, "path": self.path}
+        out["database"] = f"postgresql {self.path}"
         if self._degraded is not None:
             out["error"] = self._degraded
             out.update(self._spill.health())

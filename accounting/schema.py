@@ -58,6 +58,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     """The backend that served the request (its name, or ``host:port``)."""
     task: str | None = None
     """What the request was for (``x-joulegate-task`` or ``metadata.task``)."""
+    host: str | None = None
+    """The joulegate host that recorded the row (``node_name``, else the hostname)."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -193,6 +195,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forecast_energy_j
         )""",
     ),
+    # 8: which joulegate host recorded each row (several joulegates, one ledger).
+    ("ALTER TABLE requests ADD COLUMN host TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
