@@ -374,6 +374,7 @@ class Ledger:
             "name": "ledger",
             "ok": self._degraded is None,
             "path": str(self.path),
+            "database": f"sqlite {self.path}",
         }
         if self._degraded is not None:
             out["error"] = self._degraded

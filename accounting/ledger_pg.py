@@ -80,6 +80,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN attribution TEXT",
         "ALTER TABLE requests ADD COLUMN concurrency_mean DOUBLE PRECISION",
     ),
+    # 3: which joulegate host recorded each row (SQLite's migration 9).
+    ("ALTER TABLE requests ADD COLUMN host TEXT",),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
@@ -343,6 +345,7 @@ class PostgresLedger:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": "ledger", "ok": self._degraded is None, "path": self.path}
+        out["database"] = f"postgresql {self.path}"
         if self._degraded is not None:
             out["error"] = self._degraded
             out.update(self._spill.health())

@@ -58,6 +58,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     """The backend that served the request (its name, or ``host:port``)."""
     task: str | None = None
     """What the request was for (``x-joulegate-task`` or ``metadata.task``)."""
+    host: str | None = None
+    """The joulegate host that recorded the row (``node_name``, else the hostname)."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -202,6 +204,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ADD COLUMN attribution TEXT",
         "ALTER TABLE requests ADD COLUMN concurrency_mean REAL",
     ),
+    # 9: which joulegate host recorded each row (several joulegates, one ledger).
+    ("ALTER TABLE requests ADD COLUMN host TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
