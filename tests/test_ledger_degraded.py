@@ -72,7 +72,9 @@ async def test_rows_wait_out_a_locked_database_in_memory_and_the_fallback_file(
         assert health["buffered_rows"] == 5 and health["fallback_rows"] == 5
         assert len(filed) == 5
         await eventually(lambda: not ledger.degraded)
-        assert ledger.health() == {"name": "ledger", "ok": True, "path": str(path)}
+        assert ledger.health() == {
+            "name": "ledger", "ok": True, "path": str(path), "database": f"sqlite {path}"
+        }  # fmt: skip
         assert not ledger.fallback_path.exists()
     finally:
         await ledger.close()

@@ -65,7 +65,9 @@ async def test_degraded_mode_ends_although_rows_arrive_during_every_retry(tmp_pa
                 await ledger.append(row(n))
             assert ledger.degraded
         await eventually(lambda: not ledger.degraded)
-        assert ledger.health() == {"name": "ledger", "ok": True, "path": str(path)}
+        assert ledger.health() == {
+            "name": "ledger", "ok": True, "path": str(path), "database": f"sqlite {path}"
+        }  # fmt: skip
     finally:
         await ledger.close()
     ids = [r["request_id"] for r in db_rows(path)]
