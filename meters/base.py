@@ -74,6 +74,10 @@ class Meter(ABC):
     counter_resolution_s: ClassVar[float] = 0.0
     """How often the device updates its energy counter; windows shorter than
     this use integrated power instead and are flagged low-resolution."""
+    update_period_s: float = 0.0
+    """How often any of the meter's readings can change at all (the source's own
+    update period); a read sooner than this after the last one shows nothing new,
+    so window edges skip it. 0: every edge reads."""
 
     @property
     @abstractmethod

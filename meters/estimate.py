@@ -157,6 +157,9 @@ class EstimateMeter(Meter):
         self._start_busy, self._start_all = jiffies
         self.gpu_board_power_w = gpu_board_power_w
         self._activity = activity or Activity()
+        # /proc/stat counts whole jiffies: a read within one shows no new CPU time. The
+        # GPU part follows the request's activity to the instant, so it always reads.
+        self.update_period_s = 0.0 if gpu_board_power_w > 0 else 1.0 / self._hz
 
     @property
     def components(self) -> tuple[str, ...]:

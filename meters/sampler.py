@@ -18,6 +18,13 @@ A request's window costs the event loop almost nothing:
 * :meth:`Sampler.measure` interpolates each track at both edges (the sum is
   :class:`~meters.window.TrackSet`'s, in :mod:`meters.window`).
 
+An edge read that could show nothing new is not taken: when the last sample is
+younger than every local meter's :attr:`~meters.base.Meter.update_period_s` (one
+jiffy for the estimate, whose ``/proc/stat`` counts whole jiffies), neither edge
+pokes the thread and the window's end is extended from the last sample's power,
+as the counter itself would have shown. Back-to-back short requests then cost no
+thread hop at all.
+
 While no window is open the sampler keeps each component's **idle power**
 (an exponential average with a 10 s time constant); a window's *dynamic*
 energy is its total minus idle power x duration, never below zero.
@@ -84,6 +91,9 @@ class Sampler:
         self._tracks = self._set.tracks
         local = [m for m in self.meters if not m.remote]
         self.interval_s = min([1.0 / sample_hz, *(m.max_poll_interval_s for m in local)])
+        self._edge_period_s = min((m.update_period_s for m in local), default=math.inf)
+        """An edge read sooner than this after the last sample shows nothing new."""
+        self._sampled_s = -math.inf
         self.external_interval_s = 1.0 / external_hz
         self._open: dict[int, WindowToken] = {}
         self._last_end_s = -math.inf
@@ -170,9 +180,11 @@ class Sampler:
 
     def sample(self) -> None:
         """Read every local meter now (the sampler thread's tick; tests call it)."""
+        started = self._clock()
         for meter in self.meters:
             if not meter.remote:
                 self.read_meter(meter)
+        self._sampled_s = started  # only once its readings are in the tracks
         now = self._clock()
         if now - self._pruned_s < 1.0:
             return
@@ -270,8 +282,13 @@ class Sampler:
                     other.exclusive = False
             self._open[id(token)] = token
         self.activity.begin(start_s)
-        self._requests.put(None)
+        if not self._sampled_recently():
+            self._requests.put(None)
         return token
+
+    def _sampled_recently(self) -> bool:
+        """Whether a read now could show nothing the last sample did not."""
+        return self._clock() - self._sampled_s < self._edge_period_s
 
     def close_window(self, token: WindowToken, end_s: float) -> None:
         """The request gave its slot back at ``end_s``."""
@@ -282,7 +299,10 @@ class Sampler:
         self.activity.end(end_s)
 
     async def fresh_sample(self, timeout_s: float = FRESH_TIMEOUT_S) -> None:
-        """Have the local meters read once more now (one hop to the sampler thread)."""
+        """Have the local meters read once more now (one hop to the sampler thread),
+        unless the last sample is as fresh as the meters can be."""
+        if self._sampled_recently():
+            return
         if not self._threads:
             await asyncio.to_thread(self.sample)
             return

@@ -339,3 +339,58 @@ def test_device_energy_since_start_up_survives_pruning(mode: str) -> None:
     assert cpu["id"] == "cpu" and cpu["type"] == "cpu"
     assert cpu["energy_j"] == pytest.approx(300.0)  # 10 W for 30 s, all of it
     assert cpu["power_w"] == pytest.approx(10.0)
+
+
+class Jiffies(CurveMeter):
+    """A counter meter that, like ``/proc/stat``, only moves every ``period_s``; counts reads."""
+
+    def __init__(self, clock: VirtualClock, power_w: float, period_s: float) -> None:
+        super().__init__(
+            clock,
+            lambda t: power_w,
+            lambda t: power_w * (t - t % period_s),  # whole periods only
+            component="cpu",
+            mode="counter",
+        )
+        self.update_period_s = period_s
+        self.reads = 0
+
+    def read(self) -> dict[str, Reading]:
+        self.reads += 1
+        return super().read()
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.003, 0.0099])
+async def test_an_edge_within_the_meters_update_period_reads_nothing(gap_s: float) -> None:
+    clock = VirtualClock(1000.0)
+    meter = Jiffies(clock, 50.0, period_s=0.01)
+    sampler = Sampler([meter], sample_hz=10, clock=clock)
+    tick(sampler, clock, 1.0)
+    reads = meter.reads
+    clock.advance(gap_s)
+    token = sampler.open_window(clock.t)
+    clock.advance(0.01 - gap_s - 1e-6)  # still within one period of the last sample
+    await sampler.fresh_sample()
+    energy = sampler.measure(token, clock.t)
+    assert meter.reads == reads  # neither edge read: the counter could not have moved
+    # The window is extended from the last sample's power, what the counter shows on average.
+    assert energy.energy_j == pytest.approx(50.0 * (0.01 - gap_s - 1e-6), rel=1e-6)
+
+
+async def test_an_edge_past_the_update_period_reads_and_a_zero_period_always_reads() -> None:
+    clock = VirtualClock(1000.0)
+    slow = Jiffies(clock, 50.0, period_s=0.01)
+    sampler = Sampler([slow], sample_hz=10, clock=clock)
+    tick(sampler, clock, 1.0)
+    clock.advance(0.02)
+    reads = slow.reads
+    await sampler.fresh_sample()  # no thread running: read inline, off the loop
+    assert slow.reads == reads + 1
+    # One meter that always reads makes every edge read, the slow one included.
+    exact = constant(clock, 10.0, "gpu")
+    both = Sampler([slow, exact], sample_hz=10, clock=clock)
+    both.sample()
+    reads = slow.reads
+    await both.fresh_sample()
+    await both.fresh_sample()
+    assert slow.reads == reads + 2
