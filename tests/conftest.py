@@ -60,7 +60,8 @@ _databases = itertools.count()
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """A fresh, empty ledger store: a SQLite file, then a database on :func:`pg_server`."""
     if request.param == "sqlite":
-        yield Store("sqlite", LedgerSettings(path=str(tmp_path / "l.sqlite3")))
+        path = str(tmp_path / "l.sqlite3")
+        yield Store("sqlite", LedgerSettings(path=path), ("--ledger", path))
         return
     server: PgServer = request.getfixturevalue("pg_server")
     name = f"s{next(_databases)}"
@@ -69,5 +70,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await conn.execute(f"CREATE DATABASE {name}")
     finally:
         await conn.close()
-    fallback = str(tmp_path / "l.pending.jsonl")
-    yield Store("postgres", LedgerSettings(url=server.database_url(name), fallback_path=fallback))
+    settings = LedgerSettings(
+        url=server.database_url(name), fallback_path=str(tmp_path / "l.pending.jsonl")
+    )
+    config = tmp_path / "joulegate.toml"
+    config.write_text(
+        f'[ledger]\nurl = "{settings.url}"\nfallback_path = "{settings.fallback_path}"\n',
+        encoding="utf-8",
+    )
+    yield Store("postgres", settings, ("--config", str(config)))

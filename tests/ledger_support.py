@@ -75,6 +75,8 @@ class Store:
     kind: Literal["sqlite", "postgres"]
     settings: LedgerSettings
     """``[ledger]`` naming this store (``path`` or ``url``)."""
+    cli_args: tuple[str, ...]
+    """What ``joulegate report`` and friends take to work on this store."""
 
     def ledger(self) -> AnyLedger:
         """An unopened ledger on this store (use it as ``async with``)."""
