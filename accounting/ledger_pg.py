@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -106,8 +107,12 @@ def _totals(sql: str) -> str:
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
-    """SQLite SQL as the callers write it, in PostgreSQL's dialect."""
+    """SQLite SQL as the callers write it, in PostgreSQL's dialect.
+
+    Memoised: callers send the same few statements over and over (parameters travel
+    apart), so the regexes run once per distinct statement."""
     ignore = bool(_INSERT_OR_IGNORE.match(sql))
     if ignore:
         sql = _INSERT_OR_IGNORE.sub("INSERT INTO", sql, count=1)
