@@ -3,11 +3,13 @@
 A budget caps a user's energy (stored in joules, set in Wh) and/or CO2e
 (grams) over the current UTC day or calendar month. Spending is the sum of the
 ledger's ``energy_j`` and ``co2e_g`` for rows whose arrival time falls in the
-period, the same rows a report for that period adds up. The running totals of
-every user for the current day and month are kept in memory (loaded from the
-ledger at start-up, added to as each row is recorded), so checking a request
-costs no query. A request is admitted while anything is left; the one that
-crosses the limit finishes, and the next is refused with 429.
+period, the same rows a report for that period adds up, on every joulegate
+sharing the ledger. The running totals of every user for the current day and
+month are kept in memory, so checking a request costs no query: this host's
+own rows are loaded at start-up and added as each is recorded, the other
+hosts' are re-read in the background every ``budgets.refresh_s``. A request
+is admitted while anything is left; the one that crosses the limit finishes,
+and the next is refused with 429.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class BudgetStatus:
 
 
 _ADJ = {"day": "daily", "month": "monthly"}
+_NOT_MINE = "(host IS NULL OR host <> ?)"
+"""Rows another host recorded (rows from before the ``host`` column have none)."""
 
 
 def period_bounds(period: Period, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
@@ -119,36 +123,82 @@ def period_bounds(period: Period, now: dt.datetime) -> tuple[dt.datetime, dt.dat
     return start, end
 
 
-class BudgetBook:
-    """Budgets from the ``budgets`` table and every user's spending this day and month."""
+_Totals = defaultdict[str, list[float]]
 
-    def __init__(self, ledger: AnyLedger) -> None:
+
+def _totals() -> dict[Period, _Totals]:
+    return {p: defaultdict(lambda: [0.0, 0.0]) for p in PERIODS}
+
+
+class BudgetBook:
+    """Budgets from the ``budgets`` table and every user's spending this day and month.
+
+    Spending is kept in two parts. This host's own rows (``host`` = the book's host)
+    are loaded at start-up and then added as each is recorded, so they count at once
+    and exactly. The rows other joulegates record in a shared ledger are re-read by
+    :meth:`refresh` (the server calls it every ``budgets.refresh_s``, off the request
+    path), so a check sees them at most that stale. A book without a host (the CLI)
+    counts every row as its own and has nothing to refresh.
+    """
+
+    def __init__(self, ledger: AnyLedger, *, host: str | None = None) -> None:
         self._ledger = ledger
+        self.host = host
+        """This joulegate's name in the ``host`` column; None: the only writer."""
         self.budgets: dict[str, Budget] = {}
         self._starts: dict[Period, str] = {}
-        self._spent: dict[Period, defaultdict[str, list[float]]] = {
-            p: defaultdict(lambda: [0.0, 0.0]) for p in PERIODS
-        }
+        self._own = _totals()
+        self._others = _totals()
 
     async def load(self, now: dt.datetime | None = None) -> None:
         """Read the budgets and this period's spending of every user from the ledger."""
         now = now or utcnow()
         await self.load_budgets()
+        self._roll(now)
         for period in PERIODS:
-            start = iso(period_bounds(period, now)[0])
-            rows = await self._ledger.fetchall(
-                "SELECT user, TOTAL(energy_j), TOTAL(co2e_g) FROM requests"
-                " WHERE ts >= ? GROUP BY user",
-                (start,),
+            start = self._starts[period]
+            if self.host is None:
+                own = await self._sums(start, "TRUE", ())
+                others: dict[str, list[float]] = {}
+            else:
+                own = await self._sums(start, "host = ?", (self.host,))
+                others = await self._sums(start, _NOT_MINE, (self.host,))
+            for totals, read in ((self._own, own), (self._others, others)):
+                totals[period].clear()
+                totals[period].update(read)
+
+    async def refresh(self, now: dt.datetime | None = None) -> None:
+        """Re-read what other hosts spent this period, for the users with a budget."""
+        if self.host is None:
+            return
+        self._roll(now or utcnow())
+        for period in PERIODS:
+            users = [u for u, b in self.budgets.items() if b.period == period]
+            if not users:
+                continue
+            start = self._starts[period]
+            marks = ", ".join("?" * len(users))
+            read = await self._sums(
+                start, f"{_NOT_MINE} AND user IN ({marks})", (self.host, *users)
             )
-            self._starts[period] = start
-            spent = self._spent[period]
-            spent.clear()
-            for user, energy_j, co2e_g in rows:
-                spent[user] = [energy_j, co2e_g]
+            if self._starts[period] != start:  # the period rolled over while we read
+                continue
+            others = self._others[period]
+            for user in users:
+                others[user] = read.get(user, [0.0, 0.0])
+
+    async def _sums(
+        self, start: str, where: str, params: tuple[str, ...]
+    ) -> dict[str, list[float]]:
+        rows = await self._ledger.fetchall(
+            "SELECT user, TOTAL(energy_j), TOTAL(co2e_g) FROM requests"  # noqa: S608
+            f" WHERE ts >= ? AND {where} GROUP BY user",
+            (start, *params),
+        )
+        return {user: [energy_j, co2e_g] for user, energy_j, co2e_g in rows}
 
     async def load_budgets(self) -> None:
-        """(Re)read the limits (the CLI may have changed them)."""
+        """(Re)read the limits (the CLI or another host may have changed them)."""
         rows = await self._ledger.fetchall("SELECT user, period, energy_j, co2e_g FROM budgets")
         self.budgets = {r[0]: Budget(r[0], r[1], r[2], r[3]) for r in rows}
 
@@ -157,14 +207,15 @@ class BudgetBook:
             start = iso(period_bounds(period, now)[0])
             if self._starts.get(period) != start:
                 self._starts[period] = start
-                self._spent[period].clear()
+                self._own[period].clear()
+                self._others[period].clear()
 
     def add(self, row: LedgerRow, now: dt.datetime | None = None) -> None:
-        """Count a recorded row towards its user's spending."""
+        """Count a row this host recorded towards its user's spending."""
         self._roll(now or utcnow())
         for period in PERIODS:
             if row.ts >= self._starts[period]:
-                spent = self._spent[period][row.user]
+                spent = self._own[period][row.user]
                 spent[0] += row.energy_j or 0.0
                 spent[1] += row.co2e_g or 0.0
 
@@ -178,17 +229,17 @@ class BudgetBook:
         if budget is None:
             return None
         now = now or utcnow()
-        self._roll(now)
-        energy_j, co2e_g = self._spent[budget.period].get(user, (0.0, 0.0))
+        energy_j, co2e_g = self.spent(user, budget.period, now)
         return BudgetStatus(budget, energy_j, co2e_g, period_bounds(budget.period, now)[1])
 
     def spent(
         self, user: str, period: Period, now: dt.datetime | None = None
     ) -> tuple[float, float]:
-        """``(energy_j, co2e_g)`` used by ``user`` in the current period."""
+        """``(energy_j, co2e_g)`` used by ``user`` in the current period, on every host."""
         self._roll(now or utcnow())
-        energy_j, co2e_g = self._spent[period].get(user, (0.0, 0.0))
-        return energy_j, co2e_g
+        own = self._own[period].get(user, (0.0, 0.0))
+        others = self._others[period].get(user, (0.0, 0.0))
+        return own[0] + others[0], own[1] + others[1]
 
     async def set(self, budget: Budget) -> None:
         """Store a user's budget (replacing any earlier one)."""

@@ -18,7 +18,8 @@ bounded in-memory buffer *and* an append-only JSON-lines fallback file (a
 :class:`~accounting.spill.Spill`), a background task retries them every
 ``retry_s`` (reopening the connection, so a file made writable again is
 noticed), and :meth:`Ledger.health` reports the
-condition for ``/readyz``. Inserts are ``INSERT OR IGNORE`` on the request id,
+condition for ``/readyz`` (that life cycle is :mod:`accounting.ledger_base`'s,
+shared with the PostgreSQL ledger). Inserts are ``INSERT OR IGNORE`` on the request id,
 so replaying the fallback file twice (after a crash mid-replay) adds nothing.
 
 Degraded mode ends as soon as one batch of held rows commits: from then on new
@@ -47,8 +48,9 @@ from typing import Any
 import aiosqlite
 import platformdirs
 
+from accounting.ledger_base import SpillingLedger
 from accounting.schema import INSERT_ROW, LedgerRow, migrate, row_from_sql, row_params
-from accounting.spill import Spill, describe
+from accounting.spill import Spill
 from config import LedgerSettings
 from config.errors import LedgerError
 
@@ -72,8 +74,11 @@ def default_path() -> Path:
     return platformdirs.user_data_path("joulegate") / "ledger.sqlite3"
 
 
-class Ledger:
+class Ledger(SpillingLedger):
     """The ledger file: append rows, read them back, and survive an unwritable database."""
+
+    _db_errors = (sqlite3.Error,)
+    _kind = "sqlite"
 
     def __init__(
         self,
@@ -85,23 +90,19 @@ class Ledger:
         fallback_path: Path | None = None,
         retry_s: float = 2.0,
     ) -> None:
+        super().__init__(
+            Spill(
+                fallback_path or path.with_name(path.name + ".pending.jsonl"),
+                buffer_rows=buffer_rows,
+            ),
+            retry_s=retry_s,
+        )
         self.path = path
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout_s * 1000)
-        self._retry_s = retry_s
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._spill_lock = asyncio.Lock()
-        self._flush_lock = asyncio.Lock()
-        self._spill = Spill(
-            fallback_path or path.with_name(path.name + ".pending.jsonl"),
-            buffer_rows=buffer_rows,
-        )
-        """Rows held back from the database; used under ``_spill_lock`` only."""
-        self._degraded: str | None = None
-        """Why rows are being buffered (None while the database takes them)."""
-        self._retry_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, s: LedgerSettings) -> Ledger:
@@ -117,9 +118,12 @@ class Ledger:
         )
 
     @property
-    def fallback_path(self) -> Path:
-        """The JSON-lines file that takes rows while the database cannot."""
-        return self._spill.path
+    def _where(self) -> str:
+        return str(self.path)
+
+    @property
+    def _connected(self) -> bool:
+        return self._writer is not None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -146,24 +150,11 @@ class Ledger:
             await self.close()
             raise
         if serving:
-            if self._spill.has_file():
-                self._degraded = "rows left in the fallback file by an earlier run"
-                await self.flush()
-            self._retry_task = asyncio.create_task(self._retry_loop(), name="ledger-retry")
+            await self._start_serving()
 
     async def close(self) -> None:
         """Retry buffered rows once more, then close both connections."""
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry_task
-            self._retry_task = None
-        if self._degraded is not None and self._writer is not None and not await self.flush():
-            log.error(
-                "ledger: closing with %d held rows unwritten; those in %s are replayed at the"
-                " next start, the %d held only in memory are lost",
-                self._spill.held_rows, self.fallback_path, self._spill.memory_only_rows,
-            )  # fmt: skip
+        await self._stop_serving()
         for conn in (self._writer, self._reader):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
@@ -196,82 +187,14 @@ class Ledger:
 
     # -- writing ------------------------------------------------------------------
 
-    async def append(self, row: LedgerRow) -> None:
-        """Commit one row; while the database cannot take it, buffer and file it instead.
+    async def _insert(self, row: LedgerRow) -> None:
+        writer = self._writer
+        if writer is None:  # closed meanwhile: the row is held, replayed at the next start
+            raise sqlite3.OperationalError("the ledger is closed")
+        async with self._write_lock:
+            await writer.execute_insert(INSERT_ROW, row_params(row))
 
-        Never raises for a database problem: the request it records has been served.
-        """
-        while True:
-            writer = self._writer
-            if self._degraded is None and writer is not None:
-                try:
-                    async with self._write_lock:
-                        await writer.execute_insert(INSERT_ROW, row_params(row))
-                    return
-                except sqlite3.Error as exc:
-                    self._degrade(exc)
-            if await self._hold(row):
-                return
-
-    @property
-    def _takes_rows(self) -> bool:
-        return self._degraded is None and self._writer is not None
-
-    def _degrade(self, exc: BaseException) -> None:
-        if self._degraded is None:
-            log.error(
-                "ledger: cannot write %s (%s); holding rows in memory and in %s, retry every %gs",
-                self.path, describe(exc), self.fallback_path, self._retry_s,
-            )  # fmt: skip
-        self._degraded = describe(exc)
-
-    async def _hold(self, row: LedgerRow) -> bool:
-        """Hold and file ``row``; False when the database took rows again meanwhile."""
-        async with self._spill_lock:
-            if self._takes_rows:  # a flush ended degraded mode while we waited
-                return False
-            await self._spill.hold(row)
-            return True
-
-    async def _refile(self) -> None:
-        async with self._spill_lock:
-            await self._spill.refile()
-
-    async def flush(self) -> bool:
-        """Write buffered and filed rows to the database; True once it takes rows again.
-
-        As soon as one batch commits, degraded mode ends (new rows go straight to the
-        database) and the rows spilled while that batch was written are written next;
-        waiting instead for a moment with nothing held would never come under load.
-        """
-        async with self._flush_lock:
-            try:
-                await self._reopen_writer()
-                written = await self._write_held()
-                async with self._spill_lock:
-                    self._degraded = None
-                written += await self._write_held()
-            except sqlite3.Error as exc:
-                self._degrade(exc)
-                return False
-            async with self._spill_lock:
-                if self._takes_rows:
-                    log.warning("ledger: %s writable again; wrote %d held rows", self.path, written)
-                    self._spill.recovered()
-            return self._degraded is None
-
-    async def _write_held(self) -> int:
-        """Insert what is held now (memory and file), then forget it; how many rows."""
-        async with self._spill_lock:
-            in_memory, filed_bytes = self._spill.snapshot()
-        filed = await self._spill.read_filed(filed_bytes)
-        rows = list({r.request_id: r for r in [*filed, *in_memory]}.values())
-        await self._insert_many(rows)
-        async with self._spill_lock:
-            await self._spill.forget(len(in_memory), filed_bytes)
-        return len(rows)
-
-    async def _reopen_writer(self) -> None:
+    async def _reconnect(self) -> None:
         """A fresh writer, so that a file made writable again is opened for writing."""
         async with self._write_lock:
             if self._writer is not None:
@@ -300,17 +223,6 @@ class Ledger:
             await self._insert_many(list(rows))
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write to the ledger {self.path}: {exc}") from exc
-
-    async def _retry_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._retry_s)
-            if self._degraded is None:
-                continue
-            try:
-                if not await self.flush() and self._spill.file_error is not None:
-                    await self._refile()
-            except Exception:
-                log.exception("ledger: retrying held rows failed")
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement (keys, budgets); the number of rows it changed."""
@@ -355,30 +267,3 @@ class Ledger:
         """Changes whenever another connection (the CLI, our writer) commits."""
         rows = await self.fetchall("PRAGMA data_version")
         return int(rows[0][0])
-
-    # -- health -------------------------------------------------------------------
-
-    @property
-    def degraded(self) -> bool:
-        """Whether rows are being held back from the database."""
-        return self._degraded is not None
-
-    @property
-    def accepting_rows(self) -> bool:
-        """Whether a new row would be kept durably: by the database or the fallback file."""
-        return self._degraded is None or self._spill.file_error is None
-
-    def health(self) -> dict[str, Any]:
-        """The ledger's ``/readyz`` check: not ok while rows are held back."""
-        out: dict[str, Any] = {
-            "name": "ledger",
-            "ok": self._degraded is None,
-            "path": str(self.path),
-            "database": f"sqlite {self.path}",
-        }
-        if self._degraded is not None:
-            out["error"] = self._degraded
-            out.update(self._spill.health())
-        if self._spill.dropped_rows:
-            out["dropped_rows"] = self._spill.dropped_rows
-        return out

@@ -6,13 +6,15 @@ building the same tables as the SQLite migrations. Callers' SQLite SQL is
 translated by :func:`translate`: ``?`` placeholders become ``$n``, ``INSERT OR
 IGNORE`` becomes ``ON CONFLICT DO NOTHING``, and the column ``user`` (a reserved
 word here) is quoted. While the server is unreachable rows go to the same
-:class:`~accounting.spill.Spill` as the SQLite ledger and are written once it is back.
+:class:`~accounting.spill.Spill` as the SQLite ledger and are written once it is back
+(degraded mode is :class:`~accounting.ledger_base.SpillingLedger`'s, shared by both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -23,8 +25,9 @@ from typing import Any
 import asyncpg
 import platformdirs
 
+from accounting.ledger_base import SpillingLedger
 from accounting.schema import _BOOL_COLUMNS, _JSON_COLUMNS, INSERT_ROW, LedgerRow, row_params
-from accounting.spill import Spill, describe
+from accounting.spill import Spill
 from config.errors import LedgerError
 
 log = logging.getLogger("joulegate.ledger")
@@ -104,8 +107,12 @@ def _totals(sql: str) -> str:
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
-    """SQLite SQL as the callers write it, in PostgreSQL's dialect."""
+    """SQLite SQL as the callers write it, in PostgreSQL's dialect.
+
+    Memoised: callers send the same few statements over and over (parameters travel
+    apart), so the regexes run once per distinct statement."""
     ignore = bool(_INSERT_OR_IGNORE.match(sql))
     if ignore:
         sql = _INSERT_OR_IGNORE.sub("INSERT INTO", sql, count=1)
@@ -140,23 +147,21 @@ async def _init(conn: asyncpg.Connection) -> None:
     )
 
 
-class PostgresLedger:
+class PostgresLedger(SpillingLedger):
     """The ledger in a PostgreSQL database; rows survive the server being away."""
+
+    _db_errors = _DB_ERRORS
+    _kind = "postgresql"
 
     def __init__(
         self, url: str, *, buffer_rows: int = 10_000, fallback_path: Path | None = None,
         retry_s: float = 2.0, timeout_s: float = 5.0,
     ) -> None:  # fmt: skip
+        default = platformdirs.user_data_path("joulegate") / "ledger.postgres.pending.jsonl"
+        super().__init__(Spill(fallback_path or default, buffer_rows=buffer_rows), retry_s=retry_s)
         self.url = url
-        self._retry_s = retry_s
         self._timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
-        self._spill_lock = asyncio.Lock()
-        self._flush_lock = asyncio.Lock()
-        default = platformdirs.user_data_path("joulegate") / "ledger.postgres.pending.jsonl"
-        self._spill = Spill(fallback_path or default, buffer_rows=buffer_rows)
-        self._degraded: str | None = None
-        self._retry_task: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> str:
@@ -164,8 +169,12 @@ class PostgresLedger:
         return re.sub(r"://([^:@/]+):[^@/]*@", r"://\1:***@", self.url)
 
     @property
-    def fallback_path(self) -> Path:
-        return self._spill.path
+    def _where(self) -> str:
+        return self.path
+
+    @property
+    def _connected(self) -> bool:
+        return self._pool is not None
 
     async def open(self, *, serving: bool = False, must_exist: bool = False) -> None:
         """Connect and migrate; see :meth:`accounting.ledger.Ledger.open`."""
@@ -186,19 +195,11 @@ class PostgresLedger:
             await self.close()
             raise
         if serving:
-            if self._spill.has_file():
-                self._degraded = "rows left in the fallback file by an earlier run"
-                await self.flush()
-            self._retry_task = asyncio.create_task(self._retry_loop(), name="ledger-retry")
+            await self._start_serving()
 
     async def close(self) -> None:
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retry_task
-            self._retry_task = None
-        if self._degraded is not None and self._pool is not None and not await self.flush():
-            log.error("ledger: closing with %d held rows unwritten", self._spill.held_rows)
+        """Retry held rows once more, then close the pool."""
+        await self._stop_serving()
         if self._pool is not None:
             with contextlib.suppress(*_DB_ERRORS):
                 await asyncio.wait_for(self._pool.close(), self._timeout_s)
@@ -218,60 +219,14 @@ class PostgresLedger:
 
     # -- writing ------------------------------------------------------------------
 
-    async def append(self, row: LedgerRow) -> None:
-        """Commit one row; while the server cannot take it, buffer and file it instead."""
-        while True:
-            if self._takes_rows:
-                try:
-                    await self._need_pool().execute(
-                        _INSERT, *_params(row_params(row)), timeout=self._timeout_s
-                    )
-                    return
-                except _DB_ERRORS as exc:
-                    self._degrade(exc)
-            async with self._spill_lock:
-                if not self._takes_rows:
-                    await self._spill.hold(row)
-                    return
+    async def _insert(self, row: LedgerRow) -> None:
+        pool = self._pool
+        if pool is None:  # closed meanwhile: the row is held, replayed at the next start
+            raise asyncpg.InterfaceError("the ledger is closed")
+        await pool.execute(_INSERT, *_params(row_params(row)), timeout=self._timeout_s)
 
-    @property
-    def _takes_rows(self) -> bool:
-        return self._degraded is None and self._pool is not None
-
-    def _degrade(self, exc: BaseException) -> None:
-        if self._degraded is None:
-            log.error("ledger: cannot write %s (%s); holding rows in memory and in %s",
-                      self.path, describe(exc), self.fallback_path)  # fmt: skip
-        self._degraded = describe(exc)
-
-    async def flush(self) -> bool:
-        """Write held rows; True once the server takes rows again."""
-        async with self._flush_lock:
-            try:
-                written = await self._write_held()
-                async with self._spill_lock:
-                    self._degraded = None
-                written += await self._write_held()
-            except _DB_ERRORS as exc:
-                self._degrade(exc)
-                return False
-            async with self._spill_lock:
-                if self._takes_rows:
-                    log.warning(
-                        "ledger: %s reachable again; wrote %d held rows", self.path, written
-                    )
-                    self._spill.recovered()
-            return self._degraded is None
-
-    async def _write_held(self) -> int:
-        async with self._spill_lock:
-            in_memory, filed_bytes = self._spill.snapshot()
-        filed = await self._spill.read_filed(filed_bytes)
-        rows = list({r.request_id: r for r in [*filed, *in_memory]}.values())
-        await self._insert_many(rows)
-        async with self._spill_lock:
-            await self._spill.forget(len(in_memory), filed_bytes)
-        return len(rows)
+    async def _reconnect(self) -> None:
+        """Nothing to do: the pool replaces broken connections by itself."""
 
     async def _insert_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
@@ -285,18 +240,6 @@ class PostgresLedger:
             await self._insert_many(list(rows))
         except _DB_ERRORS as exc:
             raise LedgerError(f"cannot write to the ledger {self.path}: {exc}") from exc
-
-    async def _retry_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._retry_s)
-            if self._degraded is None:
-                continue
-            try:
-                if not await self.flush() and self._spill.file_error is not None:
-                    async with self._spill_lock:
-                        await self._spill.refile()
-            except Exception:
-                log.exception("ledger: retrying held rows failed")
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement; the number of rows it changed."""
@@ -332,26 +275,6 @@ class PostgresLedger:
         """Changes whenever keys or budgets change (a trigger counts)."""
         rows = await self.fetchall("SELECT n FROM data_version")
         return int(rows[0][0])
-
-    # -- health -------------------------------------------------------------------
-
-    @property
-    def degraded(self) -> bool:
-        return self._degraded is not None
-
-    @property
-    def accepting_rows(self) -> bool:
-        return self._degraded is None or self._spill.file_error is None
-
-    def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": "ledger", "ok": self._degraded is None, "path": self.path}
-        out["database"] = f"postgresql {self.path}"
-        if self._degraded is not None:
-            out["error"] = self._degraded
-            out.update(self._spill.health())
-        if self._spill.dropped_rows:
-            out["dropped_rows"] = self._spill.dropped_rows
-        return out
 
 
 async def _migrate(conn: asyncpg.Connection, where: str) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,24 +55,28 @@ class Accounting:
     keys: KeyStore
     budgets: BudgetBook
     auth: Authenticator
+    host: str
+    """This joulegate's name in the ``host`` column: ``ledger.node_name`` or the hostname."""
 
     @classmethod
     async def open(cls, settings: Settings, *, serving: bool = True) -> Accounting:
         """Open the ledger and load keys and budgets."""
+        host = settings.ledger.node_name or socket.gethostname()
         ledger = ledger_from_settings(settings.ledger)
         await ledger.open(serving=serving)
         try:
             keys = KeyStore(ledger, unknown_ttl_s=settings.auth.refresh_s)
             await keys.load()
-            budgets = BudgetBook(ledger)
+            budgets = BudgetBook(ledger, host=host)
             await budgets.load()
         except BaseException:
             await ledger.close()
             raise
-        return cls(settings, ledger, keys, budgets, Authenticator(settings.auth, keys, budgets.has))
+        auth = Authenticator(settings.auth, keys, budgets.has)
+        return cls(settings, ledger, keys, budgets, auth, host)
 
     async def refresh_forever(self) -> None:
-        """Pick up keys and budgets the CLI changed (``PRAGMA data_version``)."""
+        """Pick up keys and budgets the CLI or another host changed (``data_version``)."""
         seen = await self.ledger.data_version()
         while True:
             await asyncio.sleep(self.settings.auth.refresh_s)
@@ -84,6 +89,17 @@ class Accounting:
             except LedgerError as exc:
                 log.warning("could not refresh keys and budgets: %s", exc)
 
+    async def refresh_spending_forever(self) -> None:
+        """Re-read other hosts' spending every ``budgets.refresh_s`` (a shared ledger)."""
+        while True:
+            await asyncio.sleep(self.settings.budgets.refresh_s)
+            try:
+                await self.budgets.refresh()
+            except LedgerError as exc:
+                log.warning("could not refresh budget spending: %s", exc)
+            except Exception:
+                log.exception("refreshing budget spending failed")
+
 
 @contextlib.asynccontextmanager
 async def accounting_resource(ctx: AppContext) -> AsyncIterator[None]:
@@ -92,16 +108,20 @@ async def accounting_resource(ctx: AppContext) -> AsyncIterator[None]:
     acc = await Accounting.open(ctx.settings)
     ctx.publish(acc)
     ctx.ready_checks.append(acc.ledger.health)
-    refresher = asyncio.create_task(acc.refresh_forever(), name="accounting-refresh")
+    refreshers = [
+        asyncio.create_task(acc.refresh_forever(), name="accounting-refresh"),
+        asyncio.create_task(acc.refresh_spending_forever(), name="budget-refresh"),
+    ]
     log.info("ledger at %s; auth mode %s", acc.ledger.path, acc.auth.mode)
     if ctx.settings.auth.mode == "auto" and acc.auth.mode == "open":
         log.info("no API keys yet: everyone is 'anonymous' (create one, then restart)")
     try:
         yield None
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in refreshers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         ctx.withdraw(Accounting)
         await acc.ledger.close()
 
@@ -113,7 +133,9 @@ class AuthStage(Stage):
     never queues) and again at admission, when the slot is granted, against totals
     that include every request finished so far. Requests queued behind each other
     therefore cannot all pass on the same stale total: the overshoot is at most the
-    requests in flight at once (``max_concurrency``; one by default).
+    requests in flight at once (``max_concurrency``; one by default). Several hosts on
+    one ledger see each other's spending ``budgets.refresh_s`` late, so there each
+    host adds its in-flight requests and those it admits within that window.
     """
 
     name = "auth"
@@ -169,7 +191,7 @@ class RecordStage(Stage):
         """Build the row from the exchange, count it against budgets, commit it."""
         if not ex.gated or ex.failure == "queue_full" or ex.scratch.get("auth") == "refused":
             return  # refused before reaching the backend: it used nothing
-        row = row_from_exchange(ex, record_content=self._content)
+        row = row_from_exchange(ex, record_content=self._content, host=self._acc.host)
         self._acc.budgets.add(row)
         await self._acc.ledger.append(row)
 
@@ -190,8 +212,10 @@ async def record_component(ctx: AppContext) -> AsyncIterator[Stage]:
     yield RecordStage(ctx.require(Accounting, by="the ledger's record stage"))
 
 
-def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRow:
-    """The ledger row for a finished exchange."""
+def row_from_exchange(
+    ex: Exchange, *, record_content: bool = False, host: str | None = None
+) -> LedgerRow:
+    """The ledger row for a finished exchange, recorded by joulegate ``host``."""
     w = ex.window
     body = ex.body or {}
     params: dict[str, Any] = {
@@ -232,6 +256,7 @@ def row_from_exchange(ex: Exchange, *, record_content: bool = False) -> LedgerRo
         estimate_model=ex.estimate_model,
         backend=ex.backend,
         task=ex.task,
+        host=host,
         carbon_intensity_g_per_kwh=ex.carbon_intensity_g_per_kwh,
         carbon_source=ex.carbon_source,
         co2e_g=ex.co2e_g,

@@ -194,6 +194,10 @@ class LedgerSettings:
     url: str = ""
     """``postgresql://user:password@host:port/db`` keeps the ledger in PostgreSQL instead
     of the SQLite ``path`` (``JOULEGATE_LEDGER_URL``)."""
+    node_name: str = ""
+    """This joulegate's name in the ledger's ``host`` column (``report --by host``, and
+    how budgets tell this host's spending from the others' on a shared ledger); empty
+    means the machine's hostname. Give every joulegate sharing a ledger its own name."""
     record_content: bool = False
     """Store prompt and response text in the ledger (off by default)."""
     synchronous: Literal["normal", "full"] = "normal"
@@ -252,6 +256,12 @@ class BudgetSettings:
     the high end of its 80% interval, exceeds what is left of its user's energy budget,
     before it queues. Off by default: a forecast can be wrong, and without it a request
     is refused only once the budget is used up."""
+    refresh_s: float = 1.0
+    """How often the spending other joulegates recorded in a shared ledger is re-read
+    (this host's own requests count at once); the staleness of a budget check."""
+
+    def __post_init__(self) -> None:
+        require(self.refresh_s > 0, "budgets.refresh_s", "> 0")
 
 
 @dataclass(frozen=True)

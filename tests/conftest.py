@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from config import Settings
-from proxy.app import Component, create_app
+from config import LedgerSettings, Settings
+from proxy.app import create_app
+from proxy.context import Component
 from tests import pg_support
 from tests.fake_backend import FakeBackend, serving
+from tests.ledger_support import Store
 from tests.pg_support import PgServer
 from tests.support import Running, serve
 
@@ -46,3 +51,31 @@ def pg_server() -> Iterator[PgServer]:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) found")
     with pg_support.pg_server(bindir) as server:
         yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh, empty ledger store: a SQLite file, then a database on :func:`pg_server`."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "l.sqlite3")
+        yield Store("sqlite", LedgerSettings(path=path), ("--ledger", path))
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = f"s{next(_databases)}"
+    conn = await asyncpg.connect(server.url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    settings = LedgerSettings(
+        url=server.database_url(name), fallback_path=str(tmp_path / "l.pending.jsonl")
+    )
+    config = tmp_path / "joulegate.toml"
+    config.write_text(
+        f'[ledger]\nurl = "{settings.url}"\nfallback_path = "{settings.fallback_path}"\n',
+        encoding="utf-8",
+    )
+    yield Store("postgres", settings, ("--config", str(config)))

@@ -1,14 +1,21 @@
-"""Helpers for the ledger tests: a fake energy stage, component lists, row readers."""
+"""Helpers for the ledger tests: a fake energy stage, component lists, row readers,
+and :class:`Store`, one ledger database of either kind (the ``store`` fixture)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import asyncpg
+
+from accounting.ledger_pg import translate
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
+from accounting.ledgers import AnyLedger, ledger_from_settings
+from config import LedgerSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 
@@ -57,3 +64,31 @@ def db_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[
         ]
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class Store:
+    """One fresh ledger database, a SQLite file or a PostgreSQL database, for tests
+    that must hold on both backends: open ledgers on it, configure apps with it, and
+    read its rows back as another process would."""
+
+    kind: Literal["sqlite", "postgres"]
+    settings: LedgerSettings
+    """``[ledger]`` naming this store (``path`` or ``url``)."""
+    cli_args: tuple[str, ...]
+    """What ``joulegate report`` and friends take to work on this store."""
+
+    def ledger(self) -> AnyLedger:
+        """An unopened ledger on this store (use it as ``async with``)."""
+        return ledger_from_settings(self.settings)
+
+    async def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """The stored rows matching ``where`` (SQLite dialect), oldest first."""
+        if self.kind == "sqlite":
+            return db_rows(Path(self.settings.path), where, params)
+        conn = await asyncpg.connect(self.settings.url)
+        try:
+            sql = translate(f"SELECT * FROM requests WHERE {where} ORDER BY id")
+            return [dict(r) for r in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()

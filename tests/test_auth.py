@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,25 +11,24 @@ import httpx
 import openai
 import pytest
 
-from accounting import Ledger
 from accounting.auth import KeyStore
 from accounting.ledger_stage import Accounting
-from config import AuthSettings, LedgerError, LedgerSettings
+from config import AuthSettings, LedgerError
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import accounting_components, db_rows
+from tests.ledger_support import Store, accounting_components
 from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-async def make_key(path: Path, user: str, *, admin: bool = False) -> str:
-    async with Ledger(path) as ledger:
+async def make_key(store: Store, user: str, *, admin: bool = False) -> str:
+    async with store.ledger() as ledger:
         key, _ = await KeyStore(ledger).create(user, admin=admin)
     return key
 
 
-async def revoke(path: Path, prefix: str) -> int:
-    async with Ledger(path) as ledger:
+async def revoke(store: Store, prefix: str) -> int:
+    async with store.ledger() as ledger:
         return await KeyStore(ledger).revoke(prefix)
 
 
@@ -38,26 +36,36 @@ def every_byte(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
 
 
-async def test_only_a_salted_digest_and_a_short_prefix_are_stored(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
-    key = await make_key(path, "alice")
-    other = await make_key(path, "alice")
+def stored_bytes(values: Sequence[Any]) -> bytes:
+    return b"".join(bytes(v) if isinstance(v, bytes) else str(v).encode() for v in values)
+
+
+async def test_only_a_salted_digest_and_a_short_prefix_are_stored(
+    store: Store, tmp_path: Path
+) -> None:
+    key = await make_key(store, "alice")
+    other = await make_key(store, "alice")
     assert key.startswith("jg-") and len(key) == 46 and key != other
-    raw = every_byte(tmp_path)
+    async with store.ledger() as ledger:
+        stored = await ledger.fetchall("SELECT * FROM api_keys ORDER BY id")
+        (prefix, salt1), (_, salt2) = await ledger.fetchall(
+            "SELECT prefix, salt FROM api_keys ORDER BY id"
+        )
+    # The SQLite file itself, byte for byte; in PostgreSQL every stored value.
+    raw = every_byte(tmp_path) if store.kind == "sqlite" else stored_bytes(
+        [v for row in stored for v in row]
+    )  # fmt: skip
     assert key.encode() not in raw and key[3:].encode() not in raw
-    with sqlite3.connect(path) as conn:
-        (prefix, salt1), (_, salt2) = conn.execute("SELECT prefix, salt FROM api_keys ORDER BY id")
     assert prefix == key[:11] and salt1 != salt2
 
 
 async def test_keys_mode_refuses_missing_wrong_and_revoked_keys(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    key = await make_key(path, "alice")
-    revoked = await make_key(path, "bob")
-    await revoke(path, revoked[:11])
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="auto")}
+    key = await make_key(store, "alice")
+    revoked = await make_key(store, "bob")
+    await revoke(store, revoked[:11])
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="auto")}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
@@ -78,16 +86,15 @@ async def test_keys_mode_refuses_missing_wrong_and_revoked_keys(
     assert ok.status_code == 200
     (seen,) = fake.seen  # refused requests never reached the backend
     assert "authorization" not in seen.headers  # the client's key did not either
-    (stored,) = db_rows(path)  # refusals are not recorded
+    (stored,) = await store.rows()  # refusals are not recorded
     assert (stored["user"], stored["key_prefix"]) == ("alice", key[:11])
 
 
 async def test_the_openai_sdk_works_with_a_key_and_raises_on_a_bad_one(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    key = await make_key(path, "carol")
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    key = await make_key(store, "carol")
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
     async with joulegate_app(fake.url, accounting_components(), **settings) as jg:
         good = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key=key, max_retries=0)
         bad = openai.AsyncOpenAI(base_url=jg.url + "/v1", api_key="jg-wrong", max_retries=0)
@@ -101,25 +108,24 @@ async def test_the_openai_sdk_works_with_a_key_and_raises_on_a_bad_one(
         await good.close()
         await bad.close()
     assert answer.choices[0].message.content
-    assert [r["user"] for r in db_rows(path)] == ["carol"]
+    assert [r["user"] for r in await store.rows()] == ["carol"]
 
 
 async def test_keys_created_or_revoked_while_serving_take_effect(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    first = await make_key(path, "alice")
-    settings = {"ledger": LedgerSettings(path=str(path)),
+    first = await make_key(store, "alice")
+    settings = {"ledger": store.settings,
                 "auth": AuthSettings(mode="keys", refresh_s=0.05)}  # fmt: skip
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
     ):
         url = jg.url + "/v1/chat/completions"
-        new = await make_key(path, "dave")  # as the CLI would, from another connection
+        new = await make_key(store, "dave")  # as the CLI would, from another connection
         fresh = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {new}"})
         assert fresh.status_code == 200
-        await revoke(path, first[:11])
+        await revoke(store, first[:11])
         status = 200
         for _ in range(100):
             r = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {first}"})
@@ -131,10 +137,9 @@ async def test_keys_created_or_revoked_while_serving_take_effect(
 
 
 async def test_trust_mode_takes_the_user_from_the_header_or_the_body(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    settings = {"ledger": LedgerSettings(path=str(path)),
+    settings = {"ledger": store.settings,
                 "auth": AuthSettings(mode="trust", user_header="x-user")}  # fmt: skip
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
@@ -147,16 +152,15 @@ async def test_trust_mode_takes_the_user_from_the_header_or_the_body(
         )
         await c.post(url, json={**CHAT, "user": "frank"})
         await c.post(url, json=CHAT)
-    assert [r["user"] for r in db_rows(path)] == ["erin", "frank", "anonymous"]
+    assert [r["user"] for r in await store.rows()] == ["erin", "frank", "anonymous"]
     assert fake.seen[0].headers["authorization"] == "Bearer backend-key"  # not joulegate's to strip
 
 
 async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
     for mode in ("open", "auto"):
-        settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode=mode)}  # type: ignore[arg-type]
+        settings = {"ledger": store.settings, "auth": AuthSettings(mode=mode)}
         async with (
             joulegate_app(fake.url, accounting_components(), **settings) as jg,
             httpx.AsyncClient() as c,
@@ -164,16 +168,15 @@ async def test_open_mode_and_auto_without_keys_record_everyone_as_anonymous(
             r = await c.post(jg.url + "/v1/chat/completions", json={**CHAT, "user": "mallory"},
                              headers={"authorization": "Bearer whatever"})  # fmt: skip
             assert r.status_code == 200
-    assert [r["user"] for r in db_rows(path)] == ["anonymous", "anonymous"]
+    assert [r["user"] for r in await store.rows()] == ["anonymous", "anonymous"]
 
 
 async def test_auto_mode_stays_keys_once_every_key_has_been_revoked(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    key = await make_key(path, "alice")
-    assert await revoke(path, key[:11]) == 1
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="auto")}
+    key = await make_key(store, "alice")
+    assert await revoke(store, key[:11]) == 1
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="auto")}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
@@ -183,22 +186,21 @@ async def test_auto_mode_stays_keys_once_every_key_has_been_revoked(
         gone = await c.post(url, json=CHAT, headers={"authorization": f"Bearer {key}"})
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
     assert gone.status_code == 401 and gone.json()["error"]["code"] == "revoked_api_key"
-    assert fake.seen == [] and db_rows(path) == []
+    assert fake.seen == [] and await store.rows() == []
 
 
 async def test_a_failing_key_look_up_is_a_503_in_openai_shape(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    await make_key(path, "alice")
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    await make_key(store, "alice")
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
     ):
         ledger = jg.app.state.ctx.get(Accounting).ledger
 
-        async def unreadable(sql: str, params: object = ()) -> list[sqlite3.Row]:
+        async def unreadable(sql: str, params: object = ()) -> list[Any]:
             raise LedgerError("cannot read the ledger: disk I/O error")
 
         monkeypatch.setattr(ledger, "fetchall", unreadable)
@@ -212,23 +214,27 @@ async def test_a_failing_key_look_up_is_a_503_in_openai_shape(
     assert fake.seen == []
 
 
-class CountingLedger(Ledger):
-    """Counts key look-ups by prefix (the query an unknown key costs)."""
+class CountingLookups:
+    """Counts a ledger's key look-ups by prefix (the query an unknown key costs)."""
 
-    lookups = 0
+    def __init__(self, read: Any) -> None:
+        self._read = read
+        self.lookups = 0
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def __call__(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         if "WHERE prefix" in sql:
             self.lookups += 1
-        return await super().fetchall(sql, params)
+        return list(await self._read(sql, params))
 
 
 async def test_an_unknown_prefix_costs_one_query_until_it_expires_or_keys_change(
-    tmp_path: Path,
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now_s = [0.0]
-    async with CountingLedger(tmp_path / "l.sqlite3") as ledger:
-        keys = KeyStore(ledger, unknown_ttl_s=2.0, max_unknown=2, clock=lambda: now_s[0])
+    async with store.ledger() as opened:
+        ledger = CountingLookups(opened.fetchall)
+        monkeypatch.setattr(opened, "fetchall", ledger)
+        keys = KeyStore(opened, unknown_ttl_s=2.0, max_unknown=2, clock=lambda: now_s[0])
         made_up = ["jg-Unknown" + str(n) + "y" * 35 for n in range(3)]
         for _ in range(50):
             assert await keys.verify(made_up[0]) is None

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from pathlib import Path
 
 import httpx
 import pytest
 
-from accounting import Ledger, LedgerRow, iso
+from accounting import LedgerRow, iso
 from accounting.budgets import Budget, BudgetBook, period_bounds
-from config import AuthSettings, LedgerSettings
+from config import AuthSettings
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import CO2E_G, ENERGY_J, accounting_components, db_rows
+from tests.ledger_support import CO2E_G, ENERGY_J, Store, accounting_components
 from tests.support import JoulegateApp
 
 UTC = dt.UTC
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-def at(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_periods_are_utc_days_and_calendar_months() -> None:
@@ -37,9 +38,9 @@ def rec(n: int, user: str, when: dt.datetime, energy_j: float, co2e_g: float = 0
                      energy_j=energy_j, co2e_g=co2e_g)  # fmt: skip
 
 
-async def test_totals_start_from_the_ledger_and_roll_over_with_the_period(tmp_path: Path) -> None:
+async def test_totals_start_from_the_ledger_and_roll_over_with_the_period(store: Store) -> None:
     now = at(2025, 3, 9, 12)
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many([
             rec(1, "alice", at(2025, 2, 28, 23), 1000.0),  # last month: not counted
             rec(2, "alice", at(2025, 3, 2), 2000.0, 1.0),  # this month, not today
@@ -64,13 +65,12 @@ async def test_totals_start_from_the_ledger_and_roll_over_with_the_period(tmp_pa
 
 
 async def test_every_response_carries_what_is_left_and_the_crossing_request_is_the_last(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with store.ledger() as ledger:
         # 2.5 requests' worth of energy per day (each request uses ENERGY_J).
         await BudgetBook(ledger).set(Budget("erin", "day", energy_j=ENERGY_J * 2.5))
-    settings = {"ledger": LedgerSettings(path=str(path)),
+    settings = {"ledger": store.settings,
                 "auth": AuthSettings(mode="trust", user_header="x-user")}  # fmt: skip
     erin = {"x-user": "erin"}
     async with (
@@ -98,16 +98,15 @@ async def test_every_response_carries_what_is_left_and_the_crossing_request_is_t
     assert refused.headers["x-energy-budget-reset"] == first.headers["x-energy-budget-reset"]
     assert other.status_code == 200 and "x-energy-budget-remaining-wh" not in other.headers
     assert len(fake.seen) == 4  # the refused request never reached the backend
-    assert [r["user"] for r in db_rows(path)] == ["erin", "erin", "erin", "frank"]
+    assert [r["user"] for r in await store.rows()] == ["erin", "erin", "erin", "frank"]
 
 
 async def test_a_carbon_budget_refuses_with_its_own_code(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with store.ledger() as ledger:
         await BudgetBook(ledger).set(Budget("anonymous", "month", co2e_g=CO2E_G / 2))
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="open")}
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="open")}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
@@ -122,10 +121,9 @@ async def test_a_carbon_budget_refuses_with_its_own_code(
 
 
 async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    settings = {"ledger": LedgerSettings(path=str(path)),
+    settings = {"ledger": store.settings,
                 "auth": AuthSettings(mode="open", refresh_s=0.05)}  # fmt: skip
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
@@ -133,7 +131,7 @@ async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
     ):
         url = jg.url + "/v1/chat/completions"
         assert (await c.post(url, json=CHAT)).status_code == 200
-        async with Ledger(path) as cli:  # what `joulegate users set-budget` does
+        async with store.ledger() as cli:  # what `joulegate users set-budget` does
             await BudgetBook(cli).set(Budget("anonymous", "month", energy_j=ENERGY_J / 2))
         status = 200
         for _ in range(100):
@@ -146,13 +144,12 @@ async def test_budgets_set_while_serving_apply_to_spending_already_recorded(
 
 @pytest.mark.parametrize("max_concurrency", [1, 3])
 async def test_queued_requests_are_checked_at_admission_so_the_overshoot_is_bounded(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path, max_concurrency: int
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store, max_concurrency: int
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    async with Ledger(path) as ledger:
+    async with store.ledger() as ledger:
         # Less than one request's energy: the first admitted ones use it all up.
         await BudgetBook(ledger).set(Budget("anonymous", "day", energy_j=ENERGY_J / 10))
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="open"),
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="open"),
                 "max_concurrency": max_concurrency}  # fmt: skip
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
@@ -169,7 +166,7 @@ async def test_queued_requests_are_checked_at_admission_so_the_overshoot_is_boun
     assert statuses.count(429) == 40 - statuses.count(200)
     assert len(fake.seen) == statuses.count(200)  # the refused never reached the backend
     assert fake.max_in_flight <= max_concurrency
-    assert len(db_rows(path)) == statuses.count(200)  # refusals used nothing: no rows
+    assert len(await store.rows()) == statuses.count(200)  # refusals used nothing: no rows
     refused = next(r for r in answers if r.status_code == 429)
     assert refused.json()["error"]["code"] == "energy_budget_exceeded"
     assert refused.headers["x-should-retry"] == "false"

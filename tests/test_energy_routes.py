@@ -11,21 +11,21 @@ import httpx
 from accounting import Ledger
 from accounting.auth import KeyStore
 from accounting.schema import MIGRATIONS
-from config import AuthSettings, LedgerSettings
+from config import AuthSettings
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import ENERGY_J, accounting_components
+from tests.ledger_support import ENERGY_J, Store, accounting_components
 from tests.support import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-async def keys_for(path: Path) -> dict[str, str]:
-    async with Ledger(path) as ledger:
-        store = KeyStore(ledger)
+async def keys_for(store: Store) -> dict[str, str]:
+    async with store.ledger() as ledger:
+        keys = KeyStore(ledger)
         return {
-            "alice": (await store.create("alice"))[0],
-            "bob": (await store.create("bob"))[0],
-            "admin": (await store.create("root", admin=True))[0],
+            "alice": (await keys.create("alice"))[0],
+            "bob": (await keys.create("bob"))[0],
+            "admin": (await keys.create("root", admin=True))[0],
         }
 
 
@@ -33,17 +33,16 @@ def bearer(key: str, **more: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}", **more}
 
 
-def settings_for(path: Path) -> dict[str, Any]:
-    return {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+def settings_for(store: Store) -> dict[str, Any]:
+    return {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
 
 
 async def test_a_request_is_found_by_its_x_request_id_and_by_its_response_id(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    keys = await keys_for(path)
+    keys = await keys_for(store)
     async with (
-        joulegate_app(fake.url, accounting_components(), **settings_for(path)) as jg,
+        joulegate_app(fake.url, accounting_components(), **settings_for(store)) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,
     ):
         answer = await c.post(
@@ -82,12 +81,11 @@ async def test_a_request_is_found_by_its_x_request_id_and_by_its_response_id(
 
 
 async def test_another_users_id_is_404_like_an_unknown_one_and_an_admin_sees_it(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    keys = await keys_for(path)
+    keys = await keys_for(store)
     async with (
-        joulegate_app(fake.url, accounting_components(), **settings_for(path)) as jg,
+        joulegate_app(fake.url, accounting_components(), **settings_for(store)) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,
     ):
         alices = await c.post(
@@ -120,12 +118,11 @@ async def test_another_users_id_is_404_like_an_unknown_one_and_an_admin_sees_it(
 
 
 async def test_a_response_id_shared_by_two_users_gives_each_their_own_row(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    keys = await keys_for(path)
+    keys = await keys_for(store)
     async with (
-        joulegate_app(fake.url, accounting_components(), **settings_for(path)) as jg,
+        joulegate_app(fake.url, accounting_components(), **settings_for(store)) as jg,
         httpx.AsyncClient(base_url=jg.url) as c,
     ):
         ids = {}

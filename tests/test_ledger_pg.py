@@ -41,6 +41,14 @@ def test_sqlite_sql_is_translated() -> None:
     )
 
 
+def test_a_statement_is_translated_once_however_often_it_is_run() -> None:
+    sql = "SELECT TOTAL(energy_j) FROM requests WHERE user = ? AND ts >= ?"
+    first = translate(sql)
+    hits = translate.cache_info().hits
+    assert all(translate(sql) is first for _ in range(100))
+    assert translate.cache_info().hits == hits + 100
+
+
 async def test_rows_go_in_once_and_come_back(pg_url: str, tmp_path: Path) -> None:
     async with PostgresLedger(pg_url, fallback_path=tmp_path / "p.jsonl") as ledger:
         await ledger.append(row(1))

@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from accounting import Ledger, LedgerRow
+from accounting import LedgerRow
 from accounting.auth import KeyStore
-from accounting.reports import J_PER, build_report, parse_query
-from config import AuthSettings, BadRequest, LedgerSettings
+from accounting.reports import build_report, parse_query
+from config import AuthSettings, BadRequest
+from config.units import J_PER
 from proxy.cli import main
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import accounting_components
+from tests.ledger_support import Store, accounting_components
 from tests.support import JoulegateApp
 
 USERS = ("alice", "bob", "carol")
@@ -47,12 +48,14 @@ def generated(n: int = 600, seed: int = 7) -> list[LedgerRow]:
     return rows
 
 
-def ledger_file(path: Path, rows: list[LedgerRow]) -> None:
-    async def fill() -> None:
-        async with Ledger(path) as ledger:
+def fill(store: Store, rows: list[LedgerRow]) -> None:
+    """Write ``rows`` from outside any event loop (for the CLI tests, which run their own)."""
+
+    async def append() -> None:
+        async with store.ledger() as ledger:
             await ledger.append_many(rows)
 
-    asyncio.run(fill())
+    asyncio.run(append())
 
 
 def key_of(row: LedgerRow, by: str) -> str:
@@ -63,10 +66,10 @@ def key_of(row: LedgerRow, by: str) -> str:
 
 @pytest.mark.parametrize("unit", ["J", "Wh", "kWh"])
 @pytest.mark.parametrize("by", ["user", "model", "day", "endpoint"])
-async def test_report_totals_equal_the_sum_of_the_rows(tmp_path: Path, unit: str, by: str) -> None:
+async def test_report_totals_equal_the_sum_of_the_rows(store: Store, unit: str, by: str) -> None:
     rows = generated()
     march = [r for r in rows if r.ts.startswith("2025-03")]
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many(rows)
         everything = await build_report(ledger, parse_query({"by": by, "unit": unit}))
         in_march = await build_report(
@@ -91,9 +94,9 @@ async def test_report_totals_equal_the_sum_of_the_rows(tmp_path: Path, unit: str
     assert 0 < in_march.totals.requests < everything.totals.requests
 
 
-async def test_since_until_and_user_filters(tmp_path: Path) -> None:
+async def test_since_until_and_user_filters(store: Store) -> None:
     rows = generated()
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many(rows)
         query = {"user": "bob", "since": "2025-02-10", "until": "2025-03-05", "unit": "J"}
         report = await build_report(ledger, parse_query(query))
@@ -125,10 +128,10 @@ def test_bad_report_parameters_name_the_parameter(params: dict[str, str], param:
 
 
 async def test_the_first_and_last_days_datetime_holds_are_periods_like_any_other(
-    tmp_path: Path,
+    store: Store,
 ) -> None:
     rows = generated(50)
-    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many(rows)
         report = await build_report(
             ledger, parse_query({"since": "0001-01-01", "until": "9999-12-30"})
@@ -137,30 +140,27 @@ async def test_the_first_and_last_days_datetime_holds_are_periods_like_any_other
     assert report.to_json()["since"] == "0001-01-01T00:00:00.000000Z"
 
 
-def test_report_cli_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "l.sqlite3"
+def test_report_cli_table_csv_and_json(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    db = store.cli_args
     rows = generated()
-    ledger_file(db, rows)
+    fill(store, rows)
     total_wh = sum(r.energy_j or 0 for r in rows) / 3600
-    assert main(["report", "--ledger", str(db)]) == 0
+    assert main(["report", *db]) == 0
     table = capsys.readouterr().out
     assert "TOTAL" in table and all(u in table for u in USERS) and f"{total_wh:.4f}" in table
-    assert (
-        main(["report", "--ledger", str(db), "--by", "model", "--format", "csv", "--unit", "kWh"])
-        == 0
-    )
+    assert main(["report", *db, "--by", "model", "--format", "csv", "--unit", "kWh"]) == 0
     lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     # Data rows only: a CSV reader summing a column must not count the total twice.
     assert sorted(line["model"] for line in lines) == sorted({key_of(r, "model") for r in rows})
     assert sum(float(line["energy_kWh"]) for line in lines) == pytest.approx(
         total_wh / 1000, rel=1e-12
     )
-    csv_args = ["report", "--ledger", str(db), "--by", "model", "--format", "csv", "--unit", "kWh"]
+    csv_args = ["report", *db, "--by", "model", "--format", "csv", "--unit", "kWh"]
     assert main([*csv_args, "--totals"]) == 0
     with_total = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert with_total[:-1] == lines and with_total[-1]["model"] == "TOTAL"
     assert float(with_total[-1]["energy_kWh"]) == pytest.approx(total_wh / 1000, rel=1e-12)
-    assert main(["report", "--ledger", str(db), "--month", "2025-02", "--format", "json"]) == 0
+    assert main(["report", *db, "--month", "2025-02", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     feb = [r for r in rows if r.ts.startswith("2025-02")]
     assert data["totals"]["requests"] == len(feb)
@@ -180,12 +180,12 @@ def test_report_cli_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFix
     ],
 )
 def test_report_and_export_bad_input_is_one_line_and_exit_2(
-    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    argv: list[str], store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "l.sqlite3"
-    ledger_file(db, generated(5))
+    db = store.cli_args
+    fill(store, generated(5))
     try:
-        code = main([*argv, "--ledger", str(db)])
+        code = main([*argv, *db])
     except SystemExit as exc:
         code = int(exc.code or 0)
     err = capsys.readouterr().err
@@ -201,20 +201,20 @@ def test_report_on_a_missing_ledger_says_so(
 
 
 def test_export_writes_every_row_as_csv_or_jsonl(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "l.sqlite3"
+    db = store.cli_args
     rows = generated(50)
     rows[0].energy_components_j = {"gpu": 1.0}
     rows[0].prompt = '{"messages": []}'
-    ledger_file(db, rows)
-    assert main(["export", "--format", "jsonl", "--ledger", str(db)]) == 0
+    fill(store, rows)
+    assert main(["export", "--format", "jsonl", *db]) == 0
     exported = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(e["request_id"] for e in exported) == sorted(r.request_id for r in rows)
     first = next(e for e in exported if e["request_id"] == "g0")
     assert first["energy_components_j"] == {"gpu": 1.0} and first["prompt"] == '{"messages": []}'
     out = tmp_path / "rows.csv"
-    assert main(["export", "--output", str(out), "--ledger", str(db), "--user", "alice"]) == 0
+    assert main(["export", "--output", str(out), *db, "--user", "alice"]) == 0
     table = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert len(table) == sum(r.user == "alice" for r in rows)
     assert {"id", "request_id", "ts", "energy_j", "co2e_g", "trace_id", "prompt"} <= set(table[0])
@@ -225,13 +225,13 @@ def test_export_writes_every_row_as_csv_or_jsonl(
 # -- HTTP and isolation -------------------------------------------------------------
 
 
-async def keys_for(path: Path) -> dict[str, str]:
-    async with Ledger(path) as ledger:
-        store = KeyStore(ledger)
+async def keys_for(store: Store) -> dict[str, str]:
+    async with store.ledger() as ledger:
+        keys = KeyStore(ledger)
         return {
-            "alice": (await store.create("alice"))[0],
-            "bob": (await store.create("bob"))[0],
-            "admin": (await store.create("root", admin=True))[0],
+            "alice": (await keys.create("alice"))[0],
+            "bob": (await keys.create("bob"))[0],
+            "admin": (await keys.create("root", admin=True))[0],
         }
 
 
@@ -241,14 +241,13 @@ async def get(c: httpx.AsyncClient, url: str, key: str | None, **params: Any) ->
 
 
 async def test_http_report_shows_a_user_their_own_rows_and_an_admin_everyones(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
     rows = generated()
-    async with Ledger(path) as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many(rows)
-    keys = await keys_for(path)
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    keys = await keys_for(store)
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
         httpx.AsyncClient() as c,
@@ -273,11 +272,10 @@ async def test_http_report_shows_a_user_their_own_rows_and_an_admin_everyones(
 
 
 async def test_http_requests_are_the_callers_newest_first_in_pages(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
-    keys = await keys_for(path)
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
+    keys = await keys_for(store)
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     async with (
         joulegate_app(fake.url, accounting_components(), **settings) as jg,
@@ -301,18 +299,17 @@ async def test_http_requests_are_the_callers_newest_first_in_pages(
 
 
 async def test_user_a_can_never_read_user_bs_rows(
-    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+    fake: FakeBackend, joulegate_app: JoulegateApp, store: Store
 ) -> None:
-    path = tmp_path / "l.sqlite3"
     rows = generated(200)
     for r in rows:
         if r.user == "bob":
             r.model_requested = "bobs-secret-model"
-    async with Ledger(path) as ledger:
+    async with store.ledger() as ledger:
         await ledger.append_many(rows)
-    keys = await keys_for(path)
-    settings = {"ledger": LedgerSettings(path=str(path)), "auth": AuthSettings(mode="keys")}
-    attempts = [
+    keys = await keys_for(store)
+    settings = {"ledger": store.settings, "auth": AuthSettings(mode="keys")}
+    attempts: list[tuple[str, dict[str, Any]]] = [
         ("/v1/energy/report", {}), ("/v1/energy/report", {"by": "user"}),
         ("/v1/energy/report", {"by": "model"}), ("/v1/energy/report", {"user": "bob"}),
         ("/v1/energy/report", {"user": ""}), ("/v1/energy/report", {"user": "BOB"}),
@@ -324,9 +321,9 @@ async def test_user_a_can_never_read_user_bs_rows(
         httpx.AsyncClient() as c,
     ):
         answers = [await get(c, jg.url + path_, keys["alice"], **p) for path_, p in attempts]
-    for (path_, params), r in zip(attempts, answers, strict=True):
-        text = r.text
+    for (path_, params), answer in zip(attempts, answers, strict=True):
+        text = answer.text
         assert "bob" not in text.lower(), (path_, params, text[:200])
-        assert r.status_code in (200, 403), (path_, params)
-        if r.status_code == 403:
-            assert r.json()["error"]["type"] == "permission_error"
+        assert answer.status_code in (200, 403), (path_, params)
+        if answer.status_code == 403:
+            assert answer.json()["error"]["type"] == "permission_error"
