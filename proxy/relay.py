@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from config.settings import Settings
 from proxy.exchange import Exchange, Pipeline
 from proxy.render import energy_object, figure_headers
 from proxy.schema import RESPONSES_FINAL, note_chunk, put_energy
-from proxy.sse import EventSplitter
+from proxy.sse import Event, EventSplitter
 from proxy.wire import decode_json, encode_json, fmt_ms, request_id_header
 
 log = logging.getLogger("joulegate.proxy")
@@ -94,12 +94,16 @@ class Relayer:
     async def relay_lines(
         self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
     ) -> None:
-        """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``."""
+        """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``.
+
+        The lines completed by one backend read go to the client in one write, as they
+        arrived together (a write per line would cost a syscall each)."""
         await self.start_stream(ex, relay, send)
         buf = b""
         async for chunk in chunks:
             buf += chunk
             *lines, buf = buf.split(b"\n")
+            out: list[bytes] = []
             for line in lines:
                 try:
                     obj = decode_json(line)
@@ -110,57 +114,76 @@ class Relayer:
                     if obj.get("done") is True:
                         relay.held = (None, obj)
                         continue
-                await self.send_body(send, line + b"\n")
+                out.append(line + b"\n")
+            if out:
+                await self.send_body(send, b"".join(out))
         relay.tail = buf
 
     async def relay_stream(
         self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
     ) -> None:
-        """SSE, event by event; the event that ends the answer is held for ``energy``."""
+        """SSE, event by event; the event that ends the answer is held for ``energy``.
+
+        The events completed by one backend read go to the client in one write, in
+        order, as they arrived together (a write per event would cost a syscall each)."""
         await self.start_stream(ex, relay, send)
         splitter = EventSplitter()
         collect = self._pipeline.wants_content
         async for chunk in chunks:
-            for event in splitter.feed(chunk):
-                if event.data is None:
-                    await self.send_body(send, event.raw)
-                    continue
-                if event.data == b"[DONE]":
-                    relay.tail = event.raw
-                    return
-                obj = event.decoded()
-                if not isinstance(obj, dict):
-                    await self.send_body(send, event.raw)
-                    continue
-                if obj.get("type") in RESPONSES_FINAL:
-                    # The Responses API's last event: energy rides in its response.
-                    note_chunk(ex, obj, collect)
-                    if relay.held is not None:
-                        await self.send_body(send, relay.held[0].raw)
-                    relay.held = (event, obj)
-                    continue
-                if obj.get("type") == "response.output_text.delta":
-                    ex.stream_content_chunks += 1
-                    ex.token_events.append((time.monotonic(), 1))
-                has_text, has_finish = note_chunk(ex, obj, collect)
-                if has_text:
-                    ex.stream_content_chunks += 1
-                    ex.token_events.append((time.monotonic(), 1))
-                if obj.get("choices") == [] and obj.get("usage") is not None:
-                    if ex.usage_injected:
-                        continue  # the client did not ask for it
-                elif not has_finish:
-                    if relay.held is not None:
-                        await self.send_body(send, relay.held[0].raw)
-                        relay.held = None
-                    await self.send_body(send, event.raw)
-                    continue
-                if relay.held is not None:
-                    await self.send_body(send, relay.held[0].raw)
-                relay.held = (event, obj)
+            out: list[bytes] = []
+            done = self._stream_events(ex, splitter.feed(chunk), relay, out, collect)
+            if out:
+                await self.send_body(send, b"".join(out))
+            if done:
+                return
         rest = splitter.rest()
         if rest:
             relay.tail = rest
+
+    @staticmethod
+    def _stream_events(
+        ex: Exchange, events: Iterable[Event], relay: Relay, out: list[bytes], collect: bool
+    ) -> bool:
+        """Note each event and put what the client gets now in ``out``, holding the one
+        that ends the answer; True at ``[DONE]`` (kept as the tail)."""
+        for event in events:
+            if event.data is None:
+                out.append(event.raw)
+                continue
+            if event.data == b"[DONE]":
+                relay.tail = event.raw
+                return True
+            obj = event.decoded()
+            if not isinstance(obj, dict):
+                out.append(event.raw)
+                continue
+            if obj.get("type") in RESPONSES_FINAL:
+                # The Responses API's last event: energy rides in its response.
+                note_chunk(ex, obj, collect)
+                if relay.held is not None:
+                    out.append(relay.held[0].raw)
+                relay.held = (event, obj)
+                continue
+            if obj.get("type") == "response.output_text.delta":
+                ex.stream_content_chunks += 1
+                ex.token_events.append((time.monotonic(), 1))
+            has_text, has_finish = note_chunk(ex, obj, collect)
+            if has_text:
+                ex.stream_content_chunks += 1
+                ex.token_events.append((time.monotonic(), 1))
+            if obj.get("choices") == [] and obj.get("usage") is not None:
+                if ex.usage_injected:
+                    continue  # the client did not ask for it
+            elif not has_finish:
+                if relay.held is not None:
+                    out.append(relay.held[0].raw)
+                    relay.held = None
+                out.append(event.raw)
+                continue
+            if relay.held is not None:
+                out.append(relay.held[0].raw)
+            relay.held = (event, obj)
+        return False
 
     def note_json(self, ex: Exchange, relay: Relay) -> None:
         """Parse a whole JSON answer and hold it to carry ``energy``."""

@@ -67,6 +67,23 @@ log = logging.getLogger("joulegate.metrics")
 _DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
+class _Series:
+    """A labelled metric's children by label values, each looked up once: the label
+    sets are bounded, so this stays small, and ``labels()`` validates on every call."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 class PrometheusStage(Stage):
     """Counts every request that reaches the end of the pipeline, and its energy."""
 
@@ -116,6 +133,9 @@ class PrometheusStage(Stage):
             buckets=_DURATION_BUCKETS_S,
             registry=registry,
         )
+        self._energy_by, self._co2e_by = _Series(self._energy), _Series(self._co2e)
+        self._requests_by, self._tokens_by = _Series(self._requests), _Series(self._tokens)
+        self._duration_by = _Series(self._duration)
 
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request, its tokens, duration, energy and CO2eq."""
@@ -124,15 +144,15 @@ class PrometheusStage(Stage):
         who = [user_label(ex)] if self._user_label else []
         task = task_label(ex, self._tasks)
         backend = ex.backend or "none"  # a configured backend's name, or refused before
-        self._requests.labels(*who, model, backend, endpoint, status_label(ex)).inc()
+        self._requests_by(*who, model, backend, endpoint, status_label(ex)).inc()
         for kind, count in (("prompt", ex.prompt_tokens), ("completion", ex.completion_tokens)):
             if count is not None and count > 0:
-                self._tokens.labels(model, kind).inc(count)
-        self._duration.labels(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
+                self._tokens_by(model, kind).inc(count)
+        self._duration_by(model, endpoint).observe(time.monotonic() - ex.window.arrived_s)
         for component, energy_j, co2e_g in energy_split(ex):
-            self._energy.labels(*who, model, backend, task, component).inc(energy_j)
+            self._energy_by(*who, model, backend, task, component).inc(energy_j)
             if co2e_g is not None:
-                self._co2e.labels(*who, model, task, component).inc(co2e_g)
+                self._co2e_by(*who, model, task, component).inc(co2e_g)
 
 
 class PowerCollector(Collector):
