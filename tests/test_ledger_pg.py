@@ -11,7 +11,7 @@ import pytest
 
 from accounting.ledger_pg import PG_SCHEMA_VERSION, PostgresLedger, translate
 from accounting.schema import COLUMNS, LedgerRow
-from tests.pg_support import PgServer
+from bench.pg import PgServer
 
 _names = itertools.count()
 
