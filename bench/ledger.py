@@ -95,7 +95,7 @@ def generated_rows(rows: int, seed: int = 1) -> Iterator[tuple[Any, ...]]:
                energy * 0.7, "nvml", 56.0, "table:FR", energy * 56 / 3.6e6)  # fmt: skip
 
 
-def _generate(path: Path, rows: int, seed: int = 1) -> None:
+def generate_sqlite(path: Path, rows: int, seed: int = 1) -> None:
     """Fill the SQLite file with :func:`generated_rows`, executemany in one transaction."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -134,7 +134,7 @@ async def run(rows: int, writes: int) -> list[tuple[str, str, str]]:
         async with Ledger(big):
             pass
         t0 = time.perf_counter()
-        _generate(big, rows)
+        generate_sqlite(big, rows)
         gen_s = time.perf_counter() - t0
         out.append((f"generate {rows:,} rows (executemany, 1 transaction)", f"{gen_s:.1f} s",
                     f"{big.stat().st_size / 2**20:.0f} MiB"))  # fmt: skip
