@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, get_args
 
 import asyncpg
 import pytest
 
-from accounting.ledger_pg import PG_SCHEMA_VERSION, PostgresLedger, translate
+from accounting.ledger_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION, PostgresLedger, translate
+from accounting.reports import By, build_report, parse_query
 from accounting.schema import COLUMNS, LedgerRow
 from bench.pg import PgServer
 
@@ -120,3 +122,54 @@ async def test_both_schemas_have_the_same_request_columns(pg_url: str, tmp_path:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
         )
     assert {r[0] for r in rows} - {"id"} == set(COLUMNS)
+
+
+class ExplainingLedger(PostgresLedger):
+    """Records the plan of every report query it runs (with sequential and bitmap
+    scans off, so a tiny table is planned as a big one would be)."""
+
+    plans: list[str]
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
+        if "GROUP BY k" in sql:
+            async with self._need_pool().acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                await conn.execute("SET LOCAL enable_bitmapscan = off")
+                plan = await conn.fetch("EXPLAIN " + translate(sql), *params)
+            self.plans.append("\n".join(r[0] for r in plan))
+        return await super().fetchall(sql, params)
+
+
+async def test_a_ledger_from_schema_3_migrates_and_reports_from_the_index_alone(
+    pg_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number, statements in enumerate(PG_MIGRATIONS[:3], start=1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+        await conn.execute(
+            'INSERT INTO requests (request_id, ts, "user", endpoint, energy_j)'
+            " VALUES ('old', '2025-03-02T00:00:00.000000Z', 'alice', 'chat/completions', 5.0)"
+        )
+    finally:
+        await conn.close()
+    ledger = ExplainingLedger(pg_url, fallback_path=tmp_path / "p.jsonl")
+    ledger.plans = []
+    async with ledger:
+        await ledger.append_many([row(n) for n in range(1, 30)] + [row(30, "bob")])
+        await ledger.write("VACUUM requests")  # what autovacuum does; index-only needs it
+        reports = [
+            await build_report(
+                ledger, parse_query({"user": "alice", "month": "2025-03", "by": by, "unit": "J"})
+            )
+            for by in get_args(By)
+        ]
+        version = await ledger.fetchall("SELECT max(version) FROM schema_version")
+    assert version[0][0] == PG_SCHEMA_VERSION == 4
+    assert [r.totals.energy for r in reports] == [5.0 + sum(range(1, 30))] * len(reports)
+    assert len(ledger.plans) == len(get_args(By))
+    for by, plan in zip(get_args(By), ledger.plans, strict=True):
+        assert "Index Only Scan using requests_user_ts" in plan, (by, plan)
