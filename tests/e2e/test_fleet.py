@@ -112,14 +112,14 @@ def chat(client: OpenAI, *, stream: bool = False) -> tuple[str, float]:
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=HI, max_tokens=4
         )
-        energy = raw.parse().model_extra["energy"]  # type: ignore[index]
+        energy = (raw.parse().model_extra or {})["energy"]
         return raw.headers["x-request-id"], float(energy["energy_j"])
     with client.chat.completions.with_streaming_response.create(
         model=MODEL, messages=HI, max_tokens=4, stream=True
     ) as response:
         request_id = response.headers["x-request-id"]
         chunks = list(response.parse())
-    (energy,) = [c.model_extra["energy"] for c in chunks if (c.model_extra or {}).get("energy")]
+    (energy,) = [e for c in chunks if (e := (c.model_extra or {}).get("energy"))]
     return request_id, float(energy["energy_j"])
 
 
