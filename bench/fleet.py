@@ -27,8 +27,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +38,10 @@ import aiohttp
 import asyncpg
 
 from accounting.ledger_pg import PostgresLedger
+from bench import pg
 from bench.ledger import bench_row, percentile_ms, print_results
 from bench.ledger_pg import create_database, postgres
-from bench.serve import spawn
+from bench.serve import spawn, spawn_process
 
 CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 PROBE_EVERY = 10
@@ -54,7 +57,9 @@ class Tally:
     latency_s: list[float] = field(default_factory=list)
     late_s: list[float] = field(default_factory=list)
     ok: list[int] = field(default_factory=list)
-    failed: int = 0
+    failed: Counter[int] = field(default_factory=Counter)
+    """Answers other than 200 by status (0: no answer)."""
+    answered_ids: list[str] = field(default_factory=list)
     visible_after_s: list[float] = field(default_factory=list)
     first_try: int = 0
     """Look-ups that found the row at once: it was committed before the response."""
@@ -73,9 +78,10 @@ async def _request(
         status, request_id = 0, ""
     done = time.perf_counter()
     if status != 200:
-        tally.failed += 1
+        tally.failed[status] += 1
         return
     tally.latency_s.append(done - t0)
+    tally.answered_ids.append(request_id)
     tally.ok[host] += 1
     if sum(tally.ok) % PROBE_EVERY == 0:
         task = asyncio.create_task(_look_up(pool, request_id, done, tally))
@@ -154,6 +160,35 @@ async def _commit_probe(ledger: PostgresLedger, stop: asyncio.Event, out: list[f
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds each process has used so far (Linux ``/proc``); a
+    process that is gone is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _used_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings (a process started between them counts whole)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def _server_pids(server: pg.PgServer) -> list[int]:
+    """The postmaster and its children (the backends of every connection, the WAL
+    writer, the checkpointer...), as they are now."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
 def _p50_p99(samples_s: list[float]) -> str:
     if not samples_s:
         return "no samples"
@@ -162,7 +197,15 @@ def _p50_p99(samples_s: list[float]) -> str:
     )
 
 
-async def _drive(urls: list[str], db: str, rate: float, seconds: float, tmp: Path) -> list[Result]:
+async def _drive(
+    hosts: list[tuple[str, int]],
+    server: pg.PgServer,
+    db: str,
+    rate: float,
+    seconds: float,
+    tmp: Path,
+) -> list[Result]:
+    urls, pids = [u for u, _ in hosts], [p for _, p in hosts]
     tally, watch, stop = Tally(ok=[0] * len(urls)), Watch(), asyncio.Event()
     commits: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -176,23 +219,37 @@ async def _drive(urls: list[str], db: str, rate: float, seconds: float, tmp: Pat
             asyncio.create_task(_watch_spill(http, urls, watch, stop)),
             asyncio.create_task(_commit_probe(probe, stop, commits)),
         ]
-        t0 = time.perf_counter()
+        t0, cpu0, client0 = time.perf_counter(), _cpu_s(pids), time.process_time()
+        pg0 = _cpu_s(_server_pids(server))
         await asyncio.gather(
             *(_host_load(http, u, i, rate, seconds, tally, pool) for i, u in enumerate(urls))
         )
         elapsed = time.perf_counter() - t0
+        hosts_cpu_s, client_cpu_s = _used_s(cpu0, _cpu_s(pids)), time.process_time() - client0
+        pg_cpu_s = _used_s(pg0, _cpu_s(_server_pids(server)))
+        load_1m = os.getloadavg()[0]
         await asyncio.gather(*tally.probes)
         stop.set()
         await asyncio.gather(*watchers)
         total = int(await pool.fetchval(
             "SELECT count(*) FROM requests WHERE request_id NOT LIKE 'bench-%'"
         ))  # fmt: skip
-    hosts, answered = len(urls), sum(tally.ok)
+        kept = int(await pool.fetchval(
+            "SELECT count(DISTINCT request_id) FROM requests WHERE request_id = ANY($1::text[])",
+            tally.answered_ids,
+        ))  # fmt: skip
+    answered = sum(tally.ok)
     per_host = ", ".join(f"{n / elapsed:.1f}" for n in tally.ok)
+    failed = ", ".join(f"{n} with {s or 'no answer'}" for s, n in sorted(tally.failed.items()))
     return [
-        (f"achieved rate, {hosts} hosts x {rate:g}/s offered for {seconds:g} s",
+        (f"achieved rate, {len(urls)} hosts x {rate:g}/s offered for {seconds:g} s",
          f"{answered / elapsed:.1f} requests/s ({per_host} per host)",
-         f"{answered:,} answered 200, {tally.failed} failed, {elapsed:.1f} s"),
+         f"{answered:,} answered 200 in {elapsed:.1f} s; failed: {failed or 'none'}"),
+        ("CPU per request: the joulegates, PostgreSQL, the client",
+         " + ".join(f"{t / max(1, answered) * 1000:.2f} ms"
+                    for t in (hosts_cpu_s, pg_cpu_s, client_cpu_s)),
+         f"{hosts_cpu_s:.1f} + {pg_cpu_s:.1f} + {client_cpu_s:.1f} CPU-s in {elapsed:.0f} s"
+         f" on {os.cpu_count()} cores; load average {load_1m:.1f} at the end"),
         ("client lateness against its schedule",
          _p50_p99(tally.late_s),
          "how late requests were sent (the client shares the cores)"),
@@ -207,8 +264,8 @@ async def _drive(urls: list[str], db: str, rate: float, seconds: float, tmp: Pat
          "sampled every 100 ms"),
         ("backlog: rows held in the hosts' spill", f"at most {watch.held_max}",
          f"{watch.degraded_samples} degraded /readyz samples"),
-        ("rows in the ledger after the run", f"{total:,}",
-         "lost none" if total == answered + tally.failed else f"expected {answered:,}"),
+        ("answered requests with their row after the run", f"{kept:,} of {answered:,}",
+         f"{total:,} rows from the fleet in all (refused requests have none)"),
         ("commit 1 row while the fleet writes (a fifth writer)",
          _p50_p99(commits),
          f"{len(commits)} rows, one every 50 ms"),
@@ -224,14 +281,13 @@ async def run(hosts: int, rate: float, seconds: float) -> list[Result]:
         async with PostgresLedger(db, fallback_path=Path(tmp) / "migrate.jsonl"):
             pass  # migrated once here, not raced by four hosts starting at once
         with spawn("bench.serve", "fake", "PORT") as fake, contextlib.ExitStack() as stack:
-            urls = []
+            fleet = []
             for i in range(hosts):
                 spill = f"{tmp}/host{i}.pending.jsonl"
                 env = {"JOULEGATE_LEDGER_URL": db, "JOULEGATE_LEDGER_FALLBACK_PATH": spill}
-                urls.append(
-                    stack.enter_context(spawn("bench.serve", "full", "PORT", fake, env=env))
-                )
-            return await _drive(urls, db, rate, seconds, Path(tmp))
+                argv = ("bench.serve", "full", "PORT", fake)
+                fleet.append(stack.enter_context(spawn_process(argv, env)))
+            return await _drive(fleet, server, db, rate, seconds, Path(tmp))
 
 
 async def main(hosts: int = 4, rate: float = 50.0, seconds: float = 60.0) -> None:
