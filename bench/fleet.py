@@ -48,6 +48,8 @@ PROBE_EVERY = 10
 """Every how many answered requests the lag probe looks the row up."""
 
 Result = tuple[str, str, str]
+_FLEET_ROWS = "SELECT count(*) FROM requests WHERE request_id NOT LIKE 'bench-%'"
+"""Rows the joulegates wrote (the fifth writer's are ``bench-N``)."""
 
 
 @dataclass
@@ -126,8 +128,10 @@ class Watch:
 
 async def _watch_rows(pool: asyncpg.Pool, tally: Tally, watch: Watch, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        answered = sum(tally.ok)  # before the count: rows only lag answers, never lead them
-        rows = int(await pool.fetchval("SELECT count(*) FROM requests"))
+        # Answers first: each one counted was answered before the count below began,
+        # so a row committed before its answer is in that count.
+        answered = sum(tally.ok)
+        rows = int(await pool.fetchval(_FLEET_ROWS))
         watch.unrecorded_max = max(watch.unrecorded_max, answered - rows)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
@@ -231,9 +235,7 @@ async def _drive(
         await asyncio.gather(*tally.probes)
         stop.set()
         await asyncio.gather(*watchers)
-        total = int(await pool.fetchval(
-            "SELECT count(*) FROM requests WHERE request_id NOT LIKE 'bench-%'"
-        ))  # fmt: skip
+        total = int(await pool.fetchval(_FLEET_ROWS))
         kept = int(await pool.fetchval(
             "SELECT count(DISTINCT request_id) FROM requests WHERE request_id = ANY($1::text[])",
             tally.answered_ids,
