@@ -89,6 +89,33 @@ async def test_rows_wait_in_the_spill_while_the_server_is_away(pg_url: str, tmp_
         await ledger.close()
 
 
+class BrokenMidOperation:
+    """A pool whose connection the server closed in the middle of an INSERT, as asyncpg
+    reports it when ``pg_ctl stop -m fast`` lands during one (seen in the fleet test)."""
+
+    async def execute(self, *args: object, **kwargs: object) -> str:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+
+
+async def test_a_connection_lost_mid_insert_holds_the_row_instead_of_dropping_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    ledger = PostgresLedger(pg_url, fallback_path=tmp_path / "p.jsonl", retry_s=60)
+    await ledger.open()
+    good = ledger._pool
+    try:
+        ledger._pool = BrokenMidOperation()
+        await ledger.append(row(1))  # the response is already on its way: keep the row
+        assert ledger.degraded and ledger.health()["buffered_rows"] == 1
+        ledger._pool = good
+        assert await ledger.flush()
+        assert [r.request_id async for r in ledger.iter_rows()] == ["r1"]
+    finally:
+        await ledger.close()
+
+
 def test_ledger_url_selects_postgres_and_the_environment_sets_it() -> None:
     from accounting.ledger import Ledger
     from accounting.ledgers import ledger_from_settings

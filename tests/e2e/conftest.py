@@ -17,6 +17,8 @@ import pytest
 
 from proxy.llamacpp import demo_models, free_port, llama_servers
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout under test."""
 MODEL = "smollm2-135m-instruct"
 """The default model of the suite (the faster one)."""
 GEMMA = "gemma-3-270m"
@@ -78,7 +80,12 @@ def launch_joulegate(data: Path, env_overrides: dict[str, str]) -> Joulegate:
     ``/healthz`` answers. The caller stops it (:meth:`Joulegate.stop`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
+    # The child runs in ``data``, so without this it would import whichever joulegate
+    # the interpreter has installed (the main checkout's, for an editable install in a
+    # worktree) instead of the code under test.
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env.update(
+        PYTHONPATH=os.pathsep.join(path),
         JOULEGATE_PORT=str(port),
         OTEL_TRACES_EXPORTER="none",
         OTEL_METRICS_EXPORTER="none",
