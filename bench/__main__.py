@@ -11,6 +11,8 @@ MODULES = [
     "bench.memory",
     "bench.meters",
     "bench.ledger",
+    "bench.ledger_pg",
+    "bench.fleet",
     "bench.forecast",
     "bench.attribution",
 ]

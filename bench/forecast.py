@@ -22,7 +22,7 @@ import httpx
 from accounting import Ledger
 from accounting.forecast_stage import Forecaster
 from bench.fake import MODELS as FAKE_MODELS
-from bench.ledger import MODELS, _generate, percentile_ms, print_results
+from bench.ledger import MODELS, generate_sqlite, percentile_ms, print_results
 from bench.serve import spawn, spawn_process
 
 BODY = {"model": MODELS[0], "messages": [{"role": "user", "content": "Name three colours."}],
@@ -36,7 +36,7 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
         big = Path(tmp) / "big.sqlite3"
         async with Ledger(big):
             pass
-        _generate(big, rows)
+        generate_sqlite(big, rows)
         async with Ledger(big) as ledger:
             forecaster = Forecaster(ledger, max_rows=rows)
             t0 = time.perf_counter()

@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench import pg
+from bench.pg import PgServer
 from config import LedgerSettings, Settings
 from proxy.app import create_app
 from proxy.context import Component
-from tests import pg_support
 from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import Store
-from tests.pg_support import PgServer
 from tests.support import Running, serve
 
 
@@ -46,11 +46,22 @@ def joulegate_app() -> Callable[..., contextlib.AbstractAsyncContextManager[Runn
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL for the session (skipped where PostgreSQL is not installed)."""
-    bindir = pg_support.bin_dir()
+    with pg.pg_server(_pg_bin_dir()) as server:
+        yield server
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL for one test alone, which it may stop and start again."""
+    with pg.pg_server(_pg_bin_dir()) as server:
+        yield server
+
+
+def _pg_bin_dir() -> Path:
+    bindir = pg.bin_dir()
     if bindir is None:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) found")
-    with pg_support.pg_server(bindir) as server:
-        yield server
+    return bindir
 
 
 _databases = itertools.count()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, get_args
 
 import asyncpg
 import pytest
 
-from accounting.ledger_pg import PG_SCHEMA_VERSION, PostgresLedger, translate
+from accounting.ledger_pg import PG_MIGRATIONS, PG_SCHEMA_VERSION, PostgresLedger, translate
+from accounting.reports import By, build_report, parse_query
 from accounting.schema import COLUMNS, LedgerRow
-from tests.pg_support import PgServer
+from bench.pg import PgServer
 
 _names = itertools.count()
 
@@ -95,6 +97,33 @@ async def test_rows_wait_in_the_spill_while_the_server_is_away(pg_url: str, tmp_
         await ledger.close()
 
 
+class BrokenMidOperation:
+    """A pool whose connection the server closed in the middle of an INSERT, as asyncpg
+    reports it when ``pg_ctl stop -m fast`` lands during one (seen in the fleet test)."""
+
+    async def execute(self, *args: object, **kwargs: object) -> str:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+
+
+async def test_a_connection_lost_mid_insert_holds_the_row_instead_of_dropping_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    ledger = PostgresLedger(pg_url, fallback_path=tmp_path / "p.jsonl", retry_s=60)
+    await ledger.open()
+    good = ledger._pool
+    try:
+        ledger._pool = BrokenMidOperation()
+        await ledger.append(row(1))  # the response is already on its way: keep the row
+        assert ledger.degraded and ledger.health()["buffered_rows"] == 1
+        ledger._pool = good
+        assert await ledger.flush()
+        assert [r.request_id async for r in ledger.iter_rows()] == ["r1"]
+    finally:
+        await ledger.close()
+
+
 def test_ledger_url_selects_postgres_and_the_environment_sets_it() -> None:
     from accounting.ledger import Ledger
     from accounting.ledgers import ledger_from_settings
@@ -128,3 +157,54 @@ async def test_both_schemas_have_the_same_request_columns(pg_url: str, tmp_path:
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
         )
     assert {r[0] for r in rows} - {"id"} == set(COLUMNS)
+
+
+class ExplainingLedger(PostgresLedger):
+    """Records the plan of every report query it runs (with sequential and bitmap
+    scans off, so a tiny table is planned as a big one would be)."""
+
+    plans: list[str]
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
+        if "GROUP BY k" in sql:
+            async with self._need_pool().acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                await conn.execute("SET LOCAL enable_bitmapscan = off")
+                plan = await conn.fetch("EXPLAIN " + translate(sql), *params)
+            self.plans.append("\n".join(r[0] for r in plan))
+        return await super().fetchall(sql, params)
+
+
+async def test_a_ledger_from_schema_3_migrates_and_reports_from_the_index_alone(
+    pg_url: str, tmp_path: Path
+) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for number, statements in enumerate(PG_MIGRATIONS[:3], start=1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", number)
+        await conn.execute(
+            'INSERT INTO requests (request_id, ts, "user", endpoint, energy_j)'
+            " VALUES ('old', '2025-03-02T00:00:00.000000Z', 'alice', 'chat/completions', 5.0)"
+        )
+    finally:
+        await conn.close()
+    ledger = ExplainingLedger(pg_url, fallback_path=tmp_path / "p.jsonl")
+    ledger.plans = []
+    async with ledger:
+        await ledger.append_many([row(n) for n in range(1, 30)] + [row(30, "bob")])
+        await ledger.write("VACUUM requests")  # what autovacuum does; index-only needs it
+        reports = [
+            await build_report(
+                ledger, parse_query({"user": "alice", "month": "2025-03", "by": by, "unit": "J"})
+            )
+            for by in get_args(By)
+        ]
+        version = await ledger.fetchall("SELECT max(version) FROM schema_version")
+    assert version[0][0] == PG_SCHEMA_VERSION == 4
+    assert [r.totals.energy for r in reports] == [5.0 + sum(range(1, 30))] * len(reports)
+    assert len(ledger.plans) == len(get_args(By))
+    for by, plan in zip(get_args(By), ledger.plans, strict=True):
+        assert "Index Only Scan using requests_user_ts" in plan, (by, plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from tests.pg_support import PgServer
+from bench.pg import PgServer
 
 
 async def test_the_test_server_answers(pg_server: PgServer) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from proxy.llamacpp import demo_models, free_port, llama_servers
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout under test."""
 MODEL = "smollm2-135m-instruct"
 """The default model of the suite (the faster one)."""
 GEMMA = "gemma-3-270m"
@@ -44,6 +46,20 @@ class Joulegate:
         """What an OpenAI SDK's ``base_url`` is set to."""
         return self.url + "/v1"
 
+    def stop(self) -> None:
+        """Terminate the process (kill it if it lingers)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    @property
+    def log(self) -> str:
+        """What the process has printed so far."""
+        return (self.data_dir / "joulegate.log").read_text()
+
     def cli(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the ``joulegate`` CLI with this instance's environment."""
         return subprocess.run(
@@ -56,6 +72,48 @@ class Joulegate:
             timeout=120,
             check=False,
         )
+
+
+def launch_joulegate(data: Path, env_overrides: dict[str, str]) -> Joulegate:
+    """Start ``joulegate serve`` in ``data`` on a free port, with this process's
+    environment less its ``JOULEGATE_*``/``OTEL_*`` plus ``env_overrides``; return once
+    ``/healthz`` answers. The caller stops it (:meth:`Joulegate.stop`)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
+    # The child runs in ``data``, so without this it would import whichever joulegate
+    # the interpreter has installed (the main checkout's, for an editable install in a
+    # worktree) instead of the code under test.
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env.update(
+        PYTHONPATH=os.pathsep.join(path),
+        JOULEGATE_PORT=str(port),
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+    )
+    env.update(env_overrides)
+    with (data / "joulegate.log").open("wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve"],
+            env=env,
+            cwd=data,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    jg = Joulegate(f"http://127.0.0.1:{port}", data, env, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(jg.log)
+        try:
+            if httpx.get(jg.url + "/healthz", timeout=1).status_code == 200:
+                return jg
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            jg.stop()
+            raise RuntimeError("joulegate did not start:\n" + jg.log)
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -80,50 +138,19 @@ def start_joulegate(
 
     def start(**env_overrides: str) -> Joulegate:
         data = tmp_path_factory.mktemp("joulegate")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
-        env.update(
-            JOULEGATE_BACKENDS=",".join(llama_urls.values()),
-            JOULEGATE_PORT=str(port),
-            JOULEGATE_LEDGER_PATH=str(data / "ledger.sqlite3"),
-            JOULEGATE_TELEMETRY_PROVIDER_NAME="llama.cpp",
-            OTEL_TRACES_EXPORTER="none",
-            OTEL_METRICS_EXPORTER="none",
-            OTEL_LOGS_EXPORTER="none",
-        )
-        env.update(env_overrides)
-        with (data / "joulegate.log").open("wb") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "serve"],
-                env=env,
-                cwd=data,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        jg = Joulegate(f"http://127.0.0.1:{port}", data, env, proc)
+        env = {
+            "JOULEGATE_BACKENDS": ",".join(llama_urls.values()),
+            "JOULEGATE_LEDGER_PATH": str(data / "ledger.sqlite3"),
+            "JOULEGATE_TELEMETRY_PROVIDER_NAME": "llama.cpp",
+            **env_overrides,
+        }
+        jg = launch_joulegate(data, env)
         running.append(jg)
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((data / "joulegate.log").read_text())
-            try:
-                if httpx.get(jg.url + "/healthz", timeout=1).status_code == 200:
-                    return jg
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    "joulegate did not start:\n" + (data / "joulegate.log").read_text()
-                )
-            time.sleep(0.1)
+        return jg
 
     yield start
     for jg in running:
-        jg.proc.terminate()
-        try:
-            jg.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            jg.proc.kill()
+        jg.stop()
 
 
 @pytest.fixture(scope="session")
