@@ -1,4 +1,5 @@
-"""A request whose response completed is in the ledger even if joulegate is then killed."""
+"""A request whose response completed is in the ledger even if joulegate is then killed,
+on either ledger (a SQLite file, or PostgreSQL as a fleet of hosts shares it)."""
 
 from __future__ import annotations
 
@@ -13,24 +14,28 @@ import httpx
 
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
-from tests.ledger_support import db_rows
+from tests.ledger_support import Store
 from tests.support import serve
 
 N = 24
 
 
-async def test_sigkill_right_after_the_responses_loses_no_row(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite3"
+async def test_sigkill_right_after_the_responses_loses_no_row(tmp_path: Path, store: Store) -> None:
     backend = FakeBackend()
     async with serve(backend, lifespan="off") as backend_url:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOULEGATE_", "OTEL_"))}
         env.update(
             JOULEGATE_BACKEND_URL=backend_url, JOULEGATE_PORT=str(port),
-            JOULEGATE_LEDGER_PATH=str(path), JOULEGATE_AUTH_MODE="open",
+            JOULEGATE_AUTH_MODE="open",
             JOULEGATE_LOG_LEVEL="warning", OTEL_TRACES_EXPORTER="none",
             OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
         )  # fmt: skip
+        if store.kind == "sqlite":
+            env["JOULEGATE_LEDGER_PATH"] = store.settings.path
+        else:  # rows are counted in PostgreSQL only: one left in the fallback file fails
+            env["JOULEGATE_LEDGER_URL"] = store.settings.url
+            env["JOULEGATE_LEDGER_FALLBACK_PATH"] = str(tmp_path / "pending.jsonl")
         log = (tmp_path / "joulegate.log").open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", "serve", env=env, cwd=tmp_path,
@@ -62,7 +67,7 @@ async def test_sigkill_right_after_the_responses_loses_no_row(tmp_path: Path) ->
             log.close()
     assert proc.returncode == -signal.SIGKILL
     assert statuses == [200] * N
-    rows = db_rows(path)
+    rows = await store.rows()
     assert len(rows) == N
     assert {r["status"] for r in rows} == {200}
     assert sum(r["stream"] for r in rows) == N // 2
