@@ -147,6 +147,8 @@ class BudgetBook:
         """This joulegate's name in the ``host`` column; None: the only writer."""
         self.budgets: dict[str, Budget] = {}
         self._starts: dict[Period, str] = {}
+        self._current: tuple[dt.datetime, dt.datetime] | None = None
+        """The instants between which ``_starts`` holds (no period starts inside)."""
         self._own = _totals()
         self._others = _totals()
 
@@ -203,8 +205,12 @@ class BudgetBook:
         self.budgets = {r[0]: Budget(r[0], r[1], r[2], r[3]) for r in rows}
 
     def _roll(self, now: dt.datetime) -> None:
-        for period in PERIODS:
-            start = iso(period_bounds(period, now)[0])
+        if self._current is not None and self._current[0] <= now < self._current[1]:
+            return  # every request checks this: work the periods out once per day
+        bounds = [period_bounds(period, now) for period in PERIODS]
+        self._current = (max(b[0] for b in bounds), min(b[1] for b in bounds))
+        for period, (begins, _) in zip(PERIODS, bounds, strict=True):
+            start = iso(begins)
             if self._starts.get(period) != start:
                 self._starts[period] = start
                 self._own[period].clear()

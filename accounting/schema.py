@@ -221,13 +221,17 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_encode_json = msgspec.json.Encoder().encode
+"""Compact JSON for the JSON columns (several times faster than ``json.dumps``)."""
+
+
 def row_params(row: LedgerRow) -> tuple[Any, ...]:
     """The INSERT parameters of a row, in :data:`COLUMNS` order."""
     out: list[Any] = []
     for name in COLUMNS:
         value = getattr(row, name)
         if name in _JSON_COLUMNS:
-            value = json.dumps(value, separators=(",", ":")) if value else None
+            value = _encode_json(value).decode() if value else None
         out.append(value)
     return tuple(out)
 

@@ -39,6 +39,7 @@ from litestar.types import Receive, Scope, Send
 from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
 from proxy.backends import Backend, BackendRouter
+from proxy.bounded import BoundedSend, ClientStalled
 from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.intake import (
@@ -54,7 +55,7 @@ from proxy.intake import (
     parse_body,
 )
 from proxy.paths import canonical_path
-from proxy.relay import ClientStalled, Relay, Relayer, body_chunks, decoder_for, decompress
+from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -255,6 +256,7 @@ class Forwarder:
         )
         relay = Relay()
         error: ProxyError | None = None
+        send = BoundedSend(send, self._s.write_timeout_s)
         work = asyncio.ensure_future(self._forward(ex, request, backend, relay, send))
         # Every forwarded request, gated or not, lets go of its backend connection (and
         # its slot) the moment its client leaves.
@@ -285,10 +287,13 @@ class Forwarder:
             ex.window.finished_s = ex.window.finished_s or time.monotonic()
             if ex.status is None and ex.failure in ("client_disconnected", "client_stalled"):
                 ex.status = 499
-            await self._finish(ex, relay, error, send)
+            try:
+                await self._finish(ex, relay, error, send)
+            finally:
+                send.close()
 
     async def _forward(
-        self, ex: Exchange, out: Outgoing, backend: Backend, relay: Relay, send: Send
+        self, ex: Exchange, out: Outgoing, backend: Backend, relay: Relay, send: BoundedSend
     ) -> None:
         if ex.gated:
             try:
@@ -358,7 +363,7 @@ class Forwarder:
             ex.window.finished_s = time.monotonic()
 
     async def _finish(
-        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: Send
+        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
     ) -> None:
         w = ex.window
         if ex.completion_tokens is None and ex.stream_content_chunks:

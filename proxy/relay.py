@@ -8,7 +8,6 @@ answers decoded for parsing. Every send to the client is bounded by
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import zlib
@@ -18,10 +17,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from litestar.types import Send
 
 from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
+from proxy.bounded import BoundedSend
 from proxy.exchange import Exchange, Pipeline
 from proxy.render import energy_object, figure_headers
 from proxy.schema import RESPONSES_FINAL, note_chunk, put_energy
@@ -50,10 +49,6 @@ class Relay:
     error_event: bytes = b""
 
 
-class ClientStalled(Exception):
-    """The client took nothing of its answer for ``write_timeout_s``."""
-
-
 class Relayer:
     """Sends the backend's answer on to the client, in the shape it arrives in."""
 
@@ -61,20 +56,17 @@ class Relayer:
         self._s = settings
         self._pipeline = pipeline
 
-    async def to_client(self, send: Send, message: Any) -> None:
+    async def to_client(self, send: BoundedSend, message: Any) -> None:
         """Send to the client; one that reads nothing for ``write_timeout_s`` (its
-        socket buffer full) loses the answer instead of holding the slot forever."""
-        try:
-            async with asyncio.timeout(self._s.write_timeout_s):
-                await send(message)
-        except TimeoutError:
-            raise ClientStalled from None
+        socket buffer full) loses the answer instead of holding the slot forever
+        (:class:`~proxy.bounded.ClientStalled`, raised by ``send``)."""
+        await send(message)
 
-    async def send_body(self, send: Send, data: bytes) -> None:
+    async def send_body(self, send: BoundedSend, data: bytes) -> None:
         """One more piece of the body (bounded by ``write_timeout_s``)."""
         await self.to_client(send, {"type": "http.response.body", "body": data, "more_body": True})
 
-    async def start_stream(self, ex: Exchange, relay: Relay, send: Send) -> None:
+    async def start_stream(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
         """Send the status and headers of a streamed answer (energy comes in the body)."""
         await self.to_client(
             send,
@@ -92,7 +84,7 @@ class Relayer:
         relay.started = True
 
     async def relay_lines(
-        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
     ) -> None:
         """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``.
 
@@ -120,7 +112,7 @@ class Relayer:
         relay.tail = buf
 
     async def relay_stream(
-        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: Send
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
     ) -> None:
         """SSE, event by event; the event that ends the answer is held for ``energy``.
 
@@ -202,7 +194,7 @@ class Relayer:
             out.append((b"x-duration-ms", fmt_ms(ex.window.duration_s * 1000)))
         return out
 
-    async def finish_whole(self, ex: Exchange, relay: Relay, send: Send) -> None:
+    async def finish_whole(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
         """Send a whole answer with its ``energy`` field and every figure as a header."""
         body = relay.body
         if relay.held is not None and 200 <= relay.status < 300:
@@ -218,7 +210,7 @@ class Relayer:
         await self.to_client(send, {"type": "http.response.body", "body": body})
 
     async def finish_stream(
-        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: Send
+        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
     ) -> None:
         """The held last event with ``energy`` (or an error event), then the tail."""
         out = b""
