@@ -2,8 +2,8 @@
 
 The component fits :mod:`accounting.forecast` on the ledger at start-up and then
 in the background, every ``refit_rows`` requests finished or every ``refit_s``
-seconds, whichever comes first. The ledger is read on its own reader thread and
-the fit runs in a worker thread, so neither blocks a request; a request uses the
+seconds, whichever comes first. The ledger is read and the fit made in a
+worker thread (``fetch_converted``), so neither blocks a request; a request uses the
 fit it finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
@@ -132,10 +132,9 @@ class Forecaster:
     async def refit(self) -> FitSet:
         """Read the completed rows and fit them in a worker thread."""
         self._new_rows = 0
-        rows = await self._ledger.fetchall(
-            SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows]
+        self.current = await self._ledger.fetch_converted(
+            SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows], fit_rows
         )
-        self.current = await asyncio.to_thread(fit_rows, rows)
         return self.current
 
     async def run(self) -> None:
