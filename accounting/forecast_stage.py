@@ -170,7 +170,9 @@ class ForecastStage(Stage):
         remaining_j = None if status is None else status.remaining_energy_j
         if remaining_j is None:
             return
-        energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+        prediction = self._f.predict(ex.model_requested, ex.task, ex.body)
+        ex.scratch[self.name] = prediction  # on_admitted reuses it: the body is the same
+        energy = prediction.energy_j
         if energy is not None and energy.high > remaining_j:
             raise BudgetExceeded(
                 f"this request is forecast to use up to {energy.high / J_PER_WH:.4g} Wh"
@@ -181,12 +183,16 @@ class ForecastStage(Stage):
             )
 
     async def on_admitted(self, ex: Exchange) -> None:
-        """Put the forecast on the exchange (rendered in the ``energy`` object and a header)."""
+        """Put the forecast on the exchange (rendered in the ``energy`` object and a header):
+        the one pre-flight made at arrival when there was one, else a new one."""
         if not ex.gated:
             return
         energy = None
         if ex.model_requested is not None:
-            energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+            prediction = ex.scratch.pop(self.name, None)
+            if not isinstance(prediction, Prediction):
+                prediction = self._f.predict(ex.model_requested, ex.task, ex.body)
+            energy = prediction.energy_j
         ex.forecast_made = True
         ex.forecast_energy_j = None if energy is None else energy.p50
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from accounting import Ledger
 from accounting.budgets import Budget, BudgetBook
-from accounting.forecast import fit_samples, sample_from_sql
+from accounting.forecast import Prediction, fit_samples, sample_from_sql
 from accounting.forecast_rows import fit_rows
-from accounting.forecast_stage import Forecaster
+from accounting.forecast_stage import Forecaster, ForecastStage
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
+from proxy.exchange import Exchange
+from proxy.gate import Window
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import db_rows
 from tests.support import JoulegateApp
@@ -97,3 +102,38 @@ def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
     for key, fit in per_sample.fits.items():
         assert columnar.fits[key].energy.a == pytest.approx(fit.energy.a, rel=1e-9)
         assert columnar.fits[key].energy.c == pytest.approx(fit.energy.c, rel=1e-9)
+
+
+class CountingForecaster(Forecaster):
+    """A forecaster that counts its predictions."""
+
+    calls = 0
+
+    def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
+        self.calls += 1
+        return super().predict(model, task, body)
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+async def test_one_prediction_serves_the_preflight_check_and_the_forecast_figure(
+    tmp_path: Path, preflight: bool
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 10 * FORECAST_J)
+    async with Ledger(path) as ledger:
+        forecaster = CountingForecaster(ledger)
+        await forecaster.refit()
+        book = BudgetBook(ledger)
+        await book.load()
+        stage = ForecastStage(forecaster, book if preflight else None)
+        ex = Exchange(
+            request_id="r1", method="POST", path="/v1/chat/completions",
+            endpoint="chat/completions", headers={}, window=Window(arrived_s=0.0),
+            arrived_at=dt.datetime.now(dt.UTC), gated=True, model_requested="fake-model",
+            body=forecast_body(max_tokens=3),
+        )  # fmt: skip
+        await stage.on_arrival(ex)
+        await stage.on_admitted(ex)
+    assert forecaster.calls == 1
+    assert ex.forecast_made and ex.forecast_energy_j == pytest.approx(FORECAST_J, rel=0.05)
+    assert ex.scratch == {}  # nothing left behind on the exchange
