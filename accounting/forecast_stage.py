@@ -109,14 +109,20 @@ class Forecaster:
         """Requested model name → the name the backend answered under, where they differ
         (an alias): fits are keyed by the served name, which the ledger records."""
 
-    def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
+    def predict(
+        self, model: str, task: str | None, body: Mapping[str, Any] | None,
+        prompt_tokens: int | None = None,
+    ) -> Prediction:  # fmt: skip
         """The forecast for a request body to ``model`` (arithmetic only).
 
         ``model`` is the requested name; when it has no fit of its own but has been
-        served under another name, the fit made under that name is used."""
+        served under another name, the fit made under that name is used. The prompt's
+        size is ``prompt_tokens`` when the caller counted them, else approximated."""
         if self.current.fit_for(model) is None:
             model = self.served.get(model, model)
-        return self.current.predict(model, task, approx_prompt_tokens(body), max_tokens_of(body))
+        if prompt_tokens is None:
+            prompt_tokens = approx_prompt_tokens(body)
+        return self.current.predict(model, task, prompt_tokens, max_tokens_of(body))
 
     def note_served(self, requested: str | None, served: str | None) -> None:
         """Remember the name a requested model was answered under (an alias)."""
