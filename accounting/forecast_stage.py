@@ -43,6 +43,16 @@ CHARS_PER_TOKEN = 4.0
 """The prompt-size approximation: about four characters a token for English text."""
 TOKENS_PER_MESSAGE = 4
 """What a chat template adds around each message (role markers, separators)."""
+MAX_ALIASES = 1024
+"""Requested → served names remembered at most (requested names are the clients')."""
+SERVED_SQL = (
+    "SELECT model_requested, model_served, MAX(id) AS last FROM requests"
+    " WHERE id > (SELECT COALESCE(MAX(id), 0) FROM requests) - ?"
+    " AND failure IS NULL AND status < 400 AND model_requested IS NOT NULL"
+    " AND model_served IS NOT NULL AND model_requested <> model_served"
+    " GROUP BY model_requested, model_served ORDER BY last"
+)
+"""The aliases among the latest rows (by id), oldest first so that the latest wins."""
 _TEXT_FIELDS = ("prompt", "input", "instructions", "system", "suffix")
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -126,8 +136,15 @@ class Forecaster:
 
     def note_served(self, requested: str | None, served: str | None) -> None:
         """Remember the name a requested model was answered under (an alias)."""
-        if requested and served and requested != served and len(self.served) < 1024:
+        if requested and served and requested != served and len(self.served) < MAX_ALIASES:
             self.served[requested] = served
+
+    async def load_served(self) -> int:
+        """Learn the aliases the ledger's latest ``max_rows`` rows show (start-up: a
+        restart forecasts them at once); the latest served name wins. How many are known."""
+        for requested, served, _ in await self._ledger.fetchall(SERVED_SQL, [self._max_rows]):
+            self.note_served(requested, served)
+        return len(self.served)
 
     def note_finished(self) -> None:
         """A request finished: refit once ``refit_rows`` of them have."""
@@ -222,7 +239,9 @@ def forecast_component(
         )
         try:
             fit = await forecaster.refit()
-            log.info("forecast fitted on %d ledger rows (%d models)", fit.rows, len(fit.fits))
+            aliases = await forecaster.load_served()
+            log.info("forecast fitted on %d ledger rows (%d models, %d aliases)",
+                     fit.rows, len(fit.fits), aliases)  # fmt: skip
         except LedgerError as exc:
             log.warning("no forecast until the ledger can be read: %s", exc)
         ctx.publish(forecaster)

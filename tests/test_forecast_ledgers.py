@@ -10,19 +10,25 @@ from accounting.forecast_rows import fit_rows
 from accounting.forecast_stage import Forecaster
 from accounting.robust_fit import _median
 from tests.test_forecast import A_J, C_J, MODEL, START, synthetic_rows
+from tests.test_forecast_preflight import alias_rows
 from tests.test_ledger_contract import MakeLedger, make_ledger
 
 __all__ = ["make_ledger"]  # the parametrised fixture, SQLite and PostgreSQL
 
 
-async def test_a_refit_gives_the_same_fits_on_both_ledgers(make_ledger: MakeLedger) -> None:
+async def test_a_refit_gives_the_same_fits_and_aliases_on_both_ledgers(
+    make_ledger: MakeLedger,
+) -> None:
     rows = [*synthetic_rows(), *synthetic_rows(60, seed=2, task="chat", estimated=True)]
     async with make_ledger() as ledger:
-        await ledger.append_many(rows)
-        fs = await Forecaster(ledger).refit()
+        await ledger.append_many([*rows, *alias_rows("old-name"), *alias_rows(MODEL, start=9)])
+        forecaster = Forecaster(ledger)
+        fs = await forecaster.refit()
+        assert await forecaster.load_served() == 1
         # The reference: the same rows read plainly, fitted on the event loop.
         reference = fit_rows(list(await ledger.fetchall(SAMPLE_SQL)), START)
-    assert fs.rows == 400 + 60  # the 40 failed rows are not used
+    assert forecaster.served == {"alias": MODEL}  # the latest served name
+    assert fs.rows == 400 + 60  # the failed rows are not used, nor those without tokens
     assert fs.tokens == reference.tokens
     assert set(fs.tokens) == {(MODEL, "code"), (MODEL, "chat"), (MODEL, "*")}
     assert fs.fits.keys() == {(MODEL, False), (MODEL, True)}

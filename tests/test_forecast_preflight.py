@@ -15,11 +15,12 @@ from accounting.budgets import Budget, BudgetBook
 from accounting.forecast import Prediction, fit_samples, sample_from_sql
 from accounting.forecast_rows import fit_rows
 from accounting.forecast_stage import Forecaster, ForecastStage
+from accounting.schema import LedgerRow, iso
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
 from proxy.exchange import Exchange
 from proxy.gate import Window
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import db_rows
 from tests.support import JoulegateApp
 from tests.test_forecast import START, components, forecast_body, synthetic_rows
@@ -85,6 +86,43 @@ async def test_a_requested_alias_is_forecast_from_the_fit_made_under_the_served_
         energy = f.predict("alias", None, body).energy_j
     assert energy is not None
     assert energy.p50 == pytest.approx(FORECAST_J, rel=0.05)
+
+
+def alias_rows(served: str, n: int = 3, start: int = 0) -> list[LedgerRow]:
+    """Completed requests for ``alias`` answered under ``served`` (and a failed one that
+    must not count)."""
+    rows = [LedgerRow(request_id=f"alias-{served}-{start + i}", ts=iso(START), status=200,
+                      model_requested="alias", model_served=served) for i in range(n)]  # fmt: skip
+    rows.append(LedgerRow(request_id=f"alias-failed-{served}-{start}", ts=iso(START), status=502,
+                          model_requested="alias", model_served="nowhere",
+                          failure="backend_error"))  # fmt: skip
+    return rows
+
+
+async def test_aliases_are_reloaded_from_the_ledger_so_a_restart_forecasts_them_at_once(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 1.0)
+    async with Ledger(path) as ledger:
+        # Served under another name first, then under the fitted one: the latest wins.
+        await ledger.append_many([*alias_rows("old-name"), *alias_rows("fake-model", start=9)])
+        fresh = Forecaster(ledger)
+        await fresh.refit()
+        assert await fresh.load_served() == 1
+    assert fresh.served == {"alias": "fake-model"}
+    listed = FakeBackend(models=("fake-model", "alias"))  # a backend that lists the alias
+    async with (
+        serving(listed) as backend,
+        joulegate_app(backend.url, components(), ledger=LedgerSettings(path=str(path))) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        r = await c.post(
+            "/v1/energy/forecast", json={**forecast_body(max_tokens=3), "model": "alias"}
+        )
+    f = r.json()
+    assert f["basis"] == "task history" and f["fit"]["model"] == "fake-model"
+    assert f["energy_j"]["p50"] == pytest.approx(FORECAST_J, rel=0.05)
 
 
 def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
