@@ -18,7 +18,7 @@ Output tokens are not known before the request runs: they are predicted as the
 10th, 50th and 90th percentiles of what the same model produced for the same
 task (every task when the request names none), capped by ``max_tokens``. The
 80% interval of a figure is the fit at the p10 and p90 token counts, widened by
-the fit's own residual p10 and p90.
+the fit's own residual p10 and p90; it always holds the median.
 
 Everything here is pure computation on numpy arrays: the caller reads the rows
 and runs :func:`fit_samples` in a thread (it never runs on the event loop).
@@ -152,12 +152,15 @@ class FitSet:
         tokens = Interval(q[1], q[0], q[2])
 
         def figure(lf: LinearFit | None) -> Interval | None:
+            # Ordered whatever the fit's signs: on a few noisy rows the per-token slope
+            # can come out negative, and the residual quantiles need not straddle zero.
             if lf is None:
                 return None
+            ends = lf.at(prompt_tokens, q[0]), lf.at(prompt_tokens, q[2])
             return Interval(
                 max(0.0, lf.at(prompt_tokens, q[1])),
-                max(0.0, lf.at(prompt_tokens, q[0]) + lf.residual_p10),
-                max(0.0, lf.at(prompt_tokens, q[2]) + lf.residual_p90),
+                max(0.0, min(ends) + min(lf.residual_p10, 0.0)),
+                max(0.0, max(ends) + max(lf.residual_p90, 0.0)),
             )
 
         return Prediction(
