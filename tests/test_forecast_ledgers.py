@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from accounting.forecast import SAMPLE_SQL
+from accounting.forecast import SAMPLE_SQL, fit_samples, sample_from_sql
 from accounting.forecast_rows import fit_rows
 from accounting.forecast_stage import Forecaster
 from accounting.robust_fit import _median
@@ -45,3 +45,12 @@ async def test_a_refit_gives_the_same_fits_and_aliases_on_both_ledgers(
 def test_the_in_place_median_is_numpys(n: int) -> None:
     values = np.random.default_rng(n).normal(size=n)
     assert _median(values.copy()) == np.median(values)
+
+
+def test_rows_without_a_task_share_one_token_history_with_the_per_sample_fit() -> None:
+    tasks = [(None, 10), ("", 20), (None, 30), ("code", 40)] * 3
+    sql_rows = [(MODEL, task, 0, 100, tokens, 50.0, None, 1.0) for task, tokens in tasks]
+    columnar = fit_rows(sql_rows, START)
+    assert columnar.tokens == fit_samples((sample_from_sql(r) for r in sql_rows), START).tokens
+    assert columnar.tokens[(MODEL, "(none)")] == (10.0, 20.0, 30.0)  # all nine rows
+    assert columnar.tokens[(MODEL, "code")] == (40.0, 40.0, 40.0)
