@@ -11,6 +11,7 @@ and the caller falls back to its approximation (and says which it used).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -58,23 +59,28 @@ async def count_prompt_tokens(
     """The prompt tokens of a chat or completions ``body`` as the llama.cpp server at
     ``base_url`` counts them; None when it cannot say in time (or the body is neither)."""
     try:
-        if isinstance(messages := body.get("messages"), list):
-            rendered = await _post(client, base_url + "/apply-template", {"messages": messages})
-            text = rendered.get("prompt") if isinstance(rendered, dict) else None
-            if not isinstance(text, str):
-                raise _NoCount("/apply-template gave no prompt")
-        else:
-            prompt = _text_prompt(body)
-            if prompt is None:
-                return None
-            if isinstance(prompt, list):
-                return len(prompt)  # already token ids
-            text = prompt
-        answer = await _post(client, base_url + "/tokenize", {"content": text, "add_special": True})
-        tokens = answer.get("tokens") if isinstance(answer, dict) else None
-        if not isinstance(tokens, list):
-            raise _NoCount("/tokenize gave no tokens")
-        return len(tokens)
-    except (httpx.HTTPError, ValueError, _NoCount) as exc:
+        async with asyncio.timeout(TOKENIZE_TIMEOUT_S):
+            return await _count(client, base_url, body)
+    except (TimeoutError, httpx.HTTPError, ValueError, _NoCount) as exc:
         log.debug("no token count from %s: %s: %s", base_url, type(exc).__name__, exc)
         return None
+
+
+async def _count(client: httpx.AsyncClient, base_url: str, body: Mapping[str, Any]) -> int | None:
+    if isinstance(messages := body.get("messages"), list):
+        rendered = await _post(client, base_url + "/apply-template", {"messages": messages})
+        text = rendered.get("prompt") if isinstance(rendered, dict) else None
+        if not isinstance(text, str):
+            raise _NoCount("/apply-template gave no prompt")
+    else:
+        prompt = _text_prompt(body)
+        if prompt is None:
+            return None
+        if isinstance(prompt, list):
+            return len(prompt)  # already token ids
+        text = prompt
+    answer = await _post(client, base_url + "/tokenize", {"content": text, "add_special": True})
+    tokens = answer.get("tokens") if isinstance(answer, dict) else None
+    if not isinstance(tokens, list):
+        raise _NoCount("/tokenize gave no tokens")
+    return len(tokens)

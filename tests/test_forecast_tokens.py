@@ -3,6 +3,7 @@ and the approximation when the backend cannot count them in time."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -79,3 +80,17 @@ async def test_token_ids_are_counted_without_asking_and_errors_give_none() -> No
         assert await count_prompt_tokens(client, "http://b", {"prompt": "x"}) is None  # 500
         assert await count_prompt_tokens(client, "http://b", {"input": "x"}) is None
     assert asked == ["/apply-template", "/tokenize"]
+
+
+async def test_the_half_second_bounds_the_template_and_the_tokenize_together() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)  # each answer within its own limit, not both
+        if request.url.path == "/apply-template":
+            return httpx.Response(200, json={"prompt": "a b c"})
+        return httpx.Response(200, json={"tokens": [1, 2, 3]})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
+        t0 = time.monotonic()
+        assert await count_prompt_tokens(client, "http://b", CHAT) is None
+        assert time.monotonic() - t0 < 0.55
+        assert await count_prompt_tokens(client, "http://b", {"prompt": "a b c"}) == 3
