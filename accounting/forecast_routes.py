@@ -118,6 +118,9 @@ async def _prompt_tokens(
     if backend is not None and backend.provider in TOKENIZING_PROVIDERS:
         counted = await count_prompt_tokens(ctx.client, backend.url, body)
         if counted is not None:
+            forecaster = ctx.get(Forecaster)
+            if forecaster is not None:  # admission sizes prompts by what it learns here
+                forecaster.note_prompt(model, body, counted)
             return counted, "backend_tokenizer"
     return approx_prompt_tokens(body), "approximation"
 

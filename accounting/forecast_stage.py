@@ -7,7 +7,8 @@ worker thread (``fetch_converted``), so neither blocks a request; a request uses
 fit it finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
-arithmetic on a prompt-size approximation (no I/O, microseconds), and puts it in
+arithmetic on a prompt-size approximation (no I/O, microseconds) put in the tokens
+the model's backend has been counting (:mod:`accounting.prompt_size`), and puts it in
 ``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
 there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
@@ -32,6 +33,7 @@ from accounting.forecast import SAMPLE_SQL, FitSet, Prediction
 from accounting.forecast_rows import fit_rows
 from accounting.ledger_stage import Accounting
 from accounting.ledgers import AnyLedger
+from accounting.prompt_size import PromptCalibration
 from config.errors import BudgetExceeded, LedgerError
 from config.units import J_PER_WH
 from proxy.context import AppContext, Component
@@ -118,6 +120,12 @@ class Forecaster:
         self.served: dict[str, str] = {}
         """Requested model name → the name the backend answered under, where they differ
         (an alias): fits are keyed by the served name, which the ledger records."""
+        self.prompt_size = PromptCalibration()
+        """Each fitted model's prompt counts against the approximation (admission's size)."""
+
+    def _fitted(self, model: str) -> str:
+        """The name ``model``'s fit is under: its own, else the name it was served as."""
+        return model if self.current.fit_for(model) is not None else self.served.get(model, model)
 
     def predict(
         self, model: str, task: str | None, body: Mapping[str, Any] | None,
@@ -127,12 +135,18 @@ class Forecaster:
 
         ``model`` is the requested name; when it has no fit of its own but has been
         served under another name, the fit made under that name is used. The prompt's
-        size is ``prompt_tokens`` when the caller counted them, else approximated."""
-        if self.current.fit_for(model) is None:
-            model = self.served.get(model, model)
+        size is ``prompt_tokens`` when the caller counted them, else its approximation
+        in the tokens that model's backend has been counting (:mod:`accounting.prompt_size`)."""
+        model = self._fitted(model)
         if prompt_tokens is None:
-            prompt_tokens = approx_prompt_tokens(body)
+            prompt_tokens = self.prompt_size.tokens(model, approx_prompt_tokens(body))
         return self.current.predict(model, task, prompt_tokens, max_tokens_of(body))
+
+    def note_prompt(self, model: str | None, body: Mapping[str, Any] | None, counted: int) -> None:
+        """The backend counted ``counted`` prompt tokens in ``body`` (its usage after a
+        request, its tokenizer for a forecast): later admissions size prompts alike."""
+        if model and body:
+            self.prompt_size.note(self._fitted(model), approx_prompt_tokens(body), counted)
 
     def note_served(self, requested: str | None, served: str | None) -> None:
         """Remember the name a requested model was answered under (an alias)."""
@@ -223,6 +237,8 @@ class ForecastStage(Stage):
         """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
             self._f.note_served(ex.model_requested, ex.model_served)
+            if ex.failure is None and ex.prompt_tokens is not None:
+                self._f.note_prompt(ex.model_requested, ex.body, ex.prompt_tokens)
             self._f.note_finished()
 
 

@@ -272,8 +272,11 @@ async def test_every_response_carries_its_forecast_and_the_ledger_keeps_it(
     assert float(whole.headers["x-energy-forecast-j"]) == pytest.approx(expected, rel=0.03)
     assert cold.json()["energy"]["forecast_energy_j"] is None
     assert "x-energy-forecast-j" not in cold.headers
+    # The backend counted that prompt as 7 tokens (the fake's usage), not the 1004 its
+    # characters suggest: the next forecast sizes the same prompt as the backend does.
     last = [e for e in sse_events(streamed.content) if isinstance(e, dict) and "energy" in e]
-    assert last[-1]["energy"]["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
+    as_counted = A_J + B_J * 7 + C_J * 3
+    assert last[-1]["energy"]["forecast_energy_j"] == pytest.approx(as_counted, rel=0.03)
     row = db_rows(path, "request_id = ?", (whole.headers["x-request-id"],))[0]
     assert row["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
 

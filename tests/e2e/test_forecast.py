@@ -52,12 +52,12 @@ def test_a_restarted_joulegate_forecasts_from_the_recorded_requests(
     assert f["energy_j"]["p50"] > 0 and f["fit"]["rows"] == 9
     assert f["fit"]["energy"] == "estimated"  # no RAPL or NVML here: the estimate's rows
     # The next inference carries the forecast made at its admission. Admission asks the
-    # backend nothing: it sizes the prompt by its characters, which miss the template's
-    # system prompt (about 10 tokens said here against 36 counted), so its figure can be
-    # far below the endpoint's (down to 0 J) and is not compared with it.
+    # backend nothing: it sizes the prompt by its characters (10 tokens here, missing the
+    # template's system prompt) put in the tokens the backend counted so far (36 for it,
+    # by the tokenizer just now), so it forecasts what the endpoint did.
     raw = ask(second, QUESTIONS[2], 4)
     energy = raw.parse().model_extra["energy"]
-    assert energy["forecast_energy_j"] is not None and energy["forecast_energy_j"] >= 0
+    assert energy["forecast_energy_j"] == pytest.approx(f["energy_j"]["p50"], rel=1e-3)
     assert float(raw.headers["x-energy-forecast-j"]) == pytest.approx(
         energy["forecast_energy_j"], abs=1e-3
     )
