@@ -147,9 +147,12 @@ class CountingForecaster(Forecaster):
 
     calls = 0
 
-    def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
+    def predict(
+        self, model: str, task: str | None, body: Mapping[str, Any] | None,
+        prompt_tokens: int | None = None,
+    ) -> Prediction:  # fmt: skip
         self.calls += 1
-        return super().predict(model, task, body)
+        return super().predict(model, task, body, prompt_tokens)
 
 
 @pytest.mark.parametrize("preflight", [True, False])

@@ -17,8 +17,8 @@ from tests.fake_backend import FakeBackend, serving
 from tests.support import JoulegateApp
 from tests.test_forecast import A_J, B_J, C_J, MODEL, components, seeded, synthetic_rows
 
-CHAT = {"model": MODEL, "messages": [{"role": "user", "content": " ".join(["word"] * 50)}],
-        "max_tokens": 10}  # fmt: skip
+WORDS = " ".join(["word"] * 50)
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": WORDS}], "max_tokens": 10}
 """The fake's template makes this ``<|user|> word word ...``: 51 tokens of one word each."""
 
 
@@ -41,8 +41,7 @@ async def test_a_llamacpp_backend_counts_the_prompt_and_the_forecast_uses_its_co
         3, "backend_tokenizer",
     )  # fmt: skip
     assert [s.path for s in fake.seen] == ["/apply-template", "/tokenize", "/tokenize"]
-    assert fake.seen[1].json() == {"content": f"<|user|> {CHAT['messages'][0]['content']}\n",
-                                   "add_special": True}  # fmt: skip
+    assert fake.seen[1].json() == {"content": f"<|user|> {WORDS}\n", "add_special": True}
 
 
 async def test_a_slow_tokenizer_costs_half_a_second_and_the_approximation_is_used(
