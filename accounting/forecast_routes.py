@@ -92,7 +92,7 @@ async def energy_forecast(
             code="model_not_found",
             param="model",
         )
-    prompt_tokens, source = await _prompt_tokens(ctx, model, body)
+    prompt_tokens, source = await _prompt_tokens(ctx, forecaster, model, body)
     prediction = forecaster.predict(model, task, body, prompt_tokens)
     return {
         "object": "energy.forecast",
@@ -107,10 +107,11 @@ async def energy_forecast(
 
 
 async def _prompt_tokens(
-    ctx: AppContext, model: str, body: dict[str, Any]
+    ctx: AppContext, forecaster: Forecaster, model: str, body: dict[str, Any]
 ) -> tuple[int, PromptTokensSource]:
     """The prompt's tokens as the backend serving ``model`` counts them where it can
-    (llama.cpp's tokenizer, :mod:`proxy.tokenizer`), else the approximation."""
+    (llama.cpp's tokenizer, :mod:`proxy.tokenizer`), else the approximation; a count
+    also teaches ``forecaster`` how that backend sizes prompts, for admission."""
     try:
         backend = ctx.router.route(model)
     except (ModelNotFound, BackendUnreachable):
@@ -118,9 +119,7 @@ async def _prompt_tokens(
     if backend is not None and backend.provider in TOKENIZING_PROVIDERS:
         counted = await count_prompt_tokens(ctx.client, backend.url, body)
         if counted is not None:
-            forecaster = ctx.get(Forecaster)
-            if forecaster is not None:  # admission sizes prompts by what it learns here
-                forecaster.note_prompt(model, body, counted)
+            forecaster.note_prompt(model, body, counted)
             return counted, "backend_tokenizer"
     return approx_prompt_tokens(body), "approximation"
 

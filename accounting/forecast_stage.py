@@ -2,8 +2,8 @@
 
 The component fits :mod:`accounting.forecast` on the ledger at start-up and then
 in the background, every ``refit_rows`` requests finished or every ``refit_s``
-seconds, whichever comes first. The ledger is read and the fit made in a
-worker thread (``fetch_converted``), so neither blocks a request; a request uses the
+seconds, whichever comes first. The ledger is read and the fit made in a worker
+thread (``fetch_converted``), so neither blocks a request; a request uses the
 fit it finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
@@ -238,7 +238,9 @@ class ForecastStage(Stage):
         if ex.gated and ex.window.admitted_s is not None:
             self._f.note_served(ex.model_requested, ex.model_served)
             if ex.failure is None and ex.prompt_tokens is not None:
-                self._f.note_prompt(ex.model_requested, ex.body, ex.prompt_tokens)
+                # Under the name the backend answered as: the fits are keyed by it.
+                self._f.note_prompt(ex.model_served or ex.model_requested, ex.body,
+                                    ex.prompt_tokens)  # fmt: skip
             self._f.note_finished()
 
 
