@@ -6,18 +6,19 @@ Per served model, on the ledger's completed rows, three linear fits::
     energy_dynamic_j ≈ (the same form)
     duration_s       ≈ (the same form)
 
-fitted robustly (Huber weights by iteratively reweighted least squares, the
-scale re-estimated from the residuals' median absolute deviation each round),
-so the odd row a thermal pause or a stalled backend inflated barely moves the
-coefficients. Failed rows (``failure`` set) are never used. Measured rows and
-estimated rows (``energy_estimated``) are fitted apart; a forecast uses the
-measured fit when there is one and says which it used.
+fitted robustly (:mod:`accounting.robust_fit`: Huber weights by iteratively
+reweighted least squares, the scale re-estimated from the residuals' median
+absolute deviation each round), so the odd row a thermal pause or a stalled
+backend inflated barely moves the coefficients. Failed rows (``failure`` set)
+are never used. Measured rows and estimated rows (``energy_estimated``) are
+fitted apart; a forecast uses the measured fit when there is one and says which
+it used.
 
 Output tokens are not known before the request runs: they are predicted as the
 10th, 50th and 90th percentiles of what the same model produced for the same
 task (every task when the request names none), capped by ``max_tokens``. The
 80% interval of a figure is the fit at the p10 and p90 token counts, widened by
-the fit's own residual p10 and p90.
+the fit's own residual p10 and p90; it always holds the median.
 
 Everything here is pure computation on numpy arrays: the caller reads the rows
 and runs :func:`fit_samples` in a thread (it never runs on the event loop).
@@ -32,21 +33,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from accounting.robust_fit import FloatArray, LinearFit, huber_fit
 from accounting.schema import iso
 
 MIN_FIT_ROWS = 8
 """Fewer completed rows than this and a model has no fit (three coefficients need slack)."""
 MIN_TOKEN_ROWS = 3
 """Fewer than this and a (model, task) has no token history."""
-HUBER_K = 1.345
-"""Huber's tuning constant: 95% efficiency on normal noise."""
 ALL_TASKS = "*"
 """The token-history key of a model's rows over every task."""
 
 Basis = Literal["task history", "max_tokens cap", "no history"]
-FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +59,6 @@ class Sample:
     energy_j: float
     energy_dynamic_j: float | None
     duration_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class LinearFit:
-    """``y ≈ a + b * prompt_tokens + c * completion_tokens`` and how well it fits."""
-
-    a: float
-    b: float
-    c: float
-    r2: float
-    """Weighted by the robust weights: the rows it set aside do not count against it."""
-    rows: int
-    residual_p10: float
-    residual_p90: float
-
-    def at(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """The fitted value for one request."""
-        return self.a + self.b * prompt_tokens + self.c * completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +152,15 @@ class FitSet:
         tokens = Interval(q[1], q[0], q[2])
 
         def figure(lf: LinearFit | None) -> Interval | None:
+            # Ordered whatever the fit's signs: on a few noisy rows the per-token slope
+            # can come out negative, and the residual quantiles need not straddle zero.
             if lf is None:
                 return None
+            ends = lf.at(prompt_tokens, q[0]), lf.at(prompt_tokens, q[2])
             return Interval(
                 max(0.0, lf.at(prompt_tokens, q[1])),
-                max(0.0, lf.at(prompt_tokens, q[0]) + lf.residual_p10),
-                max(0.0, lf.at(prompt_tokens, q[2]) + lf.residual_p90),
+                max(0.0, min(ends) + min(lf.residual_p10, 0.0)),
+                max(0.0, max(ends) + max(lf.residual_p90, 0.0)),
             )
 
         return Prediction(
@@ -191,57 +174,6 @@ class FitSet:
         )
 
 
-def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFit:
-    """Robust ``y ≈ x @ (a, b, c)`` (``x``'s first column is ones) by IRLS with Huber weights.
-
-    A token column that never varies (every prompt the same length) cannot be told
-    from the constant: its coefficient is 0 rather than an arbitrary split with ``a``.
-    """
-    varies = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
-    if not all(varies):
-        part = huber_fit_full(x[:, varies], y, iterations=iterations)
-        coef = iter([part.a, part.b, part.c])
-        full = [next(coef) if v else 0.0 for v in varies]
-        return LinearFit(full[0], full[1], full[2], part.r2, part.rows,
-                         part.residual_p10, part.residual_p90)  # fmt: skip
-    return huber_fit_full(x, y, iterations=iterations)
-
-
-def _weighted_lstsq(x: FloatArray, y: FloatArray, w: FloatArray) -> FloatArray:
-    """Weighted least squares through the 3x3 normal equations: one pass over the rows
-    instead of an SVD of all of them (a refit solves this ~15 times on a million rows).
-    Token counts keep the system well conditioned; lstsq on the small matrix still
-    copes with a column that does not vary."""
-    xw = x * w[:, None]
-    solution: FloatArray = np.linalg.lstsq(xw.T @ x, xw.T @ y, rcond=None)[0].astype(np.float64)
-    return solution
-
-
-def huber_fit_full(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFit:
-    """:func:`huber_fit` on columns that all vary (or fewer of them: missing ones are 0)."""
-    w = np.ones_like(y)
-    beta = _weighted_lstsq(x, y, w)
-    for _ in range(iterations):
-        r = y - x @ beta
-        scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        if scale <= 1e-12 * max(1.0, float(np.abs(y).max())):
-            break  # an exact fit: nothing left to weigh
-        u = np.abs(r) / (HUBER_K * scale)
-        w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
-        new = _weighted_lstsq(x, y, w)
-        if np.allclose(new, beta, rtol=1e-9, atol=1e-12):
-            beta = new
-            break
-        beta = new
-    r = y - x @ beta
-    mean = float(np.average(y, weights=w))
-    total = float(np.sum(w * (y - mean) ** 2))
-    r2 = 1.0 - float(np.sum(w * r**2)) / total if total > 0 else 1.0
-    p10, p90 = (float(v) for v in np.quantile(r, [0.1, 0.9]))
-    coef = [*(float(v) for v in beta), 0.0, 0.0]
-    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90)
-
-
 def _design(samples: Sequence[Sample]) -> FloatArray:
     n = len(samples)
     p = np.fromiter((s.prompt_tokens for s in samples), dtype=np.float64, count=n)
@@ -252,9 +184,10 @@ def _design(samples: Sequence[Sample]) -> FloatArray:
 def _fit_optional(x: FloatArray, values: FloatArray) -> LinearFit | None:
     """The fit of ``values`` (NaN where a row has none) on the design ``x``."""
     keep = ~np.isnan(values)
-    if int(keep.sum()) < MIN_FIT_ROWS:
+    kept = int(keep.sum())
+    if kept < MIN_FIT_ROWS:
         return None
-    return huber_fit(x[keep], values[keep])
+    return huber_fit(x, values) if kept == len(values) else huber_fit(x[keep], values[keep])
 
 
 def _column(samples: Sequence[Sample], name: str) -> FloatArray:

@@ -2,12 +2,13 @@
 
 The component fits :mod:`accounting.forecast` on the ledger at start-up and then
 in the background, every ``refit_rows`` requests finished or every ``refit_s``
-seconds, whichever comes first. The ledger is read on its own reader thread and
-the fit runs in a worker thread, so neither blocks a request; a request uses the
+seconds, whichever comes first. The ledger is read and the fit made in a worker
+thread (``fetch_converted``), so neither blocks a request; a request uses the
 fit it finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
-arithmetic on a prompt-size approximation (no I/O, microseconds), and puts it in
+arithmetic on a prompt-size approximation (no I/O, microseconds) put in the tokens
+the model's backend has been counting (:mod:`accounting.prompt_size`), and puts it in
 ``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
 there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
@@ -32,6 +33,7 @@ from accounting.forecast import SAMPLE_SQL, FitSet, Prediction
 from accounting.forecast_rows import fit_rows
 from accounting.ledger_stage import Accounting
 from accounting.ledgers import AnyLedger
+from accounting.prompt_size import PromptCalibration
 from config.errors import BudgetExceeded, LedgerError
 from config.units import J_PER_WH
 from proxy.context import AppContext, Component
@@ -43,6 +45,16 @@ CHARS_PER_TOKEN = 4.0
 """The prompt-size approximation: about four characters a token for English text."""
 TOKENS_PER_MESSAGE = 4
 """What a chat template adds around each message (role markers, separators)."""
+MAX_ALIASES = 1024
+"""Requested → served names remembered at most (requested names are the clients')."""
+SERVED_SQL = (
+    "SELECT model_requested, model_served, MAX(id) AS last FROM requests"
+    " WHERE id > (SELECT COALESCE(MAX(id), 0) FROM requests) - ?"
+    " AND failure IS NULL AND status < 400 AND model_requested IS NOT NULL"
+    " AND model_served IS NOT NULL AND model_requested <> model_served"
+    " GROUP BY model_requested, model_served ORDER BY last"
+)
+"""The aliases among the latest rows (by id), oldest first so that the latest wins."""
 _TEXT_FIELDS = ("prompt", "input", "instructions", "system", "suffix")
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -108,20 +120,45 @@ class Forecaster:
         self.served: dict[str, str] = {}
         """Requested model name → the name the backend answered under, where they differ
         (an alias): fits are keyed by the served name, which the ledger records."""
+        self.prompt_size = PromptCalibration()
+        """Each fitted model's prompt counts against the approximation (admission's size)."""
 
-    def predict(self, model: str, task: str | None, body: Mapping[str, Any] | None) -> Prediction:
+    def _fitted(self, model: str) -> str:
+        """The name ``model``'s fit is under: its own, else the name it was served as."""
+        return model if self.current.fit_for(model) is not None else self.served.get(model, model)
+
+    def predict(
+        self, model: str, task: str | None, body: Mapping[str, Any] | None,
+        prompt_tokens: int | None = None,
+    ) -> Prediction:  # fmt: skip
         """The forecast for a request body to ``model`` (arithmetic only).
 
         ``model`` is the requested name; when it has no fit of its own but has been
-        served under another name, the fit made under that name is used."""
-        if self.current.fit_for(model) is None:
-            model = self.served.get(model, model)
-        return self.current.predict(model, task, approx_prompt_tokens(body), max_tokens_of(body))
+        served under another name, the fit made under that name is used. The prompt's
+        size is ``prompt_tokens`` when the caller counted them, else its approximation
+        in the tokens that model's backend has been counting (:mod:`accounting.prompt_size`)."""
+        model = self._fitted(model)
+        if prompt_tokens is None:
+            prompt_tokens = self.prompt_size.tokens(model, approx_prompt_tokens(body))
+        return self.current.predict(model, task, prompt_tokens, max_tokens_of(body))
+
+    def note_prompt(self, model: str | None, body: Mapping[str, Any] | None, counted: int) -> None:
+        """The backend counted ``counted`` prompt tokens in ``body`` (its usage after a
+        request, its tokenizer for a forecast): later admissions size prompts alike."""
+        if model and body:
+            self.prompt_size.note(self._fitted(model), approx_prompt_tokens(body), counted)
 
     def note_served(self, requested: str | None, served: str | None) -> None:
         """Remember the name a requested model was answered under (an alias)."""
-        if requested and served and requested != served and len(self.served) < 1024:
+        if requested and served and requested != served and len(self.served) < MAX_ALIASES:
             self.served[requested] = served
+
+    async def load_served(self) -> int:
+        """Learn the aliases the ledger's latest ``max_rows`` rows show (start-up: a
+        restart forecasts them at once); the latest served name wins. How many are known."""
+        for requested, served, _ in await self._ledger.fetchall(SERVED_SQL, [self._max_rows]):
+            self.note_served(requested, served)
+        return len(self.served)
 
     def note_finished(self) -> None:
         """A request finished: refit once ``refit_rows`` of them have."""
@@ -132,10 +169,9 @@ class Forecaster:
     async def refit(self) -> FitSet:
         """Read the completed rows and fit them in a worker thread."""
         self._new_rows = 0
-        rows = await self._ledger.fetchall(
-            SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows]
+        self.current = await self._ledger.fetch_converted(
+            SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows], fit_rows
         )
-        self.current = await asyncio.to_thread(fit_rows, rows)
         return self.current
 
     async def run(self) -> None:
@@ -171,7 +207,9 @@ class ForecastStage(Stage):
         remaining_j = None if status is None else status.remaining_energy_j
         if remaining_j is None:
             return
-        energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+        prediction = self._f.predict(ex.model_requested, ex.task, ex.body)
+        ex.scratch[self.name] = prediction  # on_admitted reuses it: the body is the same
+        energy = prediction.energy_j
         if energy is not None and energy.high > remaining_j:
             raise BudgetExceeded(
                 f"this request is forecast to use up to {energy.high / J_PER_WH:.4g} Wh"
@@ -182,12 +220,16 @@ class ForecastStage(Stage):
             )
 
     async def on_admitted(self, ex: Exchange) -> None:
-        """Put the forecast on the exchange (rendered in the ``energy`` object and a header)."""
+        """Put the forecast on the exchange (rendered in the ``energy`` object and a header):
+        the one pre-flight made at arrival when there was one, else a new one."""
         if not ex.gated:
             return
         energy = None
         if ex.model_requested is not None:
-            energy = self._f.predict(ex.model_requested, ex.task, ex.body).energy_j
+            prediction = ex.scratch.pop(self.name, None)
+            if not isinstance(prediction, Prediction):
+                prediction = self._f.predict(ex.model_requested, ex.task, ex.body)
+            energy = prediction.energy_j
         ex.forecast_made = True
         ex.forecast_energy_j = None if energy is None else energy.p50
 
@@ -195,6 +237,10 @@ class ForecastStage(Stage):
         """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
             self._f.note_served(ex.model_requested, ex.model_served)
+            if ex.failure is None and ex.prompt_tokens is not None:
+                # Under the name the backend answered as: the fits are keyed by it.
+                self._f.note_prompt(ex.model_served or ex.model_requested, ex.body,
+                                    ex.prompt_tokens)  # fmt: skip
             self._f.note_finished()
 
 
@@ -211,7 +257,9 @@ def forecast_component(
         )
         try:
             fit = await forecaster.refit()
-            log.info("forecast fitted on %d ledger rows (%d models)", fit.rows, len(fit.fits))
+            aliases = await forecaster.load_served()
+            log.info("forecast fitted on %d ledger rows (%d models, %d aliases)",
+                     fit.rows, len(fit.fits), aliases)  # fmt: skip
         except LedgerError as exc:
             log.warning("no forecast until the ledger can be read: %s", exc)
         ctx.publish(forecaster)

@@ -49,7 +49,7 @@ import aiosqlite
 import platformdirs
 
 from accounting.ledger_base import SpillingLedger
-from accounting.schema import INSERT_ROW, LedgerRow, migrate, row_from_sql, row_params
+from accounting.schema import INSERT_ROW, Convert, LedgerRow, T, migrate, row_from_sql, row_params
 from accounting.spill import Spill
 from config import LedgerSettings
 from config.errors import LedgerError
@@ -245,6 +245,22 @@ class Ledger(SpillingLedger):
             raise LedgerError("the ledger is not open")
         try:
             return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
+
+    async def fetch_converted(self, sql: str, params: Sequence[Any], convert: Convert[T]) -> T:
+        """A big query's rows (tuples) to ``convert``, in a worker thread on its own connection."""
+        if self._reader is None:
+            raise LedgerError("the ledger is not open")
+
+        def read() -> T:
+            with contextlib.closing(sqlite3.connect(self.path)) as db:
+                db.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, 5000)}")
+                rows = db.execute(sql, params).fetchall()
+            return convert(rows)
+
+        try:
+            return await asyncio.to_thread(read)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
 

@@ -26,7 +26,15 @@ import asyncpg
 import platformdirs
 
 from accounting.ledger_base import SpillingLedger
-from accounting.schema import _BOOL_COLUMNS, _JSON_COLUMNS, INSERT_ROW, LedgerRow, row_params
+from accounting.schema import (
+    _BOOL_COLUMNS,
+    _JSON_COLUMNS,
+    INSERT_ROW,
+    Convert,
+    LedgerRow,
+    T,
+    row_params,
+)
 from accounting.spill import Spill
 from config.errors import LedgerError
 
@@ -279,6 +287,13 @@ class PostgresLedger(SpillingLedger):
             return list(await self._need_pool().fetch(translate(sql), *_params(params)))
         except _DB_ERRORS as exc:
             raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
+
+    async def fetch_converted(self, sql: str, params: Sequence[Any], convert: Convert[T]) -> T:
+        """Run one big query and hand its records to ``convert`` in a worker thread;
+        see :meth:`accounting.ledger.Ledger.fetch_converted` (asyncpg decodes the rows
+        in C on the event loop; the conversion, the slow part, is off it)."""
+        rows = await self.fetchall(sql, params)
+        return await asyncio.to_thread(convert, rows)
 
     async def iter_rows(
         self, where: str = "1", params: Sequence[Any] = (), *, batch: int = 1000

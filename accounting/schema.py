@@ -16,8 +16,9 @@ import datetime as dt
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -25,6 +26,10 @@ import msgspec
 from config.errors import LedgerError
 
 log = logging.getLogger("joulegate.ledger")
+
+T = TypeVar("T")
+Convert = Callable[[list[Any]], T]
+"""What a ledger's ``fetch_converted`` hands a query's rows to, in its worker thread."""
 
 
 class LedgerRow(msgspec.Struct, kw_only=True):

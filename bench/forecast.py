@@ -39,15 +39,18 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
         generate_sqlite(big, rows)
         async with Ledger(big) as ledger:
             forecaster = Forecaster(ledger, max_rows=rows)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             fit = await forecaster.refit()
             refit_s = time.perf_counter() - t0
+            # CPU time too: on a shared machine the wall clock also counts the others.
+            refit_cpu_s = time.process_time() - cpu0
             t0 = time.perf_counter()
             for _ in range(10_000):
                 forecaster.predict(MODELS[0], None, BODY)
             admission_us = (time.perf_counter() - t0) / 10_000 * 1e6
         out.append((f"refit over {rows:,} ledger rows (read + robust fit, in a thread)",
-                    f"{refit_s:.2f} s", f"target <= 5 s; {fit.rows:,} rows used"))  # fmt: skip
+                    f"{refit_s:.2f} s", f"target <= 5 s; {refit_cpu_s:.2f} s of CPU;"
+                    f" {fit.rows:,} rows used"))  # fmt: skip
         out.append(("forecast at admission (arithmetic only)", f"{admission_us:.1f} us",
                     "per request"))  # fmt: skip
 

@@ -16,6 +16,8 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
                            (as another joulegate in front of a backend would)
 
+It also answers llama-server's ``POST /tokenize`` and ``POST /apply-template``.
+
 It records what a test needs: requests in arrival order, the headers and body
 it saw, how many requests overlapped, and which were cancelled. joulegate's own
 ``GET /v1/models`` look-ups (``User-Agent: joulegate``, at start-up, refresh and
@@ -69,6 +71,10 @@ class FakeBackend:
     software real servers name there)."""
     finish_reason: str = "length"
     """Why an answer with words ends (``stop`` for clients that refuse ``length``)."""
+    tokenize_delay_s: float = 0.0
+    """How long llama-server's ``POST /tokenize`` takes here (one token per
+    whitespace-separated word; ``POST /apply-template`` writes each message as
+    ``<|role|> content``)."""
     seen: list[Seen] = field(default_factory=list)
     listings: int = 0
     """joulegate's own model look-ups answered (not in ``seen``)."""
@@ -184,6 +190,16 @@ class FakeBackend:
             return
         if seen.path == "/api/chat":
             await self._ollama_chat(seen, send)
+            return
+        if seen.path == "/apply-template":  # llama-server's chat template, as text
+            messages = seen.json().get("messages", [])
+            prompt = "".join(f"<|{m['role']}|> {m['content']}\n" for m in messages)
+            await _json(send, 200, {"prompt": prompt})
+            return
+        if seen.path == "/tokenize":
+            await asyncio.sleep(self.tokenize_delay_s)
+            words = seen.json().get("content", "").split()
+            await _json(send, 200, {"tokens": list(range(len(words)))})
             return
         if seen.path == "/v1/responses":
             await self._responses(seen, send)

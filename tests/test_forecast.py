@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from accounting import Ledger
-from accounting.forecast import Sample, fit_samples
+from accounting.forecast import FitSet, ModelFit, Sample, fit_samples
 from accounting.forecast_stage import approx_prompt_tokens, forecast_component
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from accounting.reports import build_report, parse_query
+from accounting.robust_fit import LinearFit
 from accounting.schema import LedgerRow, iso
 from config import LedgerSettings
 from proxy.cli import main
@@ -132,6 +133,19 @@ def test_output_tokens_come_from_the_task_history_capped_by_max_tokens() -> None
     assert other.completion_tokens.p50 == 64
     none = fs.predict(MODEL, "math", 1000, None)
     assert none.basis == "no history" and none.energy_j is None and none.reason
+
+
+def test_the_interval_holds_the_median_even_when_the_fit_slopes_down() -> None:
+    # Nine noisy rows can give a negative per-token slope and residual quantiles on one
+    # side of zero (seen on the real server): the interval must still hold the median.
+    slope_down = LinearFit(a=20.0, b=0.0, c=-2.0, r2=0.1, rows=9, residual_p10=0.5,
+                           residual_p90=3.0)  # fmt: skip
+    fit = ModelFit(MODEL, True, slope_down, None, slope_down, "2026-01-01T00:00:00.000000Z")
+    fs = FitSet({(MODEL, True): fit}, {(MODEL, "*"): (2.0, 3.0, 4.0)})
+    for figure in (fs.predict(MODEL, None, 30, None).energy_j,
+                   fs.predict(MODEL, None, 30, None).duration_s):  # fmt: skip
+        assert figure is not None
+        assert (figure.low, figure.p50, figure.high) == (12.0, 14.0, 19.0)
 
 
 def test_the_prompt_approximation_counts_characters_and_messages() -> None:
@@ -258,8 +272,11 @@ async def test_every_response_carries_its_forecast_and_the_ledger_keeps_it(
     assert float(whole.headers["x-energy-forecast-j"]) == pytest.approx(expected, rel=0.03)
     assert cold.json()["energy"]["forecast_energy_j"] is None
     assert "x-energy-forecast-j" not in cold.headers
+    # The backend counted that prompt as 7 tokens (the fake's usage), not the 1004 its
+    # characters suggest: the next forecast sizes the same prompt as the backend does.
     last = [e for e in sse_events(streamed.content) if isinstance(e, dict) and "energy" in e]
-    assert last[-1]["energy"]["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
+    as_counted = A_J + B_J * 7 + C_J * 3
+    assert last[-1]["energy"]["forecast_energy_j"] == pytest.approx(as_counted, rel=0.03)
     row = db_rows(path, "request_id = ?", (whole.headers["x-request-id"],))[0]
     assert row["forecast_energy_j"] == pytest.approx(expected, rel=0.03)
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from accounting import Ledger
 from accounting.budgets import Budget, BudgetBook
-from accounting.forecast import fit_samples, sample_from_sql
+from accounting.forecast import Prediction, fit_samples, sample_from_sql
 from accounting.forecast_rows import fit_rows
-from accounting.forecast_stage import Forecaster
+from accounting.forecast_stage import Forecaster, ForecastStage
+from accounting.schema import LedgerRow, iso
 from config import BudgetSettings, LedgerSettings
 from config.units import J_PER_WH
-from tests.fake_backend import FakeBackend
+from proxy.exchange import Exchange
+from proxy.gate import Window
+from tests.fake_backend import FakeBackend, serving
 from tests.ledger_support import db_rows
 from tests.support import JoulegateApp
 from tests.test_forecast import START, components, forecast_body, synthetic_rows
@@ -82,6 +88,43 @@ async def test_a_requested_alias_is_forecast_from_the_fit_made_under_the_served_
     assert energy.p50 == pytest.approx(FORECAST_J, rel=0.05)
 
 
+def alias_rows(served: str, n: int = 3, start: int = 0) -> list[LedgerRow]:
+    """Completed requests for ``alias`` answered under ``served`` (and a failed one that
+    must not count)."""
+    rows = [LedgerRow(request_id=f"alias-{served}-{start + i}", ts=iso(START), status=200,
+                      model_requested="alias", model_served=served) for i in range(n)]  # fmt: skip
+    rows.append(LedgerRow(request_id=f"alias-failed-{served}-{start}", ts=iso(START), status=502,
+                          model_requested="alias", model_served="nowhere",
+                          failure="backend_error"))  # fmt: skip
+    return rows
+
+
+async def test_aliases_are_reloaded_from_the_ledger_so_a_restart_forecasts_them_at_once(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 1.0)
+    async with Ledger(path) as ledger:
+        # Served under another name first, then under the fitted one: the latest wins.
+        await ledger.append_many([*alias_rows("old-name"), *alias_rows("fake-model", start=9)])
+        fresh = Forecaster(ledger)
+        await fresh.refit()
+        assert await fresh.load_served() == 1
+    assert fresh.served == {"alias": "fake-model"}
+    listed = FakeBackend(models=("fake-model", "alias"))  # a backend that lists the alias
+    async with (
+        serving(listed) as backend,
+        joulegate_app(backend.url, components(), ledger=LedgerSettings(path=str(path))) as jg,
+        httpx.AsyncClient(base_url=jg.url) as c,
+    ):
+        r = await c.post(
+            "/v1/energy/forecast", json={**forecast_body(max_tokens=3), "model": "alias"}
+        )
+    f = r.json()
+    assert f["basis"] == "task history" and f["fit"]["model"] == "fake-model"
+    assert f["energy_j"]["p50"] == pytest.approx(FORECAST_J, rel=0.05)
+
+
 def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
     rows = [*synthetic_rows(), *synthetic_rows(60, seed=2, task="chat", estimated=True)]
     sql_rows = [
@@ -97,3 +140,41 @@ def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
     for key, fit in per_sample.fits.items():
         assert columnar.fits[key].energy.a == pytest.approx(fit.energy.a, rel=1e-9)
         assert columnar.fits[key].energy.c == pytest.approx(fit.energy.c, rel=1e-9)
+
+
+class CountingForecaster(Forecaster):
+    """A forecaster that counts its predictions."""
+
+    calls = 0
+
+    def predict(
+        self, model: str, task: str | None, body: Mapping[str, Any] | None,
+        prompt_tokens: int | None = None,
+    ) -> Prediction:  # fmt: skip
+        self.calls += 1
+        return super().predict(model, task, body, prompt_tokens)
+
+
+@pytest.mark.parametrize("preflight", [True, False])
+async def test_one_prediction_serves_the_preflight_check_and_the_forecast_figure(
+    tmp_path: Path, preflight: bool
+) -> None:
+    path = tmp_path / "l.sqlite3"
+    await seeded_with_budget(path, 10 * FORECAST_J)
+    async with Ledger(path) as ledger:
+        forecaster = CountingForecaster(ledger)
+        await forecaster.refit()
+        book = BudgetBook(ledger)
+        await book.load()
+        stage = ForecastStage(forecaster, book if preflight else None)
+        ex = Exchange(
+            request_id="r1", method="POST", path="/v1/chat/completions",
+            endpoint="chat/completions", headers={}, window=Window(arrived_s=0.0),
+            arrived_at=dt.datetime.now(dt.UTC), gated=True, model_requested="fake-model",
+            body=forecast_body(max_tokens=3),
+        )  # fmt: skip
+        await stage.on_arrival(ex)
+        await stage.on_admitted(ex)
+    assert forecaster.calls == 1
+    assert ex.forecast_made and ex.forecast_energy_j == pytest.approx(FORECAST_J, rel=0.05)
+    assert ex.scratch == {}  # nothing left behind on the exchange
