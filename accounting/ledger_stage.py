@@ -188,12 +188,15 @@ class RecordStage(Stage):
             )
 
     async def on_finished(self, ex: Exchange) -> None:
-        """Build the row from the exchange, count it against budgets, commit it."""
+        """Build the row from the exchange, count it against budgets, commit it before
+        the answer's last byte."""
         if not ex.gated or ex.failure == "queue_full" or ex.scratch.get("auth") == "refused":
             return  # refused before reaching the backend: it used nothing
         row = row_from_exchange(ex, record_content=self._content, host=self._acc.host)
         self._acc.budgets.add(row)
-        await self._acc.ledger.append(row)
+        # Committed while the answer is rendered and sent; its last byte waits for it,
+        # so a client that has the whole answer has its row (kill -9 loses nothing).
+        ex.before_last_byte(self._acc.ledger.append(row))
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,11 @@ carbon, ledger, telemetry). The proxy calls every stage's hooks in order:
                  last byte goes out (meters close the window, carbon, ledger)
 ``on_closed``    after the last byte or the disconnect (spans end)
 
+A stage whose ``on_finished`` work only has to be *done* before the last byte (the
+ledger's commit) hands it over with :meth:`Exchange.before_last_byte` instead of
+awaiting it: the relay renders and sends the rest of the answer meanwhile and
+awaits :meth:`Exchange.settled` just before the last byte.
+
 ``on_finished`` and ``on_closed`` run for every request that passed
 ``on_arrival``, failures and cancellations included, since a cancelled request
 still used energy. A request refused in ``on_arrival`` gets only ``on_closed``,
@@ -18,8 +23,10 @@ so refusals still appear in traces and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +130,24 @@ class Exchange:
     trace_id: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-stage private state, keyed by stage name."""
+    pending: list[asyncio.Task[None]] = field(default_factory=list)
+    """Work handed over in ``on_finished`` that must be done before the last byte."""
+
+    def before_last_byte(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` now, alongside the rest of the answer; its last byte waits for it."""
+        self.pending.append(asyncio.ensure_future(work))
+
+    async def settled(self) -> None:
+        """Wait for the work handed over; a failure is logged (the answer still goes)."""
+        while self.pending:
+            task = self.pending.pop(0)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():  # this request was cancelled: the work goes on
+                    raise
+            except Exception:
+                log.exception("work before the last byte of %s failed", self.request_id)
 
     def record_measurement(
         self,

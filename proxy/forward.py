@@ -382,6 +382,7 @@ class Forwarder:
             if relay.started:
                 await self._relay.finish_stream(ex, relay, error, send)
             elif error is not None:
+                await ex.settled()
                 await send_error(send, error, self._relay.timing_headers(ex))
             else:
                 await self._relay.finish_whole(ex, relay, send)
@@ -389,4 +390,5 @@ class Forwarder:
             # Recorded already; the client stopped reading its very last bytes.
             log.info("client stalled on the end of %s %s", ex.method, ex.path)
         finally:
+            await ex.settled()  # the row is in before on_closed, whatever happened
             await self._pipeline.closed(ex)

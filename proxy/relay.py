@@ -207,6 +207,7 @@ class Relayer:
         headers.append((b"content-length", str(len(body)).encode()))
         start = {"type": "http.response.start", "status": relay.status, "headers": headers}
         await self.to_client(send, start)
+        await ex.settled()
         await self.to_client(send, {"type": "http.response.body", "body": body})
 
     async def finish_stream(
@@ -230,6 +231,7 @@ class Relayer:
                 out += b"data: " + encode_json(error.to_json()) + b"\n\n"
             else:
                 out += relay.tail
+        await ex.settled()
         await self.to_client(send, {"type": "http.response.body", "body": out})
 
 
