@@ -29,6 +29,18 @@ from proxy.gate import Window
 log = logging.getLogger("joulegate.pipeline")
 
 
+@dataclass(frozen=True, slots=True)
+class BackendTimings:
+    """What the backend says its own work on the request took (llama-server's
+    ``timings``, Ollama's ``*_duration``): places prefill and decode in time."""
+
+    prompt_n: int | None = None
+    """Prompt tokens the backend evaluated (cached ones excluded)."""
+    prompt_s: float | None = None
+    predicted_n: int | None = None
+    predicted_s: float | None = None
+
+
 @dataclass(slots=True)
 class Exchange:
     """Everything joulegate knows about one request; stages read and add to it."""
@@ -92,6 +104,8 @@ class Exchange:
     token_events: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time, tokens) per stream chunk with content, for sharing the energy
     of overlapping requests (:mod:`meters.attribution`)."""
+    backend_timings: BackendTimings | None = None
+    """The backend's own timings of prefill and decode, when its answer had them."""
     attribution: str | None = None
     """How ``energy_j`` was found: ``exclusive`` (the window was this request's alone),
     ``token_share`` or ``time_share`` (a share of overlapping windows); None: not measured."""

@@ -60,6 +60,8 @@ class Relayer:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self._s = settings
         self._pipeline = pipeline
+        # When each token arrived matters only for sharing overlapping windows.
+        self._note_tokens = settings.max_concurrency > 1
 
     async def to_client(self, send: Send, message: Any) -> None:
         """Send to the client; one that reads nothing for ``write_timeout_s`` (its
@@ -141,11 +143,13 @@ class Relayer:
                     continue
                 if obj.get("type") == "response.output_text.delta":
                     ex.stream_content_chunks += 1
-                    ex.token_events.append((time.monotonic(), 1))
+                    if self._note_tokens:
+                        ex.token_events.append((time.monotonic(), 1))
                 has_text, has_finish = note_chunk(ex, obj, collect)
                 if has_text:
                     ex.stream_content_chunks += 1
-                    ex.token_events.append((time.monotonic(), 1))
+                    if self._note_tokens:
+                        ex.token_events.append((time.monotonic(), 1))
                 if obj.get("choices") == [] and obj.get("usage") is not None:
                     if ex.usage_injected:
                         continue  # the client did not ask for it
