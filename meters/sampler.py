@@ -311,7 +311,7 @@ class Sampler:
                                                        if start_s < x < end_s)})  # fmt: skip
             out = []
             for a, b in itertools.pairwise(points):
-                e = self._set.measure(a, b, exclusive=False)
+                e = self._set.measure(a, b, exclusive=False, additive=True)
                 if e.energy_j is None or e.idle_power_w is None:
                     return []
                 out.append(Interval(a, b, e.energy_j, e.idle_power_w))

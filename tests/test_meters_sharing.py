@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meters.attribution import Interval, Work, attribute
+from meters.base import Meter, Reading
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from tests.meters_support import CurveMeter, VirtualClock
@@ -83,3 +84,37 @@ def test_requests_are_kept_by_request_id_and_forgotten_after_a_minute() -> None:
     book.close("req-2", 100.0)
     assert book.share("req-1", _grid(0.0, 1.0), 100.0) is None
     assert book.share("req-2", _grid(50.0, 50.5), 100.0) is not None
+
+
+class _CoarseCounter(Meter):
+    """A counter that ticks every 10 ms (like /proc/stat jiffies) and reports a power
+    that disagrees with it: short spans alone would be measured from the power."""
+
+    name = "coarse"
+    counter_resolution_s = 0.01
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return ("machine",)
+
+    def read(self) -> dict[str, Reading]:
+        t = self._clock()
+        return {"machine": Reading(energy_j=100.0 * (t // 0.01) * 0.01, power_w=250.0)}
+
+
+def test_intervals_add_up_to_the_window_even_when_cut_finer_than_the_counter() -> None:
+    clock = VirtualClock(0.0)
+    sampler = Sampler([_CoarseCounter(clock)], sample_hz=10.0, clock=clock)
+    for _ in range(11):
+        sampler.sample()
+        clock.advance(0.1)
+    cuts = [0.3 + 0.003 * k for k in range(1, 30)]  # spans of 3 ms, under the 10 ms tick
+    pieces = sampler.intervals(0.2, 0.9, cuts)
+    whole = sampler.intervals(0.2, 0.9)
+    assert len(pieces) > len(whole) + 20
+    whole_j = sum(i.energy_j for i in whole)
+    assert whole_j == pytest.approx(70.0, abs=1.0)  # the counter's, not 250 W x 0.7 s
+    assert sum(i.energy_j for i in pieces) == pytest.approx(whole_j, rel=1e-9)
