@@ -149,14 +149,15 @@ class Exchange:
     ) -> None:
         """Store the meters' result: the whole window and the summary fields the
         ledger, carbon and telemetry read (the one place they are written). With a
-        shared window, ``share_j`` is this request's part and becomes ``energy_j``."""
-        self.measurement = energy
+        shared window, ``share_j`` is this request's part: it becomes ``energy_j`` and
+        every figure of the window is scaled to it (:meth:`WindowEnergy.shared`); the
+        window's own total stays in ``energy_window_j``."""
         self.attribution, self.concurrency_mean = attribution, concurrency_mean
         if share_j is not None:
             self.energy_window_j = energy.energy_j
-            self.energy_j, self.energy_dynamic_j = share_j, share_dynamic_j
-        else:
-            self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
+            energy = energy.shared(share_j, share_dynamic_j)
+        self.measurement = energy
+        self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
         self.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
         self.meter = energy.meter
         self.energy_estimated = energy.estimated
