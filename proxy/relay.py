@@ -112,6 +112,8 @@ class Relayer:
                     if obj.get("done") is True:
                         relay.held = (None, obj)
                         continue
+                    if self._note_tokens:  # Ollama streams a token a line
+                        ex.token_events.append((time.monotonic(), 1))
                 await self.send_body(send, line + b"\n")
         relay.tail = buf
 

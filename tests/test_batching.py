@@ -177,3 +177,21 @@ async def test_one_slot_keeps_no_overlap_book_and_notes_no_token_times(
     else:
         assert isinstance(stage.overlaps, OverlapBook) and len(ex.token_events) == 5
     assert sse_events(r.content)[-2]["energy"]["attribution"] == "exclusive"
+
+
+async def test_ollama_native_streams_note_a_token_time_a_line_with_several_slots(
+    fake: FakeBackend, joulegate_app: JoulegateApp
+) -> None:
+    windows = Windows()
+    meters = functools.partial(meters_component, meters=[SteadyMeter(50.0, "cpu")])
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "options": {"num_predict": 4}}  # fmt: skip
+    async with (
+        joulegate_app(fake.url, [meters, _component(windows)], max_concurrency=2,
+                      ollama_native=True) as jg,
+        httpx.AsyncClient() as c,
+    ):  # fmt: skip
+        r = await c.post(jg.url + "/api/chat", json=body)
+    assert r.status_code == 200
+    (ex,) = windows.seen
+    assert len(ex.token_events) == 4
