@@ -252,7 +252,10 @@ async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> float:
         nonlocal tokens
         k = i
         while time.perf_counter() < deadline:
-            tokens += await ask(c, url, PROMPTS[k % len(PROMPTS)], k % 2 == 0, max_tokens)
+            # Not `tokens += await ...`: that reads tokens before the await and loses
+            # what the other clients added meanwhile.
+            got = await ask(c, url, PROMPTS[k % len(PROMPTS)], k % 2 == 0, max_tokens)
+            tokens += got
             k += n
 
     t = time.perf_counter()
