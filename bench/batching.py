@@ -1,6 +1,6 @@
 """Metering a batching server for real: SmolLM2 on ``llama-server --parallel N``.
 
-``python -m bench batching [--quick]`` prints three tables:
+``python -m bench batching [--quick] [--parts=abc]`` prints three tables:
 
 a. **Conservation**: over a batched run (``max_concurrency=4`` before ``--parallel 4``)
    the requests' attributed energy plus what was unattributed (nothing in flight)
@@ -232,15 +232,15 @@ async def energy_per_token(url: str, rounds: int, max_tokens: int) -> None:
     print("    J/token: the requests' own energy; machine J/token: the meters' whole energy")
     print("    while that mode's rounds ran (idle included), per output token")
     print(f"{'max_concurrency':>16} {'requests':>9} {'out tokens':>11} {'J/token':>9} "
-          f"{'machine J/token':>16} {'round s (median)':>17} {'concurrency_mean':>17}")  # fmt: skip
+          f"{'machine J/token':>16} {'concurrency_mean':>17}  round s (in order)")  # fmt: skip
     for slots, p in probes.items():
         tokens = max(1, sum(ex.completion_tokens or 0 for ex in p.seen))
         joules = sum(ex.energy_j or 0.0 for ex in p.seen)
         machine = p.energy_in(spans[slots])
-        round_s = statistics.median(b - a for a, b in spans[slots])
+        round_s = " ".join(f"{b - a:.1f}" for a, b in spans[slots])
         conc = statistics.mean(ex.concurrency_mean or 1.0 for ex in p.seen)
         print(f"{slots:>16} {len(p.seen):>9} {tokens:>11} {joules / tokens:>9.4f} "
-              f"{machine / tokens:>16.4f} {round_s:>17.2f} {conc:>17.2f}")  # fmt: skip
+              f"{machine / tokens:>16.4f} {conc:>17.2f}  {round_s}")  # fmt: skip
 
 
 async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> float:
@@ -284,14 +284,18 @@ async def throughput(url: str, rounds: int, seconds: float, max_tokens: int) -> 
 
 
 async def main() -> None:
-    """Run (a), (b) and (c); ``--quick`` shortens each."""
+    """Run (a), (b) and (c); ``--quick`` shortens each, ``--parts=c`` runs only some."""
     quick = "--quick" in sys.argv
+    parts = next((a[8:] for a in sys.argv if a.startswith("--parts=")), "abc")
     threads = max(1, os.cpu_count() or 2)
     try:
-        with llama_server(MODEL, parallel=4, threads=threads, n_ctx=1024) as url:
-            await energy_per_token(url, rounds=2 if quick else 4, max_tokens=24 if quick else 48)
-        with llama_server(MODEL, parallel=8, threads=threads, n_ctx=512) as url:
-            await throughput(url, rounds=2 if quick else 4, seconds=8.0 if quick else 15.0,
-                             max_tokens=24 if quick else 48)  # fmt: skip
+        if "a" in parts or "b" in parts:
+            with llama_server(MODEL, parallel=4, threads=threads, n_ctx=1024) as url:
+                await energy_per_token(url, rounds=2 if quick else 4,
+                                       max_tokens=24 if quick else 48)  # fmt: skip
+        if "c" in parts:
+            with llama_server(MODEL, parallel=8, threads=threads, n_ctx=512) as url:
+                await throughput(url, rounds=2 if quick else 4, seconds=8.0 if quick else 10.0,
+                                 max_tokens=24 if quick else 48)  # fmt: skip
     except BackendStartError as exc:
         print(f"(skipping bench.batching: {exc})")

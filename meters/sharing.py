@@ -35,12 +35,15 @@ WorkSource = Callable[[float], Work]
 class _Entry:
     start_s: float
     end_s: float | None
-    source: WorkSource
+    source: WorkSource | None
+    """Asked while the request is in flight; let go at its end (it holds the exchange)."""
     final: Work | None = None
-    """The work at the end (the source is let go then)."""
+    """The work at the end."""
 
     def work(self, now_s: float) -> Work:
-        return self.final if self.final is not None else self.source(now_s)
+        if self.final is not None:
+            return self.final
+        return self.source(now_s) if self.source is not None else Work(self.start_s, now_s)
 
 
 @dataclass(slots=True)
@@ -68,9 +71,10 @@ class OverlapBook:
     def close(self, key: str, end_s: float) -> None:
         """The request ended; forget requests (and intervals) that ended long before."""
         entry = self._entries.get(key)
-        if entry is not None:
+        if entry is not None and entry.final is None:
             entry.end_s = end_s
-            entry.final = entry.source(end_s)
+            entry.final = entry.work(end_s)
+            entry.source = None
         horizon = end_s - KEEP_S
         for k in [k for k, e in self._entries.items() if e.end_s is not None and e.end_s < horizon]:
             del self._entries[k]

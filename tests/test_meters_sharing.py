@@ -118,3 +118,19 @@ def test_intervals_add_up_to_the_window_even_when_cut_finer_than_the_counter() -
     whole_j = sum(i.energy_j for i in whole)
     assert whole_j == pytest.approx(70.0, abs=1.0)  # the counter's, not 250 W x 0.7 s
     assert sum(i.energy_j for i in pieces) == pytest.approx(whole_j, rel=1e-9)
+
+
+def test_a_finished_request_lets_its_exchange_go_and_keeps_its_final_work() -> None:
+    book = OverlapBook()
+    asked: list[float] = []
+
+    def source(now_s: float) -> Work:
+        asked.append(now_s)
+        return Work(0.0, now_s, [(0.5, 2)])
+
+    book.open("r", 0.0, source)
+    book.close("r", 1.0)
+    entry = book._entries["r"]
+    assert entry.source is None and entry.final == Work(0.0, 1.0, [(0.5, 2)])
+    assert book.share("r", _grid(0.0, 1.0), 5.0) is not None
+    assert asked == [1.0]  # asked once, at its end
