@@ -1,6 +1,7 @@
 """Metering a batching server for real: SmolLM2 on ``llama-server --parallel N``.
 
-``python -m bench batching [--quick] [--parts=abc]`` prints three tables:
+``python -m bench batching [--quick] [--parts=abc] [--threads=N]`` prints three tables
+(``--threads``: llama-server's, default one per core):
 
 a. **Conservation**: over a batched run (``max_concurrency=4`` before ``--parallel 4``)
    the requests' attributed energy plus what was unattributed (nothing in flight)
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from bench.serve import spawn
+from bench.serve import spawn_process
 from config import LedgerSettings, Settings
 from meters.attribution import Interval
 from meters.sampler import Sampler
@@ -182,6 +183,13 @@ def conservation(probe: Probe) -> tuple[float, float, float]:
     return attributed, total - probe.energy_in(union(spans)), total
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _methods(seen: list[Exchange]) -> str:
     counts: dict[str, int] = {}
     for ex in seen:
@@ -243,42 +251,56 @@ async def energy_per_token(url: str, rounds: int, max_tokens: int) -> None:
               f"{machine / tokens:>16.4f} {conc:>17.2f}  {round_s}")  # fmt: skip
 
 
-async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> float:
-    """``n`` clients asking back to back for ``seconds``; output tokens per second."""
+async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> tuple[float, int]:
+    """``n`` clients asking back to back for ``seconds``: output tokens per second,
+    and how many requests failed (llama-server closes a keep-alive connection after a
+    few requests, and a client may have just reused it: counted, not retried)."""
     deadline = time.perf_counter() + seconds
-    tokens = 0
+    tokens = errors = 0
 
     async def client(c: httpx.AsyncClient, i: int) -> None:
-        nonlocal tokens
+        nonlocal tokens, errors
         k = i
         while time.perf_counter() < deadline:
-            # Not `tokens += await ...`: that reads tokens before the await and loses
-            # what the other clients added meanwhile.
-            got = await ask(c, url, PROMPTS[k % len(PROMPTS)], k % 2 == 0, max_tokens)
-            tokens += got
+            try:
+                # Not `tokens += await ...`: that reads tokens before the await and
+                # loses what the other clients added meanwhile.
+                got = await ask(c, url, PROMPTS[k % len(PROMPTS)], k % 2 == 0, max_tokens)
+                tokens += got
+            except httpx.HTTPError:
+                errors += 1
             k += n
 
     t = time.perf_counter()
     limits = httpx.Limits(max_connections=n + 2)
     async with httpx.AsyncClient(timeout=300, limits=limits) as c:
         await asyncio.gather(*(client(c, i) for i in range(n)))
-    return tokens / (time.perf_counter() - t)
+    return tokens / (time.perf_counter() - t), errors
 
 
 async def throughput(url: str, rounds: int, seconds: float, max_tokens: int) -> None:
     """Part (c): joulegate in its own process before ``--parallel 8``, against direct."""
     env = {"JOULEGATE_MAX_CONCURRENCY": "8"}
-    with spawn("bench.serve", "full", "PORT", url, env=env) as proxied:
-        await _clients(url, 8, 2.0, max_tokens)  # warm up
+    with spawn_process(["bench.serve", "full", "PORT", url], env) as (proxied, pid):
+        await _clients(proxied, 8, 2.0, max_tokens)  # warm both up
         rates: dict[str, list[float]] = {"direct": [], "joulegate": []}
+        errors = {"direct": 0, "joulegate": 0}
+        proxy_cpu_s: list[float] = []
         for k in range(rounds):
             order = [("direct", url), ("joulegate", proxied)]
             for name, target in order if k % 2 == 0 else order[::-1]:
-                rates[name].append(await _clients(target, 8, seconds, max_tokens))
+                before = cpu_s(pid)
+                rate, failed = await _clients(target, 8, seconds, max_tokens)
+                rates[name].append(rate)
+                errors[name] += failed
+                if name == "joulegate":
+                    proxy_cpu_s.append(cpu_s(pid) - before)
     print(f"\n(c) throughput, 8 concurrent clients, {rounds} alternating rounds of {seconds:.0f} s")
-    print(f"{'path':>10} {'out tokens/s (each round)':>40} {'median':>8}")
+    print(f"{'path':>10} {'out tokens/s (each round)':>40} {'median':>8} {'failed':>7}")
     for name, xs in rates.items():
-        print(f"{name:>10} {' '.join(f'{x:.1f}' for x in xs):>40} {statistics.median(xs):>8.1f}")
+        each = " ".join(f"{x:.1f}" for x in xs)
+        print(f"{name:>10} {each:>40} {statistics.median(xs):>8.1f} {errors[name]:>7}")
+    print(f"joulegate's own CPU per round: {' '.join(f'{x:.2f}' for x in proxy_cpu_s)} s")
     ratio = statistics.median(rates["joulegate"]) / statistics.median(rates["direct"])
     print(f"joulegate / direct: {ratio:.1%} (target >= 95%)")
 
@@ -287,7 +309,8 @@ async def main() -> None:
     """Run (a), (b) and (c); ``--quick`` shortens each, ``--parts=c`` runs only some."""
     quick = "--quick" in sys.argv
     parts = next((a[8:] for a in sys.argv if a.startswith("--parts=")), "abc")
-    threads = max(1, os.cpu_count() or 2)
+    threads = int(next((a[10:] for a in sys.argv if a.startswith("--threads=")), "0"))
+    threads = threads or max(1, os.cpu_count() or 2)  # llama-server's threads
     try:
         if "a" in parts or "b" in parts:
             with llama_server(MODEL, parallel=4, threads=threads, n_ctx=1024) as url:
