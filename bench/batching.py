@@ -1,7 +1,7 @@
 """Metering a batching server for real: SmolLM2 on ``llama-server --parallel N``.
 
 ``python -m bench batching [--quick] [--parts=abc] [--threads=N]`` prints three tables
-(``--threads``: llama-server's, default one per core):
+(``--threads``: llama-server's, default one per core but one):
 
 a. **Conservation**: over a batched run (``max_concurrency=4`` before ``--parallel 4``)
    the requests' attributed energy plus what was unattributed (nothing in flight)
@@ -234,7 +234,7 @@ async def energy_per_token(url: str, rounds: int, max_tokens: int) -> None:
     for slots, p in probes.items():
         got, left, total = conservation(p)
         err = abs(got + left - total) / total if total else float("nan")
-        print(f"{slots:>16} {got:>13.2f} {left:>15.2f} {total:>14.2f} {err:>9.3%}  "
+        print(f"{slots:>16} {got:>13.2f} {left:>15.2f} {total:>14.2f} {err:>9.1e}  "
               f"{_methods(p.seen)}")  # fmt: skip
     print("\n(b) energy per output token, same prompts")
     print("    J/token: the requests' own energy; machine J/token: the meters' whole energy")
@@ -310,7 +310,10 @@ async def main() -> None:
     quick = "--quick" in sys.argv
     parts = next((a[8:] for a in sys.argv if a.startswith("--parts=")), "abc")
     threads = int(next((a[10:] for a in sys.argv if a.startswith("--threads=")), "0"))
-    threads = threads or max(1, os.cpu_count() or 2)  # llama-server's threads
+    # One core left to joulegate and the clients: llama.cpp's threads wait for each other
+    # every step, so one preempted thread stalls all of them (with every core given to
+    # it, 8-client throughput swung 20-120 tokens/s from round to round here).
+    threads = threads or max(1, (os.cpu_count() or 2) - 1)
     try:
         if "a" in parts or "b" in parts:
             with llama_server(MODEL, parallel=4, threads=threads, n_ctx=1024) as url:
