@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import itertools
 import math
@@ -22,7 +23,10 @@ from meters.sharing import OverlapBook
 from meters.stage import MeterStage, meters_component
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
+from proxy.gate import Window
+from proxy.observability.semconv import energy_attributes
 from tests.fake_backend import FakeBackend
+from tests.figures import record_fake_measurement
 from tests.ledger_support import db_rows
 from tests.meters_support import SteadyMeter
 from tests.support import JoulegateApp, sse_events
@@ -195,3 +199,23 @@ async def test_ollama_native_streams_note_a_token_time_a_line_with_several_slots
     assert r.status_code == 200
     (ex,) = windows.seen
     assert len(ex.token_events) == 4
+
+
+def test_the_span_names_the_share_its_method_and_the_window() -> None:
+    ex = Exchange(
+        request_id="r1", method="POST", path="/v1/chat/completions", endpoint="chat/completions",
+        headers={}, window=Window(arrived_s=0.0, admitted_s=0.5, finished_s=2.5),
+        arrived_at=dt.datetime.now(dt.UTC), gated=True,
+    )  # fmt: skip
+    record_fake_measurement(ex, energy_j=40.0, dynamic_j=None, components_j={"gpu": 40.0})
+    assert ex.measurement is not None
+    ex.record_measurement(
+        ex.measurement, attribution="token_share", concurrency_mean=2.5, share_j=10.0,
+        share_dynamic_j=None,
+    )  # fmt: skip
+    attrs = energy_attributes(ex)
+    assert attrs["joulegate.energy.total_j"] == 10.0
+    assert attrs["joulegate.energy.gpu_j"] == 10.0
+    assert attrs["joulegate.energy.window_j"] == 40.0
+    assert attrs["joulegate.energy.attribution"] == "token_share"
+    assert attrs["joulegate.energy.concurrency_mean"] == 2.5
