@@ -15,12 +15,14 @@ MODULES = [
     "bench.fleet",
     "bench.forecast",
     "bench.attribution",
+    "bench.batching",
 ]
 
 
 def main() -> None:
-    """Run the named benchmarks (default: all that exist)."""
-    names = [f"bench.{a}" for a in sys.argv[1:]] or MODULES
+    """Run the named benchmarks (default: all that exist); flags such as ``--quick``
+    are left in ``sys.argv`` for the benchmarks that take them."""
+    names = [f"bench.{a}" for a in sys.argv[1:] if not a.startswith("-")] or MODULES
     for name in names:
         try:
             module = importlib.import_module(name)

@@ -9,8 +9,10 @@ each *sampling interval* is shared out:
   active there: holding the machine costs the same whoever is busy;
 * its **dynamic** part (the rest) goes by the *work* each request did in it:
   output tokens that arrived in the interval, plus prompt tokens spread evenly
-  over the request's prefill (start to first byte) at ``prefill_token_weight``
-  work units each (``token_share``). An interval where some active request
+  over the request's prefill (its start, or where the backend's timings place
+  it, to its first token) at ``prefill_token_weight`` work units each, plus the
+  output tokens of a whole (non-streamed) answer spread over its decode as the
+  backend's timings place it (``token_share``). An interval where some active request
   reports no work events at all is split by time instead (``time_share``):
   mixing measured work with none would give the silent request nothing;
 * an interval with nothing in flight is **unattributed**, and so is the idle
@@ -25,6 +27,8 @@ exactly one bucket, so shares + unattributed = meter total (conservation).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,15 +54,24 @@ class Work:
     start_s: float
     end_s: float
     token_events: Sequence[tuple[float, float]] = ()
-    """(arrival time, output tokens) as seen in the stream."""
+    """(arrival time, output tokens) as seen in the stream, in time order."""
     prompt_tokens: float = 0.0
     first_byte_s: float | None = None
-    """End of the prefill (prompt tokens are spread from ``start_s`` to here)."""
+    """End of the prefill (prompt tokens are spread from ``prefill_start_s`` to here)."""
+    prefill_start_s: float | None = None
+    """Start of the prefill; None: ``start_s`` (the backend's timings place it later
+    when the backend queued the request)."""
+    decode_tokens: float = 0.0
+    """Output tokens known only as a count (a whole answer with the backend's timings),
+    spread evenly from ``first_byte_s`` to ``decode_end_s``."""
+    decode_end_s: float | None = None
 
     @property
     def has_events(self) -> bool:
         """Whether any work was observed (else it can only get a time share)."""
-        return bool(self.token_events) or (self.prompt_tokens > 0 and self.first_byte_s is not None)
+        placed = self.first_byte_s is not None
+        spread = placed and (self.prompt_tokens > 0 or self.decode_tokens > 0)
+        return bool(self.token_events) or spread
 
 
 @dataclass(slots=True)
@@ -72,6 +85,13 @@ class Share:
     concurrency_mean: float = 1.0
     _active_s: float = field(default=0.0, repr=False)
     _crowd_s: float = field(default=0.0, repr=False)
+
+    def add(self, idle_j: float, dynamic_j: float, time_s: float, crowd: float) -> None:
+        """Add one interval's part (the request was active ``time_s`` of it)."""
+        self.idle_j += idle_j
+        self.dynamic_j += dynamic_j
+        self._active_s += time_s
+        self._crowd_s += time_s * crowd
 
 
 @dataclass(slots=True)
@@ -87,20 +107,111 @@ def _overlap_s(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
-def _work_in(w: Work, a: float, b: float, last: bool, prefill_token_weight: float) -> float:
-    units = 0.0
-    for t, tokens in w.token_events:
-        if a <= t < b or (last and t == b):
-            units += tokens
-    if w.prompt_tokens > 0 and w.first_byte_s is not None:
-        length = w.first_byte_s - w.start_s
-        if length <= 0:
-            if a <= w.start_s < b or (last and w.start_s == b):
-                units += w.prompt_tokens * prefill_token_weight
-        else:
-            frac = _overlap_s(w.start_s, w.first_byte_s, a, b) / length
-            units += w.prompt_tokens * prefill_token_weight * frac
+def _spread(units: float, s0: float, s1: float, a: float, b: float, last: bool) -> float:
+    """The part of ``units`` spread evenly over [s0, s1] that falls in [a, b)."""
+    if units <= 0:
+        return 0.0
+    if s1 <= s0:  # all at one instant
+        return units if a <= s0 < b or (last and s0 == b) else 0.0
+    return units * _overlap_s(s0, s1, a, b) / (s1 - s0)
+
+
+class TokenEvents:
+    """One request's token events as cumulative sums, so an interval's tokens are
+    two bisections instead of a scan (a long stream has thousands of events)."""
+
+    __slots__ = ("cum", "times")
+
+    def __init__(self, events: Sequence[tuple[float, float]]) -> None:
+        ordered = sorted(events)  # linear on the relay's lists, already in time order
+        self.times = [t for t, _ in ordered]
+        self.cum = [0.0, *itertools.accumulate(n for _, n in ordered)]
+
+    def between(self, a: float, b: float, last: bool) -> float:
+        """Tokens that arrived in [a, b) (in [a, b] for the last interval)."""
+        hi = bisect.bisect_right(self.times, b) if last else bisect.bisect_left(self.times, b)
+        return self.cum[hi] - self.cum[bisect.bisect_left(self.times, a)]
+
+
+def _work_in(
+    w: Work, events: TokenEvents, a: float, b: float, last: bool, prefill_token_weight: float
+) -> float:
+    units = events.between(a, b, last)
+    if w.first_byte_s is not None:
+        fb = w.first_byte_s
+        p0 = min(fb, w.start_s if w.prefill_start_s is None else w.prefill_start_s)
+        units += _spread(w.prompt_tokens * prefill_token_weight, p0, fb, a, b, last)
+        end = w.end_s if w.decode_end_s is None else w.decode_end_s
+        units += _spread(w.decode_tokens, fb, max(fb, end), a, b, last)
     return units
+
+
+@dataclass(slots=True)
+class Split:
+    """One interval's energy split among the requests active in it (index by work)."""
+
+    idle_j: list[float]
+    dynamic_j: list[float]
+    time_s: list[float]
+    crowd: float
+    """Requests in flight on average over the interval."""
+    by_tokens: bool
+    unattributed_j: float
+
+
+def split(
+    iv: Interval,
+    works: Sequence[Work],
+    events: Sequence[TokenEvents],
+    *,
+    last: bool,
+    prefill_token_weight: float,
+) -> Split:
+    """Share one interval (see the module docstring); ``events`` are the works' own."""
+    a, b, energy = iv.start_s, iv.end_s, max(0.0, iv.energy_j)
+    length = b - a
+    n = len(works)
+    times = [_overlap_s(w.start_s, w.end_s, a, b) for w in works]
+    active = [i for i, o in enumerate(times) if o > 0]
+    idle_parts, dynamic_parts = [0.0] * n, [0.0] * n
+    if not active or length <= 0:
+        return Split(idle_parts, dynamic_parts, times, 0.0, False, energy)
+    idle = min(energy, max(0.0, iv.idle_power_w) * length)
+    dynamic = energy - idle
+    time_sum = sum(times[i] for i in active)
+    crowd = time_sum / length
+    # Idle power while nothing was in flight (part of the interval) is nobody's.
+    covered = min(1.0, crowd)
+    unattributed = idle * (1.0 - covered)
+    idle *= covered
+    by_tokens = all(works[i].has_events for i in active)
+    units = [0.0] * n
+    if by_tokens:
+        for i in active:
+            units[i] = _work_in(works[i], events[i], a, b, last, prefill_token_weight)
+    unit_sum = sum(units[i] for i in active)
+    for i in active:
+        idle_parts[i] = idle * times[i] / time_sum
+        if by_tokens and unit_sum > 0:
+            dynamic_parts[i] = dynamic * units[i] / unit_sum
+        else:
+            dynamic_parts[i] = dynamic * times[i] / time_sum
+    return Split(idle_parts, dynamic_parts, times, crowd, by_tokens, unattributed)
+
+
+def events_of(works: Sequence[Work]) -> list[TokenEvents]:
+    """Each work's token events, prepared for :func:`split`."""
+    return [TokenEvents(w.token_events) for w in works]
+
+
+def finish(share: Share, work: Work) -> None:
+    """Total a share and name its method once every interval has been added."""
+    share.energy_j = share.idle_j + share.dynamic_j
+    share.concurrency_mean = share._crowd_s / share._active_s if share._active_s > 0 else 1.0
+    if share.concurrency_mean <= 1.0 + 1e-9:
+        share.method = EXCLUSIVE
+    else:
+        share.method = TOKEN_SHARE if work.has_events else TIME_SHARE
 
 
 def attribute(
@@ -108,47 +219,17 @@ def attribute(
 ) -> Attribution:
     """Share each interval's energy among ``works`` (see the module docstring)."""
     shares = [Share() for _ in works]
+    events = events_of(works)
     unattributed = 0.0
     total = 0.0
     n = len(intervals)
     for k, iv in enumerate(intervals):
-        a, b, energy = iv.start_s, iv.end_s, max(0.0, iv.energy_j)
-        total += energy
-        length = b - a
-        times = [_overlap_s(w.start_s, w.end_s, a, b) for w in works]
-        active = [i for i, o in enumerate(times) if o > 0]
-        if not active or length <= 0:
-            unattributed += energy
-            continue
-        idle = min(energy, max(0.0, iv.idle_power_w) * length)
-        dynamic = energy - idle
-        time_sum = sum(times[i] for i in active)
-        crowd = time_sum / length
-        # Idle power while nothing was in flight (part of the interval) is nobody's.
-        covered = min(1.0, crowd)
-        unattributed += idle * (1.0 - covered)
-        idle *= covered
-        by_tokens = all(works[i].has_events for i in active)
-        units = [0.0] * len(works)
-        if by_tokens:
-            last = k == n - 1
-            for i in active:
-                units[i] = _work_in(works[i], a, b, last, prefill_token_weight)
-        unit_sum = sum(units[i] for i in active)
-        for i in active:
-            s = shares[i]
-            s.idle_j += idle * times[i] / time_sum
-            if by_tokens and unit_sum > 0:
-                s.dynamic_j += dynamic * units[i] / unit_sum
-            else:
-                s.dynamic_j += dynamic * times[i] / time_sum
-            s._active_s += times[i]
-            s._crowd_s += times[i] * crowd
+        total += max(0.0, iv.energy_j)
+        sp = split(iv, works, events, last=k == n - 1, prefill_token_weight=prefill_token_weight)
+        unattributed += sp.unattributed_j
+        for i, s in enumerate(shares):
+            if sp.time_s[i] > 0:
+                s.add(sp.idle_j[i], sp.dynamic_j[i], sp.time_s[i], sp.crowd)
     for s, w in zip(shares, works, strict=True):
-        s.energy_j = s.idle_j + s.dynamic_j
-        s.concurrency_mean = s._crowd_s / s._active_s if s._active_s > 0 else 1.0
-        if s.concurrency_mean <= 1.0 + 1e-9:
-            s.method = EXCLUSIVE
-        else:
-            s.method = TOKEN_SHARE if w.has_events else TIME_SHARE
+        finish(s, w)
     return Attribution(shares, unattributed, total)

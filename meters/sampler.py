@@ -40,7 +40,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from config.errors import MeterError
 from meters.attribution import Interval
@@ -320,16 +320,18 @@ class Sampler:
         with self._lock:
             return self._set.measure(token.start_s, end_s, exclusive=token.exclusive)
 
-    def intervals(self, start_s: float, end_s: float) -> list[Interval]:
+    def intervals(self, start_s: float, end_s: float, cuts: Iterable[float] = ()) -> list[Interval]:
         """The whole machine's energy per sampling interval from ``start_s`` to
-        ``end_s`` (for sharing overlapping windows); empty when it is not measured."""
+        ``end_s`` (for sharing overlapping windows), also cut at ``cuts`` (other
+        windows' edges); empty when it is not measured."""
         with self._lock:
             total = [t for c, t in self._tracks.items() if c in self._set.total]
-            cuts = sorted({start_s, end_s, *(x for t in total for x in t.times
-                                              if start_s < x < end_s)})  # fmt: skip
+            inner = [x for x in cuts if start_s < x < end_s]
+            points = sorted({start_s, end_s, *inner, *(x for t in total for x in t.times
+                                                       if start_s < x < end_s)})  # fmt: skip
             out = []
-            for a, b in itertools.pairwise(cuts):
-                e = self._set.measure(a, b, exclusive=False)
+            for a, b in itertools.pairwise(points):
+                e = self._set.measure(a, b, exclusive=False, additive=True)
                 if e.energy_j is None or e.idle_power_w is None:
                     return []
                 out.append(Interval(a, b, e.energy_j, e.idle_power_w))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +28,7 @@ from meters.detect import detect_meters
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
+from meters.work import work_of
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 
@@ -34,19 +36,25 @@ log = logging.getLogger("joulegate.meters")
 
 
 class MeterStage(Stage):
-    """Opens a window when a request is admitted and measures it when it finishes."""
+    """Opens a window when a request is admitted and measures it when it finishes.
+
+    With ``shared`` (more than one gate slot) windows may overlap: each request is
+    kept in an :class:`~meters.sharing.OverlapBook` and charged its fair share. With
+    one slot they never do, and the book is not kept at all.
+    """
 
     name = "meters"
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, *, shared: bool = True) -> None:
         self.sampler = sampler
-        self.overlaps = OverlapBook()
+        self.overlaps = OverlapBook() if shared else None
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
         start = ex.window.admitted_s or time.monotonic()
         ex.scratch[self.name] = self.sampler.open_window(start)
-        self.overlaps.open(id(ex), start, ex.token_events)
+        if self.overlaps is not None:
+            self.overlaps.open(ex.request_id, start, functools.partial(work_of, ex, start))
 
     async def on_finished(self, ex: Exchange) -> None:
         """Close the window, measure it and put the numbers on the exchange."""
@@ -54,15 +62,18 @@ class MeterStage(Stage):
         if token is None:
             return  # never admitted: it used no energy of its own
         end = ex.window.finished_s or time.monotonic()
+        book = self.overlaps
         try:
             await self.sampler.fresh_sample()
             energy = self.sampler.measure(token, end)
         finally:
             self.sampler.close_window(token, end)
-            self.overlaps.close(id(ex), end)
+            if book is not None:
+                book.close(ex.request_id, end)
         share = None
-        if not energy.exclusive and energy.energy_j is not None:
-            share = self.overlaps.share(id(ex), self.sampler.intervals(token.start_s, end), end)
+        if book is not None and not energy.exclusive and energy.energy_j is not None:
+            cuts = book.edges(token.start_s, end)
+            share = book.share(ex.request_id, self.sampler.intervals(token.start_s, end, cuts), end)
         if share is not None:  # overlapping windows: this request's fair share
             ex.record_measurement(
                 energy, attribution=share.method, concurrency_mean=share.concurrency_mean,
@@ -125,7 +136,7 @@ async def meters_component(
             s.thermal_limit_c, s.thermal_resume_c,
         )  # fmt: skip
     try:
-        yield MeterStage(sampler)
+        yield MeterStage(sampler, shared=ctx.settings.max_concurrency > 1)
     finally:
         if guard_task is not None:
             guard_task.cancel()

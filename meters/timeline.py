@@ -129,8 +129,12 @@ class Track:
             return self.gap_reasons[i]
         return None
 
-    def span(self, t0: float, t1: float) -> Span:
-        """Energy between ``t0`` and ``t1`` (seconds on the sampler's clock)."""
+    def span(self, t0: float, t1: float, *, additive: bool = False) -> Span:
+        """Energy between ``t0`` and ``t1`` (seconds on the sampler's clock).
+
+        ``additive``: always the counter where there is one, so that spans laid end to
+        end sum to the span over all of them (what sharing a window needs), even where
+        a span too short for the counter's resolution alone would use power x time."""
         times = self.times
         if not times or times[0] > t0:
             return Span(None, reason="no reading before the window began")
@@ -147,7 +151,7 @@ class Track:
             return Span(_delta(self._at(self.integrated, t0), self._at(self.integrated, t1)))
         energy = _delta(self._at(self.counter, t0), self._at(self.counter, t1))
         resolution_s = self.meter.counter_resolution_s
-        if resolution_s and (t1 - t0 < resolution_s or not energy):
+        if resolution_s and not additive and (t1 - t0 < resolution_s or not energy):
             # The counter has not ticked inside the window: power x duration is closer.
             if self.has_power and power_gap is None:
                 energy = _delta(self._at(self.integrated, t0), self._at(self.integrated, t1))

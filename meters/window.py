@@ -67,9 +67,12 @@ class TrackSet:
             estimate_model="; ".join(dict.fromkeys(models)) or None,
         )
 
-    def measure(self, start_s: float, end_s: float, *, exclusive: bool) -> WindowEnergy:
+    def measure(
+        self, start_s: float, end_s: float, *, exclusive: bool, additive: bool = False
+    ) -> WindowEnergy:
         """The energy from ``start_s`` to ``end_s``; ``exclusive``: no other window
-        overlapped it. Tracks are not thread-safe: the caller holds the sampler's lock."""
+        overlapped it; ``additive``: see :meth:`~meters.timeline.Track.span`. Tracks
+        are not thread-safe: the caller holds the sampler's lock."""
         duration_s = end_s - start_s if end_s > start_s else 0.0
         parts: dict[str, ComponentEnergy] = {}
         energy: float | None = 0.0
@@ -80,7 +83,7 @@ class TrackSet:
         high: float = 0.0
         ranged = False
         for c, track in self.tracks.items():
-            span = track.span(start_s, end_s)
+            span = track.span(start_s, end_s, additive=additive)
             e, idle = span.energy_j, track.idle_power_w
             dynamic = None
             if e is not None and idle is not None:

@@ -36,6 +36,18 @@ from proxy.gate import Window
 log = logging.getLogger("joulegate.pipeline")
 
 
+@dataclass(frozen=True, slots=True)
+class BackendTimings:
+    """What the backend says its own work on the request took (llama-server's
+    ``timings``, Ollama's ``*_duration``): places prefill and decode in time."""
+
+    prompt_n: int | None = None
+    """Prompt tokens the backend evaluated (cached ones excluded)."""
+    prompt_s: float | None = None
+    predicted_n: int | None = None
+    predicted_s: float | None = None
+
+
 @dataclass(slots=True)
 class Exchange:
     """Everything joulegate knows about one request; stages read and add to it."""
@@ -99,6 +111,8 @@ class Exchange:
     token_events: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time, tokens) per stream chunk with content, for sharing the energy
     of overlapping requests (:mod:`meters.attribution`)."""
+    backend_timings: BackendTimings | None = None
+    """The backend's own timings of prefill and decode, when its answer had them."""
     attribution: str | None = None
     """How ``energy_j`` was found: ``exclusive`` (the window was this request's alone),
     ``token_share`` or ``time_share`` (a share of overlapping windows); None: not measured."""
@@ -160,14 +174,15 @@ class Exchange:
     ) -> None:
         """Store the meters' result: the whole window and the summary fields the
         ledger, carbon and telemetry read (the one place they are written). With a
-        shared window, ``share_j`` is this request's part and becomes ``energy_j``."""
-        self.measurement = energy
+        shared window, ``share_j`` is this request's part: it becomes ``energy_j`` and
+        every figure of the window is scaled to it (:meth:`WindowEnergy.shared`); the
+        window's own total stays in ``energy_window_j``."""
         self.attribution, self.concurrency_mean = attribution, concurrency_mean
         if share_j is not None:
             self.energy_window_j = energy.energy_j
-            self.energy_j, self.energy_dynamic_j = share_j, share_dynamic_j
-        else:
-            self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
+            energy = energy.shared(share_j, share_dynamic_j)
+        self.measurement = energy
+        self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
         self.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
         self.meter = energy.meter
         self.energy_estimated = energy.estimated

@@ -10,7 +10,7 @@ nothing from the project.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(slots=True)
@@ -68,3 +68,34 @@ class WindowEnergy:
         if self.energy_j is None or self.duration_s <= 0:
             return None
         return self.energy_j / self.duration_s
+
+    def shared(self, energy_j: float, dynamic_j: float | None) -> WindowEnergy:
+        """This window as one request's share of it: ``energy_j`` (and ``dynamic_j``)
+        in place of the totals, and every component's energy, dynamic energy and
+        range scaled by the same ratios, so that the parts still add up to the whole
+        and the power follows. Idle power stays the machine's (a rate, not a share)."""
+        ratio = _ratio(energy_j, self.energy_j)
+        dynamic_ratio = _ratio(dynamic_j, self.dynamic_j) if dynamic_j is not None else None
+        parts = {
+            c: replace(
+                p, energy_j=_times(p.energy_j, ratio), dynamic_j=_times(p.dynamic_j, dynamic_ratio),
+                energy_low_j=_times(p.energy_low_j, ratio),
+                energy_high_j=_times(p.energy_high_j, ratio),
+            )
+            for c, p in self.components.items()
+        }  # fmt: skip
+        return replace(
+            self, components=parts, energy_j=energy_j, dynamic_j=dynamic_j,
+            energy_low_j=_times(self.energy_low_j, ratio),
+            energy_high_j=_times(self.energy_high_j, ratio),
+        )  # fmt: skip
+
+
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    if part is None or whole is None:
+        return None
+    return part / whole if whole > 0 else 0.0
+
+
+def _times(value: float | None, ratio: float | None) -> float | None:
+    return None if value is None or ratio is None else value * ratio

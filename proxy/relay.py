@@ -55,6 +55,8 @@ class Relayer:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self._s = settings
         self._pipeline = pipeline
+        # When each token arrived matters only for sharing overlapping windows.
+        self._note_tokens = settings.max_concurrency > 1
 
     async def to_client(self, send: BoundedSend, message: Any) -> None:
         """Send to the client; one that reads nothing for ``write_timeout_s`` (its
@@ -106,6 +108,8 @@ class Relayer:
                     if obj.get("done") is True:
                         relay.held = (None, obj)
                         continue
+                    if self._note_tokens:  # Ollama streams a token a line
+                        ex.token_events.append((time.monotonic(), 1))
                 out.append(line + b"\n")
             if out:
                 await self.send_body(send, b"".join(out))
@@ -132,9 +136,8 @@ class Relayer:
         if rest:
             relay.tail = rest
 
-    @staticmethod
     def _stream_events(
-        ex: Exchange, events: Iterable[Event], relay: Relay, out: list[bytes], collect: bool
+        self, ex: Exchange, events: Iterable[Event], relay: Relay, out: list[bytes], collect: bool
     ) -> bool:
         """Note each event and put what the client gets now in ``out``, holding the one
         that ends the answer; True at ``[DONE]`` (kept as the tail)."""
@@ -158,11 +161,13 @@ class Relayer:
                 continue
             if obj.get("type") == "response.output_text.delta":
                 ex.stream_content_chunks += 1
-                ex.token_events.append((time.monotonic(), 1))
+                if self._note_tokens:
+                    ex.token_events.append((time.monotonic(), 1))
             has_text, has_finish = note_chunk(ex, obj, collect)
             if has_text:
                 ex.stream_content_chunks += 1
-                ex.token_events.append((time.monotonic(), 1))
+                if self._note_tokens:
+                    ex.token_events.append((time.monotonic(), 1))
             if obj.get("choices") == [] and obj.get("usage") is not None:
                 if ex.usage_injected:
                     continue  # the client did not ask for it

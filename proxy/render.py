@@ -117,13 +117,8 @@ def energy_object(ex: Exchange) -> dict[str, Any]:
     }
     if ex.measurement is not None:
         out |= measurement_object(ex.measurement)
-        if ex.energy_window_j is not None:  # a shared window: the request's share
+        if ex.energy_window_j is not None:  # a shared window (measurement is the share)
             out["energy_window_j"] = _r(ex.energy_window_j)
-            out["energy_j"] = _r(ex.energy_j)
-            out["energy_dynamic_j"] = _r(ex.energy_dynamic_j)
-            wh = None if ex.energy_j is None else wh_from_j(ex.energy_j)
-            out["energy_wh"] = _r(wh, 9)
-            out["power_w"] = _r(_per_s(ex.energy_j, ex.measurement.duration_s), 3)
         out["attribution"] = ex.attribution
         out["concurrency_mean"] = ex.concurrency_mean
     return out | carbon_object(ex)

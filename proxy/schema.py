@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.exchange import Exchange
+from proxy.exchange import BackendTimings, Exchange
 
 RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -31,6 +31,17 @@ def note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tupl
         ex.completion_tokens = obj["eval_count"]
         if isinstance(obj.get("prompt_eval_count"), int):
             ex.prompt_tokens = obj["prompt_eval_count"]
+        if isinstance(obj.get("eval_duration"), int):  # nanoseconds
+            ex.backend_timings = BackendTimings(
+                _int(obj.get("prompt_eval_count")), _s(obj.get("prompt_eval_duration"), 1e9),
+                obj["eval_count"], _s(obj["eval_duration"], 1e9),
+            )  # fmt: skip
+    timings = obj.get("timings")  # llama-server's, in whole answers and last chunks
+    if isinstance(timings, dict):
+        ex.backend_timings = BackendTimings(
+            _int(timings.get("prompt_n")), _s(timings.get("prompt_ms"), 1e3),
+            _int(timings.get("predicted_n")), _s(timings.get("predicted_ms"), 1e3),
+        )  # fmt: skip
     if isinstance(obj.get("done_reason"), str) and obj["done_reason"]:
         ex.finish_reasons.append(obj["done_reason"])
     if obj.get("object") == "response":  # a whole Responses API answer
@@ -67,6 +78,18 @@ def put_energy(obj: dict[str, Any], energy: dict[str, Any]) -> None:
         inner["energy"] = energy
     else:
         obj["energy"] = energy
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _s(value: Any, per_s: float) -> float | None:
+    """A duration in the backend's unit (``per_s`` of them a second) as seconds; None
+    unless a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value) / per_s
 
 
 def _note_usage(ex: Exchange, usage: Any) -> None:

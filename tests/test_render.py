@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.exchange import Exchange
+from proxy.figures import ComponentEnergy, WindowEnergy
 from proxy.gate import Window
 from proxy.render import energy_object, figure_headers
 from tests.figures import record_fake_measurement
@@ -79,3 +80,33 @@ def test_a_shared_window_shows_the_share_everywhere_and_the_total_apart(
     assert body["energy_window_j"] == round(window_j, 6)
     assert abs(float(headers["x-energy-j"]) - window_j * share) <= 0.0005 + window_j * 1e-9
     assert (body["attribution"], body["concurrency_mean"]) == ("token_share", 2.0)
+
+
+def test_a_shared_windows_components_power_and_range_are_scaled_to_the_share() -> None:
+    ex = _exchange()
+    window = WindowEnergy(
+        start_s=0.5, end_s=2.5,
+        components={
+            "gpu": ComponentEnergy("gpu", "nvml", 300.0, 200.0, 50.0, False, False),
+            "cpu": ComponentEnergy("cpu", "estimate", 100.0, 40.0, 30.0, True, False,
+                                   energy_low_j=80.0, energy_high_j=120.0),
+        },
+        energy_j=400.0, dynamic_j=240.0, idle_power_w=80.0, meter="nvml+estimate",
+        estimated=True, low_resolution=False, exclusive=False,
+        energy_low_j=380.0, energy_high_j=420.0,
+    )  # fmt: skip
+    ex.record_measurement(
+        window, attribution="token_share", concurrency_mean=3.0, share_j=100.0, share_dynamic_j=60.0
+    )
+    body, headers = energy_object(ex), figure_headers(ex)
+    gpu, cpu = body["components"]["gpu"], body["components"]["cpu"]
+    assert (body["energy_j"], body["energy_dynamic_j"]) == (100.0, 60.0)
+    assert body["energy_window_j"] == 400.0
+    assert (gpu["energy_j"], cpu["energy_j"]) == (75.0, 25.0)  # a quarter each, adding up
+    assert (gpu["energy_dynamic_j"], cpu["energy_dynamic_j"]) == (50.0, 10.0)
+    assert (gpu["power_w"], cpu["power_w"], body["power_w"]) == (37.5, 12.5, 50.0)
+    assert cpu["energy_range_j"] == [20.0, 30.0] and body["energy_range_j"] == [95.0, 105.0]
+    assert (gpu["idle_power_w"], body["idle_power_w"]) == (50.0, 80.0)  # the machine's rates
+    assert (headers["x-energy-gpu-j"], headers["x-energy-cpu-j"]) == ("75.000", "25.000")
+    assert ex.energy_by_component_j == {"gpu": 75.0, "cpu": 25.0}  # what the ledger stores
+    assert (ex.energy_low_j, ex.energy_high_j) == (95.0, 105.0)

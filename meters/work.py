@@ -1,0 +1,72 @@
+"""What a request's exchange tells about the work it did, for sharing overlapping windows.
+
+:func:`work_of` turns an :class:`~proxy.Exchange` into the
+:class:`~meters.attribution.Work` the attribution weighs, as known at a given
+instant:
+
+* **prompt tokens**: the backend's usage, else its timings' ``prompt_n``, else a
+  rough count of the request body's text (about four characters a token), which
+  is all there is while a stream is still in flight;
+* **a streamed answer**: its token events; the prefill ends at the first token and
+  starts at the admission, or ``prompt_s`` before the first token when the backend
+  reported timings (it may have queued the request in its own slots first); a
+  stream still in prefill (no token yet) is counted as prefilling until now;
+* **a whole answer** with the backend's timings (llama-server's ``timings``):
+  its bytes come at the end, so decode is placed in the last ``predicted_s`` of the
+  window and prefill in the ``prompt_s`` before it;
+* otherwise nothing is known of the work inside the window: a time share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meters.attribution import Work
+from proxy.exchange import Exchange
+
+CHARS_PER_TOKEN = 4.0
+"""The prompt-size approximation used until the backend's count arrives."""
+
+
+def work_of(ex: Exchange, start_s: float, now_s: float) -> Work:
+    """``ex``'s work from ``start_s`` (its admission) to ``now_s`` (its end or now)."""
+    t = ex.backend_timings
+    prompt = float(ex.prompt_tokens or (t and t.prompt_n) or approx_prompt_tokens(ex.body))
+    if ex.token_events:
+        first = ex.token_events[0][0]
+        p0 = start_s if t is None or t.prompt_s is None else max(start_s, first - t.prompt_s)
+        return Work(start_s, now_s, ex.token_events, prompt, first, prefill_start_s=p0)
+    if t is not None and t.predicted_s is not None:
+        decode_s = min(t.predicted_s, now_s - start_s)
+        first = now_s - decode_s
+        p0 = max(start_s, first - (t.prompt_s or 0.0))
+        tokens = float(t.predicted_n or ex.completion_tokens or 0)
+        return Work(start_s, now_s, (), prompt, first, prefill_start_s=p0,
+                    decode_tokens=tokens, decode_end_s=now_s)  # fmt: skip
+    if ex.stream and ex.window.finished_s is None:
+        return Work(start_s, now_s, (), prompt, now_s)  # still prefilling
+    return Work(start_s, now_s)
+
+
+def approx_prompt_tokens(body: dict[str, Any] | None) -> float:
+    """The prompt's tokens from its characters: ``messages`` (text parts), ``prompt``
+    or ``input`` (no tokenizer; only for placing prefill before the backend counts)."""
+    if not isinstance(body, dict):
+        return 0.0
+    chars = 0
+    for key in ("prompt", "input", "instructions", "system"):
+        chars += _chars(body.get(key))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                chars += _chars(m.get("content"))
+    return chars / CHARS_PER_TOKEN
+
+
+def _chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_chars(v.get("text") if isinstance(v, dict) else v) for v in value)
+    return 0
