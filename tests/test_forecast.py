@@ -15,7 +15,7 @@ import pytest
 
 from accounting import Ledger
 from accounting.forecast import FitSet, ModelFit, Sample, fit_samples
-from accounting.forecast_stage import approx_prompt_tokens, forecast_component
+from accounting.forecast_stage import Forecaster, approx_prompt_tokens, forecast_component
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
 from accounting.reports import build_report, parse_query
 from accounting.robust_fit import LinearFit
@@ -375,3 +375,19 @@ async def test_the_fit_is_refreshed_in_the_background_as_requests_finish(
     # Every prompt was the same length: no per-prompt-token slope is made up.
     assert after["fit"]["energy_j"]["b_per_prompt_token"] == 0.0
     assert after["energy_j"]["p50"] == pytest.approx(ENERGY_J)
+
+
+@pytest.mark.parametrize(
+    ("fitted_rows", "due_after"), [(0, 10), (50, 10), (1_000, 100), (200_000, 20_000)]
+)
+def test_a_refit_waits_for_a_tenth_more_rows_than_it_fitted(
+    fitted_rows: int, due_after: int, tmp_path: Path
+) -> None:
+    # Reading costs each request ~10 rows however big the ledger is, not rows/refit_rows.
+    forecaster = Forecaster(Ledger(tmp_path / "l.sqlite3"), refit_rows=10)
+    forecaster.current = FitSet(rows=fitted_rows)
+    for _ in range(due_after - 1):
+        forecaster.note_finished()
+    assert not forecaster.refit_due
+    forecaster.note_finished()
+    assert forecaster.refit_due
