@@ -52,21 +52,28 @@ class EventSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
-        """Yield every event completed by ``chunk``."""
+        """Yield every event completed by ``chunk``.
+
+        One pass over the bytes: each separator is searched for from where the last
+        event ended (a chunk often holds many events), and ``\\r\\n\\r\\n`` not at
+        all once the buffer has none."""
         buf = self._buf + chunk if self._buf else chunk
-        while True:
-            crlf = buf.find(b"\r\n\r\n")
-            lf = buf.find(b"\n\n")
-            if crlf < 0 and lf < 0:
-                break
+        pos = 0
+        crlf = buf.find(b"\r\n\r\n")
+        lf = buf.find(b"\n\n")
+        while crlf >= 0 or lf >= 0:
             if lf < 0 or (0 <= crlf < lf):
                 end, sep = crlf, b"\r\n\r\n"
             else:
                 end, sep = lf, b"\n\n"
-            block = buf[:end]
-            yield Event(raw=buf[: end + len(sep)], data=_data_of(block), separator=sep)
-            buf = buf[end + len(sep) :]
-        self._buf = buf
+            stop = end + len(sep)
+            yield Event(raw=buf[pos:stop], data=_data_of(buf[pos:end]), separator=sep)
+            pos = stop
+            if 0 <= crlf < pos:
+                crlf = buf.find(b"\r\n\r\n", pos)
+            if 0 <= lf < pos:
+                lf = buf.find(b"\n\n", pos)
+        self._buf = buf[pos:] if pos else buf
 
     def rest(self) -> bytes:
         """Bytes after the last complete event (a stream cut short)."""

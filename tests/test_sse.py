@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from proxy.sse import EventSplitter
 
 STREAM = (
@@ -33,3 +36,34 @@ def test_an_unfinished_event_is_kept_as_the_rest() -> None:
     sp = EventSplitter()
     assert list(sp.feed(b'data: {"a":1}\n\ndata: {"b"')) != []
     assert sp.rest() == b'data: {"b"'
+
+
+def reference_split(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """(raw, separator) of each whole event, the plain way: the earliest separator."""
+    out = []
+    while True:
+        found = [(i, sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := stream.find(sep)) >= 0]
+        if not found:
+            return out
+        end, sep = min(found)
+        out.append((stream[: end + len(sep)], sep))
+        stream = stream[end + len(sep) :]
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"data: 1", b"\n", b"\r", b"\r\n\r\n", b"\n\n", b":"]), max_size=60
+    ).map(b"".join),
+    st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=30),
+)
+def test_any_bytes_in_any_chunks_split_as_the_plain_way_does(
+    stream: bytes, sizes: list[int]
+) -> None:
+    sp = EventSplitter()
+    events, i, k = [], 0, 0
+    while i < len(stream):
+        size = sizes[k % len(sizes)]
+        events += list(sp.feed(stream[i : i + size]))
+        i, k = i + size, k + 1
+    assert [(e.raw, e.separator) for e in events] == reference_split(stream)
+    assert b"".join(e.raw for e in events) + sp.rest() == stream
