@@ -10,7 +10,9 @@ A request's window costs the event loop almost nothing:
 
 * :meth:`Sampler.open_window` notes the start and pokes the thread, which
   takes a sample right away without anyone waiting for it, so the start edge
-  is sampled within a fraction of a millisecond;
+  is sampled within a fraction of a millisecond (the meter stage pokes once the
+  request is on its way to the backend, so the read, which holds the GIL, runs
+  while the event loop waits for the answer instead of delaying the forwarding);
 * :meth:`Sampler.fresh_sample` at the end asks the thread for one more sample
   and awaits it (one thread hop: a ``queue.SimpleQueue`` there, a
   ``call_soon_threadsafe`` back), so the end edge is exact without waiting
@@ -272,8 +274,9 @@ class Sampler:
 
     # -- windows ------------------------------------------------------------------------
 
-    def open_window(self, start_s: float) -> WindowToken:
-        """A request holds a slot from ``start_s``; the sampler samples now (no wait)."""
+    def open_window(self, start_s: float, *, sample_edge: bool = True) -> WindowToken:
+        """A request holds a slot from ``start_s``; the sampler samples now (no wait),
+        or, with ``sample_edge=False``, when the caller calls :meth:`sample_soon`."""
         token = WindowToken(start_s)
         with self._lock:
             if self._open:
@@ -282,9 +285,15 @@ class Sampler:
                     other.exclusive = False
             self._open[id(token)] = token
         self.activity.begin(start_s)
+        if sample_edge:
+            self.sample_soon()
+        return token
+
+    def sample_soon(self) -> None:
+        """Have the thread take a sample now, not waiting for it (a window's start edge),
+        unless the last one is as fresh as the meters can be."""
         if not self._sampled_recently():
             self._requests.put(None)
-        return token
 
     def _sampled_recently(self) -> bool:
         """Whether a read now could show nothing the last sample did not."""

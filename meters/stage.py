@@ -52,7 +52,10 @@ class MeterStage(Stage):
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
         start = ex.window.admitted_s or time.monotonic()
-        ex.scratch[self.name] = self.sampler.open_window(start)
+        ex.scratch[self.name] = self.sampler.open_window(start, sample_edge=False)
+        # Read the start edge once the request is written to the backend: the loop runs
+        # call_soon callbacks when the forwarder awaits the answer.
+        asyncio.get_running_loop().call_soon(self.sampler.sample_soon)
         if self.overlaps is not None:
             self.overlaps.open(ex.request_id, start, functools.partial(work_of, ex, start))
 
