@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,9 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
-from bench.serve import spawn_process
+from bench.serve import serve_here, spawn_process
 from config import LedgerSettings, Settings
 from meters.attribution import Interval
 from meters.sampler import Sampler
@@ -112,22 +110,8 @@ def probe_component(probe: Probe) -> Component:
 async def serving(settings: Settings, probe: Probe) -> AsyncIterator[str]:
     """joulegate with every default stage and ``probe``, on loopback in this loop."""
     app = create_app(settings, components=[*default_components(), probe_component(probe)])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("joulegate stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-        sock.close()
+    async with serve_here(app) as url:
+        yield url
 
 
 def _body(prompt: str, stream: bool, max_tokens: int) -> dict[str, Any]:

@@ -10,24 +10,27 @@ All of them run under the same uvicorn settings.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
 
 from bench.bare import BareForwarder
 from bench.fake import FakeBackend
-from config import load_settings
+from config import Settings, load_settings
 from proxy.app import create_app
 from proxy.llamacpp import free_port
+from proxy.server import http_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +70,55 @@ def spawn_process(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def serve_here(
+    app: Any,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    max_header_bytes: int = 64 * 1024,
+    port: int = 0,
+    kill_on_exit: bool = False,
+) -> AsyncIterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1, with the HTTP protocol ``joulegate
+    serve`` uses; yield its base URL.
+
+    ``port`` 0 picks a free port; a fixed one lets a test stop a server and start
+    another where clients expect it. With ``kill_on_exit`` the server ends as a
+    killed process does: it stops listening and every open connection is reset at
+    once, answered or not, instead of being let finish."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        loop="asyncio",
+        http=http_protocol(Settings(max_header_bytes=max_header_bytes)),
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.005)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if kill_on_exit:
+            for listener in server.servers:
+                listener.close()
+            for connection in list(server.server_state.connections):
+                connection.transport.abort()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
 
 
 def main(argv: list[str]) -> None:

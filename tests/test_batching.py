@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
+from bench.batching import union
 from config import LedgerSettings, MeterSettings
 from meters.base import Meter, Reading
 from meters.sharing import OverlapBook
@@ -93,17 +94,6 @@ def _component(stage: Stage) -> Component:
     return make
 
 
-def _covered(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The union of ``spans``, as disjoint spans in order."""
-    out: list[tuple[float, float]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
 async def _stream(c: httpx.AsyncClient, url: str, delay_s: float, tokens: int) -> dict[str, Any]:
     await asyncio.sleep(delay_s)
     r = await c.post(url + "/v1/chat/completions", json={**CHAT, "max_tokens": tokens},
@@ -144,7 +134,7 @@ async def test_overlapping_streams_share_the_meters_total_by_tokens(
     # Conservation: the shares, plus the meter's energy while nothing was in flight
     # (unattributed), are the meter's own total from the first admission to the last end.
     spans = [(ex.window.admitted_s or 0.0, ex.window.finished_s or 0.0) for ex in windows.seen]
-    busy = _covered(spans)
+    busy = union(spans)
     first, last = busy[0][0], busy[-1][1]
     total_j = meter.energy_j(last) - meter.energy_j(first)
     gaps = [(a, b) for (_, a), (b, _) in itertools.pairwise(busy)]
