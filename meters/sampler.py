@@ -48,6 +48,7 @@ from config.errors import MeterError
 from meters.attribution import Interval
 from meters.base import Activity, Meter
 from meters.timeline import Track
+from meters.unattributed import Unattributed
 from meters.window import TrackSet, WindowEnergy, WindowToken
 
 log = logging.getLogger("joulegate.meters")
@@ -96,6 +97,7 @@ class Sampler:
         self._edge_period_s = min((m.update_period_s for m in local), default=math.inf)
         """An edge read sooner than this after the last sample shows nothing new."""
         self._sampled_s = -math.inf
+        self._unattributed = Unattributed()
         self.external_interval_s = 1.0 / external_hz
         self._open: dict[int, WindowToken] = {}
         self._last_end_s = -math.inf
@@ -187,6 +189,9 @@ class Sampler:
             if not meter.remote:
                 self.read_meter(meter)
         self._sampled_s = started  # only once its readings are in the tracks
+        with self._lock:
+            opened = [w.start_s for w in self._open.values()]
+            self._unattributed.tick(started, opened, self._total_j)
         now = self._clock()
         if now - self._pruned_s < 1.0:
             return
@@ -305,6 +310,7 @@ class Sampler:
             if self._open.pop(id(token), None) is None:
                 return
             self._last_end_s = max(self._last_end_s, end_s)
+            self._unattributed.closed(token.start_s, end_s)
         self.activity.end(end_s)
 
     async def fresh_sample(self, timeout_s: float = FRESH_TIMEOUT_S) -> None:
@@ -323,6 +329,14 @@ class Sampler:
             await fut
         finally:
             timer.cancel()
+
+    def _total_j(self, start_s: float, end_s: float) -> float | None:
+        return self._set.measure(start_s, end_s, exclusive=False).energy_j
+
+    @property
+    def unattributed_j(self) -> float:
+        """The meters' energy with no request in flight since start (:mod:`meters.unattributed`)."""
+        return self._unattributed.energy_j  # a float read: atomic, no lock needed
 
     def measure(self, token: WindowToken, end_s: float) -> WindowEnergy:
         """The window's energy from ``token.start_s`` to ``end_s`` (cheap: runs per request)."""

@@ -35,6 +35,11 @@ class PowerReadings(Protocol):
         """Each device's ``id``, ``type``, ``power_w`` and ``energy_j`` (since start-up)."""
         ...
 
+    @property
+    def unattributed_j(self) -> float:
+        """Joules the meters measured while no request was in flight, since start-up."""
+        ...
+
 
 @dataclass
 class AppContext:

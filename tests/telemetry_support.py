@@ -166,6 +166,7 @@ class FakeMeters:
     """Stands in for ``ctx.power`` (the meters' sampler)."""
 
     readings: Sequence[Any] = field(default_factory=list)
+    unattributed_j: float = 0.0
 
     def device_readings(self) -> Sequence[Any]:
         """The latest reading of every device."""

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meters import Sampler, total_components
 from meters.base import Meter, Reading
@@ -394,3 +396,44 @@ async def test_an_edge_past_the_update_period_reads_and_a_zero_period_always_rea
     await both.fresh_sample()
     await both.fresh_sample()
     assert slow.reads == reads + 2
+
+
+@given(
+    st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.001, 0.5)), min_size=0, max_size=8),
+    st.floats(20.0, 300.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_energy_outside_every_window_is_what_is_left_unattributed(
+    windows: list[tuple[float, float]], watts: float
+) -> None:
+    clock = VirtualClock(100.0)
+    meter = CurveMeter(clock, lambda t: watts, lambda t: watts * t, component="cpu",
+                       mode="counter")  # fmt: skip
+    sampler = Sampler([meter], sample_hz=10, clock=clock)
+    sampler.sample()
+    t0 = clock.t
+    events = sorted(
+        [(t0 + s, "open", i) for i, (s, _) in enumerate(windows)]
+        + [(t0 + s + d, "close", i) for i, (s, d) in enumerate(windows)]
+    )
+    tokens = {}
+    step = 0.01  # 100 Hz here, ticks at 10 Hz: windows open and close between reads
+    end = t0 + 3.0
+    while clock.t < end - 1e-9:
+        clock.advance(step)
+        while events and events[0][0] <= clock.t:
+            t, what, i = events.pop(0)
+            if what == "open":
+                tokens[i] = sampler.open_window(t, sample_edge=False)
+            else:
+                sampler.close_window(tokens.pop(i), t)
+        if round((clock.t - t0) / step) % 10 == 0:
+            sampler.sample()
+    # Exactly what no window covered, from the first read to the last.
+    covered = 0.0
+    cursor = t0
+    for a, b in sorted((t0 + s, min(t0 + s + d, clock.t)) for s, d in windows):
+        a = max(a, cursor)
+        if b > a:
+            covered, cursor = covered + (b - a), b
+    assert sampler.unattributed_j == pytest.approx(watts * (clock.t - t0 - covered), abs=1e-6)

@@ -318,6 +318,7 @@ class FakePower:
     """The sampler's live view as the meters component publishes it."""
 
     watts: dict[str, float | None]
+    unattributed_j: float = 0.0
 
     def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         return self.watts
@@ -334,11 +335,14 @@ async def test_power_gauge_shows_each_component_the_meters_read_now(fake: FakeBa
     ):
         first = await scrape(c, jg.url)
         power.watts = {"gpu": 80.0, "cpu": 12.0, "dram": None}
+        power.unattributed_j = 42.5
         second = await scrape(c, jg.url)
     for seen, gpu_w, cpu_w in ((first, 212.5, 37.25), (second, 80.0, 12.0)):
         power_series = {dict(labels)["component"]: v for (name, labels), v in seen.items()
                         if name == "joulegate_power_watts"}  # fmt: skip
         assert power_series == {"gpu": gpu_w, "cpu": cpu_w}
+    idle = "joulegate_unattributed_energy_joules_total"
+    assert (first[(idle, frozenset())], second[(idle, frozenset())]) == (0.0, 42.5)
 
 
 async def test_power_gauge_is_empty_without_meters(fake: FakeBackend) -> None:

@@ -10,12 +10,16 @@ Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
     joulegate_queue_length                                gauge, requests waiting for a slot
     joulegate_in_flight                                   gauge, requests holding a slot
     joulegate_power_watts{component}                      gauge, the meters' power now
+    joulegate_unattributed_energy_joules_total            counter, J with nothing in flight
 
 Every request the pipeline saw is counted, those refused before the queue
 (``401``, budget ``429``, ``503``) included: the stage sits before the auth stage,
 since a refused request is closed only by the stages up to the refusing one.
 ``joulegate_power_watts`` is read from the meters' sampler at scrape time (its
-average power per component over the last second; no meter is read then).
+average power per component over the last second; no meter is read then), and so
+is ``joulegate_unattributed_energy_joules_total``, what the meters measured while no
+request was in flight: with ``component="total"``'s sum it adds up to the meters'
+total, however the requests shared their windows.
 
 ``component="total"`` is a request's whole energy; the other components
 (``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``) break it down and may
@@ -44,7 +48,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -168,24 +172,32 @@ class PowerCollector(Collector):
     def __init__(self, ctx: AppContext) -> None:
         self._ctx = ctx
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        """The family without samples (so registering it reads no meter)."""
-        return [GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])]
+    _IDLE = "joulegate_unattributed_energy_joules"
+    _IDLE_HELP = "Energy the meters measured while no request was in flight, in joules."
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        """One sample per component with a known power."""
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        """The families without samples (so registering them reads no meter)."""
+        return [
+            GaugeMetricFamily(self._NAME, self._HELP, labels=["component"]),
+            CounterMetricFamily(self._IDLE, self._IDLE_HELP),
+        ]
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        """One sample per component with a known power, and the unattributed energy."""
         family = GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])
         meters = self._ctx.power
-        if meters is not None:
-            try:
-                readings = dict(meters.power_w())
-            except Exception:
-                log.debug("could not read the meters' power for /metrics", exc_info=True)
-                readings = {}
-            for component, watts in sorted(readings.items()):
-                if watts is not None:
-                    family.add_metric([str(component)], float(watts))
-        return [family]
+        if meters is None:
+            return [family]
+        idle = CounterMetricFamily(self._IDLE, self._IDLE_HELP, value=meters.unattributed_j)
+        try:
+            readings = dict(meters.power_w())
+        except Exception:
+            log.debug("could not read the meters' power for /metrics", exc_info=True)
+            readings = {}
+        for component, watts in sorted(readings.items()):
+            if watts is not None:
+                family.add_metric([str(component)], float(watts))
+        return [family, idle]
 
 
 @contextlib.asynccontextmanager
