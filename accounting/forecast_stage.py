@@ -41,11 +41,10 @@ from config.errors import BudgetExceeded, LedgerError
 from config.units import J_PER_WH
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
+from proxy.prompt import CHARS_PER_TOKEN, prompt_size
 
 log = logging.getLogger("joulegate.forecast")
 
-CHARS_PER_TOKEN = 4.0
-"""The prompt-size approximation: about four characters a token for English text."""
 TOKENS_PER_MESSAGE = 4
 """What a chat template adds around each message (role markers, separators)."""
 MAX_ALIASES = 1024
@@ -58,37 +57,12 @@ SERVED_SQL = (
     " GROUP BY model_requested, model_served ORDER BY last"
 )
 """The aliases among the latest rows (by id), oldest first so that the latest wins."""
-_TEXT_FIELDS = ("prompt", "input", "instructions", "system", "suffix")
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def _chars(value: Any) -> tuple[int, int]:
-    """Characters of text in a body field and the messages in it."""
-    if isinstance(value, str):
-        return len(value), 0
-    if isinstance(value, list):
-        chars = messages = 0
-        for item in value:
-            if isinstance(item, dict):
-                messages += "role" in item
-                for key in ("content", "text"):
-                    c, m = _chars(item.get(key))
-                    chars, messages = chars + c, messages + m
-            else:
-                c, m = _chars(item)
-                chars, messages = chars + c, messages + m
-        return chars, messages
-    return 0, 0
 
 
 def approx_prompt_tokens(body: Mapping[str, Any] | None) -> int:
     """The prompt's tokens, approximated from its characters (no tokenizer)."""
-    if not body:
-        return 0
-    chars, messages = _chars(body.get("messages"))
-    for name in _TEXT_FIELDS:
-        c, m = _chars(body.get(name))
-        chars, messages = chars + c, messages + m
+    chars, messages = prompt_size(body)
     return int(-(-chars // CHARS_PER_TOKEN)) + TOKENS_PER_MESSAGE * messages
 
 

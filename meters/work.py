@@ -23,9 +23,7 @@ from typing import Any
 
 from meters.attribution import Work
 from proxy.exchange import Exchange
-
-CHARS_PER_TOKEN = 4.0
-"""The prompt-size approximation used until the backend's count arrives."""
+from proxy.prompt import CHARS_PER_TOKEN, prompt_size
 
 
 def work_of(ex: Exchange, start_s: float, now_s: float) -> Work:
@@ -49,24 +47,6 @@ def work_of(ex: Exchange, start_s: float, now_s: float) -> Work:
 
 
 def approx_prompt_tokens(body: dict[str, Any] | None) -> float:
-    """The prompt's tokens from its characters: ``messages`` (text parts), ``prompt``
-    or ``input`` (no tokenizer; only for placing prefill before the backend counts)."""
-    if not isinstance(body, dict):
-        return 0.0
-    chars = 0
-    for key in ("prompt", "input", "instructions", "system"):
-        chars += _chars(body.get(key))
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            if isinstance(m, dict):
-                chars += _chars(m.get("content"))
-    return chars / CHARS_PER_TOKEN
-
-
-def _chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_chars(v.get("text") if isinstance(v, dict) else v) for v in value)
-    return 0
+    """The prompt's tokens from its characters (:func:`proxy.prompt.prompt_size`; no
+    tokenizer: only for placing prefill before the backend counts)."""
+    return prompt_size(body)[0] / CHARS_PER_TOKEN
