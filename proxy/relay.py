@@ -23,7 +23,7 @@ from config.settings import Settings
 from proxy.bounded import BoundedSend
 from proxy.exchange import Exchange, Pipeline
 from proxy.render import energy_object, figure_headers
-from proxy.schema import RESPONSES_FINAL, note_chunk, put_energy
+from proxy.schema import RESPONSES_FINAL, note_chunk, note_plain_chunk, put_energy
 from proxy.sse import Event, EventSplitter
 from proxy.wire import decode_json, encode_json, fmt_ms, request_id_header
 
@@ -148,6 +148,17 @@ class Relayer:
             if event.data == b"[DONE]":
                 relay.tail = event.raw
                 return True
+            has_text = note_plain_chunk(ex, event.data, collect)
+            if has_text is not None:  # the common chunk: passed on as it came
+                if has_text:
+                    ex.stream_content_chunks += 1
+                    if self._note_tokens:
+                        ex.token_events.append((time.monotonic(), 1))
+                if relay.held is not None:
+                    out.append(relay.held[0].raw)
+                    relay.held = None
+                out.append(event.raw)
+                continue
             obj = event.decoded()
             if not isinstance(obj, dict):
                 out.append(event.raw)

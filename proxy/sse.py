@@ -82,6 +82,8 @@ class EventSplitter:
 
 
 def _data_of(block: bytes) -> bytes | None:
+    if block.startswith(b"data: ") and b"\n" not in block and b"\r" not in block:
+        return block[6:]  # one data line, as servers send nearly every event
     parts: list[bytes] = []
     for line in block.splitlines():
         if line.startswith(b"data:"):
