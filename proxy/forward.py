@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -44,13 +45,12 @@ from proxy.exchange import Exchange, Pipeline
 from proxy.gate import Gate, Window
 from proxy.intake import (
     FORWARDED_METHODS,
-    INFERENCE_PATHS,
-    OLLAMA_INFERENCE_PATHS,
     BodyReader,
     Hold,
     answer_method,
     ask_usage,
     forward_headers,
+    gated_paths,
     method_not_allowed,
     parse_body,
 )
@@ -93,10 +93,12 @@ class Forwarder:
         self._pipeline = pipeline
         self._router = router
         self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
-        self._gated = INFERENCE_PATHS | frozenset(settings.gated_paths)
-        self._mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
-        if settings.ollama_native:
-            self._gated |= OLLAMA_INFERENCE_PATHS
+        self._gated = gated_paths(settings)
+        mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
+        # Clients send the same few spellings over and over; a refusal is not cached.
+        self._canonical = functools.lru_cache(maxsize=256)(
+            functools.partial(canonical_path, mounts=mounts)
+        )
         self._auth_header = (
             ("authorization", f"Bearer {settings.backend_api_key}")
             if settings.backend_api_key
@@ -114,7 +116,7 @@ class Forwarder:
         window = Window(arrived_s=time.monotonic())
         try:
             # One spelling for the gate, the ledger and the backend URL (sent as is).
-            path = canonical_path(path_b, self._mounts)
+            path = self._canonical(path_b)
         except ProxyError as err:
             shown = path_b[:200].decode("latin-1")  # the refused spelling, bounded
             await self._refuse_early(send, err, method, shown, window)

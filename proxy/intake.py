@@ -22,6 +22,14 @@ INFERENCE_PATHS = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
 )
 OLLAMA_INFERENCE_PATHS = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
+
+
+def gated_paths(settings: Settings) -> frozenset[str]:
+    """The paths the forwarder queues and meters (POST to them)."""
+    paths = INFERENCE_PATHS | frozenset(settings.gated_paths)
+    return paths | OLLAMA_INFERENCE_PATHS if settings.ollama_native else paths
+
+
 FORWARDED_METHODS = frozenset({"GET", "POST", "DELETE"})
 """What OpenAI-compatible APIs use; HEAD and OPTIONS joulegate answers itself."""
 ALLOW = (b"allow", b"GET, POST, DELETE, HEAD, OPTIONS")

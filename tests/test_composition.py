@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -10,9 +13,15 @@ import pytest
 from accounting.forecast_stage import forecast_component
 from accounting.ledger_stage import Accounting, accounting_resource, auth_component
 from config import ConfigError, LedgerSettings, Settings
+from proxy.app import JoulegateApp
 from proxy.backends import BackendRouter
 from proxy.context import AppContext, Component
 from proxy.gate import Gate
+from proxy.intake import INFERENCE_PATHS, OLLAMA_INFERENCE_PATHS
+from tests.fake_backend import FakeBackend
+from tests.ledger_support import accounting_components
+
+Start = Callable[..., contextlib.AbstractAsyncContextManager[Any]]
 
 
 def _context(client: httpx.AsyncClient, ledger: Path) -> AppContext:
@@ -45,3 +54,30 @@ async def test_the_accounting_resource_is_one_for_every_stage_and_closed_after_t
             async with auth_component(ctx) as auth, forecast_component()(ctx):
                 assert auth is not None and ctx.get(Accounting) is acc
         assert ctx.get(Accounting) is None
+
+
+async def test_metered_paths_go_straight_to_the_forwarder_and_handler_paths_stay_theirs(
+    fake: FakeBackend, joulegate_app: Start, tmp_path: Path
+) -> None:
+    """A metered path reaches the forwarder without Litestar's router; one that a
+    joulegate handler owns stays with the handler even if ``gated_paths`` names it."""
+    owned = ["/v1/energy/report", "/v1/energy/requests/abc"]
+    async with joulegate_app(
+        fake.url,
+        accounting_components(),
+        ledger=LedgerSettings(path=str(tmp_path / "ledger.sqlite3")),
+        gated_paths=[*owned, "/v1/audio/speech"],
+        ollama_native=True,
+    ) as jg:
+        app = jg.app
+        assert isinstance(app, JoulegateApp)
+        assert app.direct_paths == (INFERENCE_PATHS | OLLAMA_INFERENCE_PATHS) | {"/v1/audio/speech"}
+        async with httpx.AsyncClient(base_url=jg.url) as c:
+            report = await c.get("/v1/energy/report")
+            looked_up = await c.get("/v1/energy/requests/abc")
+            chat = await c.post("/v1/chat/completions", json={"model": "m", "messages": []})
+            await c.post("/v1/audio/speech", json={"model": "m", "input": "hi"})
+    assert report.status_code == 200 and report.json()["object"] == "energy.report"
+    assert looked_up.status_code == 404  # the lookup handler's answer: no such request
+    assert chat.status_code == 200 and "energy" in chat.json()
+    assert [s.path for s in fake.seen] == ["/v1/chat/completions", "/v1/audio/speech"]

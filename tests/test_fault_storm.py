@@ -28,7 +28,7 @@ import httpx
 
 from config import LedgerSettings
 from config.errors import BadRequest
-from proxy.forward import INFERENCE_PATHS
+from proxy.intake import INFERENCE_PATHS
 from proxy.llamacpp import free_port
 from proxy.paths import canonical_path
 from tests.fake_backend import FakeBackend
