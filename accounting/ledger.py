@@ -3,10 +3,11 @@
 The file is in WAL mode with a versioned schema, migrated forward at start-up
 (the row, the columns and the migrations are in :mod:`accounting.schema`).
 
-Two connections, each on its own aiosqlite thread: a *writer* that commits
-one row per request (autocommit, so the row is durable when ``append``
-returns) and a *reader* for reports, so a long report never delays a
-request's last byte behind it.
+Two connections, each on its own thread: a *writer* that commits one row per
+request (autocommit, so the row is durable when ``append`` returns), handed each
+row without a wait (:mod:`accounting.sqlite_thread`) so the commit overlaps the
+answer's last bytes, and an aiosqlite *reader* for reports, so a long report never
+delays a request's last byte behind it.
 
 Durability: ``synchronous=NORMAL`` (the default) puts a committed row in the
 WAL through the OS, which survives a crash or ``kill -9`` of joulegate but not
@@ -51,6 +52,7 @@ import platformdirs
 from accounting.ledger_base import SpillingLedger
 from accounting.schema import INSERT_ROW, Convert, LedgerRow, T, migrate, row_from_sql, row_params
 from accounting.spill import Spill
+from accounting.sqlite_thread import SqliteThread
 from config import LedgerSettings
 from config.errors import LedgerError
 
@@ -100,7 +102,7 @@ class Ledger(SpillingLedger):
         self.path = path
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout_s * 1000)
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: SqliteThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
@@ -140,8 +142,12 @@ class Ledger(SpillingLedger):
         logging.getLogger("aiosqlite").addFilter(_NO_STATEMENT_LINES)  # no-op if already there
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await self._connect()
-            await migrate(self._writer, self.path)
+            migrating = await self._connect()
+            try:
+                await migrate(migrating, self.path)
+            finally:
+                await migrating.close()
+            self._writer = await self._open_writer()
             self._reader = await self._connect_reader()
         except (sqlite3.Error, OSError) as exc:
             await self.close()
@@ -155,10 +161,11 @@ class Ledger(SpillingLedger):
     async def close(self) -> None:
         """Retry buffered rows once more, then close both connections."""
         await self._stop_serving()
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await conn.close()
+        if self._writer is not None:
+            await self._writer.close()
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._reader.close()
         self._writer = self._reader = None
 
     async def __aenter__(self) -> Ledger:
@@ -174,6 +181,19 @@ class Ledger(SpillingLedger):
         await db.execute(f"PRAGMA busy_timeout = {max(self._busy_ms, 5000)}")
         return db
 
+    def _writer_pragmas(self) -> list[str]:
+        """How the writer's connection is set up when it opens (and reopens)."""
+        return [
+            f"PRAGMA busy_timeout = {self._busy_ms}",
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {self._synchronous}",
+        ]
+
+    async def _open_writer(self) -> SqliteThread:
+        writer = SqliteThread(self.path, self._writer_pragmas())
+        await writer.open()
+        return writer
+
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
@@ -187,35 +207,37 @@ class Ledger(SpillingLedger):
 
     # -- writing ------------------------------------------------------------------
 
+    def _start_insert(self, row: LedgerRow) -> asyncio.Future[int] | None:
+        writer = self._writer
+        if writer is None or self._write_lock.locked():  # being reopened: the slow way
+            return None
+        params = row_params(row)
+        return writer.submit(lambda db: _execute(db, INSERT_ROW, params))
+
     async def _insert(self, row: LedgerRow) -> None:
         writer = self._writer
         if writer is None:  # closed meanwhile: the row is held, replayed at the next start
             raise sqlite3.OperationalError("the ledger is closed")
+        params = row_params(row)
         async with self._write_lock:
-            await writer.execute_insert(INSERT_ROW, row_params(row))
+            await writer.call(lambda db: _execute(db, INSERT_ROW, params))
 
     async def _reconnect(self) -> None:
         """A fresh writer, so that a file made writable again is opened for writing."""
         async with self._write_lock:
             if self._writer is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await self._writer.close()
-            self._writer = await self._connect()
+                await self._writer.close()
+                self._writer = None
+            self._writer = await self._open_writer()
 
     async def _insert_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
         if self._writer is None:
             raise LedgerError("the ledger is not open")
+        params = [row_params(r) for r in rows]
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                await self._writer.executemany(INSERT_ROW, [row_params(r) for r in rows])
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._writer.execute("ROLLBACK")
-                raise
+            await self._writer.call(lambda db: _insert_batch(db, params))
 
     async def append_many(self, rows: Iterable[LedgerRow]) -> None:
         """Commit many rows in one transaction (imports, benchmarks); raises LedgerError."""
@@ -228,11 +250,10 @@ class Ledger(SpillingLedger):
         """Run one write statement (keys, budgets); the number of rows it changed."""
         if self._writer is None:
             raise LedgerError("the ledger is not open")
+        writer = self._writer
         try:
             async with self._write_lock:
-                cursor = await self._writer.execute(sql, params)
-                count = cursor.rowcount
-                await cursor.close()
+                count = await writer.call(lambda db: _execute(db, sql, params))
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write to the ledger {self.path}: {exc}") from exc
         return count
@@ -283,3 +304,20 @@ class Ledger(SpillingLedger):
         """Changes whenever another connection (the CLI, our writer) commits."""
         rows = await self.fetchall("PRAGMA data_version")
         return int(rows[0][0])
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """One statement (autocommit: committed when it returns); the rows it changed."""
+    return db.execute(sql, params).rowcount
+
+
+def _insert_batch(db: sqlite3.Connection, params: Sequence[Sequence[Any]]) -> None:
+    """Many rows in one transaction, all or none."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(INSERT_ROW, params)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise

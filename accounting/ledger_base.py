@@ -17,7 +17,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,6 +64,11 @@ class SpillingLedger(abc.ABC):
     @abc.abstractmethod
     async def _insert_many(self, rows: Sequence[LedgerRow]) -> None:
         """Commit rows in one transaction; raises one of ``_db_errors``."""
+
+    def _start_insert(self, row: LedgerRow) -> Awaitable[object] | None:
+        """Start committing one row now, if the database's driver can start without
+        a wait (its result raises one of ``_db_errors``); None to take :meth:`append`."""
+        return None
 
     @abc.abstractmethod
     async def _reconnect(self) -> None:
@@ -113,6 +118,25 @@ class SpillingLedger(abc.ABC):
                     self._degrade(exc)
             if await self._hold(row):
                 return
+
+    def append_soon(self, row: LedgerRow) -> Coroutine[Any, Any, None]:
+        """:meth:`append`, with the commit started before this returns where the
+        driver allows it (the SQLite writer thread): await the result for the row
+        to be in. For a commit that should overlap what the caller does next."""
+        started = None
+        if self._takes_rows:
+            with contextlib.suppress(*self._db_errors):  # append meets the error again
+                started = self._start_insert(row)
+        return self._append_started(row, started)
+
+    async def _append_started(self, row: LedgerRow, started: Awaitable[object] | None) -> None:
+        if started is not None:
+            try:
+                await started
+                return
+            except self._db_errors as exc:
+                self._degrade(exc)
+        await self.append(row)
 
     @property
     def _takes_rows(self) -> bool:

@@ -196,7 +196,7 @@ class RecordStage(Stage):
         self._acc.budgets.add(row)
         # Committed while the answer is rendered and sent; its last byte waits for it,
         # so a client that has the whole answer has its row (kill -9 loses nothing).
-        ex.before_last_byte(self._acc.ledger.append(row))
+        ex.before_last_byte(self._acc.ledger.append_soon(row))
 
 
 @contextlib.asynccontextmanager

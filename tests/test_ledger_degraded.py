@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiosqlite
 import httpx
 import msgspec
 import pytest
@@ -143,11 +142,8 @@ class QueryOnlyLedger(Ledger):
 
     read_only = True
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await super()._connect()
-        if self.read_only:
-            await db.execute("PRAGMA query_only = ON")
-        return db
+    def _writer_pragmas(self) -> list[str]:
+        return super()._writer_pragmas() + ["PRAGMA query_only = ON"] * self.read_only
 
 
 async def test_a_read_only_database_holds_rows_until_it_is_writable_again(tmp_path: Path) -> None:
@@ -220,3 +216,23 @@ async def test_requests_are_served_while_the_ledger_is_locked_and_readyz_says_so
             await asyncio.sleep(0.02)
         assert ready.status_code == 200
     assert len(db_rows(path)) == 5
+
+
+async def test_a_commit_started_early_that_fails_holds_its_row(tmp_path: Path) -> None:
+    """The record stage's commit, handed to the writer before the answer ends
+    (append_soon), is held like any other when the database refuses it."""
+    path = tmp_path / "l.sqlite3"
+    async with Ledger(path):
+        pass
+    ledger = QueryOnlyLedger(path, busy_timeout_s=0.05, retry_s=0.05)
+    await ledger.open(serving=True)
+    try:
+        assert not ledger.degraded
+        await ledger.append_soon(row(1))
+        assert ledger.degraded and "readonly" in ledger.health()["error"]
+        ledger.read_only = False
+        await eventually(lambda: not ledger.degraded)
+        await ledger.append_soon(row(2))  # straight in again
+    finally:
+        await ledger.close()
+    assert [r["request_id"] for r in db_rows(path)] == ["d1", "d2"]
