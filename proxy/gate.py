@@ -106,7 +106,7 @@ class Gate:
             except asyncio.CancelledError:
                 if fut.done() and not fut.cancelled():
                     self.release()
-                else:
+                elif fut in self._waiters:  # a release meanwhile may have dropped it
                     self._waiters.remove(fut)
                 raise
         window.admitted_s = self._clock()

@@ -103,6 +103,22 @@ async def test_slot_handed_over_at_the_moment_of_cancellation_is_not_leaked() ->
     assert (gate.in_flight, gate.waiting) == (0, 0)
 
 
+async def test_a_waiter_cancelled_just_before_a_release_leaves_cleanly() -> None:
+    """Cancelled first, then a release drops its (cancelled) place before it runs: it
+    still ends cancelled, and the slot goes to the next waiter."""
+    gate = Gate(max_concurrency=1, max_queue=10)
+    await gate.acquire(Window(0.0))
+    waiter = asyncio.create_task(gate.acquire(Window(0.0)))
+    after = asyncio.create_task(gate.acquire(Window(0.0)))
+    await _settle()
+    waiter.cancel()  # its place is cancelled at once ...
+    gate.release()  # ... and dropped here, before the waiter runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await after
+    assert (gate.in_flight, gate.waiting) == (1, 0)
+
+
 async def test_thermal_pause_holds_admissions_and_is_reported() -> None:
     t = [100.0]
     gate = Gate(max_concurrency=1, max_queue=10, clock=lambda: t[0])
