@@ -259,19 +259,33 @@ class Forwarder:
         relay = Relay()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
-        work = asyncio.ensure_future(self._forward(ex, request, backend, relay, send))
         # Every forwarded request, gated or not, lets go of its backend connection (and
-        # its slot) the moment its client leaves.
+        # its slot) the moment its client leaves: the watcher cancels this task while
+        # it forwards (in this task, not a child: a task and a wait for it cost two
+        # switches a request), and the cancellation is taken back here.
+        me = asyncio.current_task()
+        left = False
+        forwarding = True
+
+        def client_left(watch: asyncio.Future[None]) -> None:
+            nonlocal left
+            if forwarding and me is not None and not watch.cancelled() and not watch.exception():
+                left = True
+                me.cancel()
+
         watcher = asyncio.ensure_future(wait_disconnect(receive))
+        watcher.add_done_callback(client_left)
         try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
+            try:
+                await self._forward(ex, request, backend, relay, send)
+            except asyncio.CancelledError:
+                if not left or me is None or me.uncancel() > 0:
+                    raise  # not (only) the client leaving: the server stops
                 ex.failure = "client_disconnected"
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-            else:
+            finally:
+                forwarding = False
+                watcher.remove_done_callback(client_left)
                 watcher.cancel()
-                work.result()
         except ClientStalled:
             log.info("client stalled on %s %s: answer dropped after write_timeout_s", method, path)
             ex.failure = "client_stalled"

@@ -117,21 +117,37 @@ class FakeBackend:
         self.seen.append(seen)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        done = False
+
+        def finished() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.in_flight -= 1
+                seen.finished_s = time.monotonic()
+
+        async def answered(message: dict[str, Any]) -> None:
+            # The answer is over for the client (joulegate) once its last byte is sent,
+            # whatever this app still does after; a server's slot is free by then.
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                finished()
+            await send(message)
+
         # Like a real model server, stop generating when the client (joulegate) leaves.
-        answer = asyncio.ensure_future(self._answer(seen, send))
+        answer = asyncio.ensure_future(self._answer(seen, answered))
         watch = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not answer.done():
                 seen.cancelled = True
+                finished()  # the client has gone: its slot is free, whatever is left to undo
                 answer.cancel()
                 await asyncio.gather(answer, return_exceptions=True)
             else:
                 answer.result()
         finally:
             watch.cancel()
-            self.in_flight -= 1
-            seen.finished_s = time.monotonic()
+            finished()
 
     async def _answer(self, seen: Seen, send: Any) -> None:
         h = seen.headers
