@@ -272,8 +272,15 @@ def decompress(decoder: Any, data: bytes, where: str) -> bytes:
         ) from None
 
 
-async def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
-    """The body as it arrives, decoded when the backend compressed it."""
+def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
+    """The body as it arrives, decoded when the backend compressed it (aiohttp's own
+    iterator when it did not: a generator around it costs a switch per read)."""
+    if decoder is None:
+        return response.content.iter_any()
+    return _decoded(response, decoder)
+
+
+async def _decoded(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
     where = str(response.url.origin())
     async for chunk in response.content.iter_any():
-        yield decompress(decoder, chunk, where) if decoder is not None else chunk
+        yield decompress(decoder, chunk, where)
