@@ -146,12 +146,18 @@ class QueryOnlyLedger(Ledger):
         return super()._writer_pragmas() + ["PRAGMA query_only = ON"] * self.read_only
 
 
-async def test_a_read_only_database_holds_rows_until_it_is_writable_again(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
+async def open_read_only(path: Path) -> QueryOnlyLedger:
+    """A served ledger on a new file that its writer cannot write to (yet)."""
     async with Ledger(path):
         pass
     ledger = QueryOnlyLedger(path, busy_timeout_s=0.05, retry_s=0.05)
     await ledger.open(serving=True)
+    return ledger
+
+
+async def test_a_read_only_database_holds_rows_until_it_is_writable_again(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    ledger = await open_read_only(path)
     try:
         await ledger.append(row(1))
         await ledger.append(row(2))
@@ -222,10 +228,7 @@ async def test_a_commit_started_early_that_fails_holds_its_row(tmp_path: Path) -
     """The record stage's commit, handed to the writer before the answer ends
     (append_soon), is held like any other when the database refuses it."""
     path = tmp_path / "l.sqlite3"
-    async with Ledger(path):
-        pass
-    ledger = QueryOnlyLedger(path, busy_timeout_s=0.05, retry_s=0.05)
-    await ledger.open(serving=True)
+    ledger = await open_read_only(path)
     try:
         assert not ledger.degraded
         await ledger.append_soon(row(1))
