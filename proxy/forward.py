@@ -59,12 +59,12 @@ from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
+    DisconnectWatch,
     internal_error,
     relayed,
     request_id_header,
     send_error,
     send_json,
-    wait_disconnect,
 )
 
 log = logging.getLogger("joulegate.proxy")
@@ -260,32 +260,17 @@ class Forwarder:
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
         # Every forwarded request, gated or not, lets go of its backend connection (and
-        # its slot) the moment its client leaves: the watcher cancels this task while
-        # it forwards (in this task, not a child: a task and a wait for it cost two
-        # switches a request), and the cancellation is taken back here.
-        me = asyncio.current_task()
-        left = False
-        forwarding = True
-
-        def client_left(watch: asyncio.Future[None]) -> None:
-            nonlocal left
-            if forwarding and me is not None and not watch.cancelled() and not watch.exception():
-                left = True
-                me.cancel()
-
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
-        watcher.add_done_callback(client_left)
+        # its slot) the moment its client leaves.
+        watch = DisconnectWatch(receive)
         try:
             try:
                 await self._forward(ex, request, backend, relay, send)
             except asyncio.CancelledError:
-                if not left or me is None or me.uncancel() > 0:
+                if not watch.took_back():
                     raise  # not (only) the client leaving: the server stops
                 ex.failure = "client_disconnected"
             finally:
-                forwarding = False
-                watcher.remove_done_callback(client_left)
-                watcher.cancel()
+                watch.close()
         except ClientStalled:
             log.info("client stalled on %s %s: answer dropped after write_timeout_s", method, path)
             ex.failure = "client_stalled"

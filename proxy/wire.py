@@ -5,6 +5,7 @@ Also the rules for which of the backend's response headers go on to the client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,3 +101,38 @@ async def wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class DisconnectWatch:
+    """Cancels the task that opens it if the client leaves before :meth:`close`.
+
+    The request is forwarded in its own task (a child task and a wait for it would cost
+    two task switches a request); after a ``CancelledError``, :meth:`took_back` says
+    whether the client's leaving was its only cause, and takes it back if so.
+    """
+
+    __slots__ = ("_open", "_task", "_watcher", "left")
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._open = True
+        self.left = False
+        self._watcher = asyncio.ensure_future(wait_disconnect(receive))
+        self._watcher.add_done_callback(self._fired)
+
+    def _fired(self, watcher: asyncio.Future[None]) -> None:
+        gone = not watcher.cancelled() and watcher.exception() is None
+        if gone and self._open and self._task is not None:
+            self.left = True
+            self._task.cancel()
+
+    def took_back(self) -> bool:
+        """True when the cancellation being handled was the client leaving alone (it is
+        then taken back); False for any other (the server stopping: let it through)."""
+        return self.left and self._task is not None and self._task.uncancel() == 0
+
+    def close(self) -> None:
+        """Stop watching (the forwarding is over, whatever happens next)."""
+        self._open = False
+        self._watcher.remove_done_callback(self._fired)
+        self._watcher.cancel()
