@@ -148,16 +148,11 @@ class Relayer:
             if event.data == b"[DONE]":
                 relay.tail = event.raw
                 return True
-            has_text = note_plain_chunk(ex, event.data, collect)
-            if has_text is not None:  # the common chunk: passed on as it came
-                if has_text:
-                    ex.stream_content_chunks += 1
-                    if self._note_tokens:
-                        ex.token_events.append((time.monotonic(), 1))
-                if relay.held is not None:
-                    out.append(relay.held[0].raw)
-                    relay.held = None
-                out.append(event.raw)
+            plain_text = note_plain_chunk(ex, event.data, collect)
+            if plain_text is not None:  # the common mid-answer chunk
+                if plain_text:
+                    self._text_arrived(ex)
+                _pass_on(relay, out, event)
                 continue
             obj = event.decoded()
             if not isinstance(obj, dict):
@@ -166,32 +161,27 @@ class Relayer:
             if obj.get("type") in RESPONSES_FINAL:
                 # The Responses API's last event: energy rides in its response.
                 note_chunk(ex, obj, collect)
-                if relay.held is not None:
-                    out.append(relay.held[0].raw)
-                relay.held = (event, obj)
+                _hold(relay, out, event, obj)
                 continue
             if obj.get("type") == "response.output_text.delta":
-                ex.stream_content_chunks += 1
-                if self._note_tokens:
-                    ex.token_events.append((time.monotonic(), 1))
+                self._text_arrived(ex)
             has_text, has_finish = note_chunk(ex, obj, collect)
             if has_text:
-                ex.stream_content_chunks += 1
-                if self._note_tokens:
-                    ex.token_events.append((time.monotonic(), 1))
+                self._text_arrived(ex)
             if obj.get("choices") == [] and obj.get("usage") is not None:
                 if ex.usage_injected:
                     continue  # the client did not ask for it
             elif not has_finish:
-                if relay.held is not None:
-                    out.append(relay.held[0].raw)
-                    relay.held = None
-                out.append(event.raw)
+                _pass_on(relay, out, event)
                 continue
-            if relay.held is not None:
-                out.append(relay.held[0].raw)
-            relay.held = (event, obj)
+            _hold(relay, out, event, obj)
         return False
+
+    def _text_arrived(self, ex: Exchange) -> None:
+        """One more chunk of text (a token, on servers that stream one per chunk)."""
+        ex.stream_content_chunks += 1
+        if self._note_tokens:
+            ex.token_events.append((time.monotonic(), 1))
 
     def note_json(self, ex: Exchange, relay: Relay) -> None:
         """Parse a whole JSON answer and hold it to carry ``energy``."""
@@ -249,6 +239,21 @@ class Relayer:
                 out += relay.tail
         await ex.settled()
         await self.to_client(send, {"type": "http.response.body", "body": out})
+
+
+def _pass_on(relay: Relay, out: list[bytes], event: Event) -> None:
+    """Send ``event`` as it came, after any held one (it did not end the answer)."""
+    if relay.held is not None:
+        out.append(relay.held[0].raw)
+        relay.held = None
+    out.append(event.raw)
+
+
+def _hold(relay: Relay, out: list[bytes], event: Event, obj: Any) -> None:
+    """Hold ``event`` as the one that may end the answer, sending any held before it."""
+    if relay.held is not None:
+        out.append(relay.held[0].raw)
+    relay.held = (event, obj)
 
 
 def decoder_for(encoding: str) -> Any:
