@@ -250,10 +250,9 @@ class Ledger(SpillingLedger):
         """Run one write statement (keys, budgets); the number of rows it changed."""
         if self._writer is None:
             raise LedgerError("the ledger is not open")
-        writer = self._writer
         try:
             async with self._write_lock:
-                count = await writer.call(lambda db: _execute(db, sql, params))
+                count = await self._writer.call(lambda db: _execute(db, sql, params))
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write to the ledger {self.path}: {exc}") from exc
         return count
