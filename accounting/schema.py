@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -230,14 +231,16 @@ _encode_json = msgspec.json.Encoder().encode
 """Compact JSON for the JSON columns (several times faster than ``json.dumps``)."""
 
 
+_column_values = operator.attrgetter(*COLUMNS)
+_JSON_AT = tuple(i for i, name in enumerate(COLUMNS) if name in _JSON_COLUMNS)
+
+
 def row_params(row: LedgerRow) -> tuple[Any, ...]:
     """The INSERT parameters of a row, in :data:`COLUMNS` order."""
-    out: list[Any] = []
-    for name in COLUMNS:
-        value = getattr(row, name)
-        if name in _JSON_COLUMNS:
-            value = _encode_json(value).decode() if value else None
-        out.append(value)
+    # One attrgetter call reads every column (a getattr per column cost ~3x as much).
+    out: list[Any] = list(_column_values(row))
+    for i in _JSON_AT:
+        out[i] = _encode_json(out[i]).decode() if out[i] else None
     return tuple(out)
 
 

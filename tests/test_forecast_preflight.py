@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,10 +156,13 @@ class CountingForecaster(Forecaster):
         return super().predict(model, task, body, prompt_tokens)
 
 
+@pytest.mark.parametrize("loop_runs_first", [True, False], ids=["backend-slow", "backend-fast"])
 @pytest.mark.parametrize("preflight", [True, False])
 async def test_one_prediction_serves_the_preflight_check_and_the_forecast_figure(
-    tmp_path: Path, preflight: bool
+    tmp_path: Path, preflight: bool, loop_runs_first: bool
 ) -> None:
+    """Without pre-flight the forecast is made while the backend works (the loop's next
+    turn); an answer that finishes before that turn still gets it, and only once."""
     path = tmp_path / "l.sqlite3"
     await seeded_with_budget(path, 10 * FORECAST_J)
     async with Ledger(path) as ledger:
@@ -175,6 +179,13 @@ async def test_one_prediction_serves_the_preflight_check_and_the_forecast_figure
         )  # fmt: skip
         await stage.on_arrival(ex)
         await stage.on_admitted(ex)
+        if loop_runs_first:
+            await asyncio.sleep(0)
+            assert ex.forecast_made and forecaster.calls == 1
+        await stage.on_finished(ex)
+        # The answer is rendered right after on_finished, without the loop turning.
+        assert ex.forecast_made and ex.forecast_energy_j is not None
+        await asyncio.sleep(0)  # a prediction still pending would run (twice) now
     assert forecaster.calls == 1
     assert ex.forecast_made and ex.forecast_energy_j == pytest.approx(FORECAST_J, rel=0.05)
     assert ex.scratch == {}  # nothing left behind on the exchange
