@@ -88,7 +88,7 @@ async def serve_here(
     another where clients expect it. With ``kill_on_exit`` the server ends as a
     killed process does: it stops listening and every open connection is reset at
     once, answered or not, instead of being let finish."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
