@@ -5,7 +5,8 @@ python -m bench.serve bare PORT BACKEND_URL      # bench.bare: the least a forwa
 python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
 python -m bench.serve full PORT BACKEND_URL      # every default stage
 
-All of them run under the same uvicorn settings.
+All of them run under the same uvicorn settings; joulegate with its own HTTP protocol
+(:func:`proxy.server.http_protocol`), as `joulegate serve` runs it.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main(argv: list[str]) -> None:
     """Serve until killed."""
     kind, port = argv[0], int(argv[1])
     app: Any
+    http: Any = "httptools"  # uvicorn's own, for the fake backend and the bare forwarder
     if kind == "fake":
         app = FakeBackend()
     elif kind == "bare":
@@ -139,12 +141,13 @@ def main(argv: list[str]) -> None:
         }
         settings = load_settings(env=env)
         app = create_app(settings, components=[] if kind == "gate" else None)
+        http = http_protocol(settings)  # what `joulegate serve` runs
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         log_level="warning",
         access_log=False,
         lifespan="on" if kind != "fake" else "off",

@@ -122,6 +122,7 @@ def _bench_demo(args: argparse.Namespace, folder: Path) -> Iterator[str]:
 
     from proxy.app import create_app
     from proxy.llamacpp import demo_models, free_port, llama_servers
+    from proxy.server import http_protocol
 
     models = demo_models(args.models)
     print(f"starting llama-server for {', '.join(m.title for m in models)} …", file=sys.stderr)
@@ -139,7 +140,7 @@ def _bench_demo(args: argparse.Namespace, folder: Path) -> Iterator[str]:
             host=settings.host,
             port=port,
             loop="uvloop",
-            http="httptools",
+            http=http_protocol(settings),
             lifespan="on",
             access_log=False,
             log_level="warning",
