@@ -212,7 +212,10 @@ class Ledger(SpillingLedger):
         if writer is None or self._write_lock.locked():  # being reopened: the slow way
             return None
         params = row_params(row)
-        return writer.submit(lambda db: _execute(db, INSERT_ROW, params))
+        return writer.submit(
+            lambda db: _execute(db, INSERT_ROW, params),
+            orphaned=lambda exc: self._orphaned(row, exc),
+        )
 
     async def _insert(self, row: LedgerRow) -> None:
         writer = self._writer

@@ -17,7 +17,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,8 @@ class SpillingLedger(abc.ABC):
         self._degraded: str | None = None
         """Why rows are being held (None while the database takes them)."""
         self._retry_task: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()
+        """Rows being held after their request stopped waiting (kept from the GC)."""
 
     # -- what a subclass provides ---------------------------------------------------
 
@@ -119,24 +121,38 @@ class SpillingLedger(abc.ABC):
             if await self._hold(row):
                 return
 
-    def append_soon(self, row: LedgerRow) -> Coroutine[Any, Any, None]:
-        """:meth:`append`, with the commit started before this returns where the
-        driver allows it (the SQLite writer thread): await the result for the row
-        to be in. For a commit that should overlap what the caller does next."""
+    def append_soon(self, row: LedgerRow) -> Awaitable[None]:
+        """:meth:`append`, begun before this returns: await the result for the row to be in.
+
+        Where the driver starts a commit without a wait (the SQLite writer thread) the
+        result is a coroutine that only waits for it, to be awaited in the caller's own
+        task; cancelled, the commit goes on, and a failure then is held as :meth:`append`
+        holds one (:meth:`_orphaned`). Elsewhere it is a task running :meth:`append`."""
         started = None
         if self._takes_rows:
             with contextlib.suppress(*self._db_errors):  # append meets the error again
                 started = self._start_insert(row)
+        if started is None:
+            return asyncio.ensure_future(self.append(row))
         return self._append_started(row, started)
 
-    async def _append_started(self, row: LedgerRow, started: Awaitable[object] | None) -> None:
-        if started is not None:
-            try:
-                await started
-                return
-            except self._db_errors as exc:
-                self._degrade(exc)
-        await self.append(row)
+    async def _append_started(self, row: LedgerRow, started: Awaitable[object]) -> None:
+        try:
+            await started
+        except self._db_errors as exc:
+            self._degrade(exc)
+            await self.append(row)
+
+    def _orphaned(self, row: LedgerRow, exc: BaseException) -> None:
+        """A commit :meth:`append_soon` started failed after its waiter was cancelled:
+        hold the row as :meth:`append` would, in a task of its own."""
+        if not isinstance(exc, self._db_errors):
+            log.error("ledger: recording request %s failed: %s", row.request_id, describe(exc))
+            return
+        self._degrade(exc)
+        task = asyncio.ensure_future(self.append(row))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     @property
     def _takes_rows(self) -> bool:

@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_Call = tuple[asyncio.Future[Any], Callable[[sqlite3.Connection], Any]]
+Orphaned = Callable[[BaseException], None]
+"""Told a call's error when nobody awaits its future any more (it was cancelled)."""
+_Call = tuple[asyncio.Future[Any], Callable[[sqlite3.Connection], Any], Orphaned | None]
 
 
 class SqliteThread:
@@ -50,12 +52,17 @@ class SqliteThread:
         for pragma in self._pragmas:
             db.execute(pragma)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Run ``fn(connection)`` on the thread, starting now; its result, or its error."""
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, orphaned: Orphaned | None = None
+    ) -> asyncio.Future[T]:
+        """Run ``fn(connection)`` on the thread, starting now; its result, or its error.
+
+        Cancelling the future does not stop the call; if it then fails, ``orphaned`` is
+        told the error (in the event loop), as nobody is left to hear it otherwise."""
         if self._closed or self._thread is None:
             raise sqlite3.OperationalError("the ledger's writer is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._calls.put((future, fn))
+        self._calls.put((future, fn, orphaned))
         return future
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -81,29 +88,37 @@ class SqliteThread:
             error = exc
         try:
             while (item := self._calls.get()) is not None:
-                future, fn = item
+                future, fn, orphaned = item
                 if db is None:
-                    _answer(future, None, error)
+                    _answer(future, None, error, orphaned)
                     continue
                 try:
                     result: Any = fn(db)
                 except BaseException as exc:  # handed to the caller, whatever it is
-                    _answer(future, None, exc)
+                    _answer(future, None, exc, orphaned)
                 else:
-                    _answer(future, result, None)
+                    _answer(future, result, None, None)
         finally:
             if db is not None:
                 db.close()
 
 
-def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _answer(
+    future: asyncio.Future[Any], result: Any, error: BaseException | None,
+    orphaned: Orphaned | None,
+) -> None:  # fmt: skip
     """Settle ``future`` from the thread (its loop may have closed meanwhile)."""
     with contextlib.suppress(RuntimeError):
-        future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+        future.get_loop().call_soon_threadsafe(_settle, future, result, error, orphaned)
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any], result: Any, error: BaseException | None,
+    orphaned: Orphaned | None = None,
+) -> None:  # fmt: skip
     if future.done():  # its caller was cancelled: the work was done all the same
+        if error is not None and orphaned is not None:
+            orphaned(error)
         return
     if error is not None:
         future.set_exception(error)

@@ -11,8 +11,8 @@ carbon, ledger, telemetry). The proxy calls every stage's hooks in order:
 
 A stage whose ``on_finished`` work only has to be *done* before the last byte (the
 ledger's commit) hands it over with :meth:`Exchange.before_last_byte` instead of
-awaiting it: the relay renders and sends the rest of the answer meanwhile and
-awaits :meth:`Exchange.settled` just before the last byte.
+awaiting it: the relay renders the rest of the answer meanwhile and awaits
+:meth:`Exchange.settled` just before the last byte.
 
 ``on_finished`` and ``on_closed`` run for every request that passed
 ``on_arrival``, failures and cancellations included, since a cancelled request
@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,22 +144,31 @@ class Exchange:
     trace_id: str | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-stage private state, keyed by stage name."""
-    pending: list[asyncio.Task[None]] = field(default_factory=list)
+    pending: list[Awaitable[None]] = field(default_factory=list)
     """Work handed over in ``on_finished`` that must be done before the last byte."""
 
-    def before_last_byte(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` now, alongside the rest of the answer; its last byte waits for it."""
-        self.pending.append(asyncio.ensure_future(work))
+    def before_last_byte(self, work: Awaitable[None]) -> None:
+        """Hand over ``work``; the answer's last byte waits for it (:meth:`settled`).
+
+        A task (or future) runs on its own meanwhile, and this request being cancelled
+        does not cancel it. A coroutine is awaited in the request's own task, for work
+        already started elsewhere that only has to be waited for (the ledger's commit on
+        its thread): no task of its own, and one loop turn from done to the last byte
+        instead of three. Such a coroutine must see its work through if cancelled."""
+        self.pending.append(work)
 
     async def settled(self) -> None:
         """Wait for the work handed over; a failure is logged (the answer still goes)."""
         while self.pending:
-            task = self.pending.pop(0)
+            work = self.pending.pop(0)
             try:
-                await asyncio.shield(task)
+                if isinstance(work, asyncio.Future):
+                    await asyncio.shield(work)
+                else:
+                    await work
             except asyncio.CancelledError:
-                if not task.done():  # this request was cancelled: the work goes on
-                    raise
+                if not isinstance(work, asyncio.Future) or not work.done():
+                    raise  # this request was cancelled (a task's work goes on)
             except Exception:
                 log.exception("work before the last byte of %s failed", self.request_id)
 

@@ -239,3 +239,27 @@ async def test_a_commit_started_early_that_fails_holds_its_row(tmp_path: Path) -
     finally:
         await ledger.close()
     assert [r["request_id"] for r in db_rows(path)] == ["d1", "d2"]
+
+
+async def test_a_commit_whose_request_was_cancelled_still_holds_its_row_if_it_fails(
+    tmp_path: Path,
+) -> None:
+    """The request awaits its early commit in its own task; cancelled meanwhile (the
+    server stopping), the commit goes on, and when it fails the row is held all the same."""
+    path = tmp_path / "l.sqlite3"
+    ledger = fast(path)
+    await ledger.open(serving=True)
+    try:
+        await ledger.append(row(0))
+        with write_locked(path):  # the commit waits busy_timeout_s, then fails
+            waiter = asyncio.ensure_future(ledger.append_soon(row(1)))
+            await asyncio.sleep(0)  # the waiter now awaits the commit on the writer thread
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await eventually(lambda: ledger.degraded)
+            assert ledger.health()["buffered_rows"] == 1
+        await eventually(lambda: not ledger.degraded)
+    finally:
+        await ledger.close()
+    assert [r["request_id"] for r in db_rows(path)] == ["d0", "d1"]

@@ -62,3 +62,41 @@ async def test_a_file_that_cannot_be_opened_fails_open(tmp_path: Path) -> None:
         await writer.open()
     with pytest.raises(sqlite3.OperationalError):
         writer.submit(lambda db: None)
+
+
+@pytest.mark.parametrize("fails", [True, False])
+async def test_a_cancelled_call_goes_on_and_only_its_failure_is_told(
+    tmp_path: Path, fails: bool
+) -> None:
+    writer = SqliteThread(tmp_path / "w.sqlite3")
+    await writer.open()
+    told: list[BaseException] = []
+    try:
+        await writer.call(lambda db: db.execute("CREATE TABLE t (n INTEGER)"))
+        table = "missing" if fails else "t"
+        waited = writer.submit(
+            lambda db: db.execute(f"INSERT INTO {table} VALUES (1)"), orphaned=told.append
+        )
+        waited.cancel()
+        told_too_early = list(told)
+        # Calls run in order: once the next one is back, the cancelled one has run.
+        count = await writer.call(lambda db: db.execute("SELECT count(*) FROM t").fetchone())
+        await asyncio.sleep(0)  # its answer was queued on the loop before the next one's
+    finally:
+        await writer.close()
+    assert told_too_early == []
+    assert count == (0 if fails else 1,)
+    assert [type(e) for e in told] == ([sqlite3.OperationalError] if fails else [])
+
+
+async def test_a_failure_with_a_waiter_goes_to_the_waiter_alone(tmp_path: Path) -> None:
+    writer = SqliteThread(tmp_path / "w.sqlite3")
+    await writer.open()
+    told: list[BaseException] = []
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await writer.submit(lambda db: db.execute("INSERT INTO missing VALUES (1)"),
+                                orphaned=told.append)  # fmt: skip
+    finally:
+        await writer.close()
+    assert told == []
