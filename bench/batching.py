@@ -21,6 +21,7 @@ in the figures, which is why every comparison alternates.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import statistics
@@ -235,15 +236,29 @@ async def energy_per_token(url: str, rounds: int, max_tokens: int) -> None:
               f"{machine / tokens:>16.4f} {conc:>17.2f}  {round_s}")  # fmt: skip
 
 
-async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> tuple[float, int]:
+def _failure(exc: httpx.HTTPError) -> str:
+    """What a failed request met: the status and error code, or the transport error."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        try:
+            code = exc.response.json()["error"]["code"]
+        except (ValueError, KeyError, TypeError, httpx.ResponseNotRead):
+            code = "?"
+        return f"{exc.response.status_code} {code}"
+    return type(exc).__name__
+
+
+async def _clients(
+    url: str, n: int, seconds: float, max_tokens: int
+) -> tuple[float, collections.Counter[str]]:
     """``n`` clients asking back to back for ``seconds``: output tokens per second,
-    and how many requests failed (llama-server closes a keep-alive connection after a
-    few requests, and a client may have just reused it: counted, not retried)."""
+    and what the failed requests met (llama-server closes a keep-alive connection after
+    a few requests, and a client may have just reused it: counted, not retried)."""
     deadline = time.perf_counter() + seconds
-    tokens = errors = 0
+    tokens = 0
+    errors: collections.Counter[str] = collections.Counter()
 
     async def client(c: httpx.AsyncClient, i: int) -> None:
-        nonlocal tokens, errors
+        nonlocal tokens
         k = i
         while time.perf_counter() < deadline:
             try:
@@ -251,8 +266,8 @@ async def _clients(url: str, n: int, seconds: float, max_tokens: int) -> tuple[f
                 # loses what the other clients added meanwhile.
                 got = await ask(c, url, PROMPTS[k % len(PROMPTS)], k % 2 == 0, max_tokens)
                 tokens += got
-            except httpx.HTTPError:
-                errors += 1
+            except httpx.HTTPError as exc:
+                errors[_failure(exc)] += 1
             k += n
 
     t = time.perf_counter()
@@ -268,7 +283,10 @@ async def throughput(url: str, rounds: int, seconds: float, max_tokens: int) -> 
     with spawn_process(["bench.serve", "full", "PORT", url], env) as (proxied, pid):
         await _clients(proxied, 8, 2.0, max_tokens)  # warm both up
         rates: dict[str, list[float]] = {"direct": [], "joulegate": []}
-        errors = {"direct": 0, "joulegate": 0}
+        errors: dict[str, collections.Counter[str]] = {
+            "direct": collections.Counter(),
+            "joulegate": collections.Counter(),
+        }
         proxy_cpu_s: list[float] = []
         for k in range(rounds):
             order = [("direct", url), ("joulegate", proxied)]
@@ -283,7 +301,10 @@ async def throughput(url: str, rounds: int, seconds: float, max_tokens: int) -> 
     print(f"{'path':>10} {'out tokens/s (each round)':>40} {'median':>8} {'failed':>7}")
     for name, xs in rates.items():
         each = " ".join(f"{x:.1f}" for x in xs)
-        print(f"{name:>10} {each:>40} {statistics.median(xs):>8.1f} {errors[name]:>7}")
+        failed = errors[name]
+        what = ", ".join(f"{k} x {v}" for k, v in failed.most_common())
+        print(f"{name:>10} {each:>40} {statistics.median(xs):>8.1f} {failed.total():>7}"
+              f"{'  (' + what + ')' if what else ''}")  # fmt: skip
     print(f"joulegate's own CPU per round: {' '.join(f'{x:.2f}' for x in proxy_cpu_s)} s")
     ratio = statistics.median(rates["joulegate"]) / statistics.median(rates["direct"])
     print(f"joulegate / direct: {ratio:.1%} (target >= 95%)")

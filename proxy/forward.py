@@ -350,7 +350,7 @@ class Forwarder:
                 relay.streaming = "raw"
                 await self._relay.start_stream(ex, relay, send)
                 async for chunk in response.content.iter_any():
-                    await self._relay.send_body(send, chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise backend_error(exc, where, connecting=False) from exc

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent
 
 from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
@@ -58,20 +59,14 @@ class Relayer:
         # When each token arrived matters only for sharing overlapping windows.
         self._note_tokens = settings.max_concurrency > 1
 
-    async def to_client(self, send: BoundedSend, message: Any) -> None:
-        """Send to the client; one that reads nothing for ``write_timeout_s`` (its
-        socket buffer full) loses the answer instead of holding the slot forever
-        (:class:`~proxy.bounded.ClientStalled`, raised by ``send``)."""
-        await send(message)
-
-    async def send_body(self, send: BoundedSend, data: bytes) -> None:
-        """One more piece of the body (bounded by ``write_timeout_s``)."""
-        await self.to_client(send, {"type": "http.response.body", "body": data, "more_body": True})
+    # Every send below goes through a BoundedSend: a client that reads nothing for
+    # write_timeout_s (its socket buffer full) loses the answer instead of holding the
+    # slot forever (ClientStalled). It is called directly, not through a helper: a
+    # 20-chunk stream would pay a coroutine per level per chunk.
 
     async def start_stream(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
         """Send the status and headers of a streamed answer (energy comes in the body)."""
-        await self.to_client(
-            send,
+        await send(
             {
                 "type": "http.response.start",
                 "status": relay.status,
@@ -112,7 +107,7 @@ class Relayer:
                         ex.token_events.append((time.monotonic(), 1))
                 out.append(line + b"\n")
             if out:
-                await self.send_body(send, b"".join(out))
+                await send(_piece(b"".join(out)))
         relay.tail = buf
 
     async def relay_stream(
@@ -129,7 +124,7 @@ class Relayer:
             out: list[bytes] = []
             done = self._stream_events(ex, splitter.feed(chunk), relay, out, collect)
             if out:
-                await self.send_body(send, b"".join(out))
+                await send(_piece(b"".join(out)))
             if done:
                 return
         rest = splitter.rest()
@@ -211,10 +206,14 @@ class Relayer:
         figures = figure_headers(ex) | ex.response_headers
         headers += [(k.encode(), v.encode()) for k, v in figures.items()]
         headers.append((b"content-length", str(len(body)).encode()))
-        start = {"type": "http.response.start", "status": relay.status, "headers": headers}
-        await self.to_client(send, start)
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": relay.status,
+            "headers": headers,
+        }
+        await send(start)
         await ex.settled()
-        await self.to_client(send, {"type": "http.response.body", "body": body})
+        await send(_last_piece(body))
 
     async def finish_stream(
         self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
@@ -238,7 +237,17 @@ class Relayer:
             else:
                 out += relay.tail
         await ex.settled()
-        await self.to_client(send, {"type": "http.response.body", "body": out})
+        await send(_last_piece(out))
+
+
+def _piece(data: bytes) -> HTTPResponseBodyEvent:
+    """One more piece of a streamed body."""
+    return {"type": "http.response.body", "body": data, "more_body": True}
+
+
+def _last_piece(data: bytes) -> HTTPResponseBodyEvent:
+    """The body's last piece (the last byte, that waits for the ledger's commit)."""
+    return {"type": "http.response.body", "body": data, "more_body": False}
 
 
 def _pass_on(relay: Relay, out: list[bytes], event: Event) -> None:
