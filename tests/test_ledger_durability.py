@@ -4,14 +4,18 @@ on either ledger (a SQLite file, or PostgreSQL as a fleet of hosts shares it).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
+from accounting import LedgerRow
+from accounting.ledger import BACKSTOP_PAGES, Ledger
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
 from tests.ledger_support import Store
@@ -71,3 +75,40 @@ async def test_sigkill_right_after_the_responses_loses_no_row(tmp_path: Path, st
     assert len(rows) == N
     assert {r["status"] for r in rows} == {200}
     assert sum(r["stream"] for r in rows) == N // 2
+
+
+def _rows_in_file_alone(path: Path, copy: Path) -> int:
+    """Rows in the database file itself, without its WAL (what a copy of the file holds)."""
+    copy.write_bytes(path.read_bytes())
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        count: int = db.execute("SELECT count(*) FROM requests").fetchone()[0]
+        return count
+
+
+async def test_a_serving_ledger_moves_committed_rows_into_its_file_in_the_background(
+    tmp_path: Path,
+) -> None:
+    """A commit no longer checkpoints the WAL (which held every ~200th answer a few ms):
+    the serving ledger does it in the background, so the file catches up all the same."""
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path, checkpoint_s=0.05)
+    await ledger.open(serving=True)
+    try:
+        for n in range(30):
+            await ledger.append(LedgerRow(request_id=f"c{n}", ts=f"2026-12-04T00:00:{n:02d}.0Z",
+                                          endpoint="chat/completions"))  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + 5
+        while _rows_in_file_alone(path, tmp_path / "copy.sqlite3") < 30:
+            assert asyncio.get_running_loop().time() < deadline, "the WAL was never moved in"
+            await asyncio.sleep(0.05)
+        # What the commits themselves would do: only past the backstop, far beyond SQLite's
+        # default of 1,000 pages.
+        writer_pages = await ledger.writer_setting("wal_autocheckpoint")
+    finally:
+        await ledger.close()
+    assert writer_pages == BACKSTOP_PAGES > 1000
+
+
+async def test_a_ledger_opened_by_a_command_keeps_sqlites_own_checkpoints(tmp_path: Path) -> None:
+    async with Ledger(tmp_path / "l.sqlite3") as ledger:
+        assert await ledger.writer_setting("wal_autocheckpoint") == 1000
