@@ -348,9 +348,7 @@ class Forwarder:
                         )
             else:  # anything else of unknown length (audio, …) streams through as it is
                 relay.streaming = "raw"
-                await self._relay.start_stream(ex, relay, send)
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await self._relay.relay_raw(ex, response.content.iter_any(), relay, send)
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise backend_error(exc, where, connecting=False) from exc

@@ -51,18 +51,19 @@ class Relay:
 
 
 class Relayer:
-    """Sends the backend's answer on to the client, in the shape it arrives in."""
+    """Sends the backend's answer on to the client, in the shape it arrives in.
+
+    Every ``send`` is a :class:`~proxy.bounded.BoundedSend`: a client that reads nothing
+    for ``write_timeout_s`` (its socket buffer full) loses the answer instead of holding
+    the slot forever (``ClientStalled``). It is called directly, not through a helper: a
+    20-chunk stream would pay a coroutine per level per chunk.
+    """
 
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self._s = settings
         self._pipeline = pipeline
         # When each token arrived matters only for sharing overlapping windows.
         self._note_tokens = settings.max_concurrency > 1
-
-    # Every send below goes through a BoundedSend: a client that reads nothing for
-    # write_timeout_s (its socket buffer full) loses the answer instead of holding the
-    # slot forever (ClientStalled). It is called directly, not through a helper: a
-    # 20-chunk stream would pay a coroutine per level per chunk.
 
     async def start_stream(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
         """Send the status and headers of a streamed answer (energy comes in the body)."""
@@ -79,6 +80,14 @@ class Relayer:
             },
         )
         relay.started = True
+
+    async def relay_raw(
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
+    ) -> None:
+        """Anything else of unknown length (audio, …), byte for byte as it arrives."""
+        await self.start_stream(ex, relay, send)
+        async for chunk in chunks:
+            await send(_piece(chunk))
 
     async def relay_lines(
         self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend

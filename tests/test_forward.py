@@ -16,7 +16,7 @@ from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.llamacpp import free_port
 from tests.fake_backend import FakeBackend
-from tests.support import JoulegateApp, sse_events
+from tests.support import JoulegateApp, serve, sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -511,3 +511,40 @@ async def test_http_1_0_clients_get_streams_close_delimited_not_chunked(
     length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
                  .split(b":")[1])  # fmt: skip
     assert length == len(body) and "energy" in json.loads(body)
+
+
+class _Speech:
+    """A backend whose ``/v1/audio/speech`` answer is audio of unknown length, sent in
+    pieces; the second piece only once the test lets it go."""
+
+    def __init__(self) -> None:
+        self.more = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"audio/mpeg"), (b"x-voice", b"alloy")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ID3\x00\x01", "more_body": True})
+        await self.more.wait()
+        await send({"type": "http.response.body", "body": b"\xff\xfb\x90", "more_body": False})
+
+
+async def test_an_answer_of_unknown_length_streams_through_byte_for_byte(
+    joulegate_app: JoulegateApp,
+) -> None:
+    speech = _Speech()
+    async with (
+        serve(speech, lifespan="off") as url,
+        joulegate_app(url) as jg,
+        httpx.AsyncClient(base_url=jg.url, timeout=10) as c,
+        c.stream("POST", "/v1/audio/speech", json={"model": "tts", "input": "hi"}) as r,
+    ):
+        pieces = r.aiter_raw()
+        first = await anext(pieces)  # before the backend has sent the rest
+        speech.more.set()
+        rest = b"".join([piece async for piece in pieces])
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "audio/mpeg" and r.headers["x-voice"] == "alloy"
+    assert "x-request-id" in r.headers
+    assert first == b"ID3\x00\x01" and rest == b"\xff\xfb\x90"
