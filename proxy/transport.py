@@ -48,16 +48,21 @@ class BackendTransport:
         """The backend's response (headers read, body not yet); joulegate's errors."""
         session = self._gated if out.gated else self._other
         data = out.body if out.body or out.method not in ("GET", "HEAD") else None
-        try:
-            return await session.request(
-                out.method,
-                yarl.URL(out.url, encoded=True),
-                headers=list(out.headers),
-                data=data,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise backend_error(exc, where, connecting=True) from exc
+        url = yarl.URL(out.url, encoded=True)
+        for attempt in (1, 2):
+            try:
+                return await session.request(
+                    out.method, url, headers=list(out.headers), data=data, allow_redirects=False
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # Closed before any answer: most often a kept-alive connection the backend
+                # dropped just as it was reused (llama-server does), so the request never
+                # reached it. aiohttp retries only idempotent methods; inference is POST.
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise backend_error(exc, where, connecting=True) from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise backend_error(exc, where, connecting=True) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def backend_error(exc: BaseException, where: str, *, connecting: bool) -> ProxyError:

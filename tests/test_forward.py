@@ -548,3 +548,54 @@ async def test_an_answer_of_unknown_length_streams_through_byte_for_byte(
     assert r.headers["content-type"] == "audio/mpeg" and r.headers["x-voice"] == "alloy"
     assert "x-request-id" in r.headers
     assert first == b"ID3\x00\x01" and rest == b"\xff\xfb\x90"
+
+
+@contextlib.asynccontextmanager
+async def _closing_keep_alive() -> AsyncIterator[tuple[str, list[int]]]:
+    """A backend that answers the first request on each connection (keep-alive) and
+    closes the connection, unanswered, when a second request comes on it (as a server
+    does that drops idle keep-alive connections just as the client reuses one). Yields
+    its URL and how many requests each connection got."""
+    per_connection: list[int] = []
+    body = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        per_connection.append(0)
+        k = len(per_connection) - 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+                await reader.readexactly(length)
+                per_connection[k] += 1
+                if per_connection[k] > 1:
+                    return  # closed, the request unanswered
+                status = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                writer.write(status + b"content-length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}", per_connection
+
+
+async def test_a_kept_alive_connection_the_backend_closed_is_retried_on_a_fresh_one(
+    joulegate_app: JoulegateApp,
+) -> None:
+    async with (
+        _closing_keep_alive() as (url, per_connection),
+        joulegate_app(url) as jg,
+        httpx.AsyncClient(base_url=jg.url, timeout=10) as c,
+    ):
+        answers = [await c.post("/v1/chat/completions", json=CHAT) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    # Requests 2 and 3 each met a reused connection that the backend closed under them
+    # and went again on a fresh one: no connection carried more than those two requests.
+    assert sorted(n for n in per_connection if n)[-2:] == [2, 2]
+    assert max(per_connection) == 2
