@@ -69,7 +69,7 @@ def run_server(settings: Settings) -> None:
     from proxy.server import http_protocol
 
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, freeze_startup_heap=True),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
