@@ -185,8 +185,12 @@ def _methods(seen: list[Exchange]) -> str:
 
 async def energy_per_token(url: str, rounds: int, max_tokens: int) -> None:
     """Parts (a) and (b): two joulegates (1 and 4 slots) before one ``--parallel 4``."""
+    with tempfile.TemporaryDirectory(prefix="joulegate-bench-batching-") as data:
+        await _energy_per_token(url, rounds, max_tokens, data)
+
+
+async def _energy_per_token(url: str, rounds: int, max_tokens: int, data: str) -> None:
     probes = {1: Probe(), 4: Probe()}
-    data = tempfile.mkdtemp(prefix="joulegate-bench-batching-")
 
     def settings(slots: int) -> Settings:
         ledger = LedgerSettings(path=os.path.join(data, f"ledger-{slots}.sqlite3"))

@@ -123,7 +123,12 @@ async def serve_here(
 
 
 def main(argv: list[str]) -> None:
-    """Serve until killed."""
+    """Serve until terminated; joulegate's ledger folder goes with it."""
+    with contextlib.ExitStack() as stack:
+        _serve(argv, stack)
+
+
+def _serve(argv: list[str], stack: contextlib.ExitStack) -> None:
     kind, port = argv[0], int(argv[1])
     app: Any
     http: Any = "httptools"  # uvicorn's own, for the fake backend and the bare forwarder
@@ -132,7 +137,7 @@ def main(argv: list[str]) -> None:
     elif kind == "bare":
         app = BareForwarder(argv[2])
     else:
-        data = tempfile.mkdtemp(prefix="joulegate-bench-")
+        data = stack.enter_context(tempfile.TemporaryDirectory(prefix="joulegate-bench-"))
         env = {
             **{k: v for k, v in os.environ.items() if k.startswith("JOULEGATE_")},
             "JOULEGATE_BACKEND_URL": argv[2],
@@ -140,8 +145,11 @@ def main(argv: list[str]) -> None:
             "JOULEGATE_LOG_LEVEL": "warning",
         }
         settings = load_settings(env=env)
-        app = create_app(settings, components=[] if kind == "gate" else None)
-        http = http_protocol(settings)  # what `joulegate serve` runs
+        # As `joulegate serve` runs it: its protocol, its start-up heap frozen.
+        app = create_app(
+            settings, components=[] if kind == "gate" else None, freeze_startup_heap=True
+        )
+        http = http_protocol(settings)
     uvicorn.run(
         app,
         host="127.0.0.1",
