@@ -220,20 +220,38 @@ class Stage:
         """After the last byte or the disconnect."""
 
 
+def _hooked(stages: list[Stage], hook: str) -> tuple[tuple[int, Stage], ...]:
+    """The stages (with their place in ``stages``) whose ``hook`` does something."""
+    base = getattr(Stage, hook)
+    return tuple((i, s) for i, s in enumerate(stages) if getattr(type(s), hook, base) is not base)
+
+
 @dataclass(slots=True)
 class Pipeline:
-    """The stages, in order; the proxy calls them for each request."""
+    """The stages, in order; the proxy calls them for each request.
+
+    A stage pays only for the hooks it overrides: each hook's stages are listed once,
+    so a request does not await the other stages' empty ones (seven stages, four hooks).
+    """
 
     stages: list[Stage] = field(default_factory=list)
+    _arrival: tuple[tuple[int, Stage], ...] = field(init=False, repr=False)
+    _admitted: tuple[Stage, ...] = field(init=False, repr=False)
+    _finished: tuple[Stage, ...] = field(init=False, repr=False)
+    _closed: tuple[tuple[int, Stage], ...] = field(init=False, repr=False)
+    wants_content: bool = field(init=False)
+    """Whether any stage needs response text collected."""
 
-    @property
-    def wants_content(self) -> bool:
-        """Whether any stage needs response text collected."""
-        return any(s.wants_content for s in self.stages)
+    def __post_init__(self) -> None:
+        self._arrival = _hooked(self.stages, "on_arrival")
+        self._admitted = tuple(s for _, s in _hooked(self.stages, "on_admitted"))
+        self._finished = tuple(s for _, s in _hooked(self.stages, "on_finished"))
+        self._closed = _hooked(self.stages, "on_closed")
+        self.wants_content = any(s.wants_content for s in self.stages)
 
     async def arrival(self, ex: Exchange) -> None:
         """Run every stage's ``on_arrival``; the first refusal propagates."""
-        for i, s in enumerate(self.stages):
+        for i, s in self._arrival:
             ex.scratch["_arrived"] = i
             await s.on_arrival(ex)
         ex.scratch["_arrived"] = len(self.stages)
@@ -241,7 +259,10 @@ class Pipeline:
     async def refused(self, ex: Exchange) -> None:
         """A stage refused the request: close it for the stages that had seen it
         (and the refusing one), so refusals still show up in telemetry."""
-        for s in self.stages[: ex.scratch.get("_arrived", 0) + 1]:
+        last = ex.scratch.get("_arrived", 0)
+        for i, s in self._closed:
+            if i > last:
+                break
             try:
                 await s.on_closed(ex)
             except Exception:
@@ -249,12 +270,12 @@ class Pipeline:
 
     async def admitted(self, ex: Exchange) -> None:
         """Run every stage's ``on_admitted``."""
-        for s in self.stages:
+        for s in self._admitted:
             await s.on_admitted(ex)
 
     async def finished(self, ex: Exchange) -> None:
         """Run every stage's ``on_finished``; one stage failing does not stop the rest."""
-        for s in self.stages:
+        for s in self._finished:
             try:
                 await s.on_finished(ex)
             except Exception:
@@ -262,7 +283,7 @@ class Pipeline:
 
     async def closed(self, ex: Exchange) -> None:
         """Run every stage's ``on_closed``; one stage failing does not stop the rest."""
-        for s in self.stages:
+        for _, s in self._closed:
             try:
                 await s.on_closed(ex)
             except Exception:
