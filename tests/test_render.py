@@ -110,3 +110,24 @@ def test_a_shared_windows_components_power_and_range_are_scaled_to_the_share() -
     assert (headers["x-energy-gpu-j"], headers["x-energy-cpu-j"]) == ("75.000", "25.000")
     assert ex.energy_by_component_j == {"gpu": 75.0, "cpu": 25.0}  # what the ledger stores
     assert (ex.energy_low_j, ex.energy_high_j) == (95.0, 105.0)
+
+
+@given(
+    energy_j=st.floats(min_value=0.0, max_value=1e12, allow_nan=False),
+    forecast_j=st.floats(min_value=0.0, max_value=1e12, allow_nan=False),
+)
+def test_body_figures_are_the_exchanges_to_six_decimals(energy_j: float, forecast_j: float) -> None:
+    """Whatever the magnitude: within half a unit of the sixth decimal of the exchange's
+    figure, and with no more decimals than that (no float noise in the JSON)."""
+    ex = _exchange()
+    ex.forecast_made, ex.forecast_energy_j = True, forecast_j
+    record_fake_measurement(ex, energy_j=energy_j, dynamic_j=None, components_j={"gpu": energy_j})
+    body = energy_object(ex)
+    for shown, exact in (
+        (body["energy_j"], energy_j),
+        (body["components"]["gpu"]["energy_j"], energy_j),
+        (body["forecast_energy_j"], forecast_j),
+    ):
+        assert abs(shown - exact) <= 0.5e-6 + abs(exact) * 1e-15
+        assert shown == round(shown, 6)
+    assert body["duration_ms"] == 2000.0 and body["queue_ms"] == 500.0
