@@ -7,8 +7,8 @@ stage keeps only what still matters: the trace id on the ledger row and a
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 
 from proxy.exchange import Exchange, Stage
 
@@ -29,5 +29,13 @@ class TraceContextStage(Stage):
         if found and found.group(1) != "0" * 32:
             ex.trace_id = found.group(1)
             return
-        ex.trace_id = secrets.token_hex(16)
-        ex.backend_headers["traceparent"] = f"00-{ex.trace_id}-{secrets.token_hex(8)}-01"
+        ex.trace_id = f"{_nonzero_bits(128):032x}"
+        ex.backend_headers["traceparent"] = f"00-{ex.trace_id}-{_nonzero_bits(64):016x}-01"
+
+
+def _nonzero_bits(n: int) -> int:
+    """``n`` random bits, never all zero (W3C: an all-zero id is invalid). Trace ids need
+    to be unique, not secret: OpenTelemetry's own generator draws them like this too."""
+    while not (bits := random.getrandbits(n)):
+        pass
+    return bits
