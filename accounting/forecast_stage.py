@@ -11,9 +11,9 @@ the ledger is (refitting every 200 requests on 200,000 rows cost each a thousand
 
 At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
-the model's backend has been counting (:mod:`accounting.prompt_size`). Nothing before
-the backend needs the figure, so it is worked out while the backend works on the
-request (the loop's next turn), or at ``on_finished`` if the answer came first. It goes in
+the model's backend has been counting (:mod:`accounting.prompt_size`). (Made in the
+loop's next turn instead, while the backend works, it delayed the backend's answer as
+much: the benchmark's timestamps showed no gain.) It goes in
 ``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
 there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
@@ -212,34 +212,23 @@ class ForecastStage(Stage):
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Put the forecast on the exchange (rendered in the ``energy`` object and a header):
-        the one pre-flight made at arrival when there was one, else a new one, made while
-        the backend works on the request (nothing before the backend needs it)."""
+        the one pre-flight made at arrival when there was one, else a new one."""
         if not ex.gated:
             return
         prediction = ex.scratch.pop(self.name, None)
-        if isinstance(prediction, Prediction) or ex.model_requested is None:
-            _put(ex, prediction)
-            return
-        # call_soon callbacks run once the forwarder awaits the backend's answer.
-        ex.scratch[self.name] = asyncio.get_running_loop().call_soon(self._predict, ex)
+        if not isinstance(prediction, Prediction) and ex.model_requested is not None:
+            prediction = self._predicted(ex, ex.model_requested)
+        energy = None if prediction is None else prediction.energy_j
+        ex.forecast_made = True
+        ex.forecast_energy_j = None if energy is None else energy.p50
 
-    def _predict(self, ex: Exchange) -> None:
-        ex.scratch.pop(self.name, None)
-        if ex.model_requested is None:  # pragma: no cover - checked before scheduling
-            return
+    def _predicted(self, ex: Exchange, model: str) -> Prediction | None:
+        """The forecast, or None (logged) should it fail: the request goes on without it."""
         try:
-            prediction = self._f.predict(ex.model_requested, ex.task, ex.body)
+            return self._f.predict(model, ex.task, ex.body)
         except Exception:
             log.exception("forecasting %s failed", ex.request_id)
-            prediction = None
-        _put(ex, prediction)
-
-    async def on_finished(self, ex: Exchange) -> None:
-        """Make the forecast now if the answer came before the loop got to it."""
-        pending = ex.scratch.get(self.name)
-        if isinstance(pending, asyncio.Handle):
-            pending.cancel()
-            self._predict(ex)
+            return None
 
     async def on_closed(self, ex: Exchange) -> None:
         """Count the request towards the next refit (closed: its row is committed by now)."""
@@ -250,12 +239,6 @@ class ForecastStage(Stage):
                 self._f.note_prompt(ex.model_served or ex.model_requested, ex.body,
                                     ex.prompt_tokens)  # fmt: skip
             self._f.note_finished()
-
-
-def _put(ex: Exchange, prediction: Prediction | None) -> None:
-    energy = None if prediction is None else prediction.energy_j
-    ex.forecast_made = True
-    ex.forecast_energy_j = None if energy is None else energy.p50
 
 
 def forecast_component(

@@ -161,8 +161,8 @@ class CountingForecaster(Forecaster):
 async def test_one_prediction_serves_the_preflight_check_and_the_forecast_figure(
     tmp_path: Path, preflight: bool, loop_runs_first: bool
 ) -> None:
-    """Without pre-flight the forecast is made while the backend works (the loop's next
-    turn); an answer that finishes before that turn still gets it, and only once."""
+    """One prediction per request, made by admission, whether the loop turns before the
+    answer comes (a slow backend) or not (a fast one)."""
     path = tmp_path / "l.sqlite3"
     await seeded_with_budget(path, 10 * FORECAST_J)
     async with Ledger(path) as ledger:
