@@ -68,7 +68,6 @@ from proxy.wire import (
 
 log = logging.getLogger("joulegate.proxy")
 
-
 __all__ = ["Forwarder"]
 
 

@@ -26,16 +26,13 @@ NO_ENERGY = "no energy measurement for this request"
 """Why ``co2e_g`` is null: the request has no energy figure to multiply."""
 
 
-_SCALES = {3: 1e3, 6: 1e6, 9: 1e9}
-
-
 def _r(value: float | None, digits: int = 6) -> float | None:
     """``value`` to ``digits`` decimals. Scaled to an integer and back, which agrees with
     ``round(value, digits)`` but where ``value`` lies within a float step of a half, at a
     quarter of its cost (~60 against ~240 ns; an answer has some 25 of them)."""
     if value is None:
         return None
-    scale = _SCALES.get(digits) or 10.0**digits
+    scale = 10.0**digits  # exact for these powers of ten
     if -1e6 < value < 1e6:  # scaled, still well inside a float's exact integers
         return round(value * scale) / scale
     return round(value, digits)
