@@ -1,8 +1,8 @@
-"""Real clients read the energy: the README's lines, run as written, against joulegate.
+"""Real clients read the energy: the docs' lines, run as written, against joulegate.
 
-Each client's block under "Reading the energy from each client" in README.md is run
+Each client's block in docs/guides/clients.md ("Reading the energy from each client") is run
 against joulegate (in front of the fake backend, on a real loopback port), with the
-README's URL swapped for the test's; the figure it reads must be the ledger's for that
+docs' URL swapped for the test's; the figure it reads must be the ledger's for that
 request. The OpenAI SDKs' retries are checked here too: a budget 429 is final.
 """
 
@@ -41,11 +41,10 @@ from tests.support import serve
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "guides" / "clients.md"
 NODE_DIR = ROOT / "tests" / "node"
-README_URL = "http://127.0.0.1:8400"
-SECTION = "### Reading the energy from each client"
-# Which README block each table row's line must be in (by the row's first cell).
+DOCS_URL = "http://127.0.0.1:8400"
+# Which docs block each table row's line must be in (by the row's first cell).
 TABLE_CLIENTS = {
     "OpenAI Python": "openai-python",
     "OpenAI Node": "openai-node",
@@ -57,17 +56,16 @@ TABLE_CLIENTS = {
 
 
 def section() -> str:
-    text = README.read_text()
-    start = text.index(SECTION)
-    return text[start : text.index("\n### ", start + 1)]
+    """The Clients page of the docs, where the tested lines live."""
+    return PAGE.read_text()
 
 
-def readme_block(name: str) -> str:
+def docs_block(name: str) -> str:
     """The code block under ``<!-- client-test: name -->``."""
     found = re.search(
         rf"<!-- client-test: {re.escape(name)} -->\n```\w+\n(.*?)```", section(), re.S
     )
-    assert found, f"README has no block for {name}"
+    assert found, f"docs/guides/clients.md has no block for {name}"
     return found.group(1)
 
 
@@ -87,7 +85,7 @@ def test_every_line_in_the_readme_table_is_in_the_block_its_test_runs() -> None:
     rows = table_lines()
     assert {first for first, _ in rows} == set(TABLE_CLIENTS)
     for first, code in rows:
-        assert code in readme_block(TABLE_CLIENTS[first]), (first, code)
+        assert code in docs_block(TABLE_CLIENTS[first]), (first, code)
 
 
 # -- joulegate with real meters' figures, keys and a ledger ----------------------------------
@@ -159,44 +157,44 @@ async def joulegate(tmp_path: Path, *, budget_spent: bool = False) -> AsyncItera
 
 
 def run_python(block: str, served: Served) -> dict[str, Any]:
-    """Run a README block as a script (in a thread: joulegate serves on this loop)."""
+    """Run a docs block as a script (in a thread: joulegate serves on this loop)."""
     namespace: dict[str, Any] = {"KEY": served.key}
-    exec(compile(block.replace(README_URL, served.url), "README.md", "exec"), namespace)
+    exec(compile(block.replace(DOCS_URL, served.url), "docs/guides/clients.md", "exec"), namespace)
     return namespace
 
 
 async def test_openai_python(tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
-        ns = await asyncio.to_thread(run_python, readme_block("openai-python"), served)
+        ns = await asyncio.to_thread(run_python, docs_block("openai-python"), served)
     assert_read(served, [ns["energy_j"], ns["stream_energy_j"], ns["helper_energy_j"]])
-    assert "energy" not in ns["final"].model_extra  # as the README says: hence the look-up
+    assert "energy" not in ns["final"].model_extra  # as the docs say: hence the look-up
 
 
 async def test_langchain_chat_openai(tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
-        ns = await asyncio.to_thread(run_python, readme_block("langchain"), served)
+        ns = await asyncio.to_thread(run_python, docs_block("langchain"), served)
     assert_read(served, [ns["energy_j"], ns["stream_energy_j"]], header=0)
 
 
 async def test_litellm_sdk(tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
-        ns = await asyncio.to_thread(run_python, readme_block("litellm"), served)
+        ns = await asyncio.to_thread(run_python, docs_block("litellm"), served)
     assert_read(served, [ns["energy_j"], ns["stream_energy_j"]])
 
 
 async def test_ollama_python_client_on_the_native_api(tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
-        ns = await asyncio.to_thread(run_python, readme_block("ollama"), served)
+        ns = await asyncio.to_thread(run_python, docs_block("ollama"), served)
         ns["client"].close()  # unlike the OpenAI SDK's, its HTTP client is not closed when freed
     assert_read(served, [ns["energy_j"], ns["stream_energy_j"]])
-    assert "energy" not in ns["reply"].model_dump()  # as the README says: hence the look-up
+    assert "energy" not in ns["reply"].model_dump()  # as the docs say: hence the look-up
     assert [r["endpoint"] for r in db_rows(served.ledger_path)] == ["chat", "chat"]
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
 async def test_curl(tmp_path: Path) -> None:
     async with joulegate(tmp_path) as served:
-        out = await run(["bash", "-c", readme_block("curl").replace(README_URL, served.url)],
+        out = await run(["bash", "-c", docs_block("curl").replace(DOCS_URL, served.url)],
                         env={**os.environ, "KEY": served.key})  # fmt: skip
     assert_read(served, [float(out)])
 
@@ -242,7 +240,7 @@ async def run_node(node_dir: Path, script: str, served: Served) -> Any:
     A script still running after :data:`NODE_HANG_S` is killed: an SDK that sleeps until
     a budget resets would otherwise hold the test for hours.
     """
-    source = f"const KEY = {json.dumps(served.key)};\n" + script.replace(README_URL, served.url)
+    source = f"const KEY = {json.dumps(served.key)};\n" + script.replace(DOCS_URL, served.url)
     proc = await asyncio.create_subprocess_exec(
         "node", "--input-type=module", "-", cwd=node_dir,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -261,7 +259,7 @@ NODE_HANG_S = 120
 
 
 async def test_openai_node(node_sdk: Path, tmp_path: Path) -> None:
-    script = readme_block("openai-node") + (
+    script = docs_block("openai-node") + (
         "console.log(JSON.stringify([energyJ, streamEnergyJ, helperEnergyJ]));\n"
     )
     async with joulegate(tmp_path) as served:
