@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -74,9 +75,23 @@ def test_description_names_the_meter_and_flags_are_consistent(meter: Meter) -> N
     assert all(isinstance(v, float) for v in meter.temperatures_c().values())
 
 
-def test_close_twice_is_harmless(meter: Meter) -> None:
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_close_twice_releases_every_descriptor_once(kind: str, tmp_path: Path) -> None:
+    """A meter kept open for a sampler's lifetime (RAPL's counter files, the estimate's
+    ``/proc/stat``) gives every descriptor back on close, and a second close (shutdown
+    after a failed start) neither raises nor closes someone else's descriptor."""
+    before = _open_fds()
+    meter = FACTORIES[kind](tmp_path)
+    meter.read()
     meter.close()
+    after_first = _open_fds()
     meter.close()
+    assert after_first <= before, f"{kind} left {sorted(after_first - before)} open"
+    assert _open_fds() == after_first
 
 
 @pytest.mark.parametrize("counter", [True, False], ids=["nvml-counter", "nvml-power"])

@@ -34,8 +34,12 @@ def test_rewritten_event_keeps_its_separator() -> None:
 
 def test_an_unfinished_event_is_kept_as_the_rest() -> None:
     sp = EventSplitter()
-    assert list(sp.feed(b'data: {"a":1}\n\ndata: {"b"')) != []
+    (done,) = sp.feed(b'data: {"a":1}\n\ndata: {"b"')
+    assert (done.raw, done.data) == (b'data: {"a":1}\n\n', b'{"a":1}')
     assert sp.rest() == b'data: {"b"'
+    (late,) = sp.feed(b":2}\n\n")  # the rest is completed by the next chunk
+    assert late.decoded() == {"b": 2}
+    assert sp.rest() == b""
 
 
 def reference_data(block: bytes) -> bytes | None:

@@ -446,7 +446,12 @@ async def test_device_instruments_are_quiet_without_usable_meters(
 ) -> None:
     if meters is not None:
         rig.extra.append(powering(meters))
-    async with joulegate(fake.url, rig.components()):
+    async with joulegate(fake.url, rig.components()) as jg, httpx.AsyncClient() as c:
+        await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        await rig.done.wait(2)
+        # A collection did happen (the request's tokens are there), and in it the
+        # device instruments reported nothing rather than zeros or a made-up device.
+        assert rig.points("gen_ai.client.token.usage") != []
         assert rig.points("hw.power") == []
         assert rig.points("hw.energy") == []
 

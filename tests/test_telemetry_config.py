@@ -46,7 +46,11 @@ def test_loader_captures_otel_variables_under_their_own_names() -> None:
 
 def test_otel_headers_stay_out_of_the_settings_repr() -> None:
     settings = telemetry(OTEL_EXPORTER_OTLP_HEADERS="api-key=s3cret")
+    assert settings.otel("OTEL_EXPORTER_OTLP_HEADERS") == "api-key=s3cret"  # still kept
     assert "s3cret" not in repr(settings)
+    loaded = load_settings(None, {"OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cret"})
+    assert loaded.telemetry.otel("OTEL_EXPORTER_OTLP_HEADERS") == "api-key=s3cret"
+    assert "s3cret" not in repr(loaded)
 
 
 @pytest.mark.parametrize(
