@@ -89,7 +89,7 @@ clean:
 # The docs site (mkdocs, Material theme) from docs/ into build/site/. `make docs`
 # regenerates the settings table from the code first; `make test` builds the site as it
 # is committed (--strict: a broken link or a page missing from the nav fails), and
-# tests/test_config.py fails if the committed settings table is stale.
+# tests/proxy/test_config.py fails if the committed settings table is stale.
 docs: $(STAMP)
 	$(BIN)/python -m config --write docs/reference/settings.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
