@@ -142,7 +142,8 @@ async def drive(url: str, clients: int, seconds: float, stream: bool, pid: int |
 async def whole_answers(url: str, clients: int, rounds: int, pid: int | None) -> Run:
     """``clients`` clients asking ``rounds`` whole answers each, back to back: answers
     per second over the time until the last one (waves of answers 2 s long make a time
-    window a poor measure)."""
+    window a poor measure). Given up after ``rounds`` x 10 s: what is still unanswered
+    then counts as failed."""
     port = int(url.rsplit(":", 1)[1])
     request = _request(port, False)
     run = Run(window=(0.0, float("inf")))
@@ -153,7 +154,12 @@ async def whole_answers(url: str, clients: int, rounds: int, pid: int | None) ->
 
     before = cpu_s(pid) if pid is not None else 0.0
     t = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    _, late = await asyncio.wait(tasks, timeout=rounds * 10.0)
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    run.failures += len(late)
     run.wall_s = time.perf_counter() - t
     if pid is not None:
         run.cpu_s = cpu_s(pid) - before

@@ -36,6 +36,8 @@ PERIOD_S = 0.5
 """How often the intervals are split while no request finishes."""
 MAX_PAUSE_S = 0.05
 """The longest pause between two splits a finishing request may wait through."""
+WAIT_S = 5.0
+"""The longest a finishing request waits for its split (then it gets its window's energy)."""
 
 
 class ShareCloser:
@@ -49,14 +51,17 @@ class ShareCloser:
         self._pause_s = 0.0
         self._executor: ThreadPoolExecutor | None = None
 
-    async def through(self, end_s: float) -> None:
-        """Return once every interval up to ``end_s`` is split."""
+    async def through(self, end_s: float) -> bool:
+        """Wait until every interval up to ``end_s`` is split; False if that took more
+        than :data:`WAIT_S` (the closer is stuck or gone)."""
         if self._book.split_through_s >= end_s:
-            return
+            return True
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((end_s, fut))
         self._wake.set()
-        await fut
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, WAIT_S)
+        return self._book.split_through_s >= end_s
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ShareCloser]:

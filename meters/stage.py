@@ -76,11 +76,11 @@ class MeterStage(Stage):
             if book is not None:
                 book.close(ex.request_id, end)
         share = None
-        if book is not None and self.closer is not None and not energy.exclusive:
-            if energy.energy_j is not None:
-                # O(1) here: the intervals up to the end are split off the loop.
-                await self.closer.through(end)
-                share = book.charged(ex.request_id)
+        closer = self.closer
+        shared = energy.energy_j is not None and not energy.exclusive
+        # O(1) here: the intervals up to the end are split off the loop.
+        if book is not None and closer is not None and shared and await closer.through(end):
+            share = book.charged(ex.request_id)
         if share is not None:  # overlapping windows: this request's fair share
             ex.record_measurement(
                 energy, attribution=share.method, concurrency_mean=share.concurrency_mean,

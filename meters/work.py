@@ -43,9 +43,7 @@ class WorkOf:
         return work_of(self.ex, self.start_s, now_s, self._approx)
 
 
-def work_of(
-    ex: Exchange, start_s: float, now_s: float, approx_prompt: float | None = None
-) -> Work:
+def work_of(ex: Exchange, start_s: float, now_s: float, approx_prompt: float | None = None) -> Work:
     """``ex``'s work from ``start_s`` (its admission) to ``now_s`` (its end or now);
     ``approx_prompt``: :func:`approx_prompt_tokens` of its body, if counted already."""
     t = ex.backend_timings

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.attribution import quantile, simulate
 from meters.attribution import Interval, Work, attribute
 from meters.closer import ShareCloser
 from meters.sampler import Sampler
@@ -121,3 +122,12 @@ async def test_the_closer_splits_on_its_own_thread_up_to_a_finishers_end() -> No
     assert threads and all(name.startswith("joulegate-shares") for name in threads)
     assert share is not None and share.concurrency_mean == pytest.approx(2.0, rel=0.05)
     assert share.energy_j == pytest.approx(100.0 * (end - start) / 2, rel=0.1)
+
+
+@pytest.mark.parametrize("slots", [4, 8])
+def test_the_online_book_meets_the_simulated_truth(slots: int) -> None:
+    # The synthetic validation of tests/test_attribution.py, run through the book the
+    # proxy runs: each interval split as it closes, with only the work known by then.
+    r = simulate(slots, duration_s=20.0)
+    assert quantile(r.online_errors, 0.95) <= 0.05
+    assert r.online_conservation <= 0.01
