@@ -11,12 +11,15 @@ tokens, drives:
 * **LiteLLM** at 64 streams, as a reference line, when its proxy is installed.
 
 Each target runs in its own process (uvicorn, uvloop); the clients run here, each stream
-on a connection of its own, stream after stream until the run's time is up. For each
-target: SSE events per second delivered to the clients (offered: streams x 50), the
-target's own CPU (user + system, from ``/proc``) per event delivered, stream duration
-p50/p99 and failures (not 200, cut short, or fewer events than sent). The second table
-is 256 concurrent clients asking whole (non-streamed) answers back to back: answers per
-second against direct's. The
+on a connection of its own, stream after stream. Their first requests are spread over
+one stream's length (2 s), so the crowd is steady rather than waves that all finish in
+the same decode step; then events are counted for the run's time. For each target: SSE
+events per second delivered to the clients (offered: streams x 50), the target's own CPU
+(user + system, from ``/proc``) per event delivered, and the same less what it spends
+idle in as long (its sampler and timers: a fixed cost a second, which weighs on a few
+streams' events and not on many), stream duration p50/p99 and failures (not 200, cut
+short, or fewer events than sent). The second table is 256 concurrent clients asking
+whole (non-streamed) answers back to back: answers per second against direct's. The
 load average is printed beside each run: the machine is shared.
 """
 
@@ -55,6 +58,8 @@ class Run:
     failures: int = 0
     wall_s: float = 0.0
     cpu_s: float | None = None
+    idle_us_per_s: float = 0.0
+    """The target's CPU while idle (its sampler, its timers), a second."""
 
     @property
     def events_per_s(self) -> float:
@@ -62,10 +67,12 @@ class Run:
         return self.events / self.wall_s if self.wall_s else 0.0
 
     def cpu_us_per(self, count: int) -> str:
-        """The target's CPU per ``count`` (events or answers), in microseconds."""
+        """The target's CPU per ``count`` (events or answers), in microseconds, and
+        the same less what it spends idle."""
         if self.cpu_s is None or not count:
-            return "-"
-        return f"{self.cpu_s / count * 1e6:,.0f}"
+            return "- | -"
+        net_s = self.cpu_s - self.idle_us_per_s * 1e-6 * self.wall_s
+        return f"{self.cpu_s / count * 1e6:,.0f} | {net_s / count * 1e6:,.0f}"
 
 
 def _request(port: int, stream: bool) -> bytes:
@@ -114,18 +121,22 @@ async def _one(port: int, request: bytes, stream: bool, run: Run) -> None:
 
 
 async def drive(url: str, clients: int, seconds: float, stream: bool, pid: int | None) -> Run:
-    """``clients`` clients asking back to back; what arrives from 0.5 s after they begin
-    to ``seconds`` is counted (then the requests still running are dropped)."""
+    """``clients`` clients asking back to back, their first requests spread over one
+    request's length (a steady crowd, not waves that all finish in the same decode
+    step); what arrives in the ``seconds`` after that is counted, then the requests
+    still running are dropped. ``pid``'s CPU is read over the same window."""
     port = int(url.rsplit(":", 1)[1])
     request = _request(port, stream)
+    spread_s = TOKENS * INTERVAL_MS / 1000
     t0 = time.perf_counter()
-    run = Run(window=(t0 + 0.5, t0 + seconds))
+    run = Run(window=(t0 + spread_s + 0.5, t0 + spread_s + 0.5 + seconds))
 
-    async def client() -> None:
+    async def client(i: int) -> None:
+        await asyncio.sleep(spread_s * i / clients)
         while True:
             await _one(port, request, stream, run)
 
-    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await asyncio.sleep(run.window[0] - time.perf_counter())
     before = cpu_s(pid) if pid is not None else 0.0
     await asyncio.sleep(run.window[1] - time.perf_counter())
@@ -139,31 +150,11 @@ async def drive(url: str, clients: int, seconds: float, stream: bool, pid: int |
     return run
 
 
-async def whole_answers(url: str, clients: int, rounds: int, pid: int | None) -> Run:
-    """``clients`` clients asking ``rounds`` whole answers each, back to back: answers
-    per second over the time until the last one (waves of answers 2 s long make a time
-    window a poor measure). Given up after ``rounds`` x 10 s: what is still unanswered
-    then counts as failed."""
-    port = int(url.rsplit(":", 1)[1])
-    request = _request(port, False)
-    run = Run(window=(0.0, float("inf")))
-
-    async def client() -> None:
-        for _ in range(rounds):
-            await _one(port, request, False, run)
-
-    before = cpu_s(pid) if pid is not None else 0.0
-    t = time.perf_counter()
-    tasks = [asyncio.create_task(client()) for _ in range(clients)]
-    _, late = await asyncio.wait(tasks, timeout=rounds * 10.0)
-    for task in late:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    run.failures += len(late)
-    run.wall_s = time.perf_counter() - t
-    if pid is not None:
-        run.cpu_s = cpu_s(pid) - before
-    return run
+async def idle_cpu_us_per_s(pid: int, seconds: float = 2.0) -> float:
+    """``pid``'s CPU while nothing is asked of it (its sampler and timers), per second."""
+    before = cpu_s(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_s(pid) - before) / seconds * 1e6
 
 
 @contextlib.contextmanager
@@ -201,9 +192,9 @@ async def main() -> None:
     chosen = next((a[10:] for a in sys.argv if a.startswith("--streams=")), "")
     counts = [int(x) for x in chosen.split(",") if x] or list(STREAMS)
     print(f"\n### Streams of {TOKENS} tokens at {INTERVAL_MS} ms, {seconds:.0f} s a run\n")
-    print("| streams | target | events/s (offered) | of direct | CPU us/event | p50 s | p99 s "
-          "| failures | load (1/5/15 min) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| streams | target | events/s (offered) | of direct | CPU us/event | less idle "
+          "| p50 s | p99 s | failures | load (1/5/15 min) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     whole: dict[str, Run] = {}
     with (
         spawn_process(["bench.serve", "fake", "PORT"], {}) as (backend, _),
@@ -213,32 +204,40 @@ async def main() -> None:
             env = {"JOULEGATE_MAX_CONCURRENCY": str(streams),
                    "JOULEGATE_MAX_QUEUE": str(max(256, 2 * streams))}  # fmt: skip
             with spawn_process(["bench.serve", "full", "PORT", backend], env) as (jg, jg_pid):
+                jg_idle = await idle_cpu_us_per_s(jg_pid)
+                bare_idle = await idle_cpu_us_per_s(bare_pid)
                 await drive(jg, min(streams, 8), 1.0, True, None)  # warm up
                 direct = await drive(backend, streams, seconds, True, None)
                 print(_row(streams, "direct", direct, direct, _load()), flush=True)
                 r = await drive(bare, streams, seconds, True, bare_pid)
+                r.idle_us_per_s = bare_idle
                 print(_row(streams, "bare aiohttp", r, direct, _load()), flush=True)
                 r = await drive(jg, streams, seconds, True, jg_pid)
+                r.idle_us_per_s = jg_idle
                 print(_row(streams, "joulegate", r, direct, _load()), flush=True)
+                print(f"| | idle CPU: joulegate {jg_idle:,.0f} us/s, bare {bare_idle:,.0f} us/s |")
                 if streams == 64:
                     with _litellm(backend) as lite:
                         if lite is None:
-                            print("| 64 | LiteLLM | (its proxy is not installed) |||||||")
+                            print("| 64 | LiteLLM | (its proxy is not installed) ||||||||")
                         else:
                             r = await drive(lite[0], streams, seconds, True, lite[1])
+                            r.idle_us_per_s = await idle_cpu_us_per_s(lite[1])
                             print(_row(streams, "LiteLLM", r, direct, _load()), flush=True)
                 if streams == WHOLE:
-                    rounds = 2 if quick else 4
-                    whole["direct"] = await whole_answers(backend, WHOLE, rounds, None)
-                    whole["bare aiohttp"] = await whole_answers(bare, WHOLE, rounds, bare_pid)
-                    whole["joulegate"] = await whole_answers(jg, WHOLE, rounds, jg_pid)
+                    whole["direct"] = await drive(backend, WHOLE, seconds, False, None)
+                    whole["bare aiohttp"] = await drive(bare, WHOLE, seconds, False, bare_pid)
+                    whole["joulegate"] = await drive(jg, WHOLE, seconds, False, jg_pid)
+                    whole["bare aiohttp"].idle_us_per_s = bare_idle
+                    whole["joulegate"].idle_us_per_s = jg_idle
     print(f"\n### {WHOLE} concurrent whole (non-streamed) answers of {TOKENS} tokens\n")
-    print("| target | answers/s | of direct | CPU us/answer | p50 s | p99 s | failures |")
-    print("|---|---|---|---|---|---|---|")
+    print("| target | answers/s | of direct | CPU us/answer | less idle | p50 s | p99 s "
+          "| failures |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in whole.items():
         answers = r.answers
         rate = answers / r.wall_s if r.wall_s else 0.0
-        base = whole["direct"].answers / whole["direct"].wall_s
+        base = whole["direct"].answers / whole["direct"].wall_s or 1.0
         p50 = f"{pct(r.durations_s, 50):.2f}" if r.durations_s else "-"
         p99 = f"{pct(r.durations_s, 99):.2f}" if r.durations_s else "-"
         print(f"| {name} | {rate:,.1f} | {rate / base:.1%} | {r.cpu_us_per(answers)} "
