@@ -6,9 +6,10 @@ the event loop goes on relaying meanwhile (at 512 streams an interval has 512 pa
 
 * a finishing request asks for every interval up to its end (:meth:`ShareCloser.through`)
   once the sampler has read its end edge, and waits for that split; requests finishing
-  close together are served by one split, as the next one begins no sooner than nine
-  times the last one's duration after it (so splitting takes at most a tenth of a core
-  whatever the crowd, and a finishing request waits at most a few of those durations);
+  close together are served by one split, as the next one begins four times the last
+  one's duration after it, never more than :data:`MAX_PAUSE_S` (so splits under 5 ms
+  take at most a fifth of the time whatever the crowd, and a finishing request waits
+  at most a few of those durations);
 * while requests run and none finishes, it splits every :data:`PERIOD_S` up to two
   sampling periods behind now (sampled on both sides, so the energies are final), which
   keeps each split small.
@@ -34,7 +35,7 @@ log = logging.getLogger("joulegate.meters")
 
 PERIOD_S = 0.5
 """How often the intervals are split while no request finishes."""
-MAX_PAUSE_S = 0.05
+MAX_PAUSE_S = 0.02
 """The longest pause between two splits a finishing request may wait through."""
 WAIT_S = 5.0
 """The longest a finishing request waits for its split (then it gets its window's energy)."""
@@ -98,7 +99,7 @@ class ShareCloser:
                     _release(waiters)
                 if waiters:
                     took = time.monotonic() - began
-                    await asyncio.sleep(min(MAX_PAUSE_S, 9 * took))
+                    await asyncio.sleep(min(MAX_PAUSE_S, 4 * took))
         finally:
             _release(self._waiters)
 
