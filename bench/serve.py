@@ -70,7 +70,11 @@ def spawn_process(
         yield url, proc.pid
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # still busy draining (a proxy falling behind)
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -212,7 +212,7 @@ class OverlapBook:
         for key, e in list(self._live.items()):
             final = e.final
             if e.end_s is not None and e.end_s <= point_s and final is not None:
-                del self._live[key]
+                self._live.pop(key, None)  # the loop may have forgotten it meanwhile
                 finish(e.share, final)
                 e.final = None
 
