@@ -1,7 +1,7 @@
 """Run the fake backend or joulegate in its own process, for the benchmarks.
 
 python -m bench.serve fake PORT
-python -m bench.serve bare PORT BACKEND_URL      # bench.bare: the least a forwarder does
+python -m bench.serve bare PORT BACKEND_URL [POOL]  # bench.bare: the least a forwarder does
 python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
 python -m bench.serve full PORT BACKEND_URL      # every default stage
 
@@ -70,7 +70,11 @@ def spawn_process(
         yield url, proc.pid
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # still busy draining (a proxy falling behind)
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +139,7 @@ def _serve(argv: list[str], stack: contextlib.ExitStack) -> None:
     if kind == "fake":
         app = FakeBackend()
     elif kind == "bare":
-        app = BareForwarder(argv[2])
+        app = BareForwarder(argv[2], *(int(x) for x in argv[3:4]))
     else:
         data = stack.enter_context(tempfile.TemporaryDirectory(prefix="joulegate-bench-"))
         env = {
