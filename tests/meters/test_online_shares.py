@@ -17,7 +17,7 @@ from meters.attribution import Interval, Work, attribute
 from meters.closer import ShareCloser
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
-from tests.meters_support import SteadyMeter
+from tests.support.meters import SteadyMeter
 
 
 def _grid(n: int, energy_j: float = 10.0, idle_w: float = 40.0) -> list[Interval]:
