@@ -66,8 +66,9 @@ def run_server(settings: Settings) -> None:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import http_protocol
+    from proxy.server import http_protocol, raise_open_files_limit
 
+    raise_open_files_limit()  # before http_protocol fits its connection cap in it
     config = uvicorn.Config(
         create_app(settings, freeze_startup_heap=True),
         host=settings.host,
