@@ -55,7 +55,7 @@ from proxy.intake import (
     parse_body,
 )
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
+from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -328,7 +328,9 @@ class Forwarder:
         # joulegate asks for identity; a backend that compresses anyway is decoded for
         # parsing (and the client gets the decoded body) so nothing is lost silently.
         decoder = decoder_for(response.headers.get("content-encoding", "")) if parsed else None
+        encoded: list[tuple[bytes, bytes]] = []
         if decoder is not None:
+            encoded = [(k, v) for k, v in relay.headers if k.lower() == b"content-encoding"]
             relay.headers = [(k, v) for k, v in relay.headers if k.lower() != b"content-encoding"]
         complete = False
         try:
@@ -340,10 +342,18 @@ class Forwarder:
                 await self._relay.relay_lines(ex, body_chunks(response, decoder), relay, send)
             elif ctype.startswith("application/json") or response.content_length is not None:
                 relay.body = await response.read()
-                if decoder is not None:
-                    relay.body = decompress(decoder, relay.body, where)
-                if ex.gated and ctype.startswith("application/json"):
-                    if len(relay.body) <= self._s.max_parsed_answer_bytes:
+                limit = self._s.max_parsed_answer_bytes
+                as_is = False
+                if decoder is not None:  # bounded, and off the loop (a gzip bomb)
+                    decoded = await asyncio.to_thread(decompress_whole, relay.body, limit, where)
+                    as_is = decoded is None  # then relayed as it came, energy in the headers
+                    if decoded is None:
+                        relay.headers += encoded
+                        log.info("compressed answer decoding past %d bytes relayed as is", limit)
+                    else:
+                        relay.body = decoded
+                if ex.gated and ctype.startswith("application/json") and not as_is:
+                    if len(relay.body) <= limit:
                         self._relay.note_json(ex, relay)
                     else:  # parsing would take several times its size in memory
                         log.info(
