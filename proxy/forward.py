@@ -55,7 +55,7 @@ from proxy.intake import (
     parse_body,
 )
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress_whole
+from proxy.relay import Relay, Relayer, body_chunks, decoder_for, read_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -341,17 +341,8 @@ class Forwarder:
                 relay.streaming = "ndjson"  # Ollama's native streams
                 await self._relay.relay_lines(ex, body_chunks(response, decoder), relay, send)
             elif ctype.startswith("application/json") or response.content_length is not None:
-                relay.body = await response.read()
                 limit = self._s.max_parsed_answer_bytes
-                as_is = False
-                if decoder is not None:  # bounded, and off the loop (a gzip bomb)
-                    decoded = await asyncio.to_thread(decompress_whole, relay.body, limit, where)
-                    as_is = decoded is None  # then relayed as it came, energy in the headers
-                    if decoded is None:
-                        relay.headers += encoded
-                        log.info("compressed answer decoding past %d bytes relayed as is", limit)
-                    else:
-                        relay.body = decoded
+                as_is = await read_whole(response, relay, decoder, encoded, limit)
                 if ex.gated and ctype.startswith("application/json") and not as_is:
                     if len(relay.body) <= limit:
                         self._relay.note_json(ex, relay)

@@ -8,6 +8,7 @@ answers decoded for parsing. Every send to the client is bounded by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -307,6 +308,30 @@ def decompress_whole(data: bytes, limit: int, where: str) -> bytes | None:
     except zlib.error as exc:
         raise _bad_encoding(where, exc) from None
     return None if len(out) > limit else bytes(out)
+
+
+async def read_whole(
+    response: aiohttp.ClientResponse,
+    relay: Relay,
+    decoder: Any,
+    encoding: list[tuple[bytes, bytes]],
+    limit: int,
+) -> bool:
+    """Read a whole answer into ``relay.body``, decoded when ``decoder`` says it is
+    compressed: in a thread (a gzip bomb never stalls the loop) and only up to ``limit``
+    bytes. Past that the body stays as it came and its ``encoding`` header goes back
+    into ``relay.headers``; returns True then (relay it unparsed)."""
+    relay.body = await response.read()
+    if decoder is None:
+        return False
+    where = str(response.url.origin())
+    decoded = await asyncio.to_thread(decompress_whole, relay.body, limit, where)
+    if decoded is None:
+        relay.headers += encoding
+        log.info("compressed answer decoding past %d bytes relayed as is", limit)
+        return True
+    relay.body = decoded
+    return False
 
 
 def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
