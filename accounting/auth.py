@@ -225,6 +225,10 @@ class Authenticator:
         self.mode: Mode = (
             settings.mode if settings.mode != "auto" else ("keys" if keys.any_issued else "open")
         )
+        self.tickets: Callable[[str], Identity | None] | None = None
+        """Set by the web console: redeems the one-use bearer tickets it hands its own
+        in-process requests (a playground prompt) for the signed-in user's identity;
+        None for a token that is not such a ticket. Asked only once a token is no key."""
 
     async def identify(
         self, headers: Mapping[str, str], body: Mapping[str, Any] | None = None
@@ -248,6 +252,9 @@ class Authenticator:
                 "joulegate cannot check API keys right now (its ledger cannot be read); retry later"
             ) from exc
         if stored is None:
+            ticketed = self.tickets(token) if self.tickets is not None else None
+            if ticketed is not None:
+                return ticketed
             raise Unauthorized("invalid API key", code="invalid_api_key")
         if stored.revoked_ts is not None:
             raise Unauthorized(

@@ -1,0 +1,131 @@
+"use strict";
+// Usage: energy and CO2e per day, totals and budget, the requests (paged, filtered,
+// searched), one request's whole record, and the period's CSV export.
+(() => {
+  const $ = (id) => document.getElementById(id);
+  let chart = null;
+  let before = null;
+
+  function today(offsetDays) {
+    return new Date(Date.now() + offsetDays * 86400e3).toISOString().slice(0, 10);
+  }
+
+  function period() {
+    const user = $("user") ? $("user").value : "";
+    return { user, since: $("since").value, until: $("until").value };
+  }
+
+  async function loadUsage() {
+    const p = period();
+    $("export").href = JG.base + "/api/export.csv" + JG.query(p);
+    try {
+      const u = await JG.api("/api/usage" + JG.query(p));
+      const t = u.totals;
+      JG.setText("t-requests", t.requests);
+      JG.setText("t-energy", JG.num(t.energy_wh, 6));
+      JG.setText("t-co2e", JG.num(t.co2e_g, 6));
+      JG.setText("t-tokens", `${t.prompt_tokens} / ${t.completion_tokens}`);
+      budget(u.budget);
+      draw(u.groups);
+    } catch (e) {
+      JG.setText("t-requests", "Could not load usage: " + e.message);
+    }
+  }
+
+  function budget(b) {
+    if (!b) { JG.setText("budget", "No budget."); return; }
+    const parts = [];
+    if (b.energy_limit_wh !== null) {
+      parts.push(`energy ${JG.num(b.energy_used_wh)} of ${JG.num(b.energy_limit_wh)} Wh used, ${JG.num(b.energy_remaining_wh)} Wh left`);
+    }
+    if (b.co2e_limit_g !== null) {
+      parts.push(`CO2e ${JG.num(b.co2e_used_g)} of ${JG.num(b.co2e_limit_g)} g used, ${JG.num(b.co2e_remaining_g)} g left`);
+    }
+    JG.setText("budget", `Per ${b.period}: ${parts.join("; ")}; resets at ${b.resets_at}.`);
+  }
+
+  function draw(groups) {
+    const box = $("daily-chart");
+    const xs = groups.map((g) => Date.parse(g.day + "T00:00:00Z") / 1000);
+    const data = [xs, groups.map((g) => g.energy_wh), groups.map((g) => g.co2e_g)];
+    const width = Math.max(280, box.clientWidth);
+    if (chart) chart.destroy();
+    box.replaceChildren();
+    if (!groups.length) { box.append(JG.el("p", "No requests in this period.", "muted")); chart = null; return; }
+    chart = new uPlot({
+      width, height: 240,
+      series: [{}, { label: "Energy (Wh)", stroke: "#1d6b43", fill: "rgba(29,107,67,.25)", scale: "wh",
+                     paths: uPlot.paths.bars({ size: [0.6, 40] }) },
+                   { label: "CO2e (g)", stroke: "#8a4b00", scale: "g", points: { show: true } }],
+      axes: [{}, { scale: "wh", label: "Wh" }, { scale: "g", side: 1, label: "g", grid: { show: false } }],
+      scales: { x: { time: true } },
+    }, data, box);
+  }
+
+  async function loadRequests(more) {
+    if (!more) before = null;
+    const p = period();
+    const q = { user: p.user, model: $("f-model").value.trim(), task: $("f-task").value.trim(),
+                q: $("f-search").value.trim(), before };
+    const tbody = $("requests").tBodies[0];
+    if (!more) tbody.replaceChildren();
+    try {
+      const page = await JG.api("/api/requests" + JG.query(q));
+      for (const r of page.data) {
+        const tr = tbody.insertRow();
+        const link = JG.el("a", r.request_id.slice(0, 12) + "…");
+        link.href = `${JG.base}/requests/${encodeURIComponent(r.request_id)}`;
+        const cells = [r.ts.slice(0, 19).replace("T", " "), r.model_served || r.model_requested || "–",
+          r.task || "–", JG.num(r.energy_j), JG.num(r.co2e_g), r.completion_tokens ?? "–",
+          JG.num(r.duration_s), r.failure ? `${r.status ?? ""} ${r.failure}` : r.status];
+        cells.forEach((c, i) => tr.append(JG.el("td", c, i >= 3 && i <= 6 ? "num" : "")));
+        if (r.energy_estimated) tr.cells[3].append(" ", JG.el("span", "est.", "estimated"));
+        const td = JG.el("td");
+        td.append(link);
+        tr.append(td);
+      }
+      if (!tbody.rows.length) {
+        const tr = tbody.insertRow();
+        const td = JG.el("td", "No requests match.", "muted");
+        td.colSpan = 9;
+        tr.append(td);
+      }
+      before = page.next_before;
+      $("older").classList.toggle("hidden", !page.has_more);
+    } catch (e) {
+      const tr = tbody.insertRow();
+      tr.append(JG.el("td", "Could not load the requests: " + e.message, "error"));
+    }
+  }
+
+  async function loadRecord(panel) {
+    const list = $("record");
+    try {
+      const r = await JG.api("/api/requests/" + encodeURIComponent(panel.dataset.record));
+      for (const [k, v] of Object.entries(r)) {
+        list.append(JG.el("dt", k));
+        list.append(JG.el("dd", v !== null && typeof v === "object" ? JSON.stringify(v) : v));
+      }
+    } catch (e) {
+      list.append(JG.el("dd", e.status === 404 ? "No such request (or not yours)." : e.message, "error"));
+    }
+  }
+
+  async function init() {
+    $("since").value = today(-29);
+    $("until").value = today(0);
+    if ($("user")) {
+      const u = await JG.api("/api/users");
+      for (const name of u.users) $("user").append(new Option(name, name));
+      $("user").addEventListener("change", () => { loadUsage(); loadRequests(false); });
+    }
+    for (const id of ["since", "until"]) $(id).addEventListener("change", loadUsage);
+    $("request-filters").addEventListener("submit", (ev) => { ev.preventDefault(); loadRequests(false); });
+    $("older").addEventListener("click", () => loadRequests(true));
+    const panel = $("record-panel");
+    if (panel) loadRecord(panel);
+    await Promise.all([loadUsage(), loadRequests(false)]);
+  }
+
+  init();
+})();
