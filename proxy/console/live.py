@@ -56,10 +56,6 @@ def _meters(sampler: Sampler) -> dict[str, Any]:
     return {"label": sampler.label, "estimated": sampler.estimated, "failing": sampler.failing()}
 
 
-def _meters(sampler: Sampler) -> dict[str, Any]:
-    return {"label": sampler.label, "estimated": sampler.estimated, "failing": sampler.failing()}
-
-
 @get("/api/live", media_type=MediaType.JSON)
 async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]) -> Any:
     """The machine now (see the module doc)."""
