@@ -1,8 +1,10 @@
 """The console in a real headless Chromium: sign in, a Playground round trip, the
-J/Wh/W toggle, model text rendered inert, and no error in the browser's console."""
+J/Wh/W toggle, model text rendered inert, Compare equal to the report, Usage equal to
+``joulegate report``, a non-admin refused, and no error in the browser's console."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +13,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from accounting import Ledger
+from proxy.cli import main as joulegate
 from tests.console_support import Served, chromium, console_errors, console_server
 from tests.fake_backend import FakeBackend
 
@@ -85,9 +89,103 @@ def test_sign_in_then_a_playground_round_trip_shows_the_answer_and_its_ledger_en
 
 
 async def _row(served: Served, request_id: str) -> dict[str, Any]:
-    from accounting import Ledger
-
     async with Ledger(served.ledger_path) as ledger:
         rows = await ledger.fetchall("SELECT * FROM requests WHERE request_id = ?", [request_id])
     assert rows, f"no ledger row for {request_id}"
     return dict(zip(rows[0].keys(), rows[0], strict=True))
+
+
+def _traffic(served: Served) -> None:
+    """Requests by alice (two models, two tasks) and bob, through /v1 as any client."""
+    with served.client() as c:
+        for user, model, task, count in (("alice", "small-model", "code", 3),
+                                          ("alice", "big-model", "code", 2),
+                                          ("alice", "small-model", "math", 2),
+                                          ("bob", "big-model", "sql", 2)):  # fmt: skip
+            for _ in range(count):
+                r = c.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": model,
+                        "max_tokens": 4,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },  # fmt: skip
+                    headers={
+                        "authorization": f"Bearer {served.keys[user]}",
+                        "x-joulegate-task": task,
+                    },  # fmt: skip
+                )
+                assert r.status_code == 200, r.text
+
+
+def _report(served: Served, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    capsys.readouterr()
+    assert joulegate(["report", "--ledger", str(served.ledger_path), "--format", "json",
+                      *args]) == 0  # fmt: skip
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_and_usage_show_the_reports_numbers(
+    served: Served, browser: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _traffic(served)
+    browser_sign_in(browser, served, "alice")
+    browser.get(f"{served.url}/console/compare")
+    Select(browser.find_element(By.ID, "period")).select_by_value("all")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]"))
+    cells = {
+        (td.get_attribute("data-model"), td.get_attribute("data-task")): td
+        for td in browser.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]")
+    }
+    by_model = _report(served, capsys, "--user", "alice", "--by", "model", "--unit", "J")
+    assert {m for m, _ in cells} == {g["model"] for g in by_model["groups"]}
+    for group in by_model["groups"]:
+        cell = cells[(group["model"], "(all)")]
+        assert int(cell.get_attribute("data-n")) == group["requests"]
+        mean_j = float(cell.get_attribute("data-mean"))
+        assert mean_j * group["requests"] == pytest.approx(group["energy_j"])
+    assert int(cells[("small-model", "math")].get_attribute("data-n")) == 2
+    assert console_errors(browser) == []
+
+    browser.get(f"{served.url}/console/usage")
+    wait(browser).until(lambda d: d.find_element(By.ID, "t-requests").text not in ("", "–"))
+    total = _report(served, capsys, "--user", "alice", "--by", "day")["totals"]
+    assert int(browser.find_element(By.ID, "t-requests").text) == total["requests"]
+    assert float(browser.find_element(By.ID, "t-energy").text) == pytest.approx(
+        total["energy_wh"], rel=1e-5
+    )
+    assert float(browser.find_element(By.ID, "t-co2e").text) == pytest.approx(
+        total["co2e_g"], rel=1e-5
+    )
+    wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#requests tbody tr")) > 1)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#requests tbody tr")
+    assert len(rows) == total["requests"]  # every one of alice's, none of bob's
+    assert console_errors(browser) == []
+
+
+def test_a_non_admin_is_refused_admin_pages_and_another_users_request(
+    served: Served, browser: Any
+) -> None:
+    _traffic(served)
+    with served.client() as c:
+        bobs = c.get(
+            "/v1/energy/requests", headers={"authorization": f"Bearer {served.keys['bob']}"}
+        )
+    bob_request = bobs.json()["data"][0]["request_id"]
+    browser_sign_in(browser, served, "alice")
+    for page in ("admin", "live"):
+        browser.get(f"{served.url}/console/{page}")
+        assert "is for admin keys" in browser.find_element(By.ID, "error-message").text
+    assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav a")] == [
+        "Playground",
+        "Compare",
+        "Usage",
+    ]
+    browser.get(f"{served.url}/console/requests/{bob_request}")
+    wait(browser).until(lambda d: d.find_element(By.ID, "record").text)
+    assert "No such request" in browser.find_element(By.ID, "record").text
+    assert bob_request not in browser.find_element(By.ID, "requests").text
+    # The 403 pages and the 404 answer are logged by the browser as failed loads: those
+    # are the refusals under test, and nothing else may be.
+    errors = console_errors(browser)
+    assert errors and all("403" in e or "404" in e for e in errors), errors
