@@ -109,11 +109,11 @@ def _traffic(served: Served) -> None:
                         "model": model,
                         "max_tokens": 4,
                         "messages": [{"role": "user", "content": "hi"}],
-                    },  # fmt: skip
+                    },
                     headers={
                         "authorization": f"Bearer {served.keys[user]}",
                         "x-joulegate-task": task,
-                    },  # fmt: skip
+                    },
                 )
                 assert r.status_code == 200, r.text
 
@@ -148,7 +148,9 @@ def test_compare_and_usage_show_the_reports_numbers(
     assert console_errors(browser) == []
 
     browser.get(f"{served.url}/console/usage")
-    wait(browser).until(lambda d: d.find_element(By.ID, "t-requests").text not in ("", "–"))
+    wait(browser).until(
+        lambda d: d.find_element(By.ID, "t-requests").text not in ("", "\N{EN DASH}")
+    )
     total = _report(served, capsys, "--user", "alice", "--by", "day")["totals"]
     assert int(browser.find_element(By.ID, "t-requests").text) == total["requests"]
     assert float(browser.find_element(By.ID, "t-energy").text) == pytest.approx(
