@@ -73,16 +73,22 @@ def _prompt_of(raw: Any, max_tokens_cap: int | None) -> tuple[str, str, str | No
     return model, prompt, task, cap
 
 
-def _prompter(request: Request[Any, Any, Any], seen: Viewer) -> tuple[Identity, int | None]:
-    """Who a prompt is recorded for and its ``max_tokens`` cap; the public playground's
-    rate limit is taken here (429 with ``Retry-After``)."""
+def _prompter(seen: Viewer) -> tuple[Identity, int | None, bool]:
+    """Who a prompt is recorded for, its ``max_tokens`` cap, and whether the public
+    playground's per-address limit applies (401 for a visitor who must sign in)."""
     cfg = seen.state.settings
     if seen.who is not None and seen.who.key_prefix is not None:
-        return seen.who, None  # signed in with a key
+        return seen.who, None, False  # signed in with a key
     if seen.who is None and not cfg.public:
         raise Unauthorized("sign in to use the playground", code="not_signed_in")
     if not cfg.public:
-        return seen.who or ANONYMOUS, None  # open or trust mode: as the /v1 routes
+        return seen.who or ANONYMOUS, None, False  # open or trust mode: as the /v1 routes
+    return seen.who or ANONYMOUS, cfg.public_max_tokens, True
+
+
+def _take_limit(request: Request[Any, Any, Any], seen: Viewer) -> None:
+    """Count a public prompt against its client address: 429 with ``Retry-After`` beyond."""
+    cfg = seen.state.settings
     address = request.client.host if request.client else "unknown"
     wait_s = seen.state.limit.take(address)
     if wait_s is not None:
@@ -92,7 +98,6 @@ def _prompter(request: Request[Any, Any, Any], seen: Viewer) -> tuple[Identity, 
             code="rate_limited",
             headers={"retry-after": str(int(wait_s))},
         )
-    return seen.who or ANONYMOUS, cfg.public_max_tokens
 
 
 def _headers_for(who: Identity, seen: Viewer, task: str | None) -> list[tuple[bytes, bytes]]:
@@ -143,8 +148,10 @@ async def chat(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
     seen = await viewer(request, ctx)
     check_post(request, seen)
     raw = await request.json()
-    who, cap = _prompter(request, seen)
+    who, cap, limited = _prompter(seen)
     model, prompt, task, max_tokens = _prompt_of(raw, cap)
+    if limited:  # counted once the prompt is well formed: a typo costs no turn
+        _take_limit(request, seen)
     body = {
         "model": model,
         "max_tokens": max_tokens,
