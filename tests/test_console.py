@@ -151,7 +151,7 @@ async def test_a_non_admin_sees_only_their_own_and_a_revoked_key_ends_its_sessio
     ):
         bob = {"authorization": f"Bearer {keys['bob']}"}
         bobs = await c.post("/v1/chat/completions", json=_chat(), headers=bob)
-        csrf, _ = await _sign_in(c, keys["alice"])
+        await _sign_in(c, keys["alice"])
         theirs = await c.get(f"/console/api/requests/{bobs.headers['x-request-id']}")
         named = await c.get("/console/api/requests", params={"user": "bob"})
         usage = await c.get("/console/api/usage", params={"user": "bob"})
