@@ -27,6 +27,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
+from accounting.admin_routes import route_handlers as admin_routes
 from accounting.carbon import carbon
 from accounting.forecast_routes import route_handlers as forecast_routes
 from accounting.forecast_stage import forecast_component
@@ -78,7 +79,7 @@ def default_components() -> list[Component]:
 
 def default_route_handlers() -> list[Any]:
     """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
-    return [metrics_endpoint, *ledger_routes(), *forecast_routes()]
+    return [metrics_endpoint, *ledger_routes(), *admin_routes(), *forecast_routes()]
 
 
 def create_app(

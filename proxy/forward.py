@@ -31,6 +31,7 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from litestar.enums import ScopeType
@@ -82,7 +83,7 @@ class Forwarder:
         pipeline: Pipeline,
         router: BackendRouter,
         *,
-        strip_client_auth: bool = False,
+        strip_client_auth: Callable[[], bool] | None = None,
     ) -> None:
         self._s = settings
         self._transport = transport
@@ -91,7 +92,12 @@ class Forwarder:
         self._gate = gate
         self._pipeline = pipeline
         self._router = router
-        self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
+        # Asked per request: auth mode auto starts stripping the moment a key exists.
+        self._strip_auth: Callable[[], bool] = (
+            (lambda: True)  # joulegate sends its own key instead
+            if settings.backend_api_key
+            else strip_client_auth or (lambda: False)
+        )
         self._gated = gated_paths(settings)
         mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
         # Clients send the same few spellings over and over; a refusal is not cached.
@@ -252,9 +258,8 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
-        request = Outgoing(
-            method, url, forward_headers(scope, self._strip_auth, self._auth_header), body, ex.gated
-        )
+        headers = forward_headers(scope, self._strip_auth(), self._auth_header)
+        request = Outgoing(method, url, headers, body, ex.gated)
         relay = Relay()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
