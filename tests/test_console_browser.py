@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,7 +39,8 @@ def browser() -> Iterator[Any]:
 
 
 def wait(driver: Any, seconds: float = 15) -> WebDriverWait:  # type: ignore[type-arg]
-    return WebDriverWait(driver, seconds)
+    # Pages redraw their tables from fresh data: an element read mid-redraw is stale.
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def browser_sign_in(driver: Any, served: Served, user: str) -> None:
@@ -191,3 +193,31 @@ def test_a_non_admin_is_refused_admin_pages_and_another_users_request(
     # are the refusals under test, and nothing else may be.
     errors = console_errors(browser)
     assert errors and all("403" in e or "404" in e for e in errors), errors
+
+
+def test_an_admin_creates_a_key_shown_once_then_revokes_it(served: Served, browser: Any) -> None:
+    browser_sign_in(browser, served, "root")
+    browser.get(f"{served.url}/console/admin")
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#keys tbody tr"))
+    browser.find_element(By.ID, "new-user").send_keys("carol")
+    browser.find_element(By.ID, "create").click()
+    wait(browser).until(ec.visibility_of_element_located((By.ID, "new-key-box")))
+    key = browser.find_element(By.ID, "new-key").text
+    assert key.startswith("jg-")
+    chat = {"model": "small-model", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+    with served.client() as c:
+        used = c.post("/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"})
+    assert used.status_code == 200
+    row = f"#keys tr[data-prefix='{key[:11]}']"
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    browser.find_element(By.CSS_SELECTOR, f"{row} button").click()
+    wait(browser).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{row} td:nth-child(5)").text != ""
+    )
+    assert key not in browser.page_source.replace(browser.find_element(By.ID, "new-key").text, "")
+    with served.client() as c:
+        refused = c.post(
+            "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"}
+        )
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "revoked_api_key"
+    assert console_errors(browser) == []

@@ -21,7 +21,6 @@ from accounting.ledger_stage import Accounting
 from accounting.reports import build_report, parse_query
 from accounting.schema import iso, row_from_sql, utcnow
 from config.errors import BadRequest, NotFound
-from config.units import J_PER_WH
 from proxy.console.compare import build_compare
 from proxy.console.guard import Viewer, viewer
 from proxy.context import AppContext
@@ -70,26 +69,12 @@ async def usage(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext
 
 
 def budget_json(acc: Accounting, user: str | None, now: dt.datetime | None = None) -> Any:
-    """What is left of ``user``'s budget now (None: no budget, or everyone)."""
+    """What is left of ``user``'s budget now, as ``GET /v1/energy/budget`` gives it
+    (None: no budget, or everyone)."""
     if user is None:
         return None
     status = acc.budgets.status(user, now or utcnow())
-    if status is None:
-        return None
-    b = status.budget
-    return {
-        "user": user,
-        "period": b.period,
-        "energy_limit_wh": None if b.energy_j is None else b.energy_j / J_PER_WH,
-        "energy_used_wh": status.spent_energy_j / J_PER_WH,
-        "energy_remaining_wh": (
-            None if status.remaining_energy_j is None else status.remaining_energy_j / J_PER_WH
-        ),
-        "co2e_limit_g": b.co2e_g,
-        "co2e_used_g": status.spent_co2e_g,
-        "co2e_remaining_g": status.remaining_co2e_g,
-        "resets_at": iso(status.resets_at),
-    }
+    return None if status is None else status.to_json()
 
 
 @get("/api/requests", media_type=MediaType.JSON)

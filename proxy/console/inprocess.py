@@ -35,17 +35,20 @@ def scope_for(
     path: str,
     headers: list[tuple[bytes, bytes]],
     client: tuple[str, int] | None,
+    *,
+    method: str = "POST",
+    query: str = "",
 ) -> dict[str, Any]:
-    """An HTTP scope for ``POST path`` from ``client`` with ``headers``."""
+    """An HTTP scope for ``method path?query`` from ``client`` with ``headers``."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [(b"user-agent", USER_AGENT), *headers],
         "client": client,

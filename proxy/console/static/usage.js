@@ -35,13 +35,14 @@
   function budget(b) {
     if (!b) { JG.setText("budget", "No budget."); return; }
     const parts = [];
-    if (b.energy_limit_wh !== null) {
-      parts.push(`energy ${JG.num(b.energy_used_wh)} of ${JG.num(b.energy_limit_wh)} Wh used, ${JG.num(b.energy_remaining_wh)} Wh left`);
+    if (b.limit_wh !== null) {
+      parts.push(`energy ${JG.num(b.used_wh)} of ${JG.num(b.limit_wh)} Wh used, ${JG.num(b.remaining_wh)} Wh left`);
     }
-    if (b.co2e_limit_g !== null) {
-      parts.push(`CO2e ${JG.num(b.co2e_used_g)} of ${JG.num(b.co2e_limit_g)} g used, ${JG.num(b.co2e_remaining_g)} g left`);
+    if (b.limit_co2e_g !== null) {
+      parts.push(`CO2e ${JG.num(b.used_co2e_g)} of ${JG.num(b.limit_co2e_g)} g used, ${JG.num(b.remaining_co2e_g)} g left`);
     }
-    JG.setText("budget", `Per ${b.period}: ${parts.join("; ")}; resets at ${b.resets_at}.`);
+    const spent = b.exhausted ? ` The ${b.exhausted} budget is used up.` : "";
+    JG.setText("budget", `Per ${b.period}: ${parts.join("; ")}; resets at ${b.resets_at}.${spent}`);
   }
 
   function draw(groups) {
