@@ -83,9 +83,14 @@ async def _make_keys(path: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def console_server(
-    *, fake: FakeBackend | None = None, mode: str = "keys", **settings: Any
+    *,
+    fake: FakeBackend | None = None,
+    mode: str = "keys",
+    components: list[Component] | None = None,
+    **settings: Any,
 ) -> Iterator[Served]:
-    """joulegate (keys mode, users alice and bob, admin root) with its console."""
+    """joulegate (keys mode, users alice and bob, admin root) with its console; its
+    components are :func:`console_components` unless given."""
     folder = Path(tempfile.mkdtemp(prefix="jg-console-"))
     path = folder / "ledger.sqlite3"
     keys = asyncio.run(_make_keys(path)) if mode == "keys" else {}
@@ -104,7 +109,7 @@ def console_server(
                 auth=AuthSettings(mode=mode),  # type: ignore[arg-type]
                 **settings,
             ),
-            components=console_components(),
+            components=console_components() if components is None else components,
         )
         url = await stack.enter_async_context(serve(app))
         return url, served

@@ -109,19 +109,19 @@ class RateLimit:
 class SinceStart:
     """This host's recorded idle and dynamic joules since the console started."""
 
-    last_id: int | None = None
+    last_id: int = 0
     idle_j: float = 0.0
     dynamic_j: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    async def start(self, acc: Accounting) -> None:
+        """Mark where start-up left the ledger: rows after it are this run's."""
+        rows = await acc.ledger.fetchall("SELECT MAX(id) FROM requests")
+        self.last_id = int(rows[0][0] or 0)
+
     async def update(self, acc: Accounting) -> None:
-        """Add the rows recorded since the last call (the first call only marks where
-        start-up left the ledger)."""
+        """Add the rows recorded since the last call (an indexed range of row ids)."""
         async with self.lock:
-            if self.last_id is None:
-                rows = await acc.ledger.fetchall("SELECT MAX(id) FROM requests")
-                self.last_id = int(rows[0][0] or 0)
-                return
             rows = await acc.ledger.fetchall(
                 "SELECT MAX(id), TOTAL(energy_j - energy_dynamic_j), TOTAL(energy_dynamic_j)"
                 " FROM requests WHERE id > ? AND host = ? AND energy_dynamic_j IS NOT NULL",
@@ -164,6 +164,7 @@ async def console_component(ctx: AppContext) -> AsyncIterator[None]:
     acc = ctx.get(Accounting)
     if acc is not None:
         acc.auth.tickets = state.sessions.redeem
+        await state.since_start.start(acc)
     ctx.publish(state)
     log.info("console at http://%s:%d%s", ctx.settings.host, ctx.settings.port, cfg.path)
     try:

@@ -45,21 +45,36 @@
     JG.setText("budget", `Per ${b.period}: ${parts.join("; ")}; resets at ${b.resets_at}.${spent}`);
   }
 
+  function days() {
+    // Every UTC day of the period, so that days without requests show as zero.
+    const out = [];
+    const end = Date.parse(($("until").value || today(0)) + "T00:00:00Z");
+    for (let t = Date.parse(($("since").value || today(-29)) + "T00:00:00Z"); t <= end && out.length < 1000; t += 86400e3) {
+      out.push(new Date(t).toISOString().slice(0, 10));
+    }
+    return out;
+  }
+
   function draw(groups) {
     const box = $("daily-chart");
-    const xs = groups.map((g) => Date.parse(g.day + "T00:00:00Z") / 1000);
-    const data = [xs, groups.map((g) => g.energy_wh), groups.map((g) => g.co2e_g)];
+    const byDay = new Map(groups.map((g) => [g.day, g]));
+    const span = days();
+    const xs = span.map((d) => Date.parse(d + "T00:00:00Z") / 1000);
+    const data = [xs, span.map((d) => (byDay.get(d) || {}).energy_wh || 0),
+      span.map((d) => (byDay.get(d) || {}).co2e_g || 0)];
     const width = Math.max(280, box.clientWidth);
+    const fmt = (u, vals) => vals.map((v) => JG.num(v, 3));
     if (chart) chart.destroy();
     box.replaceChildren();
-    if (!groups.length) { box.append(JG.el("p", "No requests in this period.", "muted")); chart = null; return; }
     chart = new uPlot({
       width, height: 240,
-      series: [{}, { label: "Energy (Wh)", stroke: "#1d6b43", fill: "rgba(29,107,67,.25)", scale: "wh",
-                     paths: uPlot.paths.bars({ size: [0.6, 40] }) },
-                   { label: "CO2e (g)", stroke: "#8a4b00", scale: "g", points: { show: true } }],
-      axes: [{}, { scale: "wh", label: "Wh" }, { scale: "g", side: 1, label: "g", grid: { show: false } }],
-      scales: { x: { time: true } },
+      series: [{}, { label: "Energy (Wh)", stroke: "#1d6b43", fill: "rgba(29,107,67,.35)", scale: "wh",
+                     paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } },
+                   { label: "CO2e (g)", stroke: "#8a4b00", scale: "g", width: 2 }],
+      axes: [{}, { scale: "wh", label: "Wh", values: fmt, size: 70 },
+             { scale: "g", side: 1, label: "g", values: fmt, size: 70, grid: { show: false } }],
+      scales: { x: { time: true }, wh: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.1 : 1] },
+                g: { range: (u, lo, hi) => [0, hi > 0 ? hi * 1.1 : 1] } },
     }, data, box);
   }
 
