@@ -23,9 +23,14 @@ from tests.fake_backend import FakeBackend
 OUT = Path("docs/assets/console")
 SIZES = {"laptop": (1366, 900), "phone": (390, 844)}
 WORDS = ("Energy", " is", " measured", " per", " request", ",", " in", " joules", ".")
-PROMPTS = (("alice", "small-model", "code"), ("alice", "big-model", "code"),
-           ("alice", "small-model", "math"), ("alice", "big-model", "questions"),
-           ("bob", "big-model", "sql"), ("bob", "small-model", "translation"))  # fmt: skip
+PROMPTS = (
+    ("alice", "small-model", "code"),
+    ("alice", "big-model", "code"),
+    ("alice", "small-model", "math"),
+    ("alice", "big-model", "questions"),
+    ("bob", "big-model", "sql"),
+    ("bob", "small-model", "translation"),
+)
 
 
 def _traffic(served: Served) -> None:
@@ -34,10 +39,16 @@ def _traffic(served: Served) -> None:
             user, model, task = PROMPTS[i % len(PROMPTS)]
             c.post(
                 "/v1/chat/completions",
-                json={"model": model, "max_tokens": 8 + 4 * (i % 5),
-                      "messages": [{"role": "user", "content": "Explain joules"}]},  # fmt: skip
-                headers={"authorization": f"Bearer {served.keys[user]}", "x-joulegate-task": task,
-                         "x-fake-chunk-delay-ms": "5"},  # fmt: skip
+                json={
+                    "model": model,
+                    "max_tokens": 8 + 4 * (i % 5),
+                    "messages": [{"role": "user", "content": "Explain joules"}],
+                },
+                headers={
+                    "authorization": f"Bearer {served.keys[user]}",
+                    "x-joulegate-task": task,
+                    "x-fake-chunk-delay-ms": "5",
+                },
             ).raise_for_status()
 
 
