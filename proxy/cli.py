@@ -106,6 +106,10 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"joulegate is starting at {base}  (Ctrl-C stops all)", flush=True)
         for m in models:
             print(_DEMO_SNIPPET.format(base=base, model=m.alias), flush=True)
+        if settings.console.enabled:
+            console = f"http://{settings.host}:{settings.port}{settings.console.path}"
+            print(f"── web console ──\nOpen {console} to prompt both models and see what"
+                  " each answer cost.\n", flush=True)  # fmt: skip
         # uvicorn turns SIGINT/SIGTERM into a graceful stop and returns; leaving the
         # with-block then stops the model servers.
         with contextlib.suppress(KeyboardInterrupt):
