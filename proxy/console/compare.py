@@ -15,6 +15,7 @@ The sums come from one grouped query over the same period filter as the reports
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 from collections import defaultdict
@@ -23,12 +24,13 @@ from typing import Any
 
 from accounting.ledgers import AnyLedger
 from accounting.reports import ReportQuery
-from accounting.schema import iso
+from accounting.schema import iso, utcnow
 from accounting.study.stats import t_quantile
+from proxy.console.daycache import DAY, DayCache, whole_days
 
 ALL_TASKS = "(all)"
 _SQL = (
-    "SELECT COALESCE(model_served, model_requested, '(none)') AS m, COALESCE(task, '(none)')"
+    "SELECT {day}COALESCE(model_served, model_requested, '(none)') AS m, COALESCE(task, '(none)')"
     " AS t, energy_estimated AS e, COUNT(*), TOTAL(energy_j), TOTAL(energy_j * energy_j),"
     " COUNT(sci_g), TOTAL(sci_g), TOTAL(sci_g * sci_g),"
     " COUNT(co2e_g), TOTAL(co2e_g), TOTAL(co2e_g * co2e_g),"
@@ -37,8 +39,10 @@ _SQL = (
     " TOTAL(CASE WHEN completion_tokens > 0 THEN"
     " (energy_j / completion_tokens) * (energy_j / completion_tokens) END)"
     " FROM requests WHERE {where} AND failure IS NULL AND energy_j IS NOT NULL"
-    " GROUP BY m, t, e ORDER BY m, t"
+    " GROUP BY {day_group}m, t, e"
 )
+Sums = dict[tuple[str, str, int], list[float]]
+"""One day's (or one period's) sums per (model, task, estimated)."""
 METRICS: tuple[tuple[str, str, str, int, float], ...] = (
     # key, title, unit, offset of (n, sum, sum of squares) in a row, scale
     ("sci_g", "SCI per request", "g", 3, 1.0),
@@ -100,19 +104,68 @@ def _kind_json(cells: dict[tuple[str, str], _Sums]) -> dict[str, Any]:
     }
 
 
-async def build_compare(ledger: AnyLedger, query: ReportQuery) -> dict[str, Any]:
-    """The Compare table for ``query``'s user and period (its ``by`` and ``unit`` unused)."""
+async def _sums(ledger: AnyLedger, query: ReportQuery) -> Sums:
     where, params = query.where()
-    rows = await ledger.fetchall(_SQL.format(where=where), params)
+    rows = await ledger.fetchall(_SQL.format(day="", day_group="", where=where), params)
+    return {(str(r[0]), str(r[1]), int(r[2])): [float(v) for v in r[3:]] for r in rows}
+
+
+async def _sums_by_day(ledger: AnyLedger, query: ReportQuery) -> dict[str, Sums]:
+    where, params = query.where()
+    sql = _SQL.format(day="substr(ts, 1, 10) AS d, ", day_group="d, ", where=where)
+    out: dict[str, Sums] = defaultdict(dict)
+    for r in await ledger.fetchall(sql, params):
+        out[str(r[0])][(str(r[1]), str(r[2]), int(r[3]))] = [float(v) for v in r[4:]]
+    return out
+
+
+async def period_sums(
+    ledger: AnyLedger, query: ReportQuery, cache: DayCache[Sums] | None, now: dt.datetime
+) -> list[Sums]:
+    """The period's sums: kept whole days plus the rest from the ledger."""
+    split = None
+    if cache is not None:
+        first = None
+        if query.since is None:
+            where, params = ReportQuery(user=query.user).where()
+            rows = await ledger.fetchall(f"SELECT MIN(ts) FROM requests WHERE {where}", params)  # noqa: S608
+            first = rows[0][0] if rows else None
+            if first is None:
+                return []
+        split = whole_days(query.since, query.until, now, first)
+    if cache is None or split is None:
+        return [await _sums(ledger, query)]
+    days, open_from = split
+
+    async def compute(first_day: str, last_day: str) -> dict[str, Sums]:
+        since = dt.datetime.fromisoformat(first_day).replace(tzinfo=dt.UTC)
+        until = dt.datetime.fromisoformat(last_day).replace(tzinfo=dt.UTC) + DAY
+        return await _sums_by_day(ledger, ReportQuery(user=query.user, since=since, until=until))
+
+    out = await cache.get(ledger, query.user, days, compute, dict)
+    if query.until is None or query.until > open_from:
+        today = ReportQuery(user=query.user, since=open_from, until=query.until)
+        out.append(await _sums(ledger, today))
+    return out
+
+
+async def build_compare(
+    ledger: AnyLedger,
+    query: ReportQuery,
+    cache: DayCache[Sums] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The Compare table for ``query``'s user and period (its ``by`` and ``unit`` unused);
+    whole days before today come from ``cache`` when given."""
     kinds: dict[str, dict[tuple[str, str], _Sums]] = {
         "measured": defaultdict(_Sums),
         "estimated": defaultdict(_Sums),
     }
-    for r in rows:
-        model, task, kind = str(r[0]), str(r[1]), "estimated" if r[2] else "measured"
-        values = [float(v) for v in r[3:]]
-        kinds[kind][(model, task)].add(values)
-        kinds[kind][(model, ALL_TASKS)].add(values)
+    for sums in await period_sums(ledger, query, cache, now or utcnow()):
+        for (model, task, estimated), values in sums.items():
+            kind = "estimated" if estimated else "measured"
+            kinds[kind][(model, task)].add(values)
+            kinds[kind][(model, ALL_TASKS)].add(values)
     return {
         "object": "energy.compare",
         "user": query.user,

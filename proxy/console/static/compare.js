@@ -14,7 +14,8 @@
   function since() {
     const v = $("period").value;
     if (v === "all") return null;
-    return new Date(Date.now() - Number(v) * 86400e3).toISOString();
+    // A whole UTC day: the days before today are summed once and kept by joulegate.
+    return new Date(Date.now() - Number(v) * 86400e3).toISOString().slice(0, 10);
   }
 
   async function load() {
