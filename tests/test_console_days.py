@@ -12,8 +12,8 @@ from accounting import Ledger
 from accounting.reports import Line, build_report, parse_query
 from bench.ledger import generate_sqlite
 from proxy.console.compare import Sums, build_compare
-from proxy.console.daycache import DayCache
 from proxy.console.data import day_report
+from proxy.console.daycache import DayCache
 
 
 async def test_kept_days_give_the_reports_figures_and_late_rows_count(tmp_path: Path) -> None:
@@ -24,8 +24,11 @@ async def test_kept_days_give_the_reports_figures_and_late_rows_count(tmp_path: 
     usage: DayCache[Line] = DayCache()
     compare: DayCache[Sums] = DayCache()
     async with Ledger(path) as ledger:
-        for params in ({"since": "2025-01-01", "until": "2025-03-31", "by": "day"},
-                       {"user": "user00", "month": "2025-02", "by": "day", "unit": "J"}):  # fmt: skip
+        periods = (
+            {"since": "2025-01-01", "until": "2025-03-31", "by": "day"},
+            {"user": "user00", "month": "2025-02", "by": "day", "unit": "J"},
+        )
+        for params in periods:
             query = parse_query(params)
             expected = (await build_report(ledger, query)).to_json()
             assert (await day_report(ledger, query, usage)).to_json() == expected
