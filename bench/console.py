@@ -6,7 +6,8 @@ so the busiest user has about a fifth of all rows), with tasks added. joulegate 
 with its default components in front of the benchmarks' fake backend, served by
 uvicorn on loopback; each URL is fetched over HTTP with a signed-in session (the
 busiest user, then an admin for everyone's figures), as the page's script does, and
-timed from request to last byte: median and worst of five after one warm-up.
+timed from request to last byte: the first fetch (no past day kept yet, see
+:mod:`proxy.console.daycache`), then the median and worst of five more.
 
 Run with ``python -m bench.console [--rows N]`` (``make bench`` runs every benchmark).
 """
@@ -63,15 +64,24 @@ async def _signed_in(c: httpx.AsyncClient, key: str) -> None:
     assert r.status_code == 303, r.text
 
 
-async def _timed(c: httpx.AsyncClient, url: str, repeat: int = 5) -> tuple[float, float]:
-    (await c.get(url)).raise_for_status()  # warm-up: the page cache, not the figures
+async def _timed(c: httpx.AsyncClient, url: str, repeat: int = 5) -> tuple[float, float, float]:
+    """The first fetch (nothing kept yet), then the median and worst of ``repeat`` (ms)."""
     samples = []
-    for _ in range(repeat):
+    for _ in range(repeat + 1):
         t0 = time.perf_counter()
         r = await c.get(url)
         r.raise_for_status()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1000, max(samples) * 1000
+    first, rest = samples[0] * 1000, samples[1:]
+    return first, statistics.median(rest) * 1000, max(rest) * 1000
+
+
+def _verdict(first_ms: float, worst_ms: float) -> str:
+    if max(first_ms, worst_ms) <= TARGET_MS:
+        return f"meets the {TARGET_MS:.0f} ms target"
+    if worst_ms <= TARGET_MS:
+        return f"meets it once its days are kept; the first view MISSES {TARGET_MS:.0f} ms"
+    return f"MISSES the {TARGET_MS:.0f} ms target"
 
 
 async def run(rows: int) -> list[tuple[str, str, str]]:
@@ -130,10 +140,9 @@ async def run(rows: int) -> list[tuple[str, str, str]]:
                         sessions[key] = httpx.AsyncClient(base_url=url, timeout=60)
                         await _signed_in(sessions[key], key)
                     for what, path_q, key in cases:
-                        p50, worst = await _timed(sessions[key], path_q.format(**MONTH))
-                        verdict = "meets" if worst <= TARGET_MS else "MISSES"
-                        out.append((what, f"median {p50:.1f} ms, max {worst:.1f} ms",
-                                    f"{verdict} the {TARGET_MS:.0f} ms target"))  # fmt: skip
+                        first, p50, worst = await _timed(sessions[key], path_q.format(**MONTH))
+                        out.append((what, f"first {first:.0f} ms; then median {p50:.1f} ms,"
+                                    f" max {worst:.1f} ms", _verdict(first, worst)))  # fmt: skip
                 finally:
                     for client in sessions.values():
                         await client.aclose()
