@@ -3,6 +3,8 @@ a revoked key's session, who may see what, and ``console.enabled``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,38 @@ async def test_console_enabled_false_serves_no_console_and_the_proxy_as_before(
         proxied = await c.post("/v1/chat/completions", json=_chat())
     assert page.status_code == (200 if enabled else 404)
     assert proxied.status_code == 200 and proxied.json()["energy"]["co2e_g"] > 0
+
+
+async def test_a_queued_prompt_is_told_its_place_then_streams_its_answer(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
+    keys = await _keys(tmp_path / "l.sqlite3")
+    async with (
+        joulegate_app(fake.url, console_components(), **_settings(tmp_path)) as jg,
+        httpx.AsyncClient(base_url=jg.url, timeout=30) as c,
+    ):
+        csrf, _ = await _sign_in(c, keys["alice"])
+        holder = asyncio.create_task(
+            c.post(
+                "/v1/chat/completions",
+                json=_chat(),
+                headers={"authorization": f"Bearer {keys['bob']}", "x-fake-hold": "1"},
+            )
+        )
+        while jg.gate.in_flight == 0:
+            await asyncio.sleep(0.01)
+        events: list[str] = []
+        first: dict[str, Any] = {}
+        async with c.stream(
+            "POST", "/console/api/chat", json=PROMPT, headers={"x-csrf-token": csrf}
+        ) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    events.append(line[7:])
+                elif line.startswith("data: ") and events == ["queue"] and not first:
+                    first = json.loads(line[6:])
+                    fake.release()  # the slot frees: the prompt is admitted
+        await holder
+    assert events[0] == "queue" and "start" in events and events[-1] == "done"
+    assert first == {"position": 1, "in_flight": 1, "waiting": 1}
+    assert events.index("delta") > events.index("start")
