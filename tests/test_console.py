@@ -20,6 +20,7 @@ from proxy.console.sessions import SessionStore
 from tests.console_support import console_components, csrf_of
 from tests.fake_backend import FakeBackend
 from tests.support import JoulegateApp
+from tests.telemetry_support import until
 
 PROMPT = {"model": "fake-model", "prompt": "Say hi", "max_tokens": 4}
 
@@ -210,8 +211,7 @@ async def test_a_queued_prompt_is_told_its_place_then_streams_its_answer(
                 headers={"authorization": f"Bearer {keys['bob']}", "x-fake-hold": "1"},
             )
         )
-        while jg.gate.in_flight == 0:
-            await asyncio.sleep(0.01)
+        await until(lambda: jg.gate.in_flight == 1)
         events: list[str] = []
         first: dict[str, Any] = {}
         async with c.stream(
