@@ -59,6 +59,9 @@
     }
   }
 
+  window.addEventListener("resize", () => {
+    if (chart) chart.setSize({ width: Math.max(280, $("power-chart").clientWidth), height: 260 });
+  });
   poll();
   setInterval(poll, 1000);
 })();

@@ -127,6 +127,10 @@
     }
   }
 
+  window.addEventListener("resize", () => {
+    if (chart) chart.setSize({ width: Math.max(280, $("daily-chart").clientWidth), height: 240 });
+  });
+
   async function init() {
     $("since").value = today(-29);
     $("until").value = today(0);
