@@ -15,6 +15,8 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from accounting import Ledger
+from accounting.study.dataset import StudyRow
+from accounting.study.summary import summarise
 from proxy.cli import main as joulegate
 from tests.console_support import Served, chromium, console_errors, console_server
 from tests.fake_backend import FakeBackend
@@ -220,4 +222,34 @@ def test_an_admin_creates_a_key_shown_once_then_revokes_it(served: Served, brows
             "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {key}"}
         )
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "revoked_api_key"
+    assert console_errors(browser) == []
+
+
+def test_a_studys_summary_json_opens_in_compare(
+    served: Served, browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rows = [
+        StudyRow(model=m, task=t, prompt_id=f"{t}-{i}", repeat=1, prompt="p", response="r",
+                 prompt_tokens=10, completion_tokens=20 + i, duration_s=0.5, client_s=0.6,
+                 energy_j=e + i, energy_dynamic_j=e / 2, co2e_g=e / 1e4, sci_g=e / 9e3,
+                 request_id=f"{m}-{t}-{i}", ts="2026-01-01T00:00:00Z")
+        for m, e in (("smollm2", 10.0), ("gemma3", 30.0))
+        for t in ("code", "sql")
+        for i in range(3)
+    ]  # fmt: skip
+    summary = summarise(rows, ["smollm2", "gemma3"], ["code", "sql"])
+    path = tmp_path_factory.mktemp("study") / "summary.json"
+    path.write_text(json.dumps(summary.to_json()))
+    browser_sign_in(browser, served, "alice")
+    browser.get(f"{served.url}/console/compare")
+    browser.find_element(By.ID, "study-file").send_keys(str(path))
+    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heat-study td[data-n]"))
+    cell = browser.find_element(
+        By.CSS_SELECTOR, "#heat-study td[data-model='gemma3'][data-task='sql']"
+    )
+    expected = summary.cell("energy_j", "gemma3", "sql")
+    assert expected is not None
+    assert float(cell.get_attribute("data-mean")) == pytest.approx(expected.mean)
+    assert int(cell.get_attribute("data-n")) == 3
+    assert "Study summary.json" in browser.find_element(By.ID, "source").text
     assert console_errors(browser) == []
