@@ -32,7 +32,7 @@ from litestar.params import FromPath
 
 from accounting.auth import KEY_START, PREFIX_CHARS, ApiKey, Identity, check_user
 from accounting.budgets import PERIODS, check_limit, new_budget
-from accounting.ledger_stage import Accounting
+from accounting.ledger.stage import Accounting
 from config.errors import BadRequest, Forbidden, NotFound
 from proxy.context import AppContext
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from accounting import Ledger
+from accounting import SqliteLedger
 from accounting.auth import KeyStore
 from bench.fake import FakeBackend
 from bench.ledger import generate_sqlite, print_results
@@ -51,7 +51,7 @@ def add_tasks(path: Path) -> None:
 
 
 async def _keys(path: Path, user: str) -> tuple[str, str]:
-    async with Ledger(path) as ledger:
+    async with SqliteLedger(path) as ledger:
         keys = KeyStore(ledger)
         return (await keys.create(user))[0], (await keys.create("admin", admin=True))[0]
 
@@ -89,7 +89,7 @@ async def run(rows: int) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.sqlite3"
-        async with Ledger(path):
+        async with SqliteLedger(path):
             pass
         generate_sqlite(path, rows)
         add_tasks(path)

@@ -9,9 +9,9 @@ import pytest
 
 from accounting.auth import KeyStore
 from config import AuthSettings
-from tests.fake_backend import FakeBackend
-from tests.ledger_support import Store, accounting_components
-from tests.support import JoulegateApp
+from tests.support.fake_backend import FakeBackend
+from tests.support.ledger import Store, accounting_components
+from tests.support.serving import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ADMIN = "/v1/energy/admin"

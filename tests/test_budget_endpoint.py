@@ -8,9 +8,9 @@ import pytest
 from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
 from config import AuthSettings
-from tests.fake_backend import FakeBackend
-from tests.ledger_support import CO2E_G, ENERGY_J, Store, accounting_components
-from tests.support import JoulegateApp
+from tests.support.fake_backend import FakeBackend
+from tests.support.ledger import CO2E_G, ENERGY_J, Store, accounting_components
+from tests.support.serving import JoulegateApp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 WH = ENERGY_J / 3600

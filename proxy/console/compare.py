@@ -22,9 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from accounting.ledgers import AnyLedger
+from accounting.ledger import Ledger
+from accounting.ledger.rows import iso, utcnow
 from accounting.reports import ReportQuery
-from accounting.schema import iso, utcnow
 from accounting.study.stats import t_quantile
 from proxy.console.daycache import DAY, DayCache, whole_days
 
@@ -104,13 +104,13 @@ def _kind_json(cells: dict[tuple[str, str], _Sums]) -> dict[str, Any]:
     }
 
 
-async def _sums(ledger: AnyLedger, query: ReportQuery) -> Sums:
+async def _sums(ledger: Ledger, query: ReportQuery) -> Sums:
     where, params = query.where()
     rows = await ledger.fetchall(_SQL.format(day="", day_group="", where=where), params)
     return {(str(r[0]), str(r[1]), int(r[2])): [float(v) for v in r[3:]] for r in rows}
 
 
-async def _sums_by_day(ledger: AnyLedger, query: ReportQuery) -> dict[str, Sums]:
+async def _sums_by_day(ledger: Ledger, query: ReportQuery) -> dict[str, Sums]:
     where, params = query.where()
     sql = _SQL.format(day="substr(ts, 1, 10) AS d, ", day_group="d, ", where=where)
     out: dict[str, Sums] = defaultdict(dict)
@@ -120,7 +120,7 @@ async def _sums_by_day(ledger: AnyLedger, query: ReportQuery) -> dict[str, Sums]
 
 
 async def period_sums(
-    ledger: AnyLedger, query: ReportQuery, cache: DayCache[Sums] | None, now: dt.datetime
+    ledger: Ledger, query: ReportQuery, cache: DayCache[Sums] | None, now: dt.datetime
 ) -> list[Sums]:
     """The period's sums: kept whole days plus the rest from the ledger."""
     split = None
@@ -150,7 +150,7 @@ async def period_sums(
 
 
 async def build_compare(
-    ledger: AnyLedger,
+    ledger: Ledger,
     query: ReportQuery,
     cache: DayCache[Sums] | None = None,
     now: dt.datetime | None = None,

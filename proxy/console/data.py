@@ -18,10 +18,10 @@ from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from accounting.ledger_stage import Accounting
-from accounting.ledgers import AnyLedger
+from accounting.ledger import Ledger
+from accounting.ledger.rows import iso, row_from_sql, utcnow
+from accounting.ledger.stage import Accounting
 from accounting.reports import Line, Report, ReportQuery, build_report, parse_query
-from accounting.schema import iso, row_from_sql, utcnow
 from config.errors import BadRequest, NotFound
 from config.units import J_PER
 from proxy.console.compare import build_compare
@@ -51,7 +51,7 @@ def _period(request: Request[Any, Any, Any], seen: Viewer, by: str) -> dict[str,
     }
 
 
-async def day_report(ledger: AnyLedger, query: ReportQuery, cache: DayCache[Line] | None) -> Report:
+async def day_report(ledger: Ledger, query: ReportQuery, cache: DayCache[Line] | None) -> Report:
     """``build_report(ledger, query)`` for ``by = day``, whole days before today taken
     from ``cache``: the same lines and totals, in joulegate report's order."""
     now = utcnow()

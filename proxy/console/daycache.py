@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from accounting.ledgers import AnyLedger
+from accounting.ledger import Ledger
 
 T = TypeVar("T")
 DAY = dt.timedelta(days=1)
@@ -70,7 +70,7 @@ class DayCache(Generic[T]):
     seen_id: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def _forget_late_days(self, ledger: AnyLedger) -> None:
+    async def _forget_late_days(self, ledger: Ledger) -> None:
         if self.seen_id is None:
             rows = await ledger.fetchall("SELECT MAX(id) FROM requests")
             self.seen_id = int(rows[0][0] or 0)
@@ -86,7 +86,7 @@ class DayCache(Generic[T]):
 
     async def get(
         self,
-        ledger: AnyLedger,
+        ledger: Ledger,
         whose: str | None,
         days: list[str],
         compute: Callable[[str, str], Awaitable[dict[str, T]]],

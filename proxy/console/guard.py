@@ -27,7 +27,7 @@ from litestar.datastructures import Cookie
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from accounting.auth import ANONYMOUS, Identity
-from accounting.ledger_stage import Accounting
+from accounting.ledger.stage import Accounting
 from config.errors import Forbidden, NotFound, Unauthorized
 from proxy.console.sessions import COOKIE, Session
 from proxy.console.state import ConsoleState

@@ -27,8 +27,8 @@ from litestar.di import NamedDependency
 from litestar.response import Stream
 
 from accounting.auth import ANONYMOUS, Identity
-from accounting.ledger_stage import Accounting
-from accounting.schema import row_from_sql
+from accounting.ledger.rows import row_from_sql
+from accounting.ledger.stage import Accounting
 from config.errors import BadRequest, RateLimited, Unauthorized
 from proxy.console.guard import Viewer, check_post, viewer
 from proxy.console.inprocess import calling, headers_of, scope_for, whole

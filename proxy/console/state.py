@@ -22,7 +22,7 @@ from importlib import resources
 
 import jinja2
 
-from accounting.ledger_stage import Accounting
+from accounting.ledger.stage import Accounting
 from accounting.reports import Line
 from config.console import ConsoleSettings
 from proxy.console.compare import Sums
