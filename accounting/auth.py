@@ -231,6 +231,10 @@ class Authenticator:
         self._mode: Mode = (
             settings.mode if settings.mode != "auto" else ("keys" if keys.any_issued else "open")
         )
+        self.tickets: Callable[[str], Identity | None] | None = None
+        """Set by the web console: redeems the one-use bearer tickets it hands its own
+        in-process requests (a playground prompt) for the signed-in user's identity;
+        None for a token that is not such a ticket. Asked only once a token is no key."""
 
     @property
     def auto(self) -> bool:
@@ -291,6 +295,9 @@ class Authenticator:
                 "joulegate cannot check API keys right now (its ledger cannot be read); retry later"
             ) from exc
         if stored is None:
+            ticketed = self.tickets(token) if self.tickets is not None else None
+            if ticketed is not None:
+                return ticketed
             raise Unauthorized("invalid API key", code="invalid_api_key")
         if stored.revoked_ts is not None:
             raise Unauthorized(

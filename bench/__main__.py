@@ -17,6 +17,7 @@ MODULES = [
     "bench.attribution",
     "bench.batching",
     "bench.scale",
+    "bench.console",
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from config.console import ConsoleSettings
 from config.errors import ConfigError
 from config.sections import (
     AuthSettings,
@@ -109,6 +110,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, "port", "a port number 1-65535")

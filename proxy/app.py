@@ -38,6 +38,7 @@ from config.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
 from config.settings import Settings
 from meters import meters_component
 from proxy.backends import BackendRouter
+from proxy.console import console_component, console_router
 from proxy.context import AppContext, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
@@ -72,6 +73,7 @@ def default_components() -> list[Component]:
         meters_component,  # energy per request: the window is on_admitted to on_finished
         carbon(),  # carbon reads the meters' energy: keep it after the meters component
         forecast_component(),  # after carbon: its endpoint prices CO2e at carbon's intensity
+        console_component,  # after the ledger: its prompts' tickets are redeemed by auth
         record_component,  # last: records what every stage above has added
     ]
 
@@ -166,9 +168,11 @@ def create_app(
     mounts = [asgi("/v1", is_mount=True, copy_scope=False)(proxy)]
     if settings.ollama_native:
         mounts.append(asgi("/api", is_mount=True, copy_scope=False, name="ollama")(proxy))
+    # The console's routes are Litestar's own, beside the proxy: never on its path.
+    console = [console_router(settings.console)] if settings.console.enabled else []
 
     app = JoulegateApp(
-        route_handlers=[healthz, readyz, *mounts, *routes],
+        route_handlers=[healthz, readyz, *mounts, *routes, *console],
         # Route handlers get the context (and its typed resources) by injection.
         dependencies={"ctx": Provide(_context, sync_to_thread=False)},
         lifespan=[lifespan],

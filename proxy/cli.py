@@ -113,6 +113,10 @@ def _demo(args: argparse.Namespace) -> int:
             print(_KEYS_NOTE, flush=True)
         for m in models:
             print(demo_snippet(base, m.alias, keyed=keyed), flush=True)
+        if settings.console.enabled:
+            console = f"http://{settings.host}:{settings.port}{settings.console.path}"
+            print(f"── web console ──\nOpen {console} to prompt both models and see what"
+                  " each answer cost.\n", flush=True)  # fmt: skip
         # uvicorn turns SIGINT/SIGTERM into a graceful stop and returns; leaving the
         # with-block then stops the model servers.
         with contextlib.suppress(KeyboardInterrupt):
