@@ -141,7 +141,8 @@ def test_the_interval_holds_the_median_even_when_the_fit_slopes_down() -> None:
     slope_down = LinearFit(a=20.0, b=0.0, c=-2.0, r2=0.1, rows=9, residual_p10=0.5,
                            residual_p90=3.0)  # fmt: skip
     fit = ModelFit(MODEL, True, slope_down, None, slope_down, "2026-01-01T00:00:00.000000Z")
-    fs = FitSet({(MODEL, True): fit}, {(MODEL, "*"): TokenHistory((2.0, 3.0, 4.0), (2.0, 3.0, 4.0))})
+    tokens = TokenHistory((2.0, 3.0, 4.0), (2.0, 3.0, 4.0))
+    fs = FitSet({(MODEL, True): fit}, {(MODEL, "*"): tokens})
     for figure in (fs.predict(MODEL, None, 30, None).energy_j,
                    fs.predict(MODEL, None, 30, None).duration_s):  # fmt: skip
         assert figure is not None
