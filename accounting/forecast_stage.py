@@ -8,14 +8,15 @@ the ledger is (refitting every 200 requests on 200,000 rows cost each a thousand
 3 ms of CPU). A model whose history is small is refitted sooner: as soon as it has
 the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each of its
 requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22 requests
-once waited 11 minutes for its first forecast). ``POST /v1/energy/forecast`` for
-such a model first asks the ledger whether rows of it were committed since the fit
-(:meth:`Forecaster.freshen`: the rows after the fit's last id, a range read) and if
-so refits before answering, so a bench's last request is in the next forecast even
-when that request's own bookkeeping has not run yet; admission never waits. The ledger is
-read and the fit made in a worker thread (``fetch_converted``), so neither blocks a
-request; a request uses the fit it finds (:attr:`Forecaster.current`, replaced whole
-when a refit ends).
+once waited 11 minutes for its first forecast); on a ledger of more than
+:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows
+double. ``POST /v1/energy/forecast`` for such a model first asks the ledger whether
+rows of it were committed since the fit (:meth:`Forecaster.freshen`: the rows after
+the fit's last id, a range read) and if so refits before answering, so a bench's
+last request is in the next forecast even when that request's own bookkeeping has
+not run yet; admission never waits. The ledger is read and the fit made in a worker
+thread (``fetch_converted``), so neither blocks a request; a request uses the fit it
+finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
@@ -62,6 +63,8 @@ log = logging.getLogger("joulegate.forecast")
 
 SMALL_HISTORY_ROWS = 200
 """A model with fewer completed rows than this in its fit is refitted after each request."""
+CHEAP_REFIT_ROWS = 20_000
+"""Above this many rows in the fit, a small history is refitted only when it doubles."""
 NEWER_SQL = f"SELECT COUNT(*) FROM requests WHERE id > ? AND model_served = ? AND {SAMPLE_WHERE}"  # noqa: S608
 """A model's completed rows committed after a given id."""
 MAX_ALIASES = 1024
@@ -164,8 +167,7 @@ class Forecaster:
         self._new_rows += 1
         if model is not None and len(self._pending) < MAX_ALIASES:
             pending = self._pending[model] = self._pending.get(model, 0) + 1
-            fitted = self.current.model_rows.get(model, 0)
-            if fitted < SMALL_HISTORY_ROWS and fitted + pending >= MIN_FIT_ROWS:
+            if self._small_due(self.current.model_rows.get(model, 0), pending):
                 self._due.set()
         if self._new_rows >= max(self._refit_rows, REFIT_GROWTH * self.current.rows):
             self._due.set()
@@ -173,13 +175,22 @@ class Forecaster:
     async def freshen(self, model: str) -> None:
         """Refit first when ``model`` (its fitted name) has a small history and the
         ledger has completed rows of it the fit lacks (for the forecast endpoint)."""
-        fitted = self.current.model_rows.get(model, 0)
-        if fitted >= SMALL_HISTORY_ROWS:
+        if self.current.model_rows.get(model, 0) >= SMALL_HISTORY_ROWS:
             return
         async with self._refitting:  # a refit under way may already hold them
             newer = (await self._ledger.fetchall(NEWER_SQL, [self._upto_id, model]))[0][0]
-            if newer and fitted + int(newer) >= MIN_FIT_ROWS:
+            if self._small_due(self.current.model_rows.get(model, 0), int(newer)):
                 await self._refit_locked()
+
+    def _small_due(self, fitted: int, newer: int) -> bool:
+        """Whether a model with ``fitted`` rows in the fit and ``newer`` since is owed a
+        refit off the schedule: its first fit, or each new row of a small history (each
+        doubling on a big ledger)."""
+        if newer < 1 or fitted + newer < MIN_FIT_ROWS or fitted >= SMALL_HISTORY_ROWS:
+            return False
+        if fitted < MIN_FIT_ROWS or self.current.rows <= CHEAP_REFIT_ROWS:
+            return True
+        return fitted + newer >= 2 * fitted
 
     @property
     def refit_due(self) -> bool:

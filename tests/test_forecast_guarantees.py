@@ -122,6 +122,13 @@ def test_a_small_history_is_refitted_at_its_minimum_then_after_each_request(
     forecaster.current = FitSet(rows=5_000, model_rows={"m": 5_000})
     forecaster.note_finished("m")
     assert not forecaster.refit_due  # a long history keeps the schedule
+    forecaster = Forecaster(Ledger(tmp_path / "l.sqlite3"))  # a new model, a big ledger
+    forecaster.current = FitSet(rows=100_000, model_rows={"m": 12, "big": 99_988})
+    for _ in range(11):
+        forecaster.note_finished("m")
+    assert not forecaster.refit_due  # a refit costs a second here: wait for it to double
+    forecaster.note_finished("m")
+    assert forecaster.refit_due
 
 
 async def test_a_benchs_last_request_is_in_the_very_next_forecast(
