@@ -27,8 +27,9 @@ that hit its cap is known only to be at least that long, so under a larger
 ``basis`` says ``rescaled task history`` and ``history_cap`` the smallest cap hit).
 History learnt at ``max_tokens`` 64 thus no longer predicts 64 tokens for a
 request at 128 from a model that fills its cap. The 80% interval of a figure is
-the fit at the p10 and p90 token counts, widened by the fit's own residual p10
-and p90; it always holds the median.
+the fit at the p10 and p90 token counts, widened by the p10 and p90 of the fit's
+residuals taken as shares of the fitted values; it always holds the median, and
+its low end is above zero whenever the model's measured figures are.
 
 Everything here is pure computation on numpy arrays: the caller reads the rows
 and runs :func:`fit_samples` in a thread (it never runs on the event loop).
@@ -211,15 +212,18 @@ class FitSet:
         tokens = Interval(q[1], q[0], q[2])
 
         def figure(lf: LinearFit | None) -> Interval | None:
-            # Ordered whatever the fit's signs: on a few noisy rows the per-token slope
-            # can come out negative, and the residual quantiles need not straddle zero.
+            # The fit at the p10 and p90 tokens, widened by the residuals' p10 and p90 as
+            # shares of the fitted value: noise grows with the request, and a low end
+            # built on shares of a non-negative fit stays above zero (an absolute
+            # residual took a 19 J request's interval down to [0, ...]). Ordered whatever
+            # the fit's signs.
             if lf is None:
                 return None
             ends = lf.at(prompt_tokens, q[0]), lf.at(prompt_tokens, q[2])
             return Interval(
                 max(0.0, lf.at(prompt_tokens, q[1])),
-                max(0.0, min(ends) + min(lf.residual_p10, 0.0)),
-                max(0.0, max(ends) + max(lf.residual_p90, 0.0)),
+                max(0.0, min(ends) * (1.0 + min(lf.relative_p10, 0.0))),
+                max(0.0, max(ends) * (1.0 + max(lf.relative_p90, 0.0))),
             )
 
         return Prediction(

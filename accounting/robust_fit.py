@@ -40,6 +40,10 @@ class LinearFit:
     rows: int
     residual_p10: float
     residual_p90: float
+    relative_p10: float = 0.0
+    """The 10th percentile of the residuals as a share of the fitted value (> -1 when
+    every observed value is positive): an interval built on it never reaches zero."""
+    relative_p90: float = 0.0
 
     def at(self, prompt_tokens: float, completion_tokens: float) -> float:
         """The fitted value for one request."""
@@ -57,8 +61,8 @@ def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFi
         part = huber_fit_full(x[:, varies], y, iterations=iterations)
         coef = iter([part.a, part.b, part.c])
         full = [next(coef) if v else 0.0 for v in varies]
-        return LinearFit(full[0], full[1], full[2], part.r2, part.rows,
-                         part.residual_p10, part.residual_p90)  # fmt: skip
+        return LinearFit(full[0], full[1], full[2], part.r2, part.rows, part.residual_p10,
+                         part.residual_p90, part.relative_p10, part.relative_p90)  # fmt: skip
     return huber_fit_full(x, y, iterations=iterations)
 
 
@@ -155,5 +159,11 @@ def huber_fit_full(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> Lin
     total = float(np.sum(w * (y - mean) ** 2))
     r2 = 1.0 - float(np.sum(w * r**2)) / total if total > 0 else 1.0
     p10, p90 = (float(v) for v in np.quantile(r, [0.1, 0.9]))
+    fitted = y - r
+    positive = fitted > tiny
+    rel10 = rel90 = 0.0
+    if bool(positive.any()):
+        rel = r[positive] / fitted[positive]
+        rel10, rel90 = (float(v) for v in np.quantile(rel, [0.1, 0.9]))
     coef = [*(float(v) for v in beta), 0.0, 0.0]
-    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90)
+    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90, rel10, rel90)
