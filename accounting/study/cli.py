@@ -156,7 +156,7 @@ def study_prompts(settings: StudySettings) -> list[Prompt]:
 
 def bench(args: argparse.Namespace, *, start_demo: DemoStarter | None = None) -> int:
     """Run (or resume) a study; 0 when it finished, 1 when it stopped early."""
-    if args.protocol == PROTOCOL:
+    if getattr(args, "protocol", None) == PROTOCOL:
         progress = Progress() if args.no_progress else BarProgress()
         return bench_protocol(args, lambda a, f: _joulegate(a, f, start_demo), progress)
     folder: Path = args.out or Path(f"joulegate-bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
