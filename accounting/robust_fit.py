@@ -55,12 +55,18 @@ def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFi
 
     A token column that never varies (every prompt the same length) cannot be told
     from the constant: its coefficient is 0 rather than an arbitrary split with ``a``.
+    The exception is the last column (completion tokens): when every answer had the
+    same length (a model that always fills ``max_tokens``), the energy is put on the
+    output tokens and ``a`` is 0, since generation, not a fixed cost, is what a
+    longer answer costs (taken as fixed, a forecast at twice the cap came out the same).
     """
-    varies = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
-    if not all(varies):
-        part = huber_fit_full(x[:, varies], y, iterations=iterations)
+    kept = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
+    if not kept[-1] and float(x[0, -1]) > 0:
+        kept[0], kept[-1] = False, True
+    if not all(kept):
+        part = huber_fit_full(x[:, kept], y, iterations=iterations)
         coef = iter([part.a, part.b, part.c])
-        full = [next(coef) if v else 0.0 for v in varies]
+        full = [next(coef) if k else 0.0 for k in kept]
         return LinearFit(full[0], full[1], full[2], part.r2, part.rows, part.residual_p10,
                          part.residual_p90, part.relative_p10, part.relative_p90)  # fmt: skip
     return huber_fit_full(x, y, iterations=iterations)

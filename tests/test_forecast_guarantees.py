@@ -213,3 +213,14 @@ def test_evaluate_keeps_test_rows_for_every_model_and_warns_on_thin_cells(
 async def _append(path: Path, rows: list[LedgerRow]) -> None:
     async with Ledger(path) as ledger:
         await ledger.append_many(rows)
+
+
+def test_a_model_that_always_fills_its_cap_costs_more_at_a_larger_cap() -> None:
+    # Gemma on the demo ran every answer to max_tokens 64: the output column never
+    # varied, and taken as a fixed cost the forecast at 128 was the same as at 64.
+    rows = [sample(20 + i, 64, 400.0 + 2.0 * i, hit_cap=True) for i in range(20)]
+    fs = fit_samples(rows)
+    at_64, at_128 = fs.predict("m", "chat", 30, 64), fs.predict("m", "chat", 30, 128)
+    assert at_64.energy_j is not None and at_128.energy_j is not None
+    assert at_64.energy_j.p50 == pytest.approx(np.mean([s.energy_j for s in rows]), rel=0.05)
+    assert at_128.energy_j.p50 == pytest.approx(2 * at_64.energy_j.p50, rel=0.1)
