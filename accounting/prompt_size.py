@@ -42,9 +42,10 @@ APPROX_PARAM = "prompt_approx_tokens"
 """The ``request_params`` key under which a ledger row keeps its prompt's approximation."""
 CALIBRATION_ROWS = 1000
 """The latest ledger rows the calibration is learnt from."""
-CALIBRATION_SQL = (
+CALIBRATION_SQL = (  # among the latest 50,000 rows: an old ledger is not scanned whole
     "SELECT model_served, prompt_tokens, request_params FROM requests"
-    " WHERE failure IS NULL AND status < 400 AND model_served IS NOT NULL"
+    " WHERE id > (SELECT COALESCE(MAX(id), 0) FROM requests) - 50000"
+    " AND failure IS NULL AND status < 400 AND model_served IS NOT NULL"
     " AND prompt_tokens IS NOT NULL AND request_params LIKE '%prompt_approx_tokens%'"
     " ORDER BY id DESC LIMIT ?"
 )
