@@ -100,6 +100,9 @@ def _ready(sampler: Sampler) -> dict[str, Any]:
         "meter": sampler.label,
         "estimated": sampler.estimated,
         "failing": failing,
+        # What each meter reads (``nvml: 1 GPU (NVIDIA H100 80GB HBM3), energy counter``):
+        # the AI Energy Score run checks the hardware against the rating's from here.
+        "devices": [m.describe() for m in sampler.meters],
     }
 
 

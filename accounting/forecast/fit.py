@@ -14,11 +14,22 @@ are never used. Measured rows and estimated rows (``energy_estimated``) are
 fitted apart; a forecast uses the measured fit when there is one and says which
 it used.
 
+Every coefficient is non-negative (:mod:`accounting.robust_fit`), so no forecast
+falls with more tokens or below zero.
+
 Output tokens are not known before the request runs: they are predicted as the
 10th, 50th and 90th percentiles of what the same model produced for the same
-task (every task when the request names none), capped by ``max_tokens``. The
-80% interval of a figure is the fit at the p10 and p90 token counts, widened by
-the fit's own residual p10 and p90; it always holds the median.
+task (every task when the request names none), conditioned on the request's
+``max_tokens``. An answer that ended on its own (any ``finish_reason`` but
+``length``) counts as its length, capped by the new ``max_tokens``; an answer
+that hit its cap is known only to be at least that long, so under a larger
+``max_tokens`` it is taken to run to the new cap (the history is *rescaled*:
+``basis`` says ``rescaled task history`` and ``history_cap`` the smallest cap hit).
+History learnt at ``max_tokens`` 64 thus no longer predicts 64 tokens for a
+request at 128 from a model that fills its cap. The 80% interval of a figure is
+the fit at the p10 and p90 token counts, widened by the p10 and p90 of the fit's
+residuals taken as shares of the fitted values; it always holds the median, and
+its low end is above zero whenever the model's measured figures are.
 
 Everything here is pure computation on numpy arrays: the caller reads the rows
 and runs :func:`fit_samples` in a thread (it never runs on the event loop).
@@ -33,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from accounting.forecast.robust_fit import FloatArray, LinearFit, huber_fit
 from accounting.ledger.rows import iso
@@ -43,8 +55,46 @@ MIN_TOKEN_ROWS = 3
 """Fewer than this and a (model, task) has no token history."""
 ALL_TASKS = "*"
 """The token-history key of a model's rows over every task."""
+BEYOND_CAP = 1e9
+"""Stands for the unknown length of an answer that hit its cap (longer than any cap)."""
 
-Basis = Literal["task history", "max_tokens cap", "no history"]
+Basis = Literal["task history", "rescaled task history", "max_tokens cap", "no history"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHistory:
+    """A (model, task)'s output tokens: p10, p50 and p90 two ways."""
+
+    observed: tuple[float, float, float]
+    """As the answers came (one that hit its cap counts at that cap): for requests
+    without ``max_tokens``."""
+    open_ended: tuple[float, float, float]
+    """With each answer that hit its cap at :data:`BEYOND_CAP`: for requests with a
+    ``max_tokens``, which caps them."""
+    smallest_cap_hit: float | None = None
+    """The smallest cap an answer hit (None: every answer ended on its own)."""
+
+    def at(self, max_tokens: int | None) -> tuple[tuple[float, float, float], bool]:
+        """The percentiles for a request capped at ``max_tokens``, and whether answers
+        that hit a smaller cap were taken to run to this one (rescaled)."""
+        if max_tokens is None:
+            return self.observed, False
+        q = self.open_ended
+        capped = (min(q[0], max_tokens), min(q[1], max_tokens), min(q[2], max_tokens))
+        hit = self.smallest_cap_hit
+        return capped, hit is not None and hit < max_tokens
+
+
+def token_history(tokens: FloatArray, hit_cap: npt.NDArray[np.bool_]) -> TokenHistory:
+    """The :class:`TokenHistory` of one group's completion tokens."""
+    observed = np.quantile(tokens, [0.1, 0.5, 0.9])
+    smallest = None
+    open_ended = observed
+    if bool(hit_cap.any()):
+        smallest = float(tokens[hit_cap].min())
+        open_ended = np.quantile(np.where(hit_cap, BEYOND_CAP, tokens), [0.1, 0.5, 0.9])
+    o, e = (float(v) for v in observed), (float(v) for v in open_ended)
+    return TokenHistory((next(o), next(o), next(o)), (next(e), next(e), next(e)), smallest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +109,8 @@ class Sample:
     energy_j: float
     energy_dynamic_j: float | None
     duration_s: float | None
+    hit_cap: bool = False
+    """The answer stopped at its ``max_tokens`` (``finish_reason`` ``length``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +162,8 @@ class Prediction:
     energy_dynamic_j: Interval | None = None
     duration_s: Interval | None = None
     fit: ModelFit | None = None
+    history_cap: float | None = None
+    """With ``rescaled task history``: the smallest cap the history's answers hit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +171,12 @@ class FitSet:
     """Every model's fit and token history at one moment; replaced whole on a refit."""
 
     fits: dict[tuple[str, bool], ModelFit] = field(default_factory=dict)
-    tokens: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
-    """(model, task or ``*``) → completion tokens p10, p50, p90."""
+    tokens: dict[tuple[str, str], TokenHistory] = field(default_factory=dict)
+    """(model, task or ``*``) → its completion tokens."""
     fitted_at: str | None = None
     rows: int = 0
+    model_rows: dict[str, int] = field(default_factory=dict)
+    """Model → the completed rows of it the fit read (those below the minimum too)."""
 
     def fit_for(self, model: str) -> ModelFit | None:
         """The measured fit of ``model``, else its estimated one."""
@@ -136,9 +192,11 @@ class FitSet:
                 "no history",
                 f"the ledger has fewer than {MIN_FIT_ROWS} completed requests of {model!r}",
             )
-        q = self.tokens.get((model, task or ALL_TASKS))
+        history = self.tokens.get((model, task or ALL_TASKS))
         basis: Basis = "task history"
-        if q is None:
+        history_cap = None
+        q: tuple[float, float, float]
+        if history is None:
             if max_tokens is None:
                 what = f"for task {task!r}" if task else "at all"
                 return Prediction(
@@ -147,20 +205,25 @@ class FitSet:
                     fit=fit,
                 )
             basis, q = "max_tokens cap", (max_tokens, max_tokens, max_tokens)
-        elif max_tokens is not None:
-            q = (min(q[0], max_tokens), min(q[1], max_tokens), min(q[2], max_tokens))
+        else:
+            q, rescaled = history.at(max_tokens)
+            if rescaled:
+                basis, history_cap = "rescaled task history", history.smallest_cap_hit
         tokens = Interval(q[1], q[0], q[2])
 
         def figure(lf: LinearFit | None) -> Interval | None:
-            # Ordered whatever the fit's signs: on a few noisy rows the per-token slope
-            # can come out negative, and the residual quantiles need not straddle zero.
+            # The fit at the p10 and p90 tokens, widened by the residuals' p10 and p90 as
+            # shares of the fitted value: noise grows with the request, and a low end
+            # built on shares of a non-negative fit stays above zero (an absolute
+            # residual took a 19 J request's interval down to [0, ...]). Ordered whatever
+            # the fit's signs.
             if lf is None:
                 return None
             ends = lf.at(prompt_tokens, q[0]), lf.at(prompt_tokens, q[2])
             return Interval(
                 max(0.0, lf.at(prompt_tokens, q[1])),
-                max(0.0, min(ends) + min(lf.residual_p10, 0.0)),
-                max(0.0, max(ends) + max(lf.residual_p90, 0.0)),
+                max(0.0, min(ends) * (1.0 + min(lf.relative_p10, 0.0))),
+                max(0.0, max(ends) * (1.0 + max(lf.relative_p90, 0.0))),
             )
 
         return Prediction(
@@ -171,6 +234,7 @@ class FitSet:
             figure(fit.energy_dynamic),
             figure(fit.duration),
             fit,
+            history_cap,
         )
 
 
@@ -231,29 +295,32 @@ def fit_samples(samples: Iterable[Sample], now: dt.datetime | None = None) -> Fi
     """Every model's fits and every (model, task)'s token quantiles (blocking: use a thread)."""
     fitted_at = iso(now or dt.datetime.now(dt.UTC))
     by_fit: dict[tuple[str, bool], list[Sample]] = defaultdict(list)
-    by_task: dict[tuple[str, str], list[int]] = defaultdict(list)
+    by_task: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    model_rows: dict[str, int] = defaultdict(int)
     count = 0
     for s in samples:
         count += 1
+        model_rows[s.model] += 1
         by_fit[(s.model, s.estimated)].append(s)
-        by_task[(s.model, s.task or "(none)")].append(s.completion_tokens)
-        by_task[(s.model, ALL_TASKS)].append(s.completion_tokens)
+        by_task[(s.model, s.task or "(none)")].append(s)
+        by_task[(s.model, ALL_TASKS)].append(s)
     fits = {
         key: fit
         for key, rows in by_fit.items()
         if (fit := fit_model(key[0], key[1], rows, fitted_at)) is not None
     }
-    tokens: dict[tuple[str, str], tuple[float, float, float]] = {}
-    for key, values in by_task.items():
-        if len(values) >= MIN_TOKEN_ROWS:
-            q10, q50, q90 = (float(v) for v in np.quantile(np.array(values), [0.1, 0.5, 0.9]))
-            tokens[key] = (q10, q50, q90)
-    return FitSet(fits, tokens, fitted_at, count)
+    tokens = {
+        key: token_history(_column(rows, "completion_tokens"),
+                           np.array([s.hit_cap for s in rows], dtype=bool))
+        for key, rows in by_task.items()
+        if len(rows) >= MIN_TOKEN_ROWS
+    }  # fmt: skip
+    return FitSet(fits, tokens, fitted_at, count, dict(model_rows))
 
 
 SAMPLE_COLUMNS = (
     "model_served, task, energy_estimated, prompt_tokens, completion_tokens, energy_j,"
-    " energy_dynamic_j, duration_s"
+    " energy_dynamic_j, duration_s, CASE WHEN finish_reason = 'length' THEN 1 ELSE 0 END"
 )
 SAMPLE_WHERE = (
     "failure IS NULL AND status < 400 AND model_served IS NOT NULL"
@@ -270,42 +337,4 @@ def sample_from_sql(r: Sequence[object]) -> Sample:
     as None; :data:`SAMPLE_WHERE` rules out the NULLs that matter), so nothing is
     converted: a refit reads up to a million of them.
     """
-    return Sample(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """How a fit on earlier rows did on later ones, for one (model, task)."""
-
-    model: str
-    task: str
-    test_rows: int
-    r2_actual_tokens: float | None
-    """R^2 of the energy fit given each request's actual tokens (None: no fit)."""
-    mape_pct: float | None
-    """Mean absolute percentage error of the before-the-fact forecast (None: none made)."""
-    forecast_rows: int
-
-
-def evaluate(fs: FitSet, test: Sequence[tuple[Sample, int | None]]) -> list[Evaluation]:
-    """Score ``fs`` on later rows (each with its request's ``max_tokens``), per (model, task)."""
-    groups: dict[tuple[str, str], list[tuple[Sample, int | None]]] = defaultdict(list)
-    for item in test:
-        groups[(item[0].model, item[0].task or "(none)")].append(item)
-    out: list[Evaluation] = []
-    for (model, task), items in sorted(groups.items()):
-        y = np.array([s.energy_j for s, _ in items])
-        fit = fs.fit_for(model)
-        r2 = None
-        if fit is not None and len(items) >= 2:
-            f = np.array([fit.energy.at(s.prompt_tokens, s.completion_tokens) for s, _ in items])
-            total = float(np.sum((y - y.mean()) ** 2))
-            r2 = 1.0 - float(np.sum((y - f) ** 2)) / total if total > 0 else None
-        errors = []
-        for s, cap in items:
-            e = fs.predict(model, s.task, s.prompt_tokens, cap).energy_j
-            if e is not None and s.energy_j > 0:
-                errors.append(abs(e.p50 - s.energy_j) / s.energy_j)
-        mape = 100.0 * float(np.mean(errors)) if errors else None
-        out.append(Evaluation(model, task, len(items), r2, mape, len(errors)))
-    return out
+    return Sample(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7], bool(r[8]))  # type: ignore[arg-type]

@@ -5,6 +5,14 @@ the residuals' median absolute deviation each round, so the odd gross outlier (a
 thermal pause, a stalled backend) barely moves the coefficients. Pure computation
 and blocking on big arrays: callers run it in a thread (:mod:`accounting.forecast.fit`
 fits each model's energy, dynamic energy and duration with it).
+
+Every coefficient is constrained to be non-negative: energy and time cannot fall
+with more tokens, nor be negative for an empty request. On a few noisy rows an
+unconstrained fit gave a negative per-token slope (-1.79 J per prompt token) and
+then forecast 0 J for a request that cost 19 J. Each IRLS step solves its weighted
+least squares under that constraint exactly: with three coefficients the optimum
+is the best of the eight solutions with some coefficients held at zero that are
+themselves non-negative (a convex problem: its optimum is one of them).
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ class LinearFit:
     rows: int
     residual_p10: float
     residual_p90: float
+    relative_p10: float = 0.0
+    """The 10th percentile of the residuals as a share of the fitted value (> -1 when
+    every observed value is positive): an interval built on it never reaches zero."""
+    relative_p90: float = 0.0
 
     def at(self, prompt_tokens: float, completion_tokens: float) -> float:
         """The fitted value for one request."""
@@ -43,14 +55,20 @@ def huber_fit(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFi
 
     A token column that never varies (every prompt the same length) cannot be told
     from the constant: its coefficient is 0 rather than an arbitrary split with ``a``.
+    The exception is the last column (completion tokens): when every answer had the
+    same length (a model that always fills ``max_tokens``), the energy is put on the
+    output tokens and ``a`` is 0, since generation, not a fixed cost, is what a
+    longer answer costs (taken as fixed, a forecast at twice the cap came out the same).
     """
-    varies = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
-    if not all(varies):
-        part = huber_fit_full(x[:, varies], y, iterations=iterations)
+    kept = [True, *(bool(np.ptp(x[:, j]) > 0) for j in range(1, x.shape[1]))]
+    if not kept[-1] and float(x[0, -1]) > 0:
+        kept[0], kept[-1] = False, True
+    if not all(kept):
+        part = huber_fit_full(x[:, kept], y, iterations=iterations)
         coef = iter([part.a, part.b, part.c])
-        full = [next(coef) if v else 0.0 for v in varies]
-        return LinearFit(full[0], full[1], full[2], part.r2, part.rows,
-                         part.residual_p10, part.residual_p90)  # fmt: skip
+        full = [next(coef) if k else 0.0 for k in kept]
+        return LinearFit(full[0], full[1], full[2], part.r2, part.rows, part.residual_p10,
+                         part.residual_p90, part.relative_p10, part.relative_p90)  # fmt: skip
     return huber_fit_full(x, y, iterations=iterations)
 
 
@@ -85,13 +103,35 @@ class _NormalEquations:
         self._k, self._pairs = k, len(pairs)
 
     def solve(self, w: FloatArray) -> FloatArray:
-        """The coefficients minimising ``sum(w * (y - x @ beta) ** 2)``."""
+        """The non-negative coefficients minimising ``sum(w * (y - x @ beta) ** 2)``."""
         sums = np.einsum("ij,j->i", self._products, w)
         a = np.empty((self._k, self._k))
         a[self._upper] = sums[: self._pairs]
         a.T[self._upper] = sums[: self._pairs]
-        solution = np.linalg.lstsq(a, sums[self._pairs :], rcond=None)[0]
-        return np.asarray(solution, dtype=np.float64)
+        return non_negative_solve(a, sums[self._pairs :])
+
+
+def non_negative_solve(a: FloatArray, g: FloatArray) -> FloatArray:
+    """``beta >= 0`` minimising ``beta @ a @ beta - 2 * beta @ g`` (normal equations
+    ``a = X'WX``, ``g = X'Wy``): the unconstrained solve when it is non-negative, else
+    the best non-negative solve on a subset of the coefficients (the rest at zero)."""
+    k = len(g)
+    best = np.zeros(k)
+    full = np.linalg.lstsq(a, g, rcond=None)[0]
+    if bool(np.all(full >= 0.0)):
+        return np.asarray(full, dtype=np.float64)
+    best_q = 0.0  # the objective at beta = 0
+    for mask in range(1, 2**k - 1):
+        free = [j for j in range(k) if mask >> j & 1]
+        part = np.linalg.lstsq(a[np.ix_(free, free)], g[free], rcond=None)[0]
+        if bool(np.any(part < 0.0)):
+            continue
+        beta = np.zeros(k)
+        beta[free] = part
+        q = float(beta @ a @ beta - 2.0 * beta @ g)
+        if q < best_q:
+            best, best_q = beta, q
+    return best
 
 
 def huber_fit_full(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> LinearFit:
@@ -125,5 +165,11 @@ def huber_fit_full(x: FloatArray, y: FloatArray, *, iterations: int = 50) -> Lin
     total = float(np.sum(w * (y - mean) ** 2))
     r2 = 1.0 - float(np.sum(w * r**2)) / total if total > 0 else 1.0
     p10, p90 = (float(v) for v in np.quantile(r, [0.1, 0.9]))
+    fitted = y - r
+    positive = fitted > tiny
+    rel10 = rel90 = 0.0
+    if bool(positive.any()):
+        rel = r[positive] / fitted[positive]
+        rel10, rel90 = (float(v) for v in np.quantile(rel, [0.1, 0.9]))
     coef = [*(float(v) for v in beta), 0.0, 0.0]
-    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90)
+    return LinearFit(coef[0], coef[1], coef[2], r2, len(y), p10, p90, rel10, rel90)

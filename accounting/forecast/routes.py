@@ -3,10 +3,14 @@
 The body is the one ``chat/completions`` or ``completions`` takes (``messages``
 or ``prompt``, ``model``, ``max_tokens``), plus an optional ``task`` (or the
 ``x-joulegate-task`` header, which wins). It authenticates like the other energy
-routes. The prompt's tokens are counted by the backend's own tokenizer where it
-has one (llama.cpp's ``/tokenize``, with a short timeout), else approximated from
-its characters; ``prompt_tokens_source`` says which (``backend_tokenizer`` or
-``approximation``). The answer gives the predicted output tokens, energy (total
+routes. The prompt's tokens are counted as ``joulegate forecast`` counts them
+(:func:`accounting.prompt_size.count_prompt`): by the backend's own tokenizer where
+it has one (llama.cpp's ``/tokenize``, with a short timeout), else approximated from
+its characters in the tokens that model's backend reports; ``prompt_tokens_source``
+says which (``backend_tokenizer`` or ``approximation``). A model with a small
+history whose newest rows the fit lacks is refitted first
+(:meth:`~accounting.forecast_stage.Forecaster.freshen`), so the last request a
+bench sent is in the forecast. The answer gives the predicted output tokens, energy (total
 and dynamic), duration, CO2e and SCI, each as a median and an 80% interval, the
 ``basis`` of the token prediction and the fit behind it (see
 :mod:`accounting.forecast.fit`). A requested alias uses the fit of the name it was
@@ -18,26 +22,24 @@ world average (``carbon_source`` says which).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from litestar import MediaType, Request, post
 from litestar.di import NamedDependency
 
 from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource, sci
+from accounting.forecast.calibration import PromptTokensSource, count_prompt
 from accounting.forecast.fit import Interval, Prediction
-from accounting.forecast.stage import Forecaster, approx_prompt_tokens, max_tokens_of
+from accounting.forecast.stage import Forecaster, max_tokens_of
 from accounting.ledger.routes import _caller
 from config import CarbonSettings
 from config.errors import BackendUnreachable, BadRequest, ModelNotFound, NotFound
 from proxy.context import AppContext
 from proxy.intake import parse_body
 from proxy.task import is_task_name, request_task
-from proxy.tokenizer import TOKENIZING_PROVIDERS, count_prompt_tokens
 
 INTERVAL = 0.8
 """The share of requests each forecast interval should hold (p10 to p90)."""
-PromptTokensSource = Literal["backend_tokenizer", "approximation"]
-"""Where an answer's ``prompt_tokens`` came from."""
 
 
 def _interval(value: Interval | None, digits: int = 6) -> dict[str, float] | None:
@@ -93,6 +95,7 @@ async def energy_forecast(
             param="model",
         )
     prompt_tokens, source = await _prompt_tokens(ctx, forecaster, model, body)
+    await forecaster.freshen(forecaster.fitted_name(model))
     prediction = forecaster.predict(model, task, body, prompt_tokens)
     return {
         "object": "energy.forecast",
@@ -109,19 +112,14 @@ async def energy_forecast(
 async def _prompt_tokens(
     ctx: AppContext, forecaster: Forecaster, model: str, body: dict[str, Any]
 ) -> tuple[int, PromptTokensSource]:
-    """The prompt's tokens as the backend serving ``model`` counts them where it can
-    (llama.cpp's tokenizer, :mod:`proxy.tokenizer`), else the approximation; a count
-    also teaches ``forecaster`` how that backend sizes prompts, for admission."""
+    """The prompt's tokens for ``model``, counted as the command line counts them; a
+    tokenizer's count also teaches ``forecaster`` how that backend sizes prompts."""
     try:
         backend = ctx.router.route(model)
     except (ModelNotFound, BackendUnreachable):
         backend = None
-    if backend is not None and backend.provider in TOKENIZING_PROVIDERS:
-        counted = await count_prompt_tokens(ctx.client, backend.url, body)
-        if counted is not None:
-            forecaster.note_prompt(model, body, counted)
-            return counted, "backend_tokenizer"
-    return approx_prompt_tokens(body), "approximation"
+    name = forecaster.fitted_name(model)
+    return await count_prompt(ctx.client, backend, name, body, forecaster.prompt_size)
 
 
 def _intensity(ctx: AppContext) -> Intensity:
@@ -151,6 +149,7 @@ def render(prediction: Prediction, cfg: CarbonSettings, reading: Intensity) -> d
             )
     out: dict[str, Any] = {
         "basis": prediction.basis,
+        "history_cap": prediction.history_cap,
         "completion_tokens": _interval(prediction.completion_tokens, 1),
         "energy_j": _interval(prediction.energy_j),
         "energy_dynamic_j": _interval(prediction.energy_dynamic_j),

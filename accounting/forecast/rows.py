@@ -21,7 +21,15 @@ from operator import itemgetter
 import numpy as np
 import numpy.typing as npt
 
-from accounting.forecast.fit import ALL_TASKS, MIN_TOKEN_ROWS, FitSet, ModelFit, fit_arrays
+from accounting.forecast.fit import (
+    ALL_TASKS,
+    MIN_TOKEN_ROWS,
+    FitSet,
+    ModelFit,
+    TokenHistory,
+    fit_arrays,
+    token_history,
+)
 from accounting.forecast.robust_fit import FloatArray
 from accounting.ledger.rows import iso
 
@@ -47,6 +55,8 @@ class SampleColumns:
     energy_dynamic_j: FloatArray
     """NaN where a row has none (as :attr:`duration_s`)."""
     duration_s: FloatArray
+    hit_cap: npt.NDArray[np.bool_]
+    """The answer stopped at its ``max_tokens`` (``finish_reason`` ``length``)."""
 
     def __len__(self) -> int:
         return len(self.energy_j)
@@ -92,6 +102,7 @@ def columns_from_rows(rows: Sequence[Sequence[object]]) -> SampleColumns:
         floats(5),
         nullable(6),
         nullable(7),
+        np.fromiter(column(8), np.int64, n) != 0,
     )
 
 
@@ -122,12 +133,14 @@ def fit_columns(cols: SampleColumns, now: dt.datetime | None = None) -> FitSet:
     groups = [((cols.models[k // n_tasks], cols.tasks[k % n_tasks]), idx)
               for k, idx in _groups(mi * n_tasks + cols.task_index)]  # fmt: skip
     groups += [((cols.models[k], ALL_TASKS), idx) for k, idx in _groups(mi)]
-    tokens: dict[tuple[str, str], tuple[float, float, float]] = {}
-    for name, idx in groups:
-        if len(idx) >= MIN_TOKEN_ROWS:
-            q10, q50, q90 = (float(v) for v in np.quantile(c[idx], [0.1, 0.5, 0.9]))
-            tokens[name] = (q10, q50, q90)
-    return FitSet(fits, tokens, fitted_at, len(cols))
+    tokens: dict[tuple[str, str], TokenHistory] = {
+        name: token_history(c[idx], cols.hit_cap[idx])
+        for name, idx in groups
+        if len(idx) >= MIN_TOKEN_ROWS
+    }
+    counts = np.bincount(mi, minlength=len(cols.models))
+    model_rows = {name: int(n) for name, n in zip(cols.models, counts, strict=True)}
+    return FitSet(fits, tokens, fitted_at, len(cols), model_rows)
 
 
 def fit_rows(rows: Sequence[Sequence[object]], now: dt.datetime | None = None) -> FitSet:

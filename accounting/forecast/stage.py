@@ -5,9 +5,18 @@ in the background, once ``refit_rows`` requests have finished *and* the ledger h
 grown by a tenth of the rows the fit was made on, or every ``refit_s`` seconds when
 any request finished. Reading then costs each request about ten row reads however big
 the ledger is (refitting every 200 requests on 200,000 rows cost each a thousand, some
-3 ms of CPU). The ledger is read and the fit made in a worker thread
-(``fetch_converted``), so neither blocks a request; a request uses the fit it finds
-(:attr:`Forecaster.current`, replaced whole when a refit ends).
+3 ms of CPU). A model whose history is small is refitted sooner: as soon as it has
+the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each of its
+requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22 requests
+once waited 11 minutes for its first forecast); on a ledger of more than
+:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows
+double. ``POST /v1/energy/forecast`` for such a model first asks the ledger whether
+rows of it were committed since the fit (:meth:`Forecaster.freshen`: the rows after
+the fit's last id, a range read) and if so refits before answering, so a bench's
+last request is in the next forecast even when that request's own bookkeeping has
+not run yet; admission never waits. The ledger is read and the fit made in a worker
+thread (``fetch_converted``), so neither blocks a request; a request uses the fit it
+finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
@@ -34,8 +43,14 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from accounting.budgets import BudgetBook
-from accounting.forecast.calibration import PromptCalibration
-from accounting.forecast.fit import SAMPLE_SQL, FitSet, Prediction
+from accounting.forecast.calibration import (
+    CALIBRATION_ROWS,
+    CALIBRATION_SQL,
+    PromptCalibration,
+    approx_prompt_tokens,
+    calibration_from_rows,
+)
+from accounting.forecast.fit import MIN_FIT_ROWS, SAMPLE_SQL, SAMPLE_WHERE, FitSet, Prediction
 from accounting.forecast.rows import fit_rows
 from accounting.ledger import Ledger
 from accounting.ledger.stage import Accounting
@@ -43,12 +58,15 @@ from config.errors import BudgetExceeded, LedgerError
 from config.units import J_PER_WH
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
-from proxy.prompt import CHARS_PER_TOKEN, prompt_size
 
 log = logging.getLogger("joulegate.forecast")
 
-TOKENS_PER_MESSAGE = 4
-"""What a chat template adds around each message (role markers, separators)."""
+SMALL_HISTORY_ROWS = 200
+"""A model with fewer completed rows than this in its fit is refitted after each request."""
+CHEAP_REFIT_ROWS = 20_000
+"""Above this many rows in the fit, a small history is refitted only when it doubles."""
+NEWER_SQL = f"SELECT COUNT(*) FROM requests WHERE id > ? AND model_served = ? AND {SAMPLE_WHERE}"  # noqa: S608
+"""A model's completed rows committed after a given id."""
 MAX_ALIASES = 1024
 """Requested → served names remembered at most (requested names are the clients')."""
 SERVED_SQL = (
@@ -60,12 +78,6 @@ SERVED_SQL = (
 )
 """The aliases among the latest rows (by id), oldest first so that the latest wins."""
 _MAX_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def approx_prompt_tokens(body: Mapping[str, Any] | None) -> int:
-    """The prompt's tokens, approximated from its characters (no tokenizer)."""
-    chars, messages = prompt_size(body)
-    return int(-(-chars // CHARS_PER_TOKEN)) + TOKENS_PER_MESSAGE * messages
 
 
 def max_tokens_of(body: Mapping[str, Any] | None) -> int | None:
@@ -98,6 +110,11 @@ class Forecaster:
         self._max_rows = max_rows
         self._new_rows = 0
         self._due = asyncio.Event()
+        self._pending: dict[str, int] = {}
+        """Model → its requests finished since the last refit began."""
+        self._upto_id = 0
+        """The ledger's last row id when the current fit began reading."""
+        self._refitting = asyncio.Lock()
         self.current = FitSet()
         """The fit requests use now; replaced whole, never changed in place."""
         self.served: dict[str, str] = {}
@@ -106,7 +123,7 @@ class Forecaster:
         self.prompt_size = PromptCalibration()
         """Each fitted model's prompt counts against the approximation (admission's size)."""
 
-    def _fitted(self, model: str) -> str:
+    def fitted_name(self, model: str) -> str:
         """The name ``model``'s fit is under: its own, else the name it was served as."""
         return model if self.current.fit_for(model) is not None else self.served.get(model, model)
 
@@ -121,7 +138,7 @@ class Forecaster:
         size is ``prompt_tokens`` when the caller counted them, else its approximation
         in the tokens that model's backend has been counting
         (:mod:`accounting.forecast.calibration`)."""
-        model = self._fitted(model)
+        model = self.fitted_name(model)
         if prompt_tokens is None:
             prompt_tokens = self.prompt_size.tokens(model, approx_prompt_tokens(body))
         return self.current.predict(model, task, prompt_tokens, max_tokens_of(body))
@@ -130,7 +147,7 @@ class Forecaster:
         """The backend counted ``counted`` prompt tokens in ``body`` (its usage after a
         request, its tokenizer for a forecast): later admissions size prompts alike."""
         if model and body:
-            self.prompt_size.note(self._fitted(model), approx_prompt_tokens(body), counted)
+            self.prompt_size.note(self.fitted_name(model), approx_prompt_tokens(body), counted)
 
     def note_served(self, requested: str | None, served: str | None) -> None:
         """Remember the name a requested model was answered under (an alias)."""
@@ -144,12 +161,37 @@ class Forecaster:
             self.note_served(requested, served)
         return len(self.served)
 
-    def note_finished(self) -> None:
-        """A request finished: refit once ``refit_rows`` of them have and the rows grew
-        by :data:`REFIT_GROWTH` of the fit's."""
+    def note_finished(self, model: str | None = None) -> None:
+        """A request finished (``model``: the name it was served as, when it completed):
+        refit once ``refit_rows`` of them have and the rows grew by
+        :data:`REFIT_GROWTH` of the fit's, or at once for a small history."""
         self._new_rows += 1
+        if model is not None and len(self._pending) < MAX_ALIASES:
+            pending = self._pending[model] = self._pending.get(model, 0) + 1
+            if self._small_due(self.current.model_rows.get(model, 0), pending):
+                self._due.set()
         if self._new_rows >= max(self._refit_rows, REFIT_GROWTH * self.current.rows):
             self._due.set()
+
+    async def freshen(self, model: str) -> None:
+        """Refit first when ``model`` (its fitted name) has a small history and the
+        ledger has completed rows of it the fit lacks (for the forecast endpoint)."""
+        if self.current.model_rows.get(model, 0) >= SMALL_HISTORY_ROWS:
+            return
+        async with self._refitting:  # a refit under way may already hold them
+            newer = (await self._ledger.fetchall(NEWER_SQL, [self._upto_id, model]))[0][0]
+            if self._small_due(self.current.model_rows.get(model, 0), int(newer)):
+                await self._refit_locked()
+
+    def _small_due(self, fitted: int, newer: int) -> bool:
+        """Whether a model with ``fitted`` rows in the fit and ``newer`` since is owed a
+        refit off the schedule: its first fit, or each new row of a small history (each
+        doubling on a big ledger)."""
+        if newer < 1 or fitted + newer < MIN_FIT_ROWS or fitted >= SMALL_HISTORY_ROWS:
+            return False
+        if fitted < MIN_FIT_ROWS or self.current.rows <= CHEAP_REFIT_ROWS:
+            return True
+        return fitted + newer >= 2 * fitted
 
     @property
     def refit_due(self) -> bool:
@@ -158,11 +200,24 @@ class Forecaster:
 
     async def refit(self) -> FitSet:
         """Read the completed rows and fit them in a worker thread."""
+        async with self._refitting:
+            return await self._refit_locked()
+
+    async def _refit_locked(self) -> FitSet:
         self._new_rows = 0
+        self._pending.clear()
+        upto = (await self._ledger.fetchall("SELECT COALESCE(MAX(id), 0) FROM requests"))[0][0]
         self.current = await self._ledger.fetch_converted(
             SAMPLE_SQL + " ORDER BY id DESC LIMIT ?", [self._max_rows], fit_rows
         )
+        self._upto_id = int(upto)
         return self.current
+
+    async def load_calibration(self) -> None:
+        """Learn how each model's backend sizes prompts from the ledger's latest rows
+        (start-up: as ``joulegate forecast`` does, before any request is seen)."""
+        rows = await self._ledger.fetchall(CALIBRATION_SQL, [CALIBRATION_ROWS])
+        self.prompt_size = calibration_from_rows(rows)
 
     async def run(self) -> None:
         """Refit whenever due, until cancelled; failures are logged, never raised."""
@@ -235,11 +290,12 @@ class ForecastStage(Stage):
         """Count the request towards the next refit (closed: its row is committed by now)."""
         if ex.gated and ex.window.admitted_s is not None:
             self._f.note_served(ex.model_requested, ex.model_served)
+            completed = None
             if ex.failure is None and ex.prompt_tokens is not None:
                 # Under the name the backend answered as: the fits are keyed by it.
-                self._f.note_prompt(ex.model_served or ex.model_requested, ex.body,
-                                    ex.prompt_tokens)  # fmt: skip
-            self._f.note_finished()
+                completed = ex.model_served or ex.model_requested
+                self._f.note_prompt(completed, ex.body, ex.prompt_tokens)
+            self._f.note_finished(completed)
 
 
 def forecast_component(
@@ -256,6 +312,7 @@ def forecast_component(
         try:
             fit = await forecaster.refit()
             aliases = await forecaster.load_served()
+            await forecaster.load_calibration()
             log.info("forecast fitted on %d ledger rows (%d models, %d aliases)",
                      fit.rows, len(fit.fits), aliases)  # fmt: skip
         except LedgerError as exc:

@@ -34,6 +34,7 @@ from typing import Any
 
 from accounting.auth import Authenticator, KeyStore
 from accounting.budgets import BudgetBook
+from accounting.forecast.calibration import APPROX_PARAM, approx_prompt_tokens
 from accounting.ledger import Ledger, ledger_from_settings
 from accounting.ledger.rows import LedgerRow, iso, utcnow
 from config import Settings
@@ -235,6 +236,8 @@ def row_from_exchange(
     }
     if isinstance(body.get("messages"), list):
         params["messages_count"] = len(body["messages"])
+    if body:  # beside the backend's prompt_tokens: how the forecast learns to size prompts
+        params[APPROX_PARAM] = approx_prompt_tokens(body)
     prompt = None
     if record_content:
         content = {k: body[k] for k in _CONTENT_FIELDS if k in body}

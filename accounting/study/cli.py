@@ -24,6 +24,7 @@ import httpx
 import msgspec
 from tqdm import tqdm
 
+from accounting.study.aienergyscore import PROTOCOL, add_arguments, bench_protocol
 from accounting.study.dataset import Dataset
 from accounting.study.plots import draw_plots, plots_available
 from accounting.study.prompts import Prompt, bundled_prompts, load_prompt_file, select
@@ -95,6 +96,7 @@ def register(sub: Any, *, start_demo: DemoStarter | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     p.add_argument("--cooldown-s", type=float, help="sleep between models (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_arguments(p)  # --protocol ai-energy-score: accounting.study.aienergyscore
     p.set_defaults(handler=lambda args: bench(args, start_demo=start_demo))
 
 
@@ -154,6 +156,9 @@ def study_prompts(settings: StudySettings) -> list[Prompt]:
 
 def bench(args: argparse.Namespace, *, start_demo: DemoStarter | None = None) -> int:
     """Run (or resume) a study; 0 when it finished, 1 when it stopped early."""
+    if getattr(args, "protocol", None) == PROTOCOL:
+        progress = Progress() if args.no_progress else BarProgress()
+        return bench_protocol(args, lambda a, f: _joulegate(a, f, start_demo), progress)
     folder: Path = args.out or Path(f"joulegate-bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
     if args.resume and args.out is None:
         raise StudyError("--resume needs --out DIR, the folder of the study to continue")

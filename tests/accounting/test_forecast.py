@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from accounting import SqliteLedger
-from accounting.forecast.fit import FitSet, ModelFit, Sample, fit_samples
+from accounting.forecast.fit import FitSet, ModelFit, Sample, TokenHistory, fit_samples
 from accounting.forecast.robust_fit import LinearFit
 from accounting.forecast.stage import Forecaster, approx_prompt_tokens, forecast_component
 from accounting.ledger.rows import LedgerRow, iso
@@ -98,13 +98,14 @@ def test_the_interval_holds_the_median_even_when_the_fit_slopes_down() -> None:
     # Nine noisy rows can give a negative per-token slope and residual quantiles on one
     # side of zero (seen on the real server): the interval must still hold the median.
     slope_down = LinearFit(a=20.0, b=0.0, c=-2.0, r2=0.1, rows=9, residual_p10=0.5,
-                           residual_p90=3.0)  # fmt: skip
+                           residual_p90=3.0, relative_p10=0.05, relative_p90=0.25)  # fmt: skip
     fit = ModelFit(MODEL, True, slope_down, None, slope_down, "2026-01-01T00:00:00.000000Z")
-    fs = FitSet({(MODEL, True): fit}, {(MODEL, "*"): (2.0, 3.0, 4.0)})
+    tokens = TokenHistory((2.0, 3.0, 4.0), (2.0, 3.0, 4.0))
+    fs = FitSet({(MODEL, True): fit}, {(MODEL, "*"): tokens})
     for figure in (fs.predict(MODEL, None, 30, None).energy_j,
                    fs.predict(MODEL, None, 30, None).duration_s):  # fmt: skip
         assert figure is not None
-        assert (figure.low, figure.p50, figure.high) == (12.0, 14.0, 19.0)
+        assert (figure.low, figure.p50, figure.high) == (12.0, 14.0, 20.0)
 
 
 def test_the_prompt_approximation_counts_characters_and_messages() -> None:

@@ -46,8 +46,8 @@ def test_the_in_place_median_is_numpys(n: int) -> None:
 
 def test_rows_without_a_task_share_one_token_history_with_the_per_sample_fit() -> None:
     tasks = [(None, 10), ("", 20), (None, 30), ("code", 40)] * 3
-    sql_rows = [(MODEL, task, 0, 100, tokens, 50.0, None, 1.0) for task, tokens in tasks]
+    sql_rows = [(MODEL, task, 0, 100, tokens, 50.0, None, 1.0, 0) for task, tokens in tasks]
     columnar = fit_rows(sql_rows, START)
     assert columnar.tokens == fit_samples((sample_from_sql(r) for r in sql_rows), START).tokens
-    assert columnar.tokens[(MODEL, "(none)")] == (10.0, 20.0, 30.0)  # all nine rows
-    assert columnar.tokens[(MODEL, "code")] == (40.0, 40.0, 40.0)
+    assert columnar.tokens[(MODEL, "(none)")].observed == (10.0, 20.0, 30.0)  # all nine rows
+    assert columnar.tokens[(MODEL, "code")].observed == (40.0, 40.0, 40.0)

@@ -122,10 +122,10 @@ async def test_aliases_are_reloaded_from_the_ledger_so_a_restart_forecasts_them_
 
 def test_the_columnar_refit_matches_the_per_sample_fit() -> None:
     rows = [*synthetic_rows(), *synthetic_rows(60, seed=2, task="chat", estimated=True)]
-    sql_rows = [
+    sql_rows = [  # every third answer hit its cap: both token histories must agree too
         (r.model_served, r.task, int(r.energy_estimated), r.prompt_tokens, r.completion_tokens,
-         r.energy_j, r.energy_dynamic_j, r.duration_s)
-        for r in rows
+         r.energy_j, r.energy_dynamic_j, r.duration_s, int(i % 3 == 0))
+        for i, r in enumerate(rows)
         if r.failure is None
     ]  # fmt: skip
     columnar = fit_rows(sql_rows, START)

@@ -138,7 +138,10 @@ async def test_each_gated_request_is_recorded_before_its_last_byte(
     assert first["finish_reason"] == "length" and first["failure"] is None
     assert first["duration_s"] >= 0 and first["queue_s"] >= 0
     assert first["ts"] <= first["finished_ts"]
-    assert json.loads(first["request_params"]) == {"max_tokens": 4, "messages_count": 1}
+    # The prompt's approximate size, not its content: how forecasts learn to size prompts.
+    assert json.loads(first["request_params"]) == {
+        "max_tokens": 4, "messages_count": 1, "prompt_approx_tokens": 8,
+    }  # fmt: skip
     assert first["prompt"] is None and first["response"] is None  # no content by default
     second = db_rows(path)[1]
     assert second["stream"] == 1 and (second["prompt_tokens"], second["completion_tokens"]) == (

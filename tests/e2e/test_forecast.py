@@ -42,7 +42,9 @@ def test_a_restarted_joulegate_forecasts_from_the_recorded_requests(
     r = httpx.post(second.url + "/v1/energy/forecast", json=body, headers=TASK, timeout=30)
     assert r.status_code == 200, r.text
     f = r.json()
-    assert f["basis"] == "task history" and f["task"] == "e2e-forecast"
+    # Every answer filled its cap (2, 3 or 4): at 4, those that hit 2 and 3 run to 4.
+    assert f["basis"] == "rescaled task history" and f["history_cap"] == 2
+    assert f["task"] == "e2e-forecast" and f["completion_tokens"]["p50"] == 4
     assert f["prompt_tokens_source"] == "backend_tokenizer"
     assert f["prompt_tokens"] == answers[-1].usage.prompt_tokens  # what llama.cpp counted
     for name in ("completion_tokens", "energy_j", "duration_s", "co2e_g"):

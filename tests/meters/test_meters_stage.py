@@ -98,6 +98,8 @@ async def test_failed_meter_gives_null_and_a_reason_never_zero(
     assert r.headers["x-energy-meter"] == "nvml+rapl"
     (check,) = [c for c in readyz["checks"] if c["name"] == "meters"]
     assert check["failing"] == {"nvml": "NVML read: GPU is lost"} and check["ok"] is True
+    # What each meter reads, for the AI Energy Score run's hardware check.
+    assert check["devices"] == ["nvml: gpu", "rapl: cpu"]
 
 
 async def test_estimates_are_labelled(fake: FakeBackend, joulegate_app: JoulegateApp) -> None:
