@@ -114,6 +114,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forecast_energy_j, backend, host
         )""",
     ),
+    # 5: how the embodied emissions were chosen (SQLite's migration 10).
+    ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
