@@ -137,14 +137,14 @@ def render(
     prediction: Prediction,
     cfg: CarbonSettings,
     reading: Intensity,
-    embodied: Embodied | None = None,
+    hardware: Embodied | None = None,
 ) -> dict[str, Any]:
     """A prediction's figures, with CO2e and SCI at ``reading`` (PUE from ``cfg``, the
     embodied emissions the carbon stage chose, else ``carbon.embodied_g`` or a generic
     server, as the carbon stage applies them)."""
-    if embodied is None:
-        embodied = embodied_for(None, cfg.embodied_g if cfg.embodied_g >= 0 else None)
-    total_embodied_g = embodied.total_g
+    if hardware is None:
+        hardware = embodied_for(None, cfg.embodied_g if cfg.embodied_g >= 0 else None)
+    total_embodied_g = hardware.total_g
     intensity, where = reading.g_per_kwh, reading.source
     co2e = sci_g = None
     e, d = prediction.energy_j, prediction.duration_s

@@ -8,9 +8,10 @@ It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
 the request's window, both kept) per request and per output token, as typed fields
 of the exchange. The hardware's embodied emissions ``TE`` are chosen once at
 start-up from the :class:`~proxy.machine.Machine` the meters found
-(:mod:`accounting.carbon.embodied`) and named in ``ex.embodied_model``; :mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
-``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g`` and
-``x-sci-g-per-token``).
+(:mod:`accounting.carbon.embodied`) and named in ``ex.embodied_model``.
+:mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
+``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g``,
+``x-sci-operational-g``, ``x-sci-embodied-g`` and ``x-sci-g-per-token``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class CarbonStage(Stage):
     ) -> None:
         self._source = source
         self._cfg = cfg
-        self.embodied = embodied or embodied_for(None, cfg.embodied_g if cfg.embodied_g >= 0 else None)
+        override = cfg.embodied_g if cfg.embodied_g >= 0 else None
+        self.embodied = embodied or embodied_for(None, override)
 
     async def on_finished(self, ex: Exchange) -> None:
         """Account the request's carbon from its energy and window."""
@@ -64,7 +66,9 @@ class CarbonStage(Stage):
         reading = self._source.current()
         reserved_s = ex.window.duration_s or 0.0
         total_embodied_g = self.embodied.total_g
-        embodied_g = sci.embodied_g(total_embodied_g, reserved_s, cfg.lifetime_s, cfg.resource_share)
+        embodied_g = sci.embodied_g(
+            total_embodied_g, reserved_s, cfg.lifetime_s, cfg.resource_share
+        )
         ex.carbon_intensity_g_per_kwh = reading.g_per_kwh
         ex.carbon_source = reading.source
         ex.sci_embodied_g = embodied_g
