@@ -53,3 +53,9 @@ def test_a_small_study_matches_the_ledger(
         assert recorded["duration_s"] == pytest.approx(r.duration_s, abs=1e-3)
     assert "harness overhead:" in done.stdout
     assert (out / "report.html").exists() and (out / "sci_heatmap.png").exists()
+    # The conclusion comes first; the methods name the machine and the embodied model.
+    assert done.stdout.startswith("By energy per request, the most efficient model was")
+    assert all(r.embodied_model and r.finish_reason for r in rows)
+    assert {recorded["embodied_model"] for recorded in ledger.values()} == {rows[0].embodied_model}
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    assert any(line.startswith("hardware: CPU ") for line in methods)
