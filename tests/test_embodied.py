@@ -106,11 +106,10 @@ async def test_every_answer_and_ledger_row_names_the_embodied_model(
         functools.partial(meters_component, meters=[SteadyMeter(10.0, "cpu")], machine=vm),
         carbon(), record_component,
     ]  # fmt: skip
-    async with joulegate_app(fake.url, comps, ledger=LedgerSettings(path=str(ledger)),
-                             carbon=CarbonSettings(country="FR")) as jg:  # fmt: skip
-        async with httpx.AsyncClient() as c:
-            r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
-            ready = (await c.get(jg.url + "/readyz")).json()
+    settings = {"ledger": LedgerSettings(path=str(ledger)), "carbon": CarbonSettings(country="FR")}
+    async with joulegate_app(fake.url, comps, **settings) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        ready = (await c.get(jg.url + "/readyz")).json()
     energy = r.json()["energy"]
     expected = "vm-share: 2 of 96 host vCPUs x generic server 1,000 kg = 20.8 kg"
     assert energy["embodied_model"] == expected

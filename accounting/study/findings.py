@@ -156,8 +156,8 @@ def _paragraph(summary: Summary, winners: Sequence[Winner]) -> str:
             clear = sum(1 for w in won if w.overlap is False)
             span = ""
             if ratios:
-                lo, hi = min(ratios), max(ratios)
-                how = f"{lo:.2f}x" if lo == hi else f"{lo:.2f}x to {hi:.2f}x"
+                lo, hi = f"{min(ratios):.2f}x", f"{max(ratios):.2f}x"
+                how = lo if lo == hi else f"{lo} to {hi}"
                 span = f"; the next model used {how} as much"
             parts.append(
                 f"{model} in {len(won)} of {len(ws)} tasks ({', '.join(w.task for w in won)}"

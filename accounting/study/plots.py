@@ -111,7 +111,7 @@ def draw_plots(summary: Summary, rows: Sequence[StudyRow], folder: Path) -> list
 
     # 3. SCI per request split into its operational and embodied parts.
     fig, ax = plt.subplots(figsize=(1.4 * len(tasks) * max(1, len(models)) / 2 + 3, 4))
-    labels = [f"{m}\n{t}" for m in models for t in tasks]
+    labels = [f"{m} · {t}" for m in models for t in tasks]
     op = [_mean(summary, "sci_operational_g", m, t) for m in models for t in tasks]
     emb = [_mean(summary, "sci_embodied_g", m, t) for m in models for t in tasks]
     xs = list(range(len(labels)))
@@ -120,7 +120,7 @@ def draw_plots(summary: Summary, rows: Sequence[StudyRow], folder: Path) -> list
     ax.bar(xs, emb, 0.7, bottom=[0.0 if math.isnan(v) else v for v in op],
            label="embodied (M)", color="#fde725", hatch="//", edgecolor="black",
            linewidth=0.6)  # fmt: skip
-    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_xticks(xs, labels, fontsize=7, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_ylabel("SCI per request (g)")
     ax.set_title("SCI per request: operational and embodied parts")
     ax.legend()
