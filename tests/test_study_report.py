@@ -111,6 +111,8 @@ async def test_the_report_starts_with_the_conclusion_then_tables_plots_methods(
         "Energy per request (J), estimated"
     )
     assert "hit max_tokens (4) on 100%" in printed
+    # The dynamic part is reported on its own, not only the totals.
+    assert "Dynamic energy per request (above the idle baseline) (J), estimated" in printed
     split = next(line for line in printed.splitlines() if line.startswith("SCI per request (g)"))
     assert split.split()[4:] == ["operational", "E", "x", "I", "embodied", "M", "total",
                                  "operational", "share"]  # fmt: skip
