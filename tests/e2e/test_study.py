@@ -25,7 +25,7 @@ def test_a_small_study_matches_the_ledger(
     argv = ["bench", "--url", jg.url, "--models", f"{MODEL},{GEMMA}", "--prompts", "2",
             "--repeats", "1", "--max-tokens", "8", "--out", str(out), "--no-progress"]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "proxy.cli", *argv], env=jg.env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = read_rows(out / "dataset.jsonl")
     assert len(rows) == 2 * 5 * 2
