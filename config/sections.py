@@ -153,9 +153,12 @@ class CarbonSettings:
     (marked ``stale``) before the table is used instead."""
     pue: float = 1.0
     """Power usage effectiveness: data-centre overhead applied to energy before CO2eq."""
-    embodied_g: float = 5_864_000.0
-    """SCI: embodied emissions of the hardware in gCO2e (default: one H100 164 kg plus an
-    8-GPU server without GPUs 5,700 kg, figures used by the EcoLogits methodology)."""
+    embodied_g: float = -1.0
+    """SCI: embodied emissions of the hardware in gCO2e. Negative (the default): chosen
+    at start-up from the hardware found: 164 kg per GPU NVML finds plus their share of
+    a 5,700 kg 8-GPU server base (EcoLogits), a VM's vCPUs over 96 of a generic
+    1,000 kg server, or a bare-metal server's 1,000 kg (SCI specification); 0 or more
+    overrides the detection (each answer names the choice in ``embodied_model``)."""
     lifetime_s: float = 4 * 365.25 * 86400
     """SCI: expected hardware lifetime in seconds (default 4 years)."""
     resource_share: float = 1.0
@@ -180,7 +183,6 @@ class CarbonSettings:
         require(self.ttl_s > 0, "carbon.ttl_s", "> 0")
         require(self.stale_s >= 0, "carbon.stale_s", ">= 0")
         require(self.pue >= 1.0, "carbon.pue", ">= 1.0")
-        require(self.embodied_g >= 0, "carbon.embodied_g", ">= 0")
         require(self.lifetime_s > 0, "carbon.lifetime_s", "> 0")
         require(0 < self.resource_share <= 1, "carbon.resource_share", "in (0, 1]")
 

@@ -167,6 +167,15 @@ class EstimateMeter(Meter):
         dram = ("dram",) if self.memory_w > 0 else ()
         return ("cpu", *dram, *(("gpu",) if self.gpu_board_power_w > 0 else ()))
 
+    def power_range_w(self) -> tuple[float, float]:
+        """(idle floor, full load) of the CPU and DRAM parts in watts: what an idle
+        baseline between them tells about how busy the machine was (a GPU board power
+        counts only while a request runs, so it is in neither)."""
+        if self.vcpu is None:
+            return 0.0, self.cpu_tdp_w
+        c = self.vcpu.central
+        return self.cpus * c.min_w + self.memory_w, self.cpus * c.max_w + self.memory_w
+
     def read(self) -> dict[str, Reading]:
         """Estimated energy counters since the meter started."""
         try:

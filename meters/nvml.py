@@ -105,6 +105,11 @@ class NvmlMeter(Meter):
         return ("gpu",)
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The metered GPUs' names, in index order."""
+        return tuple(self._names)
+
+    @property
     def uses_counter(self) -> bool:
         """Whether energy comes from the hardware counter (else integrated power)."""
         return self.counter_reason is None

@@ -25,12 +25,15 @@ from typing import Any
 from meters.base import Activity, Meter
 from meters.closer import ShareCloser
 from meters.detect import detect_meters
+from meters.estimate import EstimateMeter
+from meters.machine import detect_machine
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
 from meters.work import WorkOf
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
+from proxy.machine import Machine
 
 log = logging.getLogger("joulegate.meters")
 
@@ -92,9 +95,9 @@ class MeterStage(Stage):
             ex.record_measurement(energy)
 
 
-def _ready(sampler: Sampler) -> dict[str, Any]:
+def _ready(sampler: Sampler, machine: Machine) -> dict[str, Any]:
     failing = sampler.failing()
-    return {
+    check: dict[str, Any] = {
         "name": "meters",
         "ok": bool(sampler.meters) and len(failing) < len(sampler.meters),
         "meter": sampler.label,
@@ -103,7 +106,14 @@ def _ready(sampler: Sampler) -> dict[str, Any]:
         # What each meter reads (``nvml: 1 GPU (NVIDIA H100 80GB HBM3), energy counter``):
         # the AI Energy Score run checks the hardware against the rating's from here.
         "devices": [m.describe() for m in sampler.meters],
+        "machine": machine.as_dict(),
     }
+    estimates = [m for m in sampler.meters if isinstance(m, EstimateMeter)]
+    if estimates:
+        floor_w, full_w = estimates[0].power_range_w()
+        check["estimate_floor_w"], check["estimate_full_w"] = round(floor_w, 3), round(full_w, 3)
+        check["estimate_model"] = estimates[0].estimate_model
+    return check
 
 
 @contextlib.asynccontextmanager
@@ -113,23 +123,28 @@ async def meters_component(
     meters: Sequence[Meter] | None = None,
     activity: Activity | None = None,
     thermometer: CpuThermometer | None = None,
+    machine: Machine | None = None,
 ) -> AsyncIterator[Stage]:
     """Detect (or take) the meters, run the sampler and the thermal guard, yield the stage.
 
     Tests pass ``meters`` (fakes) and, for the estimate, the ``activity`` its
-    meter was built with; the sampler is published as ``ctx.power`` and ``ctx.get(Sampler)``.
+    meter was built with; the sampler is published as ``ctx.power`` and ``ctx.get(Sampler)``,
+    the :class:`~proxy.machine.Machine` (detected, or the one tests pass) as ``ctx.get(Machine)``.
     """
     s = ctx.settings.meters
     activity = activity or Activity()
     if meters is None:
         meters = (await asyncio.to_thread(detect_meters, s, activity=activity)).meters
+    if machine is None:
+        machine = await asyncio.to_thread(detect_machine, s)
+    ctx.publish(machine)
     sampler = Sampler(meters, sample_hz=s.sample_hz, external_hz=s.external_hz, activity=activity)
     for line in sampler.ignored:
         log.info("meter: ignoring %s", line)
     await asyncio.to_thread(sampler.start)
     ctx.power = sampler
     ctx.publish(sampler)
-    ctx.ready_checks.append(lambda: _ready(sampler))
+    ctx.ready_checks.append(lambda: _ready(sampler, machine))
     guard_task: asyncio.Task[None] | None = None
     if s.thermal_limit_c > 0:
         cpu = thermometer or CpuThermometer(s.hwmon_root)

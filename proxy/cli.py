@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -132,12 +133,15 @@ def _bench_demo(args: argparse.Namespace, folder: Path) -> Iterator[str]:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.llamacpp import demo_models, free_port, llama_servers
+    from proxy.llamacpp import demo_models, describe_backends, free_port, llama_servers
     from proxy.server import http_protocol
 
     models = demo_models(args.models)
     print(f"starting llama-server for {', '.join(m.title for m in models)} …", file=sys.stderr)
     with llama_servers(models) as urls:
+        # The study's methods name the model files, their hashes and the server version.
+        backends = json.dumps(describe_backends(models), indent=2)
+        (folder / "backends.json").write_text(backends, encoding="utf-8")
         port = free_port()
         settings = settings_from(
             args,

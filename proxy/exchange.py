@@ -140,6 +140,8 @@ class Exchange:
     sci_embodied_g: float | None = None
     sci_g_per_token: float | None = None
     carbon_pue: float | None = None
+    embodied_model: str | None = None
+    """How the hardware's embodied emissions were chosen (:mod:`accounting.carbon.embodied`)."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers a stage adds that are not figures (a budget's remaining energy); the
     figures' own headers are rendered from the typed fields (:mod:`proxy.render`)."""

@@ -14,7 +14,9 @@ from a model hub:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -237,6 +239,52 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, alias: str, timeout_s: 
         if time.monotonic() > deadline:
             raise BackendStartError(f"llama-server for {alias} not ready after {timeout_s} s")
         time.sleep(0.1)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def server_version(binary: Path) -> str:
+    """``llama-server --version``'s version line (``version: 11434 (abc1234)``), or why not."""
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed argv
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({type(exc).__name__})"
+    found = re.search(r"version:?\s*(.+)", done.stdout + done.stderr)
+    return found.group(1).strip() if found else "unknown"
+
+
+def describe_backends(
+    models: Sequence[DemoModel], *, threads: int | None = None, cache_dir: Path | None = None
+) -> list[dict[str, object]]:
+    """What a study's methods say about each demo backend: the model file, its
+    quantisation and sha256, the llama-server version and its threads."""
+    binary = llama_server_binary()
+    version = server_version(binary)
+    out: list[dict[str, object]] = []
+    for m in models:
+        gguf = m.locate(cache_dir)
+        quant = re.search(r"\((Q[0-9A-Z_]+)\)", m.title)
+        out.append({
+            "model": m.alias,
+            "title": m.title,
+            "file": gguf.name,
+            "size_bytes": gguf.stat().st_size,
+            "sha256": _file_sha256(gguf),
+            "quantisation": quant.group(1) if quant else "unknown",
+            "backend": "llama.cpp llama-server",
+            "backend_version": version,
+            "threads": threads or max(1, os.cpu_count() or 2),
+            "parallel": 1,
+        })  # fmt: skip
+    return out
 
 
 @contextlib.contextmanager

@@ -106,6 +106,7 @@ def carbon_object(ex: Exchange) -> dict[str, Any]:
         "sci_g_per_token": _sig(ex.sci_g_per_token),
         "sci_operational_g": _sig(ex.sci_operational_g),
         "sci_embodied_g": _sig(ex.sci_embodied_g),
+        "embodied_model": ex.embodied_model,
     }
     if ex.energy_j is None:
         fields["co2e_reason"] = NO_ENERGY
@@ -157,6 +158,8 @@ def figure_headers(ex: Exchange) -> dict[str, str]:
             "x-co2e-g": ex.co2e_g,
             "x-carbon-intensity-g-per-kwh": ex.carbon_intensity_g_per_kwh,
             "x-sci-g": ex.sci_g,
+            "x-sci-operational-g": ex.sci_operational_g,
+            "x-sci-embodied-g": ex.sci_embodied_g,
             "x-sci-g-per-token": ex.sci_g_per_token,
         }
         out |= {k: f"{v:.6g}" for k, v in carbon.items() if v is not None}

@@ -5,6 +5,7 @@ providers); ``sci`` the Green Software Foundation's formula; ``stage`` the pipel
 stage that turns a request's measured energy into CO2e and SCI.
 """
 
+from accounting.carbon.embodied import Embodied, embodied_for
 from accounting.carbon.intensity import (
     WORLD_AVERAGE_G_PER_KWH,
     Intensity,
@@ -16,8 +17,10 @@ from accounting.carbon.stage import CarbonStage, carbon
 __all__ = [
     "WORLD_AVERAGE_G_PER_KWH",
     "CarbonStage",
+    "Embodied",
     "Intensity",
     "IntensitySource",
     "build_source",
     "carbon",
+    "embodied_for",
 ]

@@ -28,6 +28,7 @@ from litestar import MediaType, Request, post
 from litestar.di import NamedDependency
 
 from accounting.carbon import WORLD_AVERAGE_G_PER_KWH, Intensity, IntensitySource, sci
+from accounting.carbon.embodied import Embodied, embodied_for
 from accounting.forecast.calibration import PromptTokensSource, count_prompt
 from accounting.forecast.fit import Interval, Prediction
 from accounting.forecast.stage import Forecaster, max_tokens_of
@@ -105,7 +106,7 @@ async def energy_forecast(
         "prompt_tokens_source": source,
         "max_tokens": max_tokens_of(body),
         "interval": INTERVAL,
-        **render(prediction, ctx.settings.carbon, _intensity(ctx)),
+        **render(prediction, ctx.settings.carbon, _intensity(ctx), ctx.get(Embodied)),
     }
 
 
@@ -130,9 +131,18 @@ def _intensity(ctx: AppContext) -> Intensity:
     return source.current()
 
 
-def render(prediction: Prediction, cfg: CarbonSettings, reading: Intensity) -> dict[str, Any]:
-    """A prediction's figures, with CO2e and SCI at ``reading`` (PUE and embodied
-    carbon from ``cfg``, as the carbon stage applies them)."""
+def render(
+    prediction: Prediction,
+    cfg: CarbonSettings,
+    reading: Intensity,
+    hardware: Embodied | None = None,
+) -> dict[str, Any]:
+    """A prediction's figures, with CO2e and SCI at ``reading`` (PUE from ``cfg``, the
+    embodied emissions the carbon stage chose, else ``carbon.embodied_g`` or a generic
+    server, as the carbon stage applies them)."""
+    if hardware is None:
+        hardware = embodied_for(None, cfg.embodied_g if cfg.embodied_g >= 0 else None)
+    total_embodied_g = hardware.total_g
     intensity, where = reading.g_per_kwh, reading.source
     co2e = sci_g = None
     e, d = prediction.energy_j, prediction.duration_s
@@ -142,7 +152,7 @@ def render(prediction: Prediction, cfg: CarbonSettings, reading: Intensity) -> d
         if d is not None:
 
             def embodied(s: float) -> float:
-                return sci.embodied_g(cfg.embodied_g, s, cfg.lifetime_s, cfg.resource_share)
+                return sci.embodied_g(total_embodied_g, s, cfg.lifetime_s, cfg.resource_share)
 
             sci_g = Interval(
                 co2e.p50 + embodied(d.p50), co2e.low + embodied(d.low), co2e.high + embodied(d.high)

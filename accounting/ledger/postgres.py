@@ -129,6 +129,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE requests ALTER COLUMN prompt_tokens TYPE BIGINT,"
         " ALTER COLUMN completion_tokens TYPE BIGINT, ALTER COLUMN status TYPE BIGINT",
     ),
+    # 6: how the embodied emissions were chosen (SQLite's migration 10).
+    ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

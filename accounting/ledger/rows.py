@@ -74,6 +74,8 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     sci_operational_g: float | None = None
     sci_embodied_g: float | None = None
     sci_g_per_token: float | None = None
+    embodied_model: str | None = None
+    """How the hardware's embodied emissions (SCI's ``M``) were chosen."""
     trace_id: str | None = None
     response_id: str | None = None
     """The backend's own id of its answer (``chatcmpl-…``, ``resp_…``), if it sent one."""
@@ -213,6 +215,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 9: which joulegate host recorded each row (several joulegates, one ledger).
     ("ALTER TABLE requests ADD COLUMN host TEXT",),
+    # 10: how the embodied emissions behind sci_embodied_g were chosen (issue 30).
+    ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -279,6 +279,7 @@ def row_from_exchange(
         sci_operational_g=ex.sci_operational_g,
         sci_embodied_g=ex.sci_embodied_g,
         sci_g_per_token=ex.sci_g_per_token,
+        embodied_model=ex.embodied_model,
         trace_id=ex.trace_id,
         response_id=ex.response_id,
         forecast_energy_j=ex.forecast_energy_j,

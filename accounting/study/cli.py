@@ -22,10 +22,13 @@ from typing import Any
 
 import httpx
 import msgspec
+import platformdirs
 from tqdm import tqdm
 
 from accounting.study.aienergyscore import PROTOCOL, add_arguments, bench_protocol
 from accounting.study.dataset import Dataset
+from accounting.study.findings import Findings, find
+from accounting.study.methods import BACKENDS_FILE, JOULEGATE_FILE, load_json, methods
 from accounting.study.plots import draw_plots, plots_available
 from accounting.study.prompts import Prompt, bundled_prompts, load_prompt_file, select
 from accounting.study.report import write_report
@@ -92,7 +95,11 @@ def register(sub: Any, *, start_demo: DemoStarter | None = None) -> None:
     p.add_argument("--max-tokens", type=int, help="max_tokens per request (default 128)")
     p.add_argument("--seed", type=int, help="seed of the per-repeat shuffle (default 0)")
     p.add_argument("--prompt-file", type=Path, help="JSONL or CSV: task, prompt[, max_tokens]")
-    p.add_argument("--out", type=Path, help="study folder (default ./joulegate-bench-<time>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="study folder (default: bench/<time> in joulegate's user data folder)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     p.add_argument("--cooldown-s", type=float, help="sleep between models (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -159,7 +166,7 @@ def bench(args: argparse.Namespace, *, start_demo: DemoStarter | None = None) ->
     if getattr(args, "protocol", None) == PROTOCOL:
         progress = Progress() if args.no_progress else BarProgress()
         return bench_protocol(args, lambda a, f: _joulegate(a, f, start_demo), progress)
-    folder: Path = args.out or Path(f"joulegate-bench-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    folder: Path = args.out or default_folder()
     if args.resume and args.out is None:
         raise StudyError("--resume needs --out DIR, the folder of the study to continue")
     if not args.resume and (folder / "dataset.jsonl").exists():
@@ -174,6 +181,12 @@ def bench(args: argparse.Namespace, *, start_demo: DemoStarter | None = None) ->
         return _stopped(folder, exc)
     report_results(folder, *done, url)
     return 0
+
+
+def default_folder() -> Path:
+    """``bench/<UTC time>`` under the user's data folder (never the working directory)."""
+    stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    return Path(platformdirs.user_data_dir("joulegate")) / "bench" / stamp
 
 
 def _stopped(folder: Path, exc: BaseException) -> int:
@@ -242,19 +255,28 @@ def _open_study(folder: Path, settings: StudySettings) -> Dataset:
 def report_results(
     folder: Path, settings: StudySettings, dataset: Dataset, stats: RunStats, url: str
 ) -> None:
-    """Write the results and print the tables and the harness's overhead."""
-    summary = finish(folder, settings, dataset, stats, url)
+    """Write the results and print, first, what the study found; then its warnings, the
+    tables, the methods and the harness's overhead."""
+    summary, findings, lines = finish(folder, settings, dataset, stats, url)
+    print(findings.to_text())
     print(summary.to_text())
+    print("Methods\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     print(overhead_line(stats))
     print(f"dataset, plots and report in {folder}/ (report.html)")
 
 
 def finish(
     folder: Path, settings: StudySettings, dataset: Dataset, stats: RunStats, url: str
-) -> Summary:
+) -> tuple[Summary, Findings, list[str]]:
     """Write ``summary.json``, ``summary.md``, the plots and ``report.html``."""
     summary = summarise(dataset.rows, settings.models, settings.tasks)
-    data = summary.to_json()
+    findings = find(summary, stats.baselines, settings.max_tokens)
+    checks = stats.joulegate or load_json(folder / JOULEGATE_FILE) or {}
+    if stats.joulegate:
+        (folder / JOULEGATE_FILE).write_text(json.dumps(checks, indent=2), encoding="utf-8")
+    backends = load_json(folder / BACKENDS_FILE)
+    lines = methods(settings, dataset.rows, stats.baselines, checks, backends, url)
+    data = {**findings.to_json(), **summary.to_json(), "methods": lines}
     data["baselines"] = [
         {
             "model": b.model,
@@ -262,6 +284,9 @@ def finish(
             "meter": b.meter,
             "estimated": b.estimated,
             "read_at": b.read_at,
+            "estimate_floor_w": b.floor_w,
+            "estimate_full_w": b.full_w,
+            "busy_share": b.busy_share,
             "source": "energy.idle_power_w of the model's warm-up request; /readyz meters",
         }
         for b in stats.baselines
@@ -277,17 +302,14 @@ def finish(
     (folder / "summary.md").write_text(summary.to_markdown(), encoding="utf-8")
     plots = draw_plots(summary, dataset.rows, folder)
     shown = {**msgspec.to_builtins(settings), "url": url}
-    footer = [overhead_line(stats)] + [
-        f"idle baseline of {b.model}: {b.idle_power_w} W ({b.meter}, read {b.read_at})"
-        for b in stats.baselines
-    ]
-    write_report(folder / "report.html", summary, shown, plots, footer)
+    write_report(folder / "report.html", summary, findings, lines, shown, plots,
+                 [overhead_line(stats)])  # fmt: skip
     if not plots_available():
         print(
             "no plots: matplotlib is not installed (pip install 'joulegate[study]')",
             file=sys.stderr,
         )
-    return summary
+    return summary, findings, lines
 
 
 def overhead_line(stats: RunStats) -> str:

@@ -53,6 +53,18 @@ class StudyRow(msgspec.Struct, kw_only=True):
     sci_operational_g: float | None = None
     sci_embodied_g: float | None = None
     sci_g_per_token: float | None = None
+    energy_low_j: float | None = None
+    """An estimate's energy at its lowest plausible coefficients (None when measured)."""
+    energy_high_j: float | None = None
+    """An estimate's energy at its highest plausible coefficients (None when measured)."""
+    estimate_model: str | None = None
+    """The estimate's model and coefficients (None when measured)."""
+    embodied_model: str | None = None
+    """How the hardware's embodied emissions behind ``sci_embodied_g`` were chosen."""
+    max_tokens: int | None = None
+    """The request's ``max_tokens``."""
+    finish_reason: str | None = None
+    """``stop``, or ``length`` when the answer hit ``max_tokens``."""
     request_id: str
     ts: str
     """When the harness sent it, UTC ISO 8601."""

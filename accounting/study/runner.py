@@ -88,6 +88,21 @@ class Baseline:
     meter: str | None
     estimated: bool | None
     read_at: str
+    floor_w: float | None = None
+    """The estimate's power with the machine idle (None with measured meters)."""
+    full_w: float | None = None
+    """The estimate's power with every CPU busy (None with measured meters)."""
+
+    @property
+    def busy_share(self) -> float | None:
+        """Where the idle baseline lies between the estimate's idle floor (0) and full
+        load (1): near 1, the machine was busy with other work before the model ran.
+        None when it cannot be told (measured meters, no baseline)."""
+        if self.idle_power_w is None or self.floor_w is None or self.full_w is None:
+            return None
+        if self.full_w <= self.floor_w:
+            return None
+        return (self.idle_power_w - self.floor_w) / (self.full_w - self.floor_w)
 
 
 @dataclass(slots=True)
@@ -102,6 +117,9 @@ class RunStats:
     loop_s: float = 0.0
     """Wall time of the counted loops (warm-ups and cool-downs excluded)."""
     baselines: list[Baseline] = field(default_factory=list)
+    joulegate: dict[str, Any] = field(default_factory=dict)
+    """``/readyz``'s checks by name as the first warm-up found them (meters with the
+    machine, carbon with the embodied model): the study's methods."""
 
     @property
     def harness_s(self) -> float:
@@ -145,17 +163,21 @@ class StudyClient:
         except (ValueError, KeyError, TypeError) as exc:
             raise StudyAborted(f"GET /v1/models gave no model list ({exc})") from None
 
-    async def meters(self) -> tuple[str | None, bool | None]:
-        """The meters joulegate uses and whether they estimate, from ``/readyz``."""
+    async def ready_checks(self) -> dict[str, dict[str, Any]]:
+        """``/readyz``'s checks by name (empty when it cannot be read)."""
         try:
             r = await self._http.get("/readyz", headers=self._auth)
             checks = r.json().get("checks", [])
         except (httpx.HTTPError, ValueError, AttributeError):
-            return None, None
-        for check in checks:
-            if isinstance(check, dict) and check.get("name") == "meters":
-                return check.get("meter"), check.get("estimated")
-        return None, None
+            return {}
+        if not isinstance(checks, list):
+            return {}
+        return {str(c["name"]): c for c in checks if isinstance(c, dict) and "name" in c}
+
+    async def meters(self) -> tuple[str | None, bool | None]:
+        """The meters joulegate uses and whether they estimate, from ``/readyz``."""
+        check = (await self.ready_checks()).get("meters", {})
+        return check.get("meter"), check.get("estimated")
 
     async def chat(
         self, model: str, prompt: Prompt, task: str, max_tokens: int
@@ -225,7 +247,9 @@ async def run_study(
                 continue
             if i > 0 and settings.cooldown_s > 0 and stats.sent:
                 await sleep(settings.cooldown_s)
-            stats.baselines.append(await _warm_up(client, model, mine[0].prompt, settings))
+            baseline, checks = await _warm_up(client, model, mine[0].prompt, settings)
+            stats.baselines.append(baseline)
+            stats.joulegate = stats.joulegate or checks
             started = time.perf_counter()
             try:
                 for planned in mine:
@@ -245,17 +269,22 @@ async def run_study(
 
 async def _warm_up(
     client: StudyClient, model: str, prompt: Prompt, settings: StudySettings
-) -> Baseline:
+) -> tuple[Baseline, dict[str, dict[str, Any]]]:
     answer, _, _ = await client.chat(model, prompt, WARMUP_TASK, settings.max_tokens)
     energy = answer.get("energy") or {}
-    meter, estimated = await client.meters()
-    return Baseline(
+    checks = await client.ready_checks()
+    meters = checks.get("meters", {})
+    meter, estimated = meters.get("meter"), meters.get("estimated")
+    baseline = Baseline(
         model=model,
         idle_power_w=_float(energy.get("idle_power_w")),
         meter=meter or energy.get("meter"),
         estimated=estimated if estimated is not None else energy.get("estimated"),
         read_at=_now(),
+        floor_w=_float(meters.get("estimate_floor_w")),
+        full_w=_float(meters.get("estimate_full_w")),
     )
+    return baseline, checks
 
 
 async def _measure(client: StudyClient, planned: Planned, settings: StudySettings) -> StudyRow:
@@ -263,17 +292,30 @@ async def _measure(client: StudyClient, planned: Planned, settings: StudySetting
     answer, request_id, client_s = await client.chat(
         planned.model, planned.prompt, planned.prompt.task, settings.max_tokens
     )
-    return row_from_answer(planned, answer, request_id, client_s, sent_at)
+    max_tokens = planned.prompt.max_tokens or settings.max_tokens
+    return row_from_answer(planned, answer, request_id, client_s, sent_at, max_tokens)
 
 
 def row_from_answer(
-    planned: Planned, answer: dict[str, Any], request_id: str, client_s: float, sent_at: str
+    planned: Planned,
+    answer: dict[str, Any],
+    request_id: str,
+    client_s: float,
+    sent_at: str,
+    max_tokens: int | None = None,
 ) -> StudyRow:
     """The dataset row for one answered request (figures from its ``energy`` object)."""
     energy: dict[str, Any] = answer.get("energy") or {}
     usage: dict[str, Any] = answer.get("usage") or {}
     choices = answer.get("choices") or [{}]
     message = choices[0].get("message") or {}
+    energy_range = energy.get("energy_range_j")
+    low_j, high_j = (
+        (_float(energy_range[0]), _float(energy_range[1]))
+        if isinstance(energy_range, list) and len(energy_range) == 2
+        else (None, None)
+    )
+    finish = choices[0].get("finish_reason")
     duration_ms = _float(energy.get("duration_ms"))
     components = {
         str(name): _float(part.get("energy_j"))
@@ -305,6 +347,12 @@ def row_from_answer(
         sci_operational_g=_float(energy.get("sci_operational_g")),
         sci_embodied_g=_float(energy.get("sci_embodied_g")),
         sci_g_per_token=_float(energy.get("sci_g_per_token")),
+        energy_low_j=low_j,
+        energy_high_j=high_j,
+        estimate_model=_str(energy.get("estimate_model")),
+        embodied_model=_str(energy.get("embodied_model")),
+        max_tokens=max_tokens,
+        finish_reason=_str(finish),
         request_id=request_id,
         ts=sent_at,
     )
@@ -316,6 +364,10 @@ def _now() -> str:
 
 def _float(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _int(value: object) -> int | None:

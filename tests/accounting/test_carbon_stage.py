@@ -82,11 +82,12 @@ async def test_stage_turns_energy_into_co2e_and_sci() -> None:
     assert carbon_object(ex) == {
         "co2e_g": 0.6, "carbon_intensity_g_per_kwh": 400.0, "carbon_source": "table:XYZ",
         "pue": 1.5, "sci_g": 29.1193, "sci_g_per_token": 2.91193, "sci_operational_g": 0.6,
-        "sci_embodied_g": 28.5193,
+        "sci_embodied_g": 28.5193, "embodied_model": "fixed: carbon.embodied_g 1,000 kg",
     }  # fmt: skip
     assert _carbon_headers(ex) == {
         "x-co2e-g": "0.6", "x-carbon-intensity-g-per-kwh": "400", "x-carbon-source": "table:XYZ",
-        "x-sci-g": "29.1193", "x-sci-g-per-token": "2.91193",
+        "x-sci-g": "29.1193", "x-sci-operational-g": "0.6", "x-sci-embodied-g": "28.5193",
+        "x-sci-g-per-token": "2.91193",
     }  # fmt: skip
 
 
@@ -98,10 +99,13 @@ async def test_unmeasured_energy_gives_no_co2e_but_says_why() -> None:
     body = carbon_object(ex)
     assert body["co2e_g"] is None and body["sci_g"] is None
     assert body["co2e_reason"] == "no energy measurement for this request"
-    assert body["sci_embodied_g"] == pytest.approx(0.0929095, rel=1e-5)  # 2 s of 5,864 kg
+    # No machine given: a generic server, 2 s of 1,000 kg over 4 years.
+    assert body["sci_embodied_g"] == pytest.approx(0.0158440, rel=1e-5)
+    assert body["embodied_model"].startswith("cpu-server: generic server 1,000 kg")
     assert _carbon_headers(ex) == {
         "x-carbon-intensity-g-per-kwh": "56",
         "x-carbon-source": "table:FRA",
+        "x-sci-embodied-g": "0.015844",
     }
 
 

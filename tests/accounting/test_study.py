@@ -240,7 +240,8 @@ async def test_a_study_records_every_request_in_the_dataset_and_the_ledger(
                  "energy_vs_tokens.svg"):  # fmt: skip
         assert (out / name).stat().st_size > 0
     assert "Energy per request (J)" in printed and "harness overhead:" in printed
-    assert "meters: fake (estimated); carbon: static at 400 gCO2e/kWh" in printed
+    assert "- meters: fake; every energy figure is estimated" in printed
+    assert "- carbon: static at 400 gCO2e/kWh" in printed
 
 
 class FailAfter(httpx.AsyncBaseTransport):

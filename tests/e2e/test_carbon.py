@@ -22,6 +22,8 @@ def france(start_joulegate: Callable[..., Joulegate]) -> Joulegate:
         JOULEGATE_CARBON_PROVIDER="table",
         JOULEGATE_CARBON_COUNTRY="FR",
         JOULEGATE_CARBON_PUE="1.2",
+        # The setting still overrides the embodied emissions chosen for the machine.
+        JOULEGATE_CARBON_EMBODIED_G=str(EMBODIED_G),
     )
 
 
@@ -34,6 +36,7 @@ def check_consistent(energy: dict[str, Any], tokens: int | None) -> None:
     expected_co2e_g = energy["energy_j"] / 3.6e6 * 56.0 * 1.2
     assert energy["co2e_g"] == pytest.approx(expected_co2e_g, rel=1e-3)
     assert energy["sci_operational_g"] == energy["co2e_g"]
+    assert energy["embodied_model"] == "fixed: carbon.embodied_g 5,864 kg"
     expected_embodied_g = EMBODIED_G * energy["duration_ms"] / 1000 / LIFETIME_S
     assert energy["sci_embodied_g"] == pytest.approx(expected_embodied_g, rel=1e-2, abs=1e-6)
     assert energy["sci_g"] == pytest.approx(energy["co2e_g"] + energy["sci_embodied_g"], rel=1e-5)

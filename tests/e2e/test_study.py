@@ -25,7 +25,7 @@ def test_a_small_study_matches_the_ledger(
     argv = ["bench", "--url", jg.url, "--models", f"{MODEL},{GEMMA}", "--prompts", "2",
             "--repeats", "1", "--max-tokens", "8", "--out", str(out), "--no-progress"]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "proxy.cli", *argv], env=jg.env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = read_rows(out / "dataset.jsonl")
     assert len(rows) == 2 * 5 * 2
@@ -53,3 +53,9 @@ def test_a_small_study_matches_the_ledger(
         assert recorded["duration_s"] == pytest.approx(r.duration_s, abs=1e-3)
     assert "harness overhead:" in done.stdout
     assert (out / "report.html").exists() and (out / "sci_heatmap.png").exists()
+    # The conclusion comes first; the methods name the machine and the embodied model.
+    assert done.stdout.startswith("By energy per request, the most efficient model was")
+    assert all(r.embodied_model and r.finish_reason for r in rows)
+    assert {recorded["embodied_model"] for recorded in ledger.values()} == {rows[0].embodied_model}
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    assert any(line.startswith("hardware: CPU ") for line in methods)

@@ -1,0 +1,126 @@
+"""Embodied emissions that fit the machine (issue 30): GPUs at their figure plus their
+share of a server base, a VM at its vCPUs' share of a host, bare metal at a generic
+server; ``carbon.embodied_g`` overrides; every answer and ledger row names the choice."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from accounting.carbon import sci
+from accounting.carbon.embodied import Figures, embodied_for
+from accounting.carbon.stage import carbon
+from accounting.ledger.stage import accounting_resource, auth_component, record_component
+from config import CarbonSettings, LedgerSettings, MeterSettings
+from meters.estimate import EstimateMeter
+from meters.machine import detect_machine
+from meters.stage import meters_component
+from meters.vcpu import choose_coefficients
+from proxy.machine import Machine
+from tests.support.ledger import db_rows
+from tests.support.meters import FakeGpu, FakeNvml, SteadyMeter, fake_proc
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+FOUR_YEARS_S = 4 * 365.25 * 86400
+VM = "hypervisor flag"
+
+
+def machine(*, gpus: tuple[str, ...] = (), virtual: str | None = None, cpus: int = 2) -> Machine:
+    return Machine("AMD EPYC", cpus, 23.5, virtual, gpus)
+
+
+def test_the_bundled_figures_are_the_cited_ones() -> None:
+    f = Figures.bundled()
+    assert (f.gpu_kg, f.gpu_server_base_kg, f.gpu_server_slots) == (164.0, 5700.0, 8)
+    assert (f.server_kg, f.host_vcpus) == (1000.0, 96)
+
+
+def test_a_two_vcpu_vm_is_charged_its_share_of_a_host_not_an_h100_server() -> None:
+    e = embodied_for(machine(virtual=VM, cpus=2), None)
+    assert e.total_g == pytest.approx(1_000_000 * 2 / 96)  # 20.8 kg, not 5,864 kg
+    assert e.model == "vm-share: 2 of 96 host vCPUs x generic server 1,000 kg = 20.8 kg"
+
+
+def test_gpus_are_charged_per_gpu_plus_their_share_of_the_server_base() -> None:
+    one = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",), virtual=VM), None)
+    assert one.total_g == pytest.approx((164 + 5700 / 8) * 1000)
+    assert one.model.startswith("gpu-server: 1 GPU (NVIDIA H100 80GB HBM3) x 164 kg + 1/8 of")
+    eight = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",) * 8), None)
+    assert eight.total_g == pytest.approx((8 * 164 + 5700) * 1000)
+
+
+def test_bare_metal_without_gpus_is_a_generic_server_and_the_setting_overrides() -> None:
+    assert embodied_for(machine(), None).total_g == 1_000_000
+    fixed = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",)), 0.0)
+    assert (fixed.total_g, fixed.model) == (0.0, "fixed: carbon.embodied_g 0 kg")
+
+
+def test_sci_of_a_two_vcpu_vm_is_mostly_operational() -> None:
+    # The machine the issue was filed from: a 2-vCPU VM of unknown EPYC generation,
+    # at the world-average grid. Even with one vCPU busy and no DRAM line at all,
+    # operational emissions outweigh the embodied share; with the DRAM line, by far.
+    vm = embodied_for(machine(virtual=VM, cpus=2), None)
+    c = choose_coefficients(None).central
+    power_w = c.min_w + c.max_w  # one vCPU idle, one busy
+    operational_g = sci.operational_g(sci.kwh_from_j(power_w * 1.0), 475.0)
+    embodied_g = sci.embodied_g(vm.total_g, 1.0, FOUR_YEARS_S)
+    assert operational_g > 2 * embodied_g
+    with_dram = sci.operational_g(sci.kwh_from_j((power_w + 23.5 * 0.392) * 1.0), 475.0)
+    assert with_dram / (with_dram + embodied_g) > 0.9
+
+
+def test_detection_reads_proc_dmi_and_nvml(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", "AMD EPYC", cpuinfo="flags\t\t: fpu hypervisor\n",
+                     mem_kib=24_641_536)  # fmt: skip
+    settings = MeterSettings(proc_root=str(proc), dmi_root=str(tmp_path / "dmi"))
+    found = detect_machine(settings, nvml=FakeNvml([FakeGpu(), FakeGpu()]))
+    assert (found.cpu_model, found.logical_cpus, found.virtual) == ("AMD EPYC", 4, VM)
+    assert found.memory_gib == pytest.approx(23.5)
+    assert found.gpus == ("NVIDIA H100 80GB HBM3",) * 2
+    no_gpu = detect_machine(settings, nvml=FakeNvml(init_error=12))
+    assert no_gpu.gpus == ()
+
+
+def test_the_estimate_meter_says_its_floor_and_full_load(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path / "proc", "AMD EPYC", cpuinfo="flags\t\t: hypervisor\n",
+                     mem_kib=1024 * 1024)  # fmt: skip
+    meter = EstimateMeter(proc_root=proc, dmi_root=tmp_path / "dmi")
+    c = choose_coefficients(None).central
+    floor_w, full_w = meter.power_range_w()
+    assert floor_w == pytest.approx(4 * c.min_w + 0.392)
+    assert full_w == pytest.approx(4 * c.max_w + 0.392)
+    meter.close()
+
+
+async def test_every_answer_and_ledger_row_names_the_embodied_model(
+    fake: Any, joulegate_app: Any, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "l.sqlite3"
+    vm = machine(virtual=VM, cpus=2)
+    comps = [
+        accounting_resource, auth_component,
+        functools.partial(meters_component, meters=[SteadyMeter(10.0, "cpu")], machine=vm),
+        carbon(), record_component,
+    ]  # fmt: skip
+    settings = {"ledger": LedgerSettings(path=str(ledger)), "carbon": CarbonSettings(country="FR")}
+    async with joulegate_app(fake.url, comps, **settings) as jg, httpx.AsyncClient() as c:
+        r = await c.post(jg.url + "/v1/chat/completions", json=CHAT)
+        ready = (await c.get(jg.url + "/readyz")).json()
+    energy = r.json()["energy"]
+    expected = "vm-share: 2 of 96 host vCPUs x generic server 1,000 kg = 20.8 kg"
+    assert energy["embodied_model"] == expected
+    assert "estimate_model" in energy
+    assert energy["sci_g"] == pytest.approx(
+        energy["sci_operational_g"] + energy["sci_embodied_g"], rel=1e-4
+    )
+    assert float(r.headers["x-sci-embodied-g"]) == pytest.approx(energy["sci_embodied_g"])
+    assert float(r.headers["x-sci-operational-g"]) == pytest.approx(energy["sci_operational_g"])
+    (row,) = db_rows(ledger)
+    assert row["embodied_model"] == expected
+    checks = {c["name"]: c for c in ready["checks"]}
+    assert checks["carbon"]["embodied_model"] == expected
+    assert checks["meters"]["machine"]["logical_cpus"] == 2
