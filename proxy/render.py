@@ -81,40 +81,46 @@ def _components(energy: WindowEnergy) -> dict[str, Any]:
     return components
 
 
-_BODY_FORMS: dict[str, Callable[[Any], Any]] = {
-    "raw": lambda v: v,
+_BODY_FORMS: dict[str, Callable[[Any], Any] | None] = {
+    "raw": None,
     "j": _r,
     "w": lambda v: _r(v, 3),
     "wh": lambda v: _r(v, 9),
     "sig": _sig,
     "range": _pair,
+    "components": None,
 }
 _HEADER_FORMS: dict[str, Callable[[Any], str]] = {
-    "j": lambda v: f"{v:.3f}",
-    "sig": lambda v: f"{v:.6g}",
+    "j": "{:.3f}".format,
+    "sig": "{:.6g}".format,
     "bool": lambda v: "true" if v else "false",
     "str": str,
 }
-_Shown = tuple[str, str, Callable[[Any], Any] | None, bool]
-_Headed = tuple[str, str, Callable[[Any], str]]
+_Shown = tuple[str, str, Callable[[Any], Any] | None, bool, bool]
+_Headed = tuple[str, str, Callable[[Any], str], bool]
 
 
 def _body_plan(figures: tuple[Figure, ...]) -> tuple[_Shown, ...]:
-    """(attribute, key, form, left out when None) per figure the ``energy`` object
-    shows; form None: the record's components."""
-    plan: list[_Shown] = []
-    for f in figures:
-        if f.body is None:
-            continue
-        form = f.body_form.rstrip("?")
-        shape = None if form == "components" else _BODY_FORMS[form]
-        plan.append((f.attr, f.body, shape, f.body_form.endswith("?")))
-    return tuple(plan)
+    """(attribute, key, form (None: as it is), left out when None, the components)
+    per figure the ``energy`` object shows."""
+    return tuple(
+        (
+            f.attr,
+            f.body,
+            _BODY_FORMS[f.body_form.rstrip("?")],
+            f.body_form.endswith("?"),
+            f.body_form == "components",
+        )
+        for f in figures
+        if f.body is not None
+    )
 
 
 def _header_plan(figures: tuple[Figure, ...]) -> tuple[_Headed, ...]:
     return tuple(
-        (f.attr, f.header, _HEADER_FORMS[f.header_form]) for f in figures if f.header is not None
+        (f.attr, f.header, _HEADER_FORMS[f.header_form], "{}" in f.header)
+        for f in figures
+        if f.header is not None
     )
 
 
@@ -125,21 +131,24 @@ _HEADERS = {r: _header_plan(figures_of(r)) for r in _RECORDS}
 
 def _shown(record: Any, plan: tuple[_Shown, ...], out: dict[str, Any]) -> None:
     """Add ``record``'s figures to the ``energy`` object ``out`` as ``plan`` says."""
-    for attr, key, form, optional in plan:
-        if form is None:
+    for attr, key, form, optional, components in plan:
+        if components:
             out[key] = _components(record)
             continue
         value = getattr(record, attr)
-        if value is not None or not optional:
-            out[key] = form(value)
+        if value is None:
+            if not optional:
+                out[key] = None
+        else:
+            out[key] = value if form is None else form(value)
 
 
 def _headed(record: Any, plan: tuple[_Headed, ...], out: dict[str, str]) -> None:
     """Add ``record``'s known figures to the headers ``out`` (by component where the
-    figure is a dict: ``{}`` in the header's name stands for the component)."""
-    for attr, header, form in plan:
+    header's name has ``{}``, which stands for the component)."""
+    for attr, header, form, by_component in plan:
         value = getattr(record, attr)
-        if isinstance(value, dict):
+        if by_component:
             for c, v in value.items():
                 if v is not None:
                     out[header.format(c)] = form(v)

@@ -151,7 +151,7 @@ def http_route(ex: Exchange) -> str:
 
 
 _SPANS = {
-    r: tuple((f.attr, f.span) for f in figures_of(r) if f.span is not None)
+    r: tuple((f.attr, f.span, "{}" in f.span) for f in figures_of(r) if f.span is not None)
     for r in ("measurement", "carbon", "forecast")
 }
 
@@ -172,10 +172,11 @@ def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
         figures = getattr(ex, record)
         if figures is None:
             continue
-        for attr, name in spans:
+        for attr, name, by_component in spans:
             value = getattr(figures, attr)
-            if isinstance(value, dict):  # by component: ``{}`` in the name stands for it
-                attrs |= {name.format(c): v for c, v in value.items()}
+            if by_component:  # ``{}`` in the name stands for the component
+                for c, v in value.items():
+                    attrs[name.format(c)] = v
             else:
                 attrs[name] = value
     if ex.energy_j is not None and w.duration_s:
