@@ -114,6 +114,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forecast_energy_j, backend, host
         )""",
     ),
+    # 5: which measurement machine served each request (SQLite's migration 10).
+    ("ALTER TABLE requests ADD COLUMN machine TEXT",),
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

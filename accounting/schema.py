@@ -66,6 +66,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     """What the request was for (``x-joulegate-task`` or ``metadata.task``)."""
     host: str | None = None
     """The joulegate host that recorded the row (``node_name``, else the hostname)."""
+    machine: str | None = None
+    """The measurement machine that served the request (``local`` without
+    ``[[machines]]``); its meters measured ``energy_j``."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -212,6 +215,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 9: which joulegate host recorded each row (several joulegates, one ledger).
     ("ALTER TABLE requests ADD COLUMN host TEXT",),
+    # 10: which measurement machine served each request (``[[machines]]``).
+    ("ALTER TABLE requests ADD COLUMN machine TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

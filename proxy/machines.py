@@ -1,0 +1,175 @@
+"""The measurement machines behind one joulegate, and which one a request goes to.
+
+Each :class:`Machine` has its own gate (queue, slots, cool-down) and its own
+backends (a :class:`~proxy.backends.BackendRouter` over them); its meters are the
+meters component's (:mod:`meters.machines`). The :class:`Fleet` chooses, for each
+gated request, among the machines that serve its model and whose backend is up:
+
+* a machine with a free slot at once: an idle one before a partly busy one, ties
+  in turn (round robin), so equal machines share the work;
+* else the request waits in the queue of every such machine with room and is
+  admitted by the first that frees a slot (:func:`~proxy.gate.acquire_first`): the
+  machine that starts it soonest, decided at admission, so a request never waits
+  in one machine's queue while another that serves its model is idle.
+
+A model no machine serves is ``404 model_not_found``; a model whose machines all
+have their backends down is ``502 backend_unreachable``. A configuration without
+``[[machines]]`` is one machine, ``local``: every request goes to it, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from config.errors import BackendUnreachable, ModelNotFound
+from config.machines import MachineSettings
+from config.settings import Settings
+from proxy.backends import Backend, BackendRouter
+from proxy.gate import Gate, Window, acquire_first
+
+log = logging.getLogger("joulegate.machines")
+
+
+@dataclass(eq=False)
+class Machine:
+    """One measurement machine: its gate and its backends."""
+
+    name: str
+    settings: MachineSettings
+    gate: Gate
+    router: BackendRouter
+
+    def serves(self, model: str | None) -> bool:
+        """Whether one of its backends lists ``model`` (any model: None)."""
+        return model is None or model in self.router.models
+
+    def up_for(self, model: str | None) -> bool:
+        """Whether the backend it would send ``model`` to is up."""
+        if self.router.single or model is None:
+            return self.router.backends[0].up
+        return any(b.up and model in b.models for b in self.router.backends)
+
+    def backend_for(self, model: str | None) -> Backend:
+        """Its backend for ``model`` (502 when that one is down)."""
+        return self.router.route(model)
+
+
+def build_machine(settings: MachineSettings, client: httpx.AsyncClient) -> Machine:
+    """A machine with its gate and router, from its settings."""
+    gate = Gate(
+        settings.max_concurrency,
+        settings.max_queue,
+        cooldown_s=settings.cooldown_s,
+        cooldown_every=settings.cooldown_every,
+    )
+    return Machine(settings.name, settings, gate, BackendRouter(settings.backends, client))
+
+
+class Fleet:
+    """Every machine; chooses one for each gated request at admission."""
+
+    def __init__(self, machines: Sequence[Machine], client: httpx.AsyncClient) -> None:
+        self.machines = list(machines)
+        self.by_name = {m.name: m for m in self.machines}
+        self.single = len(self.machines) == 1
+        self.router = (
+            self.machines[0].router
+            if self.single
+            else BackendRouter.union([m.router for m in self.machines], client)
+        )
+        """Every backend of every machine: the model list, and look-ups by model."""
+        self._turn = 0
+
+    @classmethod
+    def build(cls, settings: Settings, client: httpx.AsyncClient) -> Fleet:
+        """The machines ``settings`` describe (one, ``local``, without ``[[machines]]``)."""
+        return cls([build_machine(m, client) for m in settings.machine_list], client)
+
+    async def discover(self) -> None:
+        """Ask every machine's backends for their models (start-up)."""
+        for m in self.machines:
+            await m.router.discover()
+        self.router.rebuild()
+
+    async def refresh(self) -> None:
+        """One round of ``GET /v1/models`` to every machine's backends."""
+        await asyncio.gather(*(m.router.refresh() for m in self.machines))
+        self.router.rebuild()
+
+    async def refresh_forever(self, interval_s: float) -> None:
+        """Refresh until cancelled; failures are logged, never raised."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("refreshing the machines' models failed")
+
+    def candidates(self, model: str | None, *, avoid: Machine | None = None) -> list[Machine]:
+        """The machines that may serve ``model`` now, in the order of preference for
+        a free slot (idle first, ties in turn); 404 when none serves it, 502 when
+        the backends of all that do are down."""
+        if self.single:
+            return self.machines
+        serving = [m for m in self.machines if m.serves(model)]
+        if not serving:
+            known = ", ".join(sorted(self.router.models)) or "none"
+            raise ModelNotFound(
+                f"The model `{model}` does not exist on this joulegate. Models: {known}",
+                code="model_not_found",
+                param="model",
+            )
+        up = [m for m in serving if m.up_for(model) and m is not avoid]
+        if not up:
+            down = ", ".join(m.name for m in serving)
+            raise BackendUnreachable(
+                f"every machine serving {model!r} has its backend down ({down})",
+                code="backend_unreachable",
+            )
+        if len(up) == 1:
+            return up
+        self._turn += 1
+        k = self._turn % len(up)
+        turned = up[k:] + up[:k]
+        # Stable: among equals the turn's order stands (ties in turn).
+        return sorted(turned, key=lambda m: (m.gate.in_flight > 0, m.gate.load))
+
+    async def admit(self, machines: Sequence[Machine], window: Window) -> Machine:
+        """A slot on one of ``machines`` (see the module's docstring); QueueFull when
+        every queue is full."""
+        if len(machines) == 1:
+            await machines[0].gate.acquire(window)
+            return machines[0]
+        gate = await acquire_first([m.gate for m in machines], window)
+        return next(m for m in machines if m.gate is gate)
+
+    def health(self) -> list[dict[str, Any]]:
+        """``/readyz``'s backend checks, each naming its machine, and one check per
+        machine (ok while one of its backends is up)."""
+        out: list[dict[str, Any]] = []
+        for m in self.machines:
+            backends = m.router.health()
+            for check in backends:
+                check["machine"] = m.name
+            out += backends
+            if not self.single:
+                out.append({
+                    "name": "machine", "machine": m.name, "ok": any(c["ok"] for c in backends),
+                    "in_flight": m.gate.in_flight, "waiting": m.gate.waiting,
+                    "paused": m.gate.paused,
+                })  # fmt: skip
+        return out
+
+    def gates(self) -> dict[str, dict[str, Any]]:
+        """Each machine's gate now (for ``/healthz``)."""
+        return {
+            m.name: {"in_flight": m.gate.in_flight, "waiting": m.gate.waiting,
+                     "paused": m.gate.paused, "cooldowns": m.gate.cooldowns}
+            for m in self.machines
+        }  # fmt: skip
