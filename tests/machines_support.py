@@ -74,10 +74,9 @@ class LoopbackMachine:
             prometheus_temperature_metric="wall_temperature_celsius",
             external_hz=SAMPLE_HZ,
         )  # fmt: skip
-        return MachineSettings(
-            name=self.name, backends=(BackendSettings(url=self.backend_url, name=self.name),),
-            meters=meters, **self.extra,
-        )  # fmt: skip
+        backends = (BackendSettings(url=self.backend_url, name=self.name),)
+        return MachineSettings(**{"name": self.name, "backends": backends, "meters": meters,
+                                  **self.extra})  # fmt: skip
 
 
 @contextlib.asynccontextmanager
