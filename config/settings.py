@@ -171,7 +171,9 @@ def _check_backends(backends: tuple[BackendSettings, ...], labels: set[str]) -> 
     """One machine's backends: names distinct over every machine, no model twice here."""
     claimed: dict[str, str] = {}
     for b in backends:
-        require(b.label not in labels, "backends", f"backends with distinct names ({b.label!r} twice)")
+        require(
+            b.label not in labels, "backends", f"backends with distinct names ({b.label!r} twice)"
+        )
         labels.add(b.label)
         for m in b.models:
             if m in claimed:

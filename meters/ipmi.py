@@ -7,10 +7,10 @@ wall. ``ipmitool`` is run as a subprocess on the meter's own polling thread
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
-import functools
 from collections.abc import Callable, Mapping, Sequence
 
 from config.errors import MeterError, MeterUnavailable

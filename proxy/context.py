@@ -74,7 +74,9 @@ class AppContext:
     def __post_init__(self) -> None:
         if self.fleet is None:
             machine = self.settings.machine_list[0]
-            self.fleet = Fleet([Machine(machine.name, machine, self.gate, self.router)], self.client)
+            self.fleet = Fleet(
+                [Machine(machine.name, machine, self.gate, self.router)], self.client
+            )
 
     @property
     def machines(self) -> Fleet:

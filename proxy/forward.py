@@ -42,6 +42,7 @@ from config.errors import BackendUnreachable, ProxyError
 from config.settings import Settings
 from proxy.backends import Backend
 from proxy.bounded import BoundedSend, ClientStalled
+from proxy.dispatch import Dispatch
 from proxy.exchange import Exchange, Pipeline, new_request_id
 from proxy.gate import Window
 from proxy.intake import (
@@ -55,7 +56,6 @@ from proxy.intake import (
     method_not_allowed,
     parse_body,
 )
-from proxy.dispatch import Dispatch
 from proxy.machines import Fleet
 from proxy.paths import canonical_path
 from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
@@ -255,10 +255,9 @@ class Forwarder:
         query: bytes,
         body: bytes,
     ) -> None:
-        tail = path + ("?" + query.decode("latin-1") if query else "")
-        request = Outgoing(
-            method, tail, forward_headers(scope, self._strip_auth, self._auth_header), body, ex.gated
-        )
+        url = path + ("?" + query.decode("latin-1") if query else "")  # its base at admission
+        headers = forward_headers(scope, self._strip_auth, self._auth_header)
+        request = Outgoing(method, url, headers, body, ex.gated)
         relay = Relay()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)

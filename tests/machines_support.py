@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accounting.routes import route_handlers as ledger_routes
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
+from accounting.routes import route_handlers as ledger_routes
 from config import BackendSettings, LedgerSettings, MeterSettings, Settings
 from config.machines import MachineSettings
 from meters import machines_component
@@ -48,7 +48,8 @@ class FakeWallMeter:
         status = 500 if self.failing else 200
         text = (
             f"# TYPE wall_power_watts gauge\nwall_power_watts {self.power_w}\n"
-            f"# TYPE wall_temperature_celsius gauge\nwall_temperature_celsius {self.temperature_c}\n"
+            "# TYPE wall_temperature_celsius gauge\n"
+            f"wall_temperature_celsius {self.temperature_c}\n"
         )
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4")]})  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 
 from tests.ledger_support import db_rows
 from tests.machines_support import chat, gateway, loopback_machines, slow
+from tests.telemetry_support import until
 
 
 def _served(r: httpx.Response) -> str:
@@ -74,13 +75,11 @@ async def test_a_request_never_waits_for_one_machine_while_another_is_idle(
         post = c.post
         # Both machines busy (a with a held request, b with a slow one), then a third.
         held = asyncio.create_task(post("/v1/chat/completions", json=chat("m"), headers=hold))
-        while not (a.backend.in_flight or b.backend.in_flight):
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(a.backend.in_flight or b.backend.in_flight))
         slow_one = asyncio.create_task(
             post("/v1/chat/completions", json=chat("m"), headers=slow(300))
         )
-        while a.backend.in_flight + b.backend.in_flight < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: a.backend.in_flight + b.backend.in_flight == 2)
         third = await post("/v1/chat/completions", json=chat("m"))
         # It waited in both queues and was taken by the machine that freed first,
         # while the held request still holds the other.
@@ -126,8 +125,7 @@ async def test_a_failed_meter_leaves_its_machine_unmeasured_never_borrowed(
     ):
         a.meter.failing = True
         reads = a.meter.reads
-        while a.meter.reads < reads + 3:  # the sampler has seen it fail
-            await asyncio.sleep(0.02)
+        await until(lambda: a.meter.reads >= reads + 3)  # the sampler has seen it fail
         broken = await c.post("/v1/chat/completions", json=chat("m"), headers=slow(100))
         fine = await c.post("/v1/chat/completions", json=chat("n"), headers=slow(100))
         ready = await c.get("/readyz")

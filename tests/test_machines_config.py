@@ -42,7 +42,12 @@ def _load(tmp_path: Path, text: str) -> Settings:
 def test_machines_load_from_the_toml_file(tmp_path: Path) -> None:
     s = _load(tmp_path, TWO)
     a, b = s.machine_list
-    assert (a.name, a.meters.kinds, a.cooldown_s, a.cooldown_every) == ("rack1-a", ("shelly",), 30, 50)
+    assert (a.name, a.meters.kinds, a.cooldown_s, a.cooldown_every) == (
+        "rack1-a",
+        ("shelly",),
+        30,
+        50,
+    )
     assert b.remote_kinds == ("prometheus",) and b.backends[0].models == ("m",)
     assert s.max_slots == 3 and s.shared_windows
     assert [x.url for x in s.backend_list] == ["http://10.0.0.11:8080", "http://10.0.0.12:8080"]
@@ -51,7 +56,12 @@ def test_machines_load_from_the_toml_file(tmp_path: Path) -> None:
 def test_without_machines_the_old_keys_are_one_local_machine() -> None:
     s = Settings(backend_url="http://127.0.0.1:9000", max_concurrency=3, max_queue=7)
     (local,) = s.machine_list
-    assert (local.name, local.local, local.max_concurrency, local.max_queue) == ("local", True, 3, 7)
+    assert (local.name, local.local, local.max_concurrency, local.max_queue) == (
+        "local",
+        True,
+        3,
+        7,
+    )
     assert local.backends[0].url == "http://127.0.0.1:9000" and local.meters == s.meters
 
 
@@ -59,7 +69,7 @@ def test_without_machines_the_old_keys_are_one_local_machine() -> None:
     ("extra", "message"),
     [
         ('[machines.meters]\nkinds = ["rapl"]\n', "'machines.meters.kinds'.*not local"),
-        ('[machines.meters]\nipmi = true\n', "'machines.meters.ipmi_host'"),
+        ("[machines.meters]\nipmi = true\n", "'machines.meters.ipmi_host'"),
         ("cooldown_s = -1\n", "'machines.cooldown_s'"),
         ("max_concurrency = 0\n", "'machines.max_concurrency'"),
     ],

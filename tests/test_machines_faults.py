@@ -13,6 +13,7 @@ from tests.fake_backend import FakeBackend
 from tests.ledger_support import db_rows
 from tests.machines_support import FakeWallMeter, LoopbackMachine, chat, gateway, slow
 from tests.support import serve
+from tests.telemetry_support import until
 
 
 async def test_a_machine_taken_down_mid_run_loses_no_request_and_no_row(tmp_path: Path) -> None:
@@ -35,8 +36,7 @@ async def test_a_machine_taken_down_mid_run_loses_no_request_and_no_row(tmp_path
                     answers.append(r)
 
             clients = [asyncio.create_task(client()) for _ in range(3)]
-            while len(answers) < 4:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(answers) >= 4)
         finally:
             await a_server.__aexit__(None, None, None)  # machine a goes down mid-run
         await asyncio.gather(*clients)
@@ -45,7 +45,9 @@ async def test_a_machine_taken_down_mid_run_loses_no_request_and_no_row(tmp_path
     after = [r.headers["x-joulegate-machine"] for r in answers[6:]]
     assert after.count("b") >= len(after) - 3  # at most the requests a had in hand
     rows = db_rows(tmp_path / "l.db", "model_requested IS NOT NULL")
-    assert sorted(r["request_id"] for r in rows) == sorted(r.headers["x-request-id"] for r in answers)
+    assert sorted(r["request_id"] for r in rows) == sorted(
+        r.headers["x-request-id"] for r in answers
+    )
     assert all(r["failure"] is None and r["machine"] in ("a", "b") for r in rows)
     machines = {ch["machine"]: ch["ok"] for ch in ready["checks"] if ch["name"] == "machine"}
     assert machines == {"a": False, "b": True}
@@ -109,8 +111,7 @@ async def test_a_hot_machine_pauses_alone_from_its_meters_temperature(tmp_path: 
         a.extra = {"meters": replace(meters, thermal_limit_c=85.0, thermal_resume_c=70.0)}
         jg = await stack.enter_async_context(gateway([a, b], tmp_path / "l.db"))
         c = await stack.enter_async_context(httpx.AsyncClient(base_url=jg.url, timeout=30))
-        while not (await c.get("/healthz")).json()["machines"]["a"]["paused"]:
-            await asyncio.sleep(0.05)
+        await until(lambda: jg.app.state.ctx.machines.by_name["a"].gate.paused)
         served = [(await c.post("/v1/chat/completions", json=chat("m"))).headers
                   ["x-joulegate-machine"] for _ in range(3)]  # fmt: skip
     assert served == ["b", "b", "b"]  # never queued behind the paused machine
