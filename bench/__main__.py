@@ -16,6 +16,7 @@ MODULES = [
     "bench.forecast",
     "bench.attribution",
     "bench.batching",
+    "bench.machines",
 ]
 
 

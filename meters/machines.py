@@ -37,6 +37,8 @@ from proxy.machines import Machine
 
 log = logging.getLogger("joulegate.meters")
 
+REMOTE_ONLY_TICK_HZ = 1.0
+"""The sampler's local tick on a machine whose meters are all remote."""
 _ON = "_meters_machine"
 """Scratch key: the machine whose meters hold the request's open window."""
 
@@ -137,7 +139,10 @@ async def _one_machine(
     activity = Activity()
     if meters is None:
         meters = await asyncio.to_thread(find_meters, machine.settings, activity, hardware)
-    sampler = Sampler(meters, sample_hz=s.sample_hz, external_hz=s.external_hz, activity=activity)
+    # With only remote meters the local tick reads nothing: it only keeps the books
+    # (unattributed energy, pruning), which once a second does as well.
+    local_hz = s.sample_hz if any(not m.remote for m in meters) else REMOTE_ONLY_TICK_HZ
+    sampler = Sampler(meters, sample_hz=local_hz, external_hz=s.external_hz, activity=activity)
     for line in sampler.ignored:
         log.info("meter on %s: ignoring %s", machine.name, line)
     if not sampler.meters:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.errors import MeterError
@@ -48,7 +47,7 @@ class PrometheusMeter(Meter):
         *,
         labels: Sequence[str] = (),
         unit: Unit = "uW",
-        client: httpx.Client | None = None,
+        client: http.Client | None = None,
         temperature_metric: str = "",
     ) -> None:
         self._url = url
@@ -71,7 +70,7 @@ class PrometheusMeter(Meter):
         return ("machine",)
 
     def _value(self) -> float:
-        text = http.get(self._client, self._url).text
+        text = http.get_text(self._client, self._url)
         total: float | None = None
         temperatures: dict[str, float] = {}
         try:

@@ -238,6 +238,13 @@ class BackendRouter:
             )
         return b
 
+    def owner(self, model: str | None) -> Backend | None:
+        """The backend ``model`` goes to (the only one, or the one listing it); None
+        when none lists it."""
+        if self.single or model is None:
+            return self.backends[0]
+        return self._owner.get(model)
+
     def provider(self, backend: str | None, model: str | None) -> str | None:
         """What serves a request: the named backend's software, else that of the
         backend ``model`` routes to; None when it has not said."""

@@ -49,7 +49,7 @@ class Dispatch:
         """Wait for a slot on one of the request's machines; the backend to send to
         there, once every stage's ``on_admitted`` has run."""
         try:
-            machine = await self._fleet.admit(ex.scratch[_MACHINES], ex.window)
+            machine = await self._fleet.admit(ex.scratch[_MACHINES], ex.window, ex.model_requested)
         finally:
             self._bodies.let_go(ex.scratch["_hold"])
         ex.scratch[_MACHINE] = machine

@@ -51,9 +51,8 @@ class Machine:
 
     def up_for(self, model: str | None) -> bool:
         """Whether the backend it would send ``model`` to is up."""
-        if self.router.single or model is None:
-            return self.router.backends[0].up
-        return any(b.up and model in b.models for b in self.router.backends)
+        backend = self.router.owner(model)
+        return backend is not None and backend.up
 
     def backend_for(self, model: str | None) -> Backend:
         """Its backend for ``model`` (502 when that one is down)."""
@@ -85,6 +84,17 @@ class Fleet:
         )
         """Every backend of every machine: the model list, and look-ups by model."""
         self._turn = 0
+        self._by_gate = {id(m.gate): m for m in self.machines}
+        self._serving: dict[str, list[Machine]] = {}
+        self._index()
+
+    def _index(self) -> None:
+        """Which machines serve which model (the models change only on a refresh)."""
+        serving: dict[str, list[Machine]] = {}
+        for m in self.machines:
+            for model in m.router.models:
+                serving.setdefault(model, []).append(m)
+        self._serving = serving
 
     @classmethod
     def build(cls, settings: Settings, client: httpx.AsyncClient) -> Fleet:
@@ -96,11 +106,13 @@ class Fleet:
         for m in self.machines:
             await m.router.discover()
         self.router.rebuild()
+        self._index()
 
     async def refresh(self) -> None:
         """One round of ``GET /v1/models`` to every machine's backends."""
         await asyncio.gather(*(m.router.refresh() for m in self.machines))
         self.router.rebuild()
+        self._index()
 
     async def refresh_forever(self, interval_s: float) -> None:
         """Refresh until cancelled; failures are logged, never raised."""
@@ -113,11 +125,11 @@ class Fleet:
 
     def candidates(self, model: str | None, *, avoid: Machine | None = None) -> list[Machine]:
         """The machines that may serve ``model`` now, in the order of preference for
-        a free slot (idle first, ties in turn); 404 when none serves it, 502 when
-        the backends of all that do are down."""
+        a free slot (ties in turn); 404 when none serves it, 502 when the backends of
+        all that do are down."""
         if self.single:
             return self.machines
-        serving = [m for m in self.machines if m.serves(model)]
+        serving = self.machines if model is None else self._serving.get(model)
         if not serving:
             known = ", ".join(sorted(self.router.models)) or "none"
             raise ModelNotFound(
@@ -125,29 +137,35 @@ class Fleet:
                 code="model_not_found",
                 param="model",
             )
-        up = [m for m in serving if m.up_for(model) and m is not avoid]
-        if not up:
-            down = ", ".join(m.name for m in serving)
+        if len(serving) > 1:  # ties in turn: each request starts the scan one further
+            self._turn += 1
+            k = self._turn % len(serving)
+            serving = serving[k:] + serving[:k]
+        if avoid is not None:
+            serving = [m for m in serving if m is not avoid]
+        if not any(m.up_for(model) for m in serving):  # the first one, as a rule
+            down = ", ".join(m.name for m in serving) or "none other"
             raise BackendUnreachable(
                 f"every machine serving {model!r} has its backend down ({down})",
                 code="backend_unreachable",
             )
-        if len(up) == 1:
-            return up
-        self._turn += 1
-        k = self._turn % len(up)
-        turned = up[k:] + up[:k]
-        # Stable: among equals the turn's order stands (ties in turn).
-        return sorted(turned, key=lambda m: (m.gate.in_flight > 0, m.gate.load))
+        return serving
 
-    async def admit(self, machines: Sequence[Machine], window: Window) -> Machine:
-        """A slot on one of ``machines`` (see the module's docstring); QueueFull when
-        every queue is full."""
+    async def admit(
+        self, machines: Sequence[Machine], window: Window, model: str | None = None
+    ) -> Machine:
+        """A slot on one of ``machines`` whose backend for ``model`` is up (see the
+        module's docstring); QueueFull when every queue is full."""
         if len(machines) == 1:
             await machines[0].gate.acquire(window)
             return machines[0]
-        gate = await acquire_first([m.gate for m in machines], window)
-        return next(m for m in machines if m.gate is gate)
+        for m in machines:  # an idle machine before one with a slot left
+            if m.gate.in_flight == 0 and m.gate.free and m.up_for(model):
+                await m.gate.acquire(window)
+                return m
+        up = [m.gate for m in machines if m.up_for(model)]
+        gate = await acquire_first(up or [m.gate for m in machines], window)
+        return self._by_gate[id(gate)]
 
     def health(self) -> list[dict[str, Any]]:
         """``/readyz``'s backend checks, each naming its machine, and one check per
