@@ -119,22 +119,16 @@ def _joulegates(folder: Path, backends: list[str], meter: str) -> Iterator[tuple
     tomls = [_machine_toml(f"m{i}", b, meter) for i, b in enumerate(backends)]
     (folder / "all.toml").write_text("\n".join(tomls))
     with contextlib.ExitStack() as stack:
-        one = stack.enter_context(
-            spawn(
-                "bench.serve",
-                "full",
-                "PORT",
-                backends[0],
-                env={"JOULEGATE_CONFIG": str(folder / "all.toml")},
-            )  # fmt: skip
-        )
+
+        def joulegate(backend: str, config: Path) -> str:
+            env = {"JOULEGATE_CONFIG": str(config)}
+            return stack.enter_context(spawn("bench.serve", "full", "PORT", backend, env=env))
+
+        one = joulegate(backends[0], folder / "all.toml")
         each = []
         for i, text in enumerate(tomls):
             (folder / f"m{i}.toml").write_text(text)
-            each.append(stack.enter_context(
-                spawn("bench.serve", "full", "PORT", backends[i],
-                      env={"JOULEGATE_CONFIG": str(folder / f"m{i}.toml")})
-            ))  # fmt: skip
+            each.append(joulegate(backends[i], folder / f"m{i}.toml"))
         yield one, each
 
 
