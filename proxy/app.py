@@ -31,6 +31,7 @@ from accounting.carbon import carbon
 from accounting.forecast_routes import route_handlers as forecast_routes
 from accounting.forecast_stage import forecast_component
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
+from accounting.owners import owners_component
 from accounting.routes import route_handlers as ledger_routes
 from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
@@ -62,6 +63,7 @@ def default_components() -> list[Component]:
     # sampler and the intensity source are opened by their own components.
     return [
         accounting_resource,  # ledger, keys, budgets: auth, forecast and record read it
+        owners_component,  # no machine of this gateway is served by another (a warning)
         telemetry_component(),
         access_log_component,
         prometheus_component,

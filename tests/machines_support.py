@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from accounting.ledger_stage import accounting_resource, auth_component, record_component
+from accounting.owners import owners_component
 from accounting.routes import route_handlers as ledger_routes
 from config import BackendSettings, LedgerSettings, MeterSettings, Settings
 from config.machines import MachineSettings
@@ -99,18 +100,19 @@ async def loopback_machines(
 
 def gateway_components() -> list[Component]:
     """The real ledger, the machines' real meters and /metrics, in the real order."""
-    return [accounting_resource, prometheus_component, auth_component, machines_component,
-            record_component]  # fmt: skip
+    return [accounting_resource, owners_component, prometheus_component, auth_component,
+            machines_component, record_component]  # fmt: skip
 
 
 @contextlib.asynccontextmanager
 async def gateway(
-    machines: Sequence[LoopbackMachine], ledger: Path, **settings: Any
+    machines: Sequence[LoopbackMachine], ledger: Path | LedgerSettings, **settings: Any
 ) -> AsyncIterator[Running]:
-    """joulegate in front of ``machines`` with a SQLite ledger at ``ledger``."""
+    """joulegate in front of ``machines`` with a SQLite ledger at ``ledger`` (a path), or
+    the ledger ``ledger`` names."""
     s = Settings(
         machines=tuple(m.settings() for m in machines),
-        ledger=LedgerSettings(path=str(ledger)),
+        ledger=ledger if isinstance(ledger, LedgerSettings) else LedgerSettings(path=str(ledger)),
         **settings,
     )
     routes = [metrics_endpoint, *ledger_routes()]
