@@ -101,3 +101,10 @@ def test_machines_and_the_single_machine_keys_do_not_mix(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         _load(tmp_path, text)
+
+
+def test_the_guides_example_loads(tmp_path: Path) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "machines.md").read_text()
+    example = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    a, b = _load(tmp_path, example).machine_list
+    assert (a.name, a.cooldown_every, b.meters.thermal_limit_c) == ("rack1-a", 200, 85.0)

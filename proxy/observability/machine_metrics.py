@@ -5,7 +5,8 @@
     joulegate_machine_paused{machine}                 gauge, 1 in a thermal pause or cool-down
     joulegate_machine_cooldowns_total{machine}        counter, cool-downs begun
     joulegate_machine_power_watts{machine,component}  gauge, its meters' power now
-    joulegate_machine_energy_joules_total{machine}    counter, its meters' energy since start-up
+    joulegate_machine_energy_joules_total{machine,component}  counter, its meters' energy
+    joulegate_machine_unattributed_energy_joules_total{machine}  counter, with nothing in flight
 
 ``machine`` takes only the configured machines' names (``local`` without
 ``[[machines]]``), so the series are as many as the machines. The energy counter is
@@ -53,6 +54,9 @@ class MachineCollector(Collector):
             CounterMetricFamily("joulegate_machine_energy_joules",
                                 "Energy the machine's meters measured since start-up, in J.",
                                 labels=[*m, "component"]),
+            CounterMetricFamily("joulegate_machine_unattributed_energy_joules",
+                                "Energy the machine's meters measured while none of its "
+                                "requests was in flight, in J.", labels=m),
         ]  # fmt: skip
 
     def describe(self) -> Iterable[Family]:
@@ -61,7 +65,7 @@ class MachineCollector(Collector):
 
     def collect(self) -> Iterable[Family]:
         """One sample per machine (and component), never reading a meter."""
-        queue, busy, paused, cooldowns, power, energy = out = self._families()
+        queue, busy, paused, cooldowns, power, energy, idle = out = self._families()
         for machine in self._ctx.machines.machines:
             name, gate = machine.name, machine.gate
             queue.add_metric([name], gate.waiting)
@@ -71,6 +75,7 @@ class MachineCollector(Collector):
             meters = self._ctx.machine_power.get(name)
             if meters is None:
                 continue
+            idle.add_metric([name], meters.unattributed_j)
             try:
                 readings = list(meters.device_readings())
             except Exception:
