@@ -52,6 +52,10 @@ class MachineSettings:
     (0 = none): the machine admits nothing meanwhile."""
     cooldown_every: int = 0
     """How many requests between two cool-downs (0 = never)."""
+    cooldown_on_model_change: bool = False
+    """Also pause ``cooldown_s`` before a request for another model than the one the
+    machine served last (a study moving to its next model), so that the next model's
+    first requests do not pay for the heat the last one left."""
 
     def __post_init__(self) -> None:
         require(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ class Machine:
     settings: MachineSettings
     gate: Gate
     router: BackendRouter
+    last_model: str | None = None
+    """The model of the request it admitted last (for a cool-down on a model change)."""
 
     def serves(self, model: str | None) -> bool:
         """Whether one of its backends lists ``model`` (any model: None)."""
@@ -57,6 +60,28 @@ class Machine:
     def backend_for(self, model: str | None) -> Backend:
         """Its backend for ``model`` (502 when that one is down)."""
         return self.router.route(model)
+
+
+async def _after_model_change(machine: Machine, model: str | None, window: Window) -> None:
+    """With ``cooldown_on_model_change``: a request for another model than the last
+    one waits ``cooldown_s`` holding its slot (the machine rests), counted as thermal
+    wait; its energy window opens after it."""
+    last = machine.last_model
+    if model is not None:
+        machine.last_model = model
+    s = machine.settings
+    if not (s.cooldown_on_model_change and s.cooldown_s > 0) or last in (None, model):
+        return
+    machine.gate.cooldowns += 1
+    log.info("machine %s cools down %.0f s: model %s after %s", machine.name, s.cooldown_s,
+             model, last)  # fmt: skip
+    try:
+        await asyncio.sleep(s.cooldown_s)
+    except asyncio.CancelledError:
+        machine.gate.release()  # its client left during the pause
+        raise
+    window.thermal_wait_s += s.cooldown_s
+    window.admitted_s = time.monotonic()
 
 
 def build_machine(settings: MachineSettings, client: httpx.AsyncClient) -> Machine:
@@ -156,6 +181,13 @@ class Fleet:
     ) -> Machine:
         """A slot on one of ``machines`` whose backend for ``model`` is up (see the
         module's docstring); QueueFull when every queue is full."""
+        machine = await self._slot(machines, window, model)
+        await _after_model_change(machine, model, window)
+        return machine
+
+    async def _slot(
+        self, machines: Sequence[Machine], window: Window, model: str | None
+    ) -> Machine:
         if len(machines) == 1:
             await machines[0].gate.acquire(window)
             return machines[0]

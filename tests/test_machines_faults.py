@@ -116,3 +116,20 @@ async def test_a_hot_machine_pauses_alone_from_its_meters_temperature(tmp_path: 
                   ["x-joulegate-machine"] for _ in range(3)]  # fmt: skip
     assert served == ["b", "b", "b"]  # never queued behind the paused machine
     assert b.backend.max_in_flight == 1 and not a.backend.seen
+
+
+async def test_a_model_change_cools_its_machine_down_first(tmp_path: Path) -> None:
+    extra = {"cooldown_s": 0.4, "cooldown_on_model_change": True}
+    a = LoopbackMachine("a", FakeBackend(models=("m", "n")), FakeWallMeter(100.0), extra=extra)
+    async with contextlib.AsyncExitStack() as stack:
+        a.meter_url = await stack.enter_async_context(serve(a.meter, lifespan="off"))
+        a.backend_url = await stack.enter_async_context(serve(a.backend, lifespan="off"))
+        jg = await stack.enter_async_context(gateway([a], tmp_path / "l.db"))
+        c = await stack.enter_async_context(httpx.AsyncClient(base_url=jg.url, timeout=30))
+        energy = [(await c.post("/v1/chat/completions", json=chat(m))).json()["energy"]
+                  for m in ("m", "m", "n", "n", "m")]  # fmt: skip
+        health = (await c.get("/healthz")).json()
+    waits = [e["thermal_wait_ms"] for e in energy]
+    assert waits[:2] == [0.0, 0.0] and waits[3] == 0.0
+    assert waits[2] == waits[4] == 400.0  # the pause, counted as it was set
+    assert health["machines"]["a"]["cooldowns"] == 2
