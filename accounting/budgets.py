@@ -20,8 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
-from accounting.ledgers import AnyLedger
-from accounting.schema import LedgerRow, iso, utcnow
+from accounting.ledger import Ledger
+from accounting.ledger.rows import LedgerRow, iso, utcnow
 from config.errors import BudgetExceeded
 from config.units import J_PER_WH
 
@@ -141,7 +141,7 @@ class BudgetBook:
     counts every row as its own and has nothing to refresh.
     """
 
-    def __init__(self, ledger: AnyLedger, *, host: str | None = None) -> None:
+    def __init__(self, ledger: Ledger, *, host: str | None = None) -> None:
         self._ledger = ledger
         self.host = host
         """This joulegate's name in the ``host`` column; None: the only writer."""

@@ -20,23 +20,23 @@ import msgspec
 
 from accounting.auth import KeyStore, check_user
 from accounting.budgets import Budget, BudgetBook, period_bounds
-from accounting.ledgers import AnyLedger, ledger_from_settings
+from accounting.ledger import Ledger, ledger_from_settings
+from accounting.ledger.rows import COLUMNS, iso, utcnow
 from accounting.reports import By, Format, Unit, build_report, parse_query
-from accounting.schema import COLUMNS, iso, utcnow
 from config.cli import add_ledger_options, settings_from
 from config.errors import ConfigError, LedgerError
 from config.table import render_table
 from config.units import J_PER_WH
 
 
-def _ledger(args: argparse.Namespace) -> AnyLedger:
+def _ledger(args: argparse.Namespace) -> Ledger:
     settings = settings_from(args, **{"ledger.path": args.ledger})
     return ledger_from_settings(settings.ledger)
 
 
 def _run(
     args: argparse.Namespace,
-    work: Callable[[AnyLedger], Awaitable[int]],
+    work: Callable[[Ledger], Awaitable[int]],
     *,
     must_exist: bool = False,
 ) -> int:
@@ -60,7 +60,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--user: {exc}") from None
 
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         key, stored = await KeyStore(ledger).create(user, admin=args.admin)
         print(key)
         role = "admin key" if stored.is_admin else "key"
@@ -72,7 +72,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         keys = KeyStore(ledger)
         await keys.load()
         shown = [k for k in keys.all() if args.all or k.revoked_ts is None]
@@ -103,7 +103,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     if bool(args.key) == bool(args.user):
         raise ConfigError("keys revoke: give a key prefix or --user, not both or neither")
 
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         keys = KeyStore(ledger)
         count = await (keys.revoke_user(args.user) if args.user else keys.revoke(args.key))
         if not count:
@@ -130,7 +130,7 @@ def _set_budget(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             raise ConfigError(f"users set-budget: {name} must be a number above 0")
 
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         book = BudgetBook(ledger)
         if args.clear:
             had = await book.clear(user)
@@ -145,7 +145,7 @@ def _set_budget(args: argparse.Namespace) -> int:
 
 
 def _users_list(args: argparse.Namespace) -> int:
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         book = BudgetBook(ledger)
         now = utcnow()
         await book.load(now)
@@ -189,7 +189,7 @@ def _period_args(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     query = parse_query(vars(args))
 
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         report = await build_report(ledger, query)
         sys.stdout.write(report.render(args.format, totals=args.totals))
         return 0
@@ -205,7 +205,7 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"--output: {exc}") from None
 
-    async def work(ledger: AnyLedger) -> int:
+    async def work(ledger: Ledger) -> int:
         count = await _write_rows(ledger, where, params, args.format, out)
         if args.output:
             print(f"wrote {count} rows to {args.output}", file=sys.stderr)
@@ -219,7 +219,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 async def _write_rows(
-    ledger: AnyLedger, where: str, params: list[Any], form: str, out: IO[str]
+    ledger: Ledger, where: str, params: list[Any], form: str, out: IO[str]
 ) -> int:
     columns = ["id", *COLUMNS]
     writer = csv.writer(out, lineterminator="\n") if form == "csv" else None

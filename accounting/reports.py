@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from accounting.ledgers import AnyLedger
-from accounting.schema import iso
+from accounting.ledger import Ledger
+from accounting.ledger.rows import iso
 from config.errors import BadRequest
 from config.table import render_table
 from config.units import J_PER
@@ -268,7 +268,7 @@ class Report:
         return self.to_csv(totals=totals) if form == "csv" else self.to_table()
 
 
-async def build_report(ledger: AnyLedger, query: ReportQuery) -> Report:
+async def build_report(ledger: Ledger, query: ReportQuery) -> Report:
     """Add up the ledger's rows for ``query``."""
     where, params = query.where()
     group = _GROUP_SQL[query.by]

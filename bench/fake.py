@@ -2,7 +2,7 @@
 
 bench/ keeps its own fake rather than borrowing the tests' one, so that the tests'
 fake can grow without moving the benchmark's numbers. Its answers have the same
-shapes and sizes as ``tests/fake_backend.py``'s: a chat completion of ``max_tokens``
+shapes and sizes as ``tests/support/fake_backend.py``'s: a chat completion of ``max_tokens``
 words, or an SSE stream of one role chunk, ``max_tokens`` content chunks, a finish
 chunk, the usage chunk when ``stream_options.include_usage`` asks for it, and
 ``[DONE]``.

@@ -37,7 +37,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from accounting.ledger_pg import PostgresLedger
+from accounting.ledger.postgres import PostgresLedger
 from bench import pg
 from bench.ledger import bench_row, percentile_ms, print_results
 from bench.ledger_pg import create_database, postgres

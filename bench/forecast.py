@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from accounting import Ledger
-from accounting.forecast_stage import Forecaster
+from accounting import SqliteLedger
+from accounting.forecast.stage import Forecaster
 from bench.fake import MODELS as FAKE_MODELS
 from bench.ledger import MODELS, generate_sqlite, percentile_ms, print_results
 from bench.serve import spawn, spawn_process
@@ -34,10 +34,10 @@ async def run(rows: int, calls: int) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "big.sqlite3"
-        async with Ledger(big):
+        async with SqliteLedger(big):
             pass
         generate_sqlite(big, rows)
-        async with Ledger(big) as ledger:
+        async with SqliteLedger(big) as ledger:
             forecaster = Forecaster(ledger, max_rows=rows)
             t0, cpu0 = time.perf_counter(), time.process_time()
             fit = await forecaster.refit()

@@ -1,6 +1,6 @@
 """Benchmark of the ledger: the commit each request pays, and reports on a big ledger.
 
-1. Write cost per request: :meth:`Ledger.append` (one row, committed, as the
+1. Write cost per request: :meth:`SqliteLedger.append` (one row, committed, as the
    record stage does before a response's last byte) on a fresh file, with
    ``synchronous = normal`` (the default) and ``full``, then into the
    1,000,000-row ledger. p50 and p99 in milliseconds.
@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from accounting import Ledger, LedgerRow, iso, utcnow
+from accounting import LedgerRow, SqliteLedger, iso, utcnow
 from accounting.budgets import BudgetBook
-from accounting.ledgers import AnyLedger
+from accounting.ledger import Ledger
 from accounting.reports import build_report, parse_query
 
 USERS = [f"user{i:02d}" for i in range(50)]
@@ -58,7 +58,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def append_cost(ledger: AnyLedger, count: int, start: int) -> tuple[float, float]:
+async def append_cost(ledger: Ledger, count: int, start: int) -> tuple[float, float]:
     """p50 and p99 (ms) of committing ``count`` rows one by one, ids from ``start``."""
     samples = []
     for n in range(start, start + count):
@@ -125,13 +125,13 @@ async def run(rows: int, writes: int) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for sync in ("normal", "full"):
-            async with Ledger(Path(tmp) / f"fresh-{sync}.sqlite3", synchronous=sync) as fresh:
+            async with SqliteLedger(Path(tmp) / f"fresh-{sync}.sqlite3", synchronous=sync) as fresh:
                 p50, p99 = await append_cost(fresh, writes, 0)
             out.append((f"append 1 row, fresh file, synchronous={sync}",
                         f"p50 {p50:.3f} ms, p99 {p99:.3f} ms", f"{writes} rows"))  # fmt: skip
 
         big = Path(tmp) / "big.sqlite3"
-        async with Ledger(big):
+        async with SqliteLedger(big):
             pass
         t0 = time.perf_counter()
         generate_sqlite(big, rows)
@@ -139,7 +139,7 @@ async def run(rows: int, writes: int) -> list[tuple[str, str, str]]:
         out.append((f"generate {rows:,} rows (executemany, 1 transaction)", f"{gen_s:.1f} s",
                     f"{big.stat().st_size / 2**20:.0f} MiB"))  # fmt: skip
 
-        async with Ledger(big) as ledger:
+        async with SqliteLedger(big) as ledger:
             counts = await ledger.fetchall(
                 "SELECT user, COUNT(*) FROM requests WHERE ts >= ? AND ts < ? GROUP BY user"
                 " ORDER BY COUNT(*) DESC",
@@ -183,7 +183,7 @@ def print_results(title: str, results: list[tuple[str, str, str]]) -> None:
 async def main(rows: int = 1_000_000, writes: int = 2000) -> None:
     """Run the ledger benchmark and print a Markdown table."""
     results = await run(rows, writes)
-    print_results("Ledger: write cost per request and report time (2 cores shared)", results)
+    print_results("SqliteLedger: write cost per request and report time (2 cores shared)", results)
 
 
 def _cli(argv: list[str] | None = None) -> None:

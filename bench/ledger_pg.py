@@ -28,9 +28,9 @@ from pathlib import Path
 
 import asyncpg
 
-from accounting import Ledger
-from accounting.ledger_pg import PostgresLedger
-from accounting.ledgers import AnyLedger
+from accounting import SqliteLedger
+from accounting.ledger import Ledger
+from accounting.ledger.postgres import PostgresLedger
 from accounting.reports import build_report, parse_query
 from bench import pg
 from bench.ledger import (
@@ -78,7 +78,7 @@ async def _pg_generate(url: str, rows: int) -> None:
         await conn.close()
 
 
-async def _reports(ledger: AnyLedger, name: str) -> list[Result]:
+async def _reports(ledger: Ledger, name: str) -> list[Result]:
     counts = await ledger.fetchall(
         "SELECT user, COUNT(*) FROM requests WHERE ts >= ? AND ts < ? GROUP BY user"
         " ORDER BY COUNT(*) DESC, user",
@@ -103,7 +103,7 @@ async def run(rows: int, writes: int) -> list[Result]:
         if server is None:
             return [("PostgreSQL", "not measured", "no initdb/pg_ctl on this machine")]
         for sync in ("normal", "full"):
-            async with Ledger(Path(tmp) / f"fresh-{sync}.sqlite3", synchronous=sync) as fresh:
+            async with SqliteLedger(Path(tmp) / f"fresh-{sync}.sqlite3", synchronous=sync) as fresh:
                 p50, p99 = await append_cost(fresh, writes, 0)
             out.append((f"SQLite: commit 1 row, fresh file, synchronous={sync}",
                         f"p50 {p50:.3f} ms, p99 {p99:.3f} ms", f"{writes} rows"))  # fmt: skip
@@ -114,7 +114,7 @@ async def run(rows: int, writes: int) -> list[Result]:
                     f"p50 {p50:.3f} ms, p99 {p99:.3f} ms", f"{writes} rows"))  # fmt: skip
 
         big = Path(tmp) / "big.sqlite3"
-        async with Ledger(big):
+        async with SqliteLedger(big):
             pass
         t0 = time.perf_counter()
         generate_sqlite(big, rows)
@@ -129,7 +129,7 @@ async def run(rows: int, writes: int) -> list[Result]:
             out.append((f"PostgreSQL: generate {rows:,} rows (COPY, then VACUUM ANALYZE)",
                         f"{time.perf_counter() - t0:.1f} s",
                         f"{size[0][0] / 2**20:.0f} MiB with indexes"))  # fmt: skip
-            async with Ledger(big) as ledger:
+            async with SqliteLedger(big) as ledger:
                 out += await _reports(ledger, "SQLite")
             out += await _reports(big_pg, "PostgreSQL")
             p50, p99 = await append_cost(big_pg, writes, 10**9)
@@ -141,7 +141,7 @@ async def run(rows: int, writes: int) -> list[Result]:
 async def main(rows: int = 1_000_000, writes: int = 2000) -> None:
     """Run the benchmark and print a Markdown table."""
     results = await run(rows, writes)
-    print_results("Ledger: PostgreSQL beside SQLite (same run, 2 cores shared)", results)
+    print_results("SqliteLedger: PostgreSQL beside SQLite (same run, 2 cores shared)", results)
 
 
 def _cli(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""``python -m config [--readme README.md]``: print the settings table, or refresh
-it in the README between its ``settings:begin``/``settings:end`` markers."""
+"""``python -m config [--write docs/reference/settings.md]``: print the settings table,
+or refresh it in a Markdown page between its ``settings:begin``/``settings:end`` markers."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def table() -> str:
 
 
 def main(argv: list[str]) -> None:
-    """Print the table, or write it into the README named after ``--readme``."""
-    if argv[:1] == ["--readme"]:
+    """Print the table, or write it into the page named after ``--write``."""
+    if argv[:1] == ["--write"]:
         path = Path(argv[1])
         text = path.read_text(encoding="utf-8")
         new = re.sub(

@@ -28,11 +28,11 @@ from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
 from accounting.carbon import carbon
-from accounting.forecast_routes import route_handlers as forecast_routes
-from accounting.forecast_stage import forecast_component
-from accounting.ledger_stage import accounting_resource, auth_component, record_component
-from accounting.owners import owners_component
-from accounting.routes import route_handlers as ledger_routes
+from accounting.forecast.routes import route_handlers as forecast_routes
+from accounting.forecast.stage import forecast_component
+from accounting.ledger.owners import owners_component
+from accounting.ledger.routes import route_handlers as ledger_routes
+from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config.errors import BadRequest, NotFound, ProxyError
 from config.settings import Settings
 from meters import machines_component

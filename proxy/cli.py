@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from accounting.cli import register as register_accounting
-from accounting.forecast_cli import register as register_forecast
+from accounting.forecast.cli import register as register_forecast
 from accounting.study import register as register_study
 from config.cli import add_config_option, settings_from
 from config.errors import ConfigError, JoulegateError

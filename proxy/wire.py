@@ -80,11 +80,6 @@ def internal_error(exc: BaseException, doing: str) -> InternalError:
     )
 
 
-def ms(seconds: float | None) -> float | None:
-    """Seconds as milliseconds for the ``energy`` object (3 decimals), None kept."""
-    return None if seconds is None else round(seconds * 1000.0, 3)
-
-
 def request_id_header(ex: Exchange) -> tuple[bytes, bytes]:
     """joulegate's own id of the request (the ledger's ``request_id``)."""
     return (b"x-request-id", ex.request_id.encode())

@@ -16,9 +16,9 @@ from bench.pg import PgServer
 from config import LedgerSettings, Settings
 from proxy.app import create_app
 from proxy.context import Component
-from tests.fake_backend import FakeBackend, serving
-from tests.ledger_support import Store
-from tests.support import Running, serve
+from tests.support.fake_backend import FakeBackend, serving
+from tests.support.ledger import Store
+from tests.support.serving import Running, serve
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from accounting.ledger_pg import PG_SCHEMA_VERSION
+from accounting.ledger.postgres import PG_SCHEMA_VERSION
 from bench.pg import PgServer
 from bench.serve import spawn
 from tests.e2e.conftest import Joulegate, launch_joulegate

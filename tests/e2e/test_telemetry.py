@@ -17,7 +17,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import MODEL, Joulegate
-from tests.telemetry_support import Collector, attributes, serve_in_thread
+from tests.support.telemetry import Collector, attributes, serve_in_thread
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 HI = [{"role": "user", "content": "Say hi."}]

@@ -1,0 +1,32 @@
+"""Spellings of ``/v1/chat/completions`` an attacker might try to slip past the gate:
+each must be gated like the canonical path or refused."""
+
+SPELLINGS = [
+    "/v1/chat/completions",
+    "/v1/./chat/completions",
+    "/v1/%63hat/completions",
+    "/v1/x/../chat/completions",
+    "/v1/%2e/chat/completions",
+    "/v1/%2E/chat/completions",
+    "/v1//chat/completions",
+    "/v1/chat//completions",
+    "/v1/chat/./completions",
+    "/v1/chat/completions/",
+    "/v1/chat/completions/.",
+    "/v1/chat/x/%2e%2e/completions",
+    "/v1/%63%68%61%74/%63ompletions",
+    "/v1/a/b/../../chat/completions",
+    "/v1/chat%2Fcompletions",
+    "/v1/chat%2fcompletions",
+    "/v1/chat%5Ccompletions",
+    "/v1/%2e%2e/anything",
+    "/v1/%2E%2E/%2E%2E/etc/passwd",
+    "/v1/../etc/passwd",
+    "/v1/../../v1x/chat/completions",
+    "/v1/chat/completions%00",
+    "/v1/%2e%2e%2fchat/completions",
+    "/v1/chat\\completions",
+    "/v1/%zz/chat/completions",
+    "/v1/..%2f..%2fetc/passwd",
+    "/v1/./../v1/chat/completions",
+]
