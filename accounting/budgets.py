@@ -18,7 +18,7 @@ import datetime as dt
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from accounting.ledger import Ledger
 from accounting.ledger.rows import LedgerRow, iso, utcnow
@@ -69,13 +69,35 @@ class BudgetStatus:
             return "carbon"
         return None
 
-    def headers(self, now: dt.datetime) -> dict[str, str]:
-        """Response headers telling the client what is left and when it resets."""
+    def remaining_headers(self) -> dict[str, str]:
+        """What is left and when it resets, as response headers."""
         out = {"x-energy-budget-reset": iso(self.resets_at)}
         if self.remaining_energy_j is not None:
             out["x-energy-budget-remaining-wh"] = f"{self.remaining_energy_j / J_PER_WH:.4f}"
         if self.remaining_co2e_g is not None:
             out["x-carbon-budget-remaining-g"] = f"{self.remaining_co2e_g:.4f}"
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The budget's limits, use and remainder in Wh and gCO2e (``GET /v1/energy/budget``)."""
+        b = self.budget
+        return {
+            "user": b.user,
+            "period": b.period,
+            "resets_at": iso(self.resets_at),
+            "limit_wh": _wh(b.energy_j),
+            "used_wh": _wh(self.spent_energy_j),
+            "remaining_wh": _wh(self.remaining_energy_j),
+            "limit_co2e_g": _g(b.co2e_g),
+            "used_co2e_g": _g(self.spent_co2e_g),
+            "remaining_co2e_g": _g(self.remaining_co2e_g),
+            "exhausted": self.exhausted,
+        }
+
+    def headers(self, now: dt.datetime) -> dict[str, str]:
+        """Response headers telling the client what is left and when it resets (and,
+        once a limit is used up, when to retry)."""
+        out = self.remaining_headers()
         if self.exhausted:
             # Honest: nothing changes before the reset. The official SDKs obey
             # x-should-retry over Retry-After, so they give up at once instead of
@@ -101,6 +123,40 @@ class BudgetStatus:
             code=code,
             headers=self.headers(now),
         )
+
+
+def _wh(energy_j: float | None) -> float | None:
+    return None if energy_j is None else round(energy_j / J_PER_WH, 9)
+
+
+def _g(co2e_g: float | None) -> float | None:
+    return None if co2e_g is None else round(co2e_g, 9)
+
+
+def check_limit(value: object, name: str) -> float | None:
+    """A budget limit as given (None: no limit of that kind), or ValueError naming
+    ``name``: limits are finite numbers above 0. The CLI and the admin API share it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number above 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a number above 0")
+    return float(value)
+
+
+def new_budget(
+    user: str, period: str, energy_wh: float | None, co2e_g: float | None, names: tuple[str, str]
+) -> Budget:
+    """A budget from what an operator gave (Wh and grams), or ValueError: a period of
+    ``day`` or ``month`` and at least one limit. ``names`` are the limits' names as the
+    caller spells them (``--energy-wh`` or ``energy_wh``), for the message."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be 'day' or 'month', not {period!r}")
+    if energy_wh is None and co2e_g is None:
+        raise ValueError(f"give {names[0]} and/or {names[1]}")
+    energy_j = None if energy_wh is None else energy_wh * J_PER_WH
+    return Budget(user, period, energy_j, co2e_g)
 
 
 _ADJ = {"day": "daily", "month": "monthly"}

@@ -19,7 +19,7 @@ from typing import IO, Any, get_args
 import msgspec
 
 from accounting.auth import KeyStore, check_user
-from accounting.budgets import Budget, BudgetBook, period_bounds
+from accounting.budgets import BudgetBook, check_limit, new_budget, period_bounds
 from accounting.ledger import Ledger, ledger_from_settings
 from accounting.ledger.rows import COLUMNS, iso, utcnow
 from accounting.reports import By, Format, Unit, build_report, parse_query
@@ -124,20 +124,26 @@ def _set_budget(args: argparse.Namespace) -> int:
         raise ConfigError(f"user: {exc}") from None
     if args.clear and (args.energy_wh is not None or args.co2e_g is not None):
         raise ConfigError("users set-budget: --clear takes no limits")
-    if not args.clear and args.energy_wh is None and args.co2e_g is None:
-        raise ConfigError("users set-budget: give --energy-wh and/or --co2e-g (or --clear)")
-    for name, value in (("--energy-wh", args.energy_wh), ("--co2e-g", args.co2e_g)):
-        if value is not None and not value > 0:
-            raise ConfigError(f"users set-budget: {name} must be a number above 0")
+    budget = None
+    if not args.clear:
+        try:
+            budget = new_budget(
+                user,
+                args.period,
+                check_limit(args.energy_wh, "--energy-wh"),
+                check_limit(args.co2e_g, "--co2e-g"),
+                names=("--energy-wh", "--co2e-g (or --clear)"),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"users set-budget: {exc}") from None
 
     async def work(ledger: Ledger) -> int:
         book = BudgetBook(ledger)
-        if args.clear:
+        if budget is None:
             had = await book.clear(user)
             print(f"{user}: {'budget removed' if had else 'had no budget'}", file=sys.stderr)
             return 0
-        energy_j = None if args.energy_wh is None else args.energy_wh * J_PER_WH
-        await book.set(Budget(user, args.period, energy_j, args.co2e_g))
+        await book.set(budget)
         print(f"{user}: budget set per {args.period} (UTC)", file=sys.stderr)
         return 0
 

@@ -16,6 +16,8 @@ MODULES = [
     "bench.forecast",
     "bench.attribution",
     "bench.batching",
+    "bench.scale",
+    "bench.console",
     "bench.machines",
 ]
 

@@ -22,8 +22,10 @@ _DROP_RESPONSE = _HOP | {b"date", b"server"}
 class BareForwarder:
     """ASGI app forwarding every request to ``backend_url``."""
 
-    def __init__(self, backend_url: str) -> None:
+    def __init__(self, backend_url: str, pool: int = 100) -> None:
         self.backend_url = backend_url.rstrip("/")
+        self.pool = pool
+        """Backend connections at most (aiohttp's default 100); 0: unlimited."""
         self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -38,6 +40,7 @@ class BareForwarder:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=self.pool),
                     auto_decompress=False,
                     skip_auto_headers=("User-Agent", "Content-Type"),
                     cookie_jar=aiohttp.DummyCookieJar(),

@@ -12,11 +12,15 @@ Steered per request by headers:
 ``x-fake-delay-ms``       sleep before answering
 ``x-fake-hold``           wait until ``POST /fake/release``
 ``x-fake-content-bytes``  a non-streamed answer whose content is this many bytes
+``x-fake-token-interval-ms``  paced like a batching server: one decode step for every
+                          request at once at this interval, a token each (a stream sends
+                          it as it comes; a whole answer comes after its last step)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -34,6 +38,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self._released: asyncio.Event | None = None
+        self._pacers: dict[float, Pacer] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         """ASGI entry point."""
@@ -57,7 +62,11 @@ class FakeBackend:
         elif path in ("/v1/chat/completions", "/v1/completions"):
             req = json.loads(body) if body else {}
             n = int(req.get("max_tokens") or len(WORDS))
-            if req.get("stream"):
+            if "x-fake-token-interval-ms" in headers:
+                interval_s = float(headers["x-fake-token-interval-ms"]) / 1000
+                pacer = self._pacers.setdefault(interval_s, Pacer(interval_s))
+                await _paced(send, req, n, pacer)
+            elif req.get("stream"):
                 await _stream(send, req, n)
             elif "x-fake-content-bytes" in headers:
                 await _huge(send, req, int(headers["x-fake-content-bytes"]))
@@ -167,6 +176,11 @@ async def _stream(send: Any, req: dict[str, Any], n: int) -> None:
     await send(_chunk(model, {"role": "assistant"}, None))
     for word in _text(n):
         await send(_chunk(model, {"content": word}, None))
+    await _finish_stream(send, req, model, n)
+
+
+async def _finish_stream(send: Any, req: dict[str, Any], model: str, n: int) -> None:
+    """The finish chunk, the usage chunk when asked for, and ``[DONE]``."""
     await send(_chunk(model, {}, "length"))
     if (req.get("stream_options") or {}).get("include_usage"):
         usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
@@ -180,3 +194,51 @@ async def _stream(send: Any, req: dict[str, Any], n: int) -> None:
         }
         await send(_sse(obj))
     await send({"type": "http.response.body", "body": b"data: [DONE]\r\n\r\n", "more_body": False})
+
+
+class Pacer:
+    """A batching server's decode steps: every ``interval_s`` on a fixed schedule, each
+    request waiting for a step gets its next token in that step."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._step: asyncio.Future[None] | None = None
+        self._due = 0.0
+
+    async def step(self) -> None:
+        """Wait for the next decode step."""
+        if self._step is None:
+            loop = asyncio.get_running_loop()
+            self._step = loop.create_future()
+            # On schedule while busy; a server idle for a while starts a fresh one.
+            self._due = max(self._due + self.interval_s, loop.time())
+            loop.call_at(self._due, self._done)
+        await self._step
+
+    def _done(self) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            step.set_result(None)
+
+
+@functools.lru_cache(maxsize=64)
+def _paced_chunk(model: str, word: str) -> bytes:
+    return bytes(_chunk(model, {"content": word}, None)["body"])
+
+
+async def _paced(send: Any, req: dict[str, Any], n: int, pacer: Pacer) -> None:
+    """A stream or whole answer of ``n`` tokens, one per decode step of ``pacer``."""
+    model = req.get("model", "fake-model")
+    if not req.get("stream"):
+        for _ in range(n):
+            await pacer.step()
+        await send_json(send, 200, completion(req, n, "".join(_text(n))))
+        return
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send(_chunk(model, {"role": "assistant"}, None))
+    for word in _text(n):
+        await pacer.step()
+        body = _paced_chunk(model, word)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+    await _finish_stream(send, req, model, n)

@@ -1,7 +1,7 @@
 """Run the fake backend or joulegate in its own process, for the benchmarks.
 
 python -m bench.serve fake PORT
-python -m bench.serve bare PORT BACKEND_URL      # bench.bare: the least a forwarder does
+python -m bench.serve bare PORT BACKEND_URL [POOL]  # bench.bare: the least a forwarder does
 python -m bench.serve gate PORT BACKEND_URL      # proxy + gate, no stages
 python -m bench.serve full PORT BACKEND_URL      # every default stage
 
@@ -70,7 +70,11 @@ def spawn_process(
         yield url, proc.pid
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # still busy draining (a proxy falling behind)
+            proc.kill()
+            proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -81,6 +85,7 @@ async def serve_here(
     max_header_bytes: int = 64 * 1024,
     port: int = 0,
     kill_on_exit: bool = False,
+    settings: Settings | None = None,
 ) -> AsyncIterator[str]:
     """Run ``app`` with uvicorn on 127.0.0.1, with the HTTP protocol ``joulegate
     serve`` uses; yield its base URL.
@@ -88,7 +93,9 @@ async def serve_here(
     ``port`` 0 picks a free port; a fixed one lets a test stop a server and start
     another where clients expect it. With ``kill_on_exit`` the server ends as a
     killed process does: it stops listening and every open connection is reset at
-    once, answered or not, instead of being let finish."""
+    once, answered or not, instead of being let finish. ``settings`` (the app's) give
+    the protocol its bounds, as ``joulegate serve`` does; without them only
+    ``max_header_bytes`` is set."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -99,7 +106,7 @@ async def serve_here(
         log_level="warning",
         access_log=False,
         loop="asyncio",
-        http=http_protocol(Settings(max_header_bytes=max_header_bytes)),
+        http=http_protocol(settings or Settings(max_header_bytes=max_header_bytes)),
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
@@ -135,7 +142,7 @@ def _serve(argv: list[str], stack: contextlib.ExitStack) -> None:
     if kind == "fake":
         app = FakeBackend()
     elif kind == "bare":
-        app = BareForwarder(argv[2])
+        app = BareForwarder(argv[2], *(int(x) for x in argv[3:4]))
     else:
         data = stack.enter_context(tempfile.TemporaryDirectory(prefix="joulegate-bench-"))
         env = {

@@ -1,5 +1,6 @@
 """Settings, read once at start-up, and joulegate's exception tree."""
 
+from config.console import ConsoleSettings
 from config.errors import (
     BackendTimeout,
     BackendUnreachable,
@@ -53,6 +54,7 @@ __all__ = [
     "CarbonSettings",
     "CarbonSourceError",
     "ConfigError",
+    "ConsoleSettings",
     "Forbidden",
     "InternalError",
     "JoulegateError",

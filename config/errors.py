@@ -23,6 +23,7 @@ translated into this tree at the adapter that meets them and chained with
         ├── MethodNotAllowed        405 invalid_request_error
         ├── PayloadTooLarge         413 invalid_request_error
         ├── BudgetExceeded          429 energy_budget_exceeded
+        ├── RateLimited             429 rate_limit_exceeded (the console's public playground)
         ├── InternalError           500 server_error, code internal_error
         ├── BackendUnreachable      502 backend_unreachable
         ├── QueueFull               503 queue_full
@@ -162,6 +163,13 @@ class BudgetExceeded(ProxyError):
 
     status = 429
     error_type = "energy_budget_exceeded"
+
+
+class RateLimited(ProxyError):
+    """Too many requests from one client address (the console's public playground)."""
+
+    status = 429
+    error_type = "rate_limit_exceeded"
 
 
 class InternalError(ProxyError):

@@ -17,6 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
+from config.console import ConsoleSettings
 from config.errors import ConfigError
 from config.machines import LOCAL_MACHINE, MachineSettings
 from config.sections import (
@@ -65,9 +66,23 @@ class Settings:
     ``queue_full`` beyond): bounds the memory queued requests take."""
     max_header_bytes: int = 64 * KiB
     """Largest request line plus headers accepted (431 beyond)."""
+    head_timeout_s: float = 10.0
+    """Longest a client may take to send a request's line and headers, from its
+    connection (or its previous answer) on; then the connection is closed (408)."""
+    body_timeout_s: float = 30.0
+    """Longest a client may pause between two pieces of a request body before the
+    connection is closed (the request is refused; the backend never sees it)."""
+    max_client_connections: int = 4096
+    """Client connections open at once. Beyond it, a new connection closes the oldest
+    one that is idle (no request in progress, or a request head still coming); with
+    none idle, the new one is refused (503). Lowered to the process's open-files limit
+    less a reserve for backends and the ledger."""
     max_parsed_answer_bytes: int = 32 * MiB
     """A non-streamed answer larger than this is relayed without being parsed: its
     energy is then in the headers only, and its tokens are unknown."""
+    readyz_cache_s: float = 2.0
+    """How long ``/readyz`` reuses its backend checks: however often it is called, each
+    backend is asked at most once per this many seconds."""
     max_connections: int = 64
     """Connections to the backends for requests outside the gate (model lists, files);
     gated requests have ``max_concurrency`` of their own and never wait behind these."""
@@ -101,6 +116,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         require(1 <= self.port <= 65535, "port", "a port number 1-65535")
@@ -127,8 +143,16 @@ class Settings:
         require(self.max_queued_bytes >= self.max_body_bytes, "max_queued_bytes",
                  ">= max_body_bytes")  # fmt: skip
         require(self.max_header_bytes >= 4 * KiB, "max_header_bytes", ">= 4096")
+        for name in ("head_timeout_s", "body_timeout_s"):
+            require(getattr(self, name) > 0, name, "> 0")
+        require(
+            8 <= self.max_client_connections <= 1_000_000,
+            "max_client_connections",
+            "between 8 and 1000000",
+        )
         require(self.max_parsed_answer_bytes >= 1024, "max_parsed_answer_bytes", ">= 1024")
         require(1 <= self.max_connections <= 10_000, "max_connections", "between 1 and 10000")
+        require(0 <= self.readyz_cache_s <= 3600, "readyz_cache_s", "between 0 and 3600")
         for name in ("connect_timeout_s", "pool_timeout_s", "read_timeout_s", "write_timeout_s"):
             require(getattr(self, name) > 0, name, "> 0")
         for p in self.gated_paths:

@@ -103,7 +103,8 @@ class Attribution:
     total_j: float
 
 
-def _overlap_s(a0: float, a1: float, b0: float, b1: float) -> float:
+def overlap_s(a0: float, a1: float, b0: float, b1: float) -> float:
+    """How long [a0, a1] and [b0, b1] overlap (0 when they do not)."""
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
@@ -113,7 +114,7 @@ def _spread(units: float, s0: float, s1: float, a: float, b: float, last: bool) 
         return 0.0
     if s1 <= s0:  # all at one instant
         return units if a <= s0 < b or (last and s0 == b) else 0.0
-    return units * _overlap_s(s0, s1, a, b) / (s1 - s0)
+    return units * overlap_s(s0, s1, a, b) / (s1 - s0)
 
 
 class TokenEvents:
@@ -133,17 +134,16 @@ class TokenEvents:
         return self.cum[hi] - self.cum[bisect.bisect_left(self.times, a)]
 
 
-def _work_in(
-    w: Work, events: TokenEvents, a: float, b: float, last: bool, prefill_token_weight: float
-) -> float:
-    units = events.between(a, b, last)
-    if w.first_byte_s is not None:
-        fb = w.first_byte_s
-        p0 = min(fb, w.start_s if w.prefill_start_s is None else w.prefill_start_s)
-        units += _spread(w.prompt_tokens * prefill_token_weight, p0, fb, a, b, last)
-        end = w.end_s if w.decode_end_s is None else w.decode_end_s
-        units += _spread(w.decode_tokens, fb, max(fb, end), a, b, last)
-    return units
+def spread_units(w: Work, a: float, b: float, last: bool, prefill_token_weight: float) -> float:
+    """``w``'s work in [a, b) that is known as a spread, not as token events: its prompt
+    over its prefill and a whole answer's output tokens over its decode."""
+    fb = w.first_byte_s
+    if fb is None:
+        return 0.0
+    p0 = min(fb, w.start_s if w.prefill_start_s is None else w.prefill_start_s)
+    units = _spread(w.prompt_tokens * prefill_token_weight, p0, fb, a, b, last)
+    end = w.end_s if w.decode_end_s is None else w.decode_end_s
+    return units + _spread(w.decode_tokens, fb, max(fb, end), a, b, last)
 
 
 @dataclass(slots=True)
@@ -159,6 +159,35 @@ class Split:
     unattributed_j: float
 
 
+def divide(iv: Interval, times: Sequence[float], units: Sequence[float] | None) -> Split:
+    """Share one interval among requests active ``times[i]`` seconds of it that did
+    ``units[i]`` of work in it; ``units`` None when some active request showed no work
+    at all (the dynamic part then goes by time too). The one place the rules live."""
+    a, b, energy = iv.start_s, iv.end_s, max(0.0, iv.energy_j)
+    length = b - a
+    n = len(times)
+    active = [i for i, o in enumerate(times) if o > 0]
+    idle_parts, dynamic_parts = [0.0] * n, [0.0] * n
+    if not active or length <= 0:
+        return Split(idle_parts, dynamic_parts, list(times), 0.0, False, energy)
+    idle = min(energy, max(0.0, iv.idle_power_w) * length)
+    dynamic = energy - idle
+    time_sum = sum(times[i] for i in active)
+    crowd = time_sum / length
+    # Idle power while nothing was in flight (part of the interval) is nobody's.
+    covered = min(1.0, crowd)
+    unattributed = idle * (1.0 - covered)
+    idle *= covered
+    unit_sum = sum(units[i] for i in active) if units is not None else 0.0
+    for i in active:
+        idle_parts[i] = idle * times[i] / time_sum
+        if units is not None and unit_sum > 0:
+            dynamic_parts[i] = dynamic * units[i] / unit_sum
+        else:
+            dynamic_parts[i] = dynamic * times[i] / time_sum
+    return Split(idle_parts, dynamic_parts, list(times), crowd, units is not None, unattributed)
+
+
 def split(
     iv: Interval,
     works: Sequence[Work],
@@ -168,35 +197,18 @@ def split(
     prefill_token_weight: float,
 ) -> Split:
     """Share one interval (see the module docstring); ``events`` are the works' own."""
-    a, b, energy = iv.start_s, iv.end_s, max(0.0, iv.energy_j)
-    length = b - a
-    n = len(works)
-    times = [_overlap_s(w.start_s, w.end_s, a, b) for w in works]
+    a, b = iv.start_s, iv.end_s
+    times = [overlap_s(w.start_s, w.end_s, a, b) for w in works]
     active = [i for i, o in enumerate(times) if o > 0]
-    idle_parts, dynamic_parts = [0.0] * n, [0.0] * n
-    if not active or length <= 0:
-        return Split(idle_parts, dynamic_parts, times, 0.0, False, energy)
-    idle = min(energy, max(0.0, iv.idle_power_w) * length)
-    dynamic = energy - idle
-    time_sum = sum(times[i] for i in active)
-    crowd = time_sum / length
-    # Idle power while nothing was in flight (part of the interval) is nobody's.
-    covered = min(1.0, crowd)
-    unattributed = idle * (1.0 - covered)
-    idle *= covered
-    by_tokens = all(works[i].has_events for i in active)
-    units = [0.0] * n
-    if by_tokens:
+    units: list[float] | None = None
+    if all(works[i].has_events for i in active):
+        units = [0.0] * len(works)
         for i in active:
-            units[i] = _work_in(works[i], events[i], a, b, last, prefill_token_weight)
-    unit_sum = sum(units[i] for i in active)
-    for i in active:
-        idle_parts[i] = idle * times[i] / time_sum
-        if by_tokens and unit_sum > 0:
-            dynamic_parts[i] = dynamic * units[i] / unit_sum
-        else:
-            dynamic_parts[i] = dynamic * times[i] / time_sum
-    return Split(idle_parts, dynamic_parts, times, crowd, by_tokens, unattributed)
+            w = works[i]
+            units[i] = events[i].between(a, b, last) + spread_units(
+                w, a, b, last, prefill_token_weight
+            )
+    return divide(iv, times, units)
 
 
 def events_of(works: Sequence[Work]) -> list[TokenEvents]:

@@ -170,7 +170,12 @@ async def _one_machine(
             machine.name, s.thermal_limit_c, s.thermal_resume_c,
         )  # fmt: skip
     try:
-        yield MeterStage(sampler, shared=machine.settings.max_concurrency > 1)
+        stage = MeterStage(sampler, shared=machine.settings.max_concurrency > 1)
+        if stage.closer is None:
+            yield stage
+        else:  # overlapping windows: their shares are split as the intervals close
+            async with stage.closer.running():
+                yield stage
     finally:
         if guard_task is not None:
             guard_task.cancel()

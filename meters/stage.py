@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from meters.base import Activity, Meter
+from meters.closer import ShareCloser
 from meters.detect import detect_meters
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
-from meters.work import work_of
+from meters.work import WorkOf
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
 
@@ -39,8 +39,9 @@ class MeterStage(Stage):
     """Opens a window when a request is admitted and measures it when it finishes.
 
     With ``shared`` (more than one gate slot) windows may overlap: each request is
-    kept in an :class:`~meters.sharing.OverlapBook` and charged its fair share. With
-    one slot they never do, and the book is not kept at all.
+    kept in an :class:`~meters.sharing.OverlapBook`, whose intervals the
+    :class:`~meters.closer.ShareCloser` splits as they close, and charged its fair
+    share. With one slot they never do, and the book is not kept at all.
     """
 
     name = "meters"
@@ -48,6 +49,7 @@ class MeterStage(Stage):
     def __init__(self, sampler: Sampler, *, shared: bool = True) -> None:
         self.sampler = sampler
         self.overlaps = OverlapBook() if shared else None
+        self.closer = ShareCloser(sampler, self.overlaps) if self.overlaps is not None else None
 
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
@@ -57,7 +59,7 @@ class MeterStage(Stage):
         # call_soon callbacks when the forwarder awaits the answer.
         asyncio.get_running_loop().call_soon(self.sampler.sample_soon)
         if self.overlaps is not None:
-            self.overlaps.open(ex.request_id, start, functools.partial(work_of, ex, start))
+            self.overlaps.open(ex.request_id, start, WorkOf(ex, start))
 
     async def on_finished(self, ex: Exchange) -> None:
         """Close the window, measure it and put the numbers on the exchange."""
@@ -74,9 +76,11 @@ class MeterStage(Stage):
             if book is not None:
                 book.close(ex.request_id, end)
         share = None
-        if book is not None and not energy.exclusive and energy.energy_j is not None:
-            cuts = book.edges(token.start_s, end)
-            share = book.share(ex.request_id, self.sampler.intervals(token.start_s, end, cuts), end)
+        closer = self.closer
+        shared = energy.energy_j is not None and not energy.exclusive
+        # O(1) here: the intervals up to the end are split off the loop.
+        if book is not None and closer is not None and shared and await closer.through(end):
+            share = book.charged(ex.request_id)
         if share is not None:  # overlapping windows: this request's fair share
             ex.record_measurement(
                 energy, attribution=share.method, concurrency_mean=share.concurrency_mean,
@@ -139,7 +143,12 @@ async def meters_component(
             s.thermal_limit_c, s.thermal_resume_c,
         )  # fmt: skip
     try:
-        yield MeterStage(sampler, shared=ctx.settings.max_concurrency > 1)
+        stage = MeterStage(sampler, shared=ctx.settings.max_concurrency > 1)
+        if stage.closer is None:
+            yield stage
+        else:
+            async with stage.closer.running():
+                yield stage
     finally:
         if guard_task is not None:
             guard_task.cancel()

@@ -26,10 +26,30 @@ from proxy.exchange import Exchange
 from proxy.prompt import CHARS_PER_TOKEN, prompt_size
 
 
-def work_of(ex: Exchange, start_s: float, now_s: float) -> Work:
-    """``ex``'s work from ``start_s`` (its admission) to ``now_s`` (its end or now)."""
+class WorkOf:
+    """A request's :class:`~meters.sharing.WorkSource`: :func:`work_of` with the rough
+    prompt size counted once (the book asks at every split while the request runs)."""
+
+    __slots__ = ("_approx", "ex", "start_s")
+
+    def __init__(self, ex: Exchange, start_s: float) -> None:
+        self.ex, self.start_s = ex, start_s
+        self._approx: float | None = None
+
+    def __call__(self, now_s: float) -> Work:
+        """The work from the admission to ``now_s``."""
+        if self._approx is None:
+            self._approx = approx_prompt_tokens(self.ex.body)
+        return work_of(self.ex, self.start_s, now_s, self._approx)
+
+
+def work_of(ex: Exchange, start_s: float, now_s: float, approx_prompt: float | None = None) -> Work:
+    """``ex``'s work from ``start_s`` (its admission) to ``now_s`` (its end or now);
+    ``approx_prompt``: :func:`approx_prompt_tokens` of its body, if counted already."""
     t = ex.backend_timings
-    prompt = float(ex.prompt_tokens or (t and t.prompt_n) or approx_prompt_tokens(ex.body))
+    if approx_prompt is None and not (ex.prompt_tokens or (t and t.prompt_n)):
+        approx_prompt = approx_prompt_tokens(ex.body)
+    prompt = float(ex.prompt_tokens or (t and t.prompt_n) or approx_prompt or 0.0)
     if ex.token_events:
         first = ex.token_events[0][0]
         p0 = start_s if t is None or t.prompt_s is None else max(start_s, first - t.prompt_s)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -27,15 +28,17 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
+from accounting.admin_routes import route_handlers as admin_routes
 from accounting.carbon import carbon
 from accounting.forecast.routes import route_handlers as forecast_routes
 from accounting.forecast.stage import forecast_component
 from accounting.ledger.owners import owners_component
 from accounting.ledger.routes import route_handlers as ledger_routes
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
-from config.errors import BadRequest, NotFound, ProxyError
+from config.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
 from config.settings import Settings
 from meters import machines_component
+from proxy.console import console_component, console_router
 from proxy.context import AppContext, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
@@ -72,13 +75,14 @@ def default_components() -> list[Component]:
         # on_admitted to on_finished
         carbon(),  # carbon reads the meters' energy: keep it after the meters component
         forecast_component(),  # after carbon: its endpoint prices CO2e at carbon's intensity
+        console_component,  # after the ledger: its prompts' tickets are redeemed by auth
         record_component,  # last: records what every stage above has added
     ]
 
 
 def default_route_handlers() -> list[Any]:
     """Litestar handlers the capabilities add beside the proxy (reports, /metrics)."""
-    return [metrics_endpoint, *ledger_routes(), *forecast_routes()]
+    return [metrics_endpoint, *ledger_routes(), *admin_routes(), *forecast_routes()]
 
 
 def create_app(
@@ -141,6 +145,7 @@ def create_app(
                 strip_client_auth=ctx.strip_client_auth,
             )
             app.state.ctx = ctx
+            app.state.ready = ReadyChecks(ctx, settings.readyz_cache_s)
             for m in fleet.machines:
                 log.info(
                     "joulegate forwarding to %s on machine %s (max_concurrency=%d, max_queue=%d)",
@@ -168,9 +173,11 @@ def create_app(
     mounts = [asgi("/v1", is_mount=True, copy_scope=False)(proxy)]
     if settings.ollama_native:
         mounts.append(asgi("/api", is_mount=True, copy_scope=False, name="ollama")(proxy))
+    # The console's routes are Litestar's own, beside the proxy: never on its path.
+    console = [console_router(settings.console)] if settings.console.enabled else []
 
     app = JoulegateApp(
-        route_handlers=[healthz, readyz, *mounts, *routes],
+        route_handlers=[healthz, readyz, *mounts, *routes, *console],
         # Route handlers get the context (and its typed resources) by injection.
         dependencies={"ctx": Provide(_context, sync_to_thread=False)},
         lifespan=[lifespan],
@@ -181,9 +188,12 @@ def create_app(
         },
         openapi_config=None,
         logging_config=None,
+        # joulegate's own routes (the forecast's body) take what the proxy takes.
+        request_max_body_size=settings.max_body_bytes,
     )
     # A path one of the handlers above owns stays theirs, whatever settings.gated_paths says.
     owned = [_route_pattern(r.path) for r in app.routes if r.path not in ("/v1", "/api")]
+    app.max_body_bytes = settings.max_body_bytes
     app.direct_paths = frozenset(
         p for p in gated_paths(settings) if not any(o.fullmatch(p) for o in owned)
     )
@@ -204,6 +214,8 @@ class JoulegateApp(Litestar):
     forwarder: Forwarder | None = None
     """Set by the lifespan once every component is open."""
     direct_paths: frozenset[str] = frozenset()
+    max_body_bytes: int = 0
+    """``max_body_bytes``, for the 413 of joulegate's own routes."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """The ASGI entry point: metered paths to the forwarder, the rest to Litestar."""
@@ -246,17 +258,56 @@ def healthz(ctx: NamedDependency[AppContext]) -> dict[str, Any]:
     }
 
 
+class ReadyChecks:
+    """``/readyz``'s checks, made at most once per ``readyz_cache_s``: asking every
+    backend on each call made ``/readyz`` a cheap amplifier against them. Callers that
+    arrive while a check runs share it."""
+
+    def __init__(self, ctx: AppContext, cache_s: float) -> None:
+        self._ctx = ctx
+        self._cache_s = cache_s
+        self._lock = asyncio.Lock()
+        self._checks: list[dict[str, Any]] = []
+        self._made_s = -math.inf
+
+    async def get(self) -> list[dict[str, Any]]:
+        """The checks, fresh within ``readyz_cache_s``."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if loop.time() - self._made_s >= self._cache_s:
+                await self._ctx.machines.refresh()
+                checks = self._ctx.machines.health()
+                self._checks = checks + [check() for check in self._ctx.ready_checks]
+                self._made_s = loop.time()
+            return self._checks
+
+
 @get("/readyz", media_type=MediaType.JSON)
-async def readyz(ctx: NamedDependency[AppContext]) -> Response[dict[str, Any]]:
+async def readyz(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> Response[dict[str, Any]]:
     """Ready when every backend answers ``GET /v1/models`` and every component is fine
-    (with several machines: one check per machine, its backends and its meters)."""
-    await ctx.machines.refresh()
-    checks = ctx.machines.health()
-    checks += [check() for check in ctx.ready_checks]
+    (with several machines: one check per machine, its backends and its meters).
+
+    The checks name the backends' URLs and models: when joulegate has keys only an
+    admin key sees them; anyone else gets the status alone."""
+    ready: ReadyChecks = request.app.state.ready
+    checks = await ready.get()
     ok = all(c["ok"] for c in checks)
-    return Response(
-        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
-    )
+    body: dict[str, Any] = {"status": "ready" if ok else "not_ready"}
+    if await _may_see_details(request, ctx):
+        body["checks"] = checks
+    return Response(body, status_code=200 if ok else 503)
+
+
+async def _may_see_details(request: Request[Any, Any, Any], ctx: AppContext) -> bool:
+    if ctx.admin_guard is None:
+        return True
+    try:
+        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
+    except ProxyError:  # no key, a user's key, or keys cannot be checked now
+        return False
+    return True
 
 
 def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[dict[str, Any]]:
@@ -267,6 +318,12 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     """Litestar's own errors (no route, wrong method, its 500) in OpenAI's shape."""
     if exc.status_code == 404:
         err: ProxyError = NotFound("no such route", code="not_found")
+    elif exc.status_code == 413:
+        err = PayloadTooLarge(
+            f"request body is larger than {getattr(request.app, 'max_body_bytes', '?')} bytes"
+            " (max_body_bytes)",
+            code="request_too_large",
+        )
     elif exc.status_code == 405:
         # OpenAI's wording and type for a method a route does not take.
         err = BadRequest(f"Invalid method for URL ({request.method} {request.url.path})")

@@ -10,6 +10,7 @@ with status 141, as a command killed by SIGPIPE does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import logging
@@ -22,8 +23,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from accounting.auth import KeyStore
 from accounting.cli import register as register_accounting
 from accounting.forecast.cli import register as register_forecast
+from accounting.ledger.choose import ledger_from_settings
 from accounting.study import register as register_study
 from config.cli import add_config_option, settings_from
 from config.errors import ConfigError, JoulegateError
@@ -66,8 +69,9 @@ def run_server(settings: Settings) -> None:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.server import http_protocol
+    from proxy.server import http_protocol, raise_open_files_limit
 
+    raise_open_files_limit()  # before http_protocol fits its connection cap in it
     config = uvicorn.Config(
         create_app(settings, freeze_startup_heap=True),
         host=settings.host,
@@ -104,8 +108,15 @@ def _demo(args: argparse.Namespace) -> int:
             note = f"  ({m.note})" if m.note else ""
             print(f"llama-server with {m.title} ready at {urls[m.alias]}{note}", flush=True)
         print(f"joulegate is starting at {base}  (Ctrl-C stops all)", flush=True)
+        keyed = needs_key(settings)
+        if keyed:
+            print(_KEYS_NOTE, flush=True)
         for m in models:
-            print(_DEMO_SNIPPET.format(base=base, model=m.alias), flush=True)
+            print(demo_snippet(base, m.alias, keyed=keyed), flush=True)
+        if settings.console.enabled:
+            console = f"http://{settings.host}:{settings.port}{settings.console.path}"
+            print(f"── web console ──\nOpen {console} to prompt both models and see what"
+                  " each answer cost.\n", flush=True)  # fmt: skip
         # uvicorn turns SIGINT/SIGTERM into a graceful stop and returns; leaving the
         # with-block then stops the model servers.
         with contextlib.suppress(KeyboardInterrupt):
@@ -172,6 +183,48 @@ def _check_port_free(host: str, port: int) -> None:
                 "pass --port or set JOULEGATE_PORT"
             ) from None
 
+
+def needs_key(settings: Settings) -> bool:
+    """Whether a client needs a joulegate key now: ``auth.mode`` keys, or auto with a
+    key in the ledger (a demo run after ``joulegate keys create``)."""
+    if settings.auth.mode != "auto":
+        return settings.auth.mode == "keys"
+
+    async def any_key() -> bool:
+        ledger = ledger_from_settings(settings.ledger)
+        await ledger.open()
+        try:
+            keys = KeyStore(ledger)
+            await keys.load()
+            return keys.any_issued
+        finally:
+            await ledger.close()
+
+    return asyncio.run(any_key())
+
+
+def demo_snippet(base: str, model: str, *, keyed: bool) -> str:
+    """What the demo prints for one model: Python and curl that work as they are (with
+    a key in ``$JG_API_KEY`` when joulegate has keys)."""
+    text = _DEMO_SNIPPET.format(base=base, model=model)
+    if not keyed:
+        return text
+    return (
+        text.replace('api_key="unused"', 'api_key=os.environ["JG_API_KEY"]')
+        .replace(
+            "    from openai import OpenAI\n", "    import os\n    from openai import OpenAI\n"
+        )
+        .replace(
+            "-H 'content-type: application/json'",
+            "-H 'content-type: application/json' -H \"Authorization: Bearer $JG_API_KEY\"",
+        )
+    )
+
+
+_KEYS_NOTE = """
+joulegate has API keys: every request needs one. Make yours and put it in JG_API_KEY:
+
+    export JG_API_KEY=$(joulegate keys create --user you)"""
 
 _DEMO_SNIPPET = """
 ── {model} ──

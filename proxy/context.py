@@ -64,8 +64,10 @@ class AppContext:
     _resources: dict[type[Any], Any] = field(default_factory=dict, repr=False)
     ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
-    strip_client_auth: bool = False
-    """Set by the auth component when joulegate authenticates users itself."""
+    strip_client_auth: Callable[[], bool] | None = None
+    """Set by the auth component when joulegate authenticates users itself: asked per
+    request whether the client's ``Authorization`` is joulegate's key, to keep from the
+    backend (always in ``keys`` mode; in ``auto`` once a key exists). None: never."""
     admin_guard: Callable[[Mapping[str, str]], Awaitable[object]] | None = None
     """Set by the auth component in ``keys`` mode: raises 401 or 403 unless the
     (lower-cased) headers carry an admin key. Endpoints that show every user's

@@ -4,7 +4,7 @@ The forwarder asks :class:`Dispatch` at arrival (:meth:`Dispatch.arrive`: the
 backend of an ungated request, or the machines a gated one may run on, refusing
 with 404 or 502 before the queue), at admission (:meth:`Dispatch.admit`: a slot
 on one of them, the backend there, then every stage's ``on_admitted``), when the
-machine could not be reached (:meth:`Dispatch.move`) and at the end
+machine could not be reached (:meth:`Dispatch.send`, :meth:`Dispatch.move`) and at the end
 (:meth:`Dispatch.release`). The machine is kept in the exchange's scratch.
 """
 
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
+
 from config.errors import BackendUnreachable, ProxyError
 from proxy.backends import Backend
 from proxy.exchange import Exchange, Pipeline
 from proxy.intake import BodyReader
 from proxy.machines import Fleet, Machine
 from proxy.render import MACHINE_HEADER
+from proxy.transport import BackendTransport, Outgoing
 
 log = logging.getLogger("joulegate.proxy")
 
@@ -82,6 +85,31 @@ class Dispatch:
             # the request gives it back.
             if ex.scratch.get(_MACHINE) is not old:
                 old.gate.release(None)
+
+    async def send(
+        self, ex: Exchange, out: Outgoing, backend: Backend, transport: BackendTransport
+    ) -> tuple[aiohttp.ClientResponse, Backend]:
+        """Send ``out`` (its URL the path, the backend's base put before it) to
+        ``backend``, or, when that cannot be reached, to the backend of another machine
+        the request moves to (:meth:`move`); the response and the backend that gave it."""
+        tail = out.url
+        while True:
+            if ex.backend_headers:  # the stages' own (traceparent), set at admission
+                extra = {k.lower() for k in ex.backend_headers}
+                out.headers = [(k, v) for k, v in out.headers if k not in extra]
+                out.headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
+            out.url = backend.url + tail
+            try:
+                response = await transport.send(out, backend.url)
+            except BackendUnreachable as err:
+                self.router.mark(backend, up=False, error=str(err.__cause__ or err))
+                moved = await self.move(ex, err)
+                if moved is None:
+                    raise
+                backend = moved
+            else:
+                self.router.mark(backend, up=True)
+                return response, backend
 
     def release(self, ex: Exchange, duration_s: float | None) -> None:
         """Give the request's slot back (it was admitted)."""

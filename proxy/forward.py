@@ -33,12 +33,13 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
-from config.errors import BackendUnreachable, ProxyError
+from config.errors import ProxyError
 from config.settings import Settings
 from proxy.backends import Backend
 from proxy.bounded import BoundedSend, ClientStalled
@@ -58,7 +59,7 @@ from proxy.intake import (
 )
 from proxy.machines import Fleet
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, decompress
+from proxy.relay import Relay, Relayer, body_chunks, decoder_for, read_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -85,7 +86,7 @@ class Forwarder:
         fleet: Fleet,
         pipeline: Pipeline,
         *,
-        strip_client_auth: bool = False,
+        strip_client_auth: Callable[[], bool] | None = None,
     ) -> None:
         self._s = settings
         self._transport = transport
@@ -94,7 +95,12 @@ class Forwarder:
         self._pipeline = pipeline
         self._router = fleet.router
         self._dispatch = Dispatch(fleet, pipeline, self._bodies)
-        self._strip_auth = strip_client_auth or bool(settings.backend_api_key)
+        # Asked per request: auth mode auto starts stripping the moment a key exists.
+        self._strip_auth: Callable[[], bool] = (
+            (lambda: True)  # joulegate sends its own key instead
+            if settings.backend_api_key
+            else strip_client_auth or (lambda: False)
+        )
         self._gated = gated_paths(settings)
         mounts = frozenset({"/v1", "/api"} if settings.ollama_native else {"/v1"})
         # Clients send the same few spellings over and over; a refusal is not cached.
@@ -256,7 +262,7 @@ class Forwarder:
         body: bytes,
     ) -> None:
         url = path + ("?" + query.decode("latin-1") if query else "")  # its base at admission
-        headers = forward_headers(scope, self._strip_auth, self._auth_header)
+        headers = forward_headers(scope, self._strip_auth(), self._auth_header)
         request = Outgoing(method, url, headers, body, ex.gated)
         relay = Relay()
         error: ProxyError | None = None
@@ -299,29 +305,14 @@ class Forwarder:
         self, ex: Exchange, out: Outgoing, backend: Backend | None, relay: Relay,
         send: BoundedSend,
     ) -> None:  # fmt: skip
-        tail = out.url
         if ex.gated:
             backend = await self._dispatch.admit(ex, backend)
         else:
             ex.window.admitted_s = time.monotonic()
         if backend is None:  # pragma: no cover - ungated requests are routed on arrival
             raise RuntimeError(f"{ex.request_id} was never routed")
-        while True:
-            if ex.backend_headers:
-                extra = {k.lower() for k in ex.backend_headers}
-                out.headers = [(k, v) for k, v in out.headers if k not in extra]
-                out.headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
-            where, out.url = backend.url, backend.url + tail
-            try:
-                response = await self._transport.send(out, where)
-                break
-            except BackendUnreachable as err:
-                self._router.mark(backend, up=False, error=str(err.__cause__ or err))
-                moved = await self._dispatch.move(ex, err)
-                if moved is None:
-                    raise
-                backend = moved
-        self._router.mark(backend, up=True)
+        response, backend = await self._dispatch.send(ex, out, backend, self._transport)
+        where = backend.url
         ex.window.first_byte_s = time.monotonic()
         ex.status = relay.status = response.status
         relay.headers = [(k, v) for k, v in response.raw_headers if relayed(k)]
@@ -331,7 +322,9 @@ class Forwarder:
         # joulegate asks for identity; a backend that compresses anyway is decoded for
         # parsing (and the client gets the decoded body) so nothing is lost silently.
         decoder = decoder_for(response.headers.get("content-encoding", "")) if parsed else None
+        encoded: list[tuple[bytes, bytes]] = []
         if decoder is not None:
+            encoded = [(k, v) for k, v in relay.headers if k.lower() == b"content-encoding"]
             relay.headers = [(k, v) for k, v in relay.headers if k.lower() != b"content-encoding"]
         complete = False
         try:
@@ -342,11 +335,10 @@ class Forwarder:
                 relay.streaming = "ndjson"  # Ollama's native streams
                 await self._relay.relay_lines(ex, body_chunks(response, decoder), relay, send)
             elif ctype.startswith("application/json") or response.content_length is not None:
-                relay.body = await response.read()
-                if decoder is not None:
-                    relay.body = decompress(decoder, relay.body, where)
-                if ex.gated and ctype.startswith("application/json"):
-                    if len(relay.body) <= self._s.max_parsed_answer_bytes:
+                limit = self._s.max_parsed_answer_bytes
+                as_is = await read_whole(response, relay, decoder, encoded, limit)
+                if ex.gated and ctype.startswith("application/json") and not as_is:
+                    if len(relay.body) <= limit:
                         self._relay.note_json(ex, relay)
                     else:  # parsing would take several times its size in memory
                         log.info(

@@ -8,6 +8,7 @@ answers decoded for parsing. Every send to the client is bounded by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -285,14 +286,52 @@ def decoder_for(encoding: str) -> Any:
     return None
 
 
-def decompress(decoder: Any, data: bytes, where: str) -> bytes:
+DECODE_STEP = 64 * 1024
+"""Most bytes one decompression step of a streamed answer makes: a gzip bomb is
+decoded a piece at a time, each relayed (and its send awaited) before the next."""
+
+
+def _bad_encoding(where: str, exc: zlib.error) -> BackendUnreachable:
+    return BackendUnreachable(
+        f"the backend at {where} sent a body that does not decompress: {exc}",
+        code="backend_bad_encoding",
+    )
+
+
+def decompress_whole(data: bytes, limit: int, where: str) -> bytes | None:
+    """A whole gzip or deflate body decoded, or None when it decodes to more than
+    ``limit`` bytes (it is then relayed as it came): memory stays within ``limit``.
+    Blocking: call it in a thread."""
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)
     try:
-        return bytes(decoder.decompress(data))
+        out = decoder.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise BackendUnreachable(
-            f"the backend at {where} sent a body that does not decompress: {exc}",
-            code="backend_bad_encoding",
-        ) from None
+        raise _bad_encoding(where, exc) from None
+    return None if len(out) > limit else bytes(out)
+
+
+async def read_whole(
+    response: aiohttp.ClientResponse,
+    relay: Relay,
+    decoder: Any,
+    encoding: list[tuple[bytes, bytes]],
+    limit: int,
+) -> bool:
+    """Read a whole answer into ``relay.body``, decoded when ``decoder`` says it is
+    compressed: in a thread (a gzip bomb never stalls the loop) and only up to ``limit``
+    bytes. Past that the body stays as it came and its ``encoding`` header goes back
+    into ``relay.headers``; returns True then (relay it unparsed)."""
+    relay.body = await response.read()
+    if decoder is None:
+        return False
+    where = str(response.url.origin())
+    decoded = await asyncio.to_thread(decompress_whole, relay.body, limit, where)
+    if decoded is None:
+        relay.headers += encoding
+        log.info("compressed answer decoding past %d bytes relayed as is", limit)
+        return True
+    relay.body = decoded
+    return False
 
 
 def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
@@ -306,4 +345,12 @@ def body_chunks(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator
 async def _decoded(response: aiohttp.ClientResponse, decoder: Any) -> AsyncIterator[bytes]:
     where = str(response.url.origin())
     async for chunk in response.content.iter_any():
-        yield decompress(decoder, chunk, where)
+        data = chunk
+        while data:
+            try:
+                out = decoder.decompress(data, DECODE_STEP)
+            except zlib.error as exc:
+                raise _bad_encoding(where, exc) from None
+            data = decoder.unconsumed_tail
+            if out:
+                yield out

@@ -14,6 +14,10 @@ import msgspec
 from proxy.exchange import BackendTimings, Exchange
 
 RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+MAX_TOKENS = 10**9
+"""The most tokens one answer or prompt is believed to have: a backend's count outside
+0..MAX_TOKENS (negative, or 2**64) is not a count, and is taken as unknown (None), so it
+never reaches a total, a report, or a database column it would overflow."""
 
 
 class _PlainDelta(msgspec.Struct):
@@ -97,13 +101,13 @@ def note_chunk(ex: Exchange, obj: dict[str, Any], collect: bool = False) -> tupl
     if isinstance(obj.get("model"), str):
         ex.model_served = obj["model"]
     if isinstance(obj.get("eval_count"), int):  # Ollama's native answers
-        ex.completion_tokens = obj["eval_count"]
+        ex.completion_tokens = _int(obj["eval_count"])
         if isinstance(obj.get("prompt_eval_count"), int):
-            ex.prompt_tokens = obj["prompt_eval_count"]
+            ex.prompt_tokens = _int(obj["prompt_eval_count"])
         if isinstance(obj.get("eval_duration"), int):  # nanoseconds
             ex.backend_timings = BackendTimings(
                 _int(obj.get("prompt_eval_count")), _s(obj.get("prompt_eval_duration"), 1e9),
-                obj["eval_count"], _s(obj["eval_duration"], 1e9),
+                _int(obj["eval_count"]), _s(obj["eval_duration"], 1e9),
             )  # fmt: skip
     timings = obj.get("timings")  # llama-server's, in whole answers and last chunks
     if isinstance(timings, dict):
@@ -150,7 +154,10 @@ def put_energy(obj: dict[str, Any], energy: dict[str, Any]) -> None:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A token count as the backend gave it, or None unless an int in 0..MAX_TOKENS."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
 def _s(value: Any, per_s: float) -> float | None:
@@ -171,8 +178,8 @@ def _note_usage(ex: Exchange, usage: Any) -> None:
         ("completion_tokens", "completion_tokens"),
         ("output_tokens", "completion_tokens"),
     ):
-        if isinstance(usage.get(name), int):
-            setattr(ex, attr, usage[name])
+        if isinstance(usage.get(name), int):  # out of range: unknown, not the last seen
+            setattr(ex, attr, _int(usage[name]))
 
 
 def _note_response_event(ex: Exchange, kind: str, response: dict[str, Any]) -> None:

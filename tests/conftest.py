@@ -36,8 +36,9 @@ def joulegate_app() -> Callable[..., contextlib.AbstractAsyncContextManager[Runn
     async def start(
         backend_url: str, components: Sequence[Component] = (), **settings: Any
     ) -> AsyncIterator[Running]:
-        app = create_app(Settings(backend_url=backend_url, **settings), components=components)
-        async with serve(app) as url:
+        full = Settings(backend_url=backend_url, **settings)
+        app = create_app(full, components=components)
+        async with serve(app, settings=full) as url:  # the protocol's bounds too
             yield Running(url, app)
 
     return start

@@ -1,5 +1,5 @@
-"""HTTP endpoints over the ledger: ``/v1/energy/report``, ``/v1/energy/requests``
-and ``/v1/energy/requests/{id}``.
+"""HTTP endpoints over the ledger: ``/v1/energy/report``, ``/v1/energy/requests``,
+``/v1/energy/requests/{id}`` and ``/v1/energy/budget``.
 
 They authenticate like the proxy does (a joulegate key in ``keys`` mode).
 A caller sees only their own rows; an admin key may name any ``user`` or
@@ -123,6 +123,24 @@ async def energy_request(
     return _public(row_from_sql(rows[0]))
 
 
+@get("/v1/energy/budget", media_type=MediaType.JSON)
+async def energy_budget(
+    request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
+) -> dict[str, Any]:
+    """Where the caller stands: each of their budgets' limit, use, remainder and reset,
+    in Wh and gCO2e (an empty list without a budget). An admin key may ask for any
+    ``user``; this host's own requests count at once, other hosts' ``budgets.refresh_s``
+    late, as for the check itself."""
+    acc, who = await _caller(request, ctx)
+    params = dict(request.query_params)
+    unknown = sorted(set(params) - {"user"})
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}", param=unknown[0])
+    user = _whose(who, params.get("user")) or who.user
+    status = acc.budgets.status(user)
+    return {"object": "list", "user": user, "data": [] if status is None else [status.to_json()]}
+
+
 def _integer(text: str | None, name: str) -> int | None:
     """A query parameter as an integer SQLite can hold (None when absent or empty)."""
     if not text:
@@ -145,4 +163,4 @@ def _public(row: LedgerRow) -> dict[str, Any]:
 
 def route_handlers() -> list[Any]:
     """The ledger's Litestar handlers, for ``default_route_handlers``."""
-    return [energy_report, energy_requests, energy_request]
+    return [energy_report, energy_requests, energy_request, energy_budget]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import operator
 import sqlite3
 from collections.abc import Callable
@@ -247,6 +248,54 @@ def row_params(row: LedgerRow) -> tuple[Any, ...]:
     for i in _JSON_AT:
         out[i] = _encode_json(out[i]).decode() if out[i] else None
     return tuple(out)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""What an INTEGER column holds in SQLite, and a BIGINT in PostgreSQL."""
+
+
+def _clean_text(value: str) -> str:
+    """Text every database stores: no NUL (PostgreSQL refuses it), valid UTF-8."""
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, dict):
+        try:
+            _encode_json(value).decode().encode("utf-8")
+        except (TypeError, ValueError, OverflowError):
+            return {}  # whatever the JSON holds is not worth the row
+        return value
+    return None
+
+
+def repaired(row: LedgerRow) -> LedgerRow:
+    """``row`` with every field a database could refuse for its content cleared: whole
+    numbers beyond 64 bits, non-finite floats, NUL characters and broken UTF-8 in text,
+    JSON that does not encode. A row the database refuses is written like this instead
+    of being dropped (or left to block the rows behind it)."""
+    return msgspec.structs.replace(row, **{name: _clean(getattr(row, name)) for name in COLUMNS})
+
+
+def bare(row: LedgerRow) -> LedgerRow:
+    """The least of ``row`` that a ledger keeps (who, when, what, status, energy and
+    CO2e): the last resort for a row refused even :func:`repaired`."""
+    fixed = repaired(row)
+    return LedgerRow(
+        request_id=fixed.request_id, ts=fixed.ts, finished_ts=fixed.finished_ts,
+        user=fixed.user, key_prefix=fixed.key_prefix, endpoint=fixed.endpoint,
+        status=fixed.status, stream=fixed.stream, duration_s=fixed.duration_s,
+        energy_j=fixed.energy_j, co2e_g=fixed.co2e_g, host=fixed.host,
+        failure=fixed.failure,
+    )  # fmt: skip
 
 
 def row_from_sql(values: sqlite3.Row) -> LedgerRow:

@@ -79,6 +79,11 @@ class Spill:
         """Rows lost because the buffer was full and the file refused them."""
         return self._dropped_rows
 
+    def count_dropped(self) -> None:
+        """Count a row lost for another reason (the database refused even its bare
+        fields), so that ``health()`` shows it beside those the spill dropped."""
+        self._dropped_rows += 1
+
     def has_file(self) -> bool:
         """Whether a fallback file is there (perhaps left by an earlier run)."""
         return self.path.exists()

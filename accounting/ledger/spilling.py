@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from accounting.ledger.rows import LedgerRow
+from accounting.ledger.rows import LedgerRow, bare, repaired
 from accounting.ledger.spill import Spill, describe
 
 log = logging.getLogger("joulegate.ledger")
@@ -32,6 +32,10 @@ class SpillingLedger(abc.ABC):
 
     _db_errors: ClassVar[tuple[type[BaseException], ...]]
     """What a database failure raises (the row is then held, not lost)."""
+    _content_errors: ClassVar[tuple[type[BaseException], ...]]
+    """What a row the database refuses for its content raises (a number it cannot
+    hold, text it cannot store): the row is written repaired (:func:`repaired`), not
+    held, since retrying it as it is would fail forever and block the rows behind it."""
     _kind: ClassVar[str]
     """The database's name in ``/readyz`` (``sqlite``, ``postgresql``)."""
 
@@ -114,12 +118,37 @@ class SpillingLedger(abc.ABC):
         while True:
             if self._takes_rows:
                 try:
-                    await self._insert(row)
+                    await self._insert_fixing(row)
                     return
                 except self._db_errors as exc:
                     self._degrade(exc)
             if await self._hold(row):
                 return
+
+    async def _insert_fixing(self, row: LedgerRow) -> None:
+        """Commit ``row``; one the database refuses for its content is committed
+        :func:`repaired`, else :func:`bare`. Raises ``_db_errors`` (the database is down)."""
+        try:
+            await self._insert(row)
+            return
+        except self._content_errors as exc:
+            refused: BaseException = exc
+        for fixed in (repaired(row), bare(row)):
+            try:
+                await self._insert(fixed)
+            except self._content_errors as exc:
+                refused = exc
+                continue
+            log.warning(
+                "ledger: %s refused the row of request %s (%s); recorded with the odd fields"
+                " cleared", self._where, row.request_id, describe(refused),
+            )  # fmt: skip
+            return
+        self._spill.count_dropped()
+        log.error(
+            "ledger: the row of request %s for %s DROPPED: %s refuses even its bare fields (%s)",
+            row.request_id, row.user, self._where, describe(refused),
+        )  # fmt: skip
 
     def append_soon(self, row: LedgerRow) -> Awaitable[None]:
         """:meth:`append`, begun before this returns: await the result for the row to be in.
@@ -130,7 +159,8 @@ class SpillingLedger(abc.ABC):
         holds one (:meth:`_orphaned`). Elsewhere it is a task running :meth:`append`."""
         started = None
         if self._takes_rows:
-            with contextlib.suppress(*self._db_errors):  # append meets the error again
+            # append meets the error again (and repairs a row refused for its content)
+            with contextlib.suppress(*self._db_errors, *self._content_errors):
                 started = self._start_insert(row)
         if started is None:
             return asyncio.ensure_future(self.append(row))
@@ -139,6 +169,8 @@ class SpillingLedger(abc.ABC):
     async def _append_started(self, row: LedgerRow, started: Awaitable[object]) -> None:
         try:
             await started
+        except self._content_errors:
+            await self.append(row)  # repaired there
         except self._db_errors as exc:
             self._degrade(exc)
             await self.append(row)
@@ -146,10 +178,13 @@ class SpillingLedger(abc.ABC):
     def _orphaned(self, row: LedgerRow, exc: BaseException) -> None:
         """A commit :meth:`append_soon` started failed after its waiter was cancelled:
         hold the row as :meth:`append` would, in a task of its own."""
-        if not isinstance(exc, self._db_errors):
+        if isinstance(exc, self._content_errors):
+            pass  # append repairs it
+        elif isinstance(exc, self._db_errors):
+            self._degrade(exc)
+        else:
             log.error("ledger: recording request %s failed: %s", row.request_id, describe(exc))
             return
-        self._degrade(exc)
         task = asyncio.ensure_future(self.append(row))
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
@@ -204,7 +239,13 @@ class SpillingLedger(abc.ABC):
             in_memory, filed_bytes = self._spill.snapshot()
         filed = await self._spill.read_filed(filed_bytes)
         rows = list({r.request_id: r for r in [*filed, *in_memory]}.values())
-        await self._insert_many(rows)
+        try:
+            await self._insert_many(rows)
+        except self._content_errors:
+            # One row the database refuses must not keep the others out forever: one at
+            # a time (a replayed row adds nothing), the refused ones repaired.
+            for row in rows:
+                await self._insert_fixing(row)
         async with self._spill_lock:
             await self._spill.forget(len(in_memory), filed_bytes)
         return len(rows)

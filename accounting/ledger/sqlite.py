@@ -98,6 +98,10 @@ class SqliteLedger(SpillingLedger):
     """The ledger file: append rows, read them back, and survive an unwritable database."""
 
     _db_errors = (sqlite3.Error,)
+    # A Python int beyond 64 bits (OverflowError), text that is not UTF-8 (ValueError),
+    # a value of no SQLite type (InterfaceError), a constraint: the row, not the file.
+    _content_errors = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError,
+                       sqlite3.DataError, sqlite3.InterfaceError)  # fmt: skip
     _kind = "sqlite"
 
     def __init__(

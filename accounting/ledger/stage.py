@@ -113,8 +113,11 @@ async def accounting_resource(ctx: AppContext) -> AsyncIterator[None]:
         asyncio.create_task(acc.refresh_spending_forever(), name="budget-refresh"),
     ]
     log.info("ledger at %s; auth mode %s", acc.ledger.path, acc.auth.mode)
-    if ctx.settings.auth.mode == "auto" and acc.auth.mode == "open":
-        log.info("no API keys yet: everyone is 'anonymous' (create one, then restart)")
+    if acc.auth.auto and acc.auth.mode == "open":
+        log.info(
+            "no API keys yet: everyone is 'anonymous' until one is created"
+            " (joulegate keys create --user NAME --admin); keys mode starts then, no restart"
+        )
     try:
         yield None
     finally:
@@ -193,7 +196,12 @@ class RecordStage(Stage):
         if not ex.gated or ex.failure == "queue_full" or ex.scratch.get("auth") == "refused":
             return  # refused before reaching the backend: it used nothing
         row = row_from_exchange(ex, record_content=self._content, host=self._acc.host)
-        self._acc.budgets.add(row)
+        budgets = self._acc.budgets
+        budgets.add(row)
+        if "x-energy-budget-reset" in ex.response_headers:  # the user has a budget
+            status = budgets.status(ex.user)
+            if status is not None:  # what is left after this request, for a whole answer
+                ex.response_headers.update(status.remaining_headers())
         # Committed while the answer is rendered and sent; its last byte waits for it,
         # so a client that has the whole answer has its row (kill -9 loses nothing).
         ex.before_last_byte(self._acc.ledger.append_soon(row))
@@ -203,9 +211,10 @@ class RecordStage(Stage):
 async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     """Component: identify callers and check budgets (place it early)."""
     acc = ctx.require(Accounting, by="auth")
-    if acc.auth.mode == "keys":
-        ctx.strip_client_auth = True  # the client's jg- key never reaches the backend
-        ctx.admin_guard = acc.auth.require_admin
+    if acc.auth.mode == "keys" or acc.auth.auto:  # auto: keys the moment a key exists
+        # The client's jg- key never reaches the backend.
+        ctx.strip_client_auth = acc.auth.strips_client_auth
+        ctx.admin_guard = acc.auth.guard_admin
     yield AuthStage(acc)
 
 

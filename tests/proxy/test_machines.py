@@ -162,3 +162,25 @@ async def test_report_by_machine_sums_to_the_total(tmp_path: Path) -> None:
     assert total(by_machine) > 0
     in_flight = [ln for ln in metrics.splitlines() if ln.startswith("joulegate_machine_in_flight{")]
     assert sorted(ln.split('"')[1] for ln in in_flight) == ["a", "b", "c"]
+
+
+async def test_a_batching_machine_shares_its_own_energy_between_its_requests(
+    tmp_path: Path,
+) -> None:
+    specs = [("wide", ("m",), 300.0), ("narrow", ("n",), 50.0)]
+    async with (
+        loopback_machines(specs, max_concurrency=2) as (wide, narrow),
+        gateway([wide, narrow], tmp_path / "l.db") as jg,
+        httpx.AsyncClient(base_url=jg.url, timeout=30) as c,
+    ):
+        answers = await asyncio.gather(
+            *(c.post("/v1/chat/completions", json=chat("m"), headers=slow(300)) for _ in range(2))
+        )
+    energy = [r.json()["energy"] for r in answers]
+    assert wide.backend.max_in_flight == 2
+    assert {e["attribution"] for e in energy} <= {"token_share", "time_share"}
+    # The two shares add up to the wide machine's energy over their windows, never
+    # the narrow machine's.
+    window_j = max(e["energy_window_j"] for e in energy)
+    assert sum(e["energy_j"] for e in energy) == pytest.approx(window_j, rel=0.1)
+    assert window_j == pytest.approx(300.0 * max(e["window_s"] for e in energy), rel=0.1)

@@ -13,6 +13,7 @@ Behaviour is steered per request by headers so one instance serves a whole test:
 ``x-fake-no-usage``        ignore ``stream_options.include_usage`` (as some servers do)
 ``x-fake-gzip``            gzip the answer whatever the request's accept-encoding says
 ``x-fake-response-id``     the ``id`` of the answer and its chunks (``chatcmpl-fake``)
+``x-fake-usage``           this JSON object as the chat answer's ``usage`` (absurd counts)
 ``x-fake-impostor``        answer with the headers and the ``energy`` field joulegate sets
                            (as another joulegate in front of a backend would)
 
@@ -226,7 +227,9 @@ class FakeBackend:
             if req.get("stream"):
                 await self._stream(seen, req, n, send)
             else:
-                await _json(send, 200, self._completion(req, n, _response_id(seen)))
+                answer = self._completion(req, n, _response_id(seen))
+                answer["usage"] = _usage(seen, answer["usage"])
+                await _json(send, 200, answer)
             return
         await _json(
             send,
@@ -401,7 +404,9 @@ class FakeBackend:
                 "created": 1,
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n},
+                "usage": _usage(
+                    seen, {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+                ),
             }
             await send(
                 {
@@ -421,6 +426,12 @@ async def serving(backend: FakeBackend) -> AsyncIterator[FakeBackend]:
     async with serve(backend, lifespan="off") as url:
         backend.url = url
         yield backend
+
+
+def _usage(seen: Seen, usage: dict[str, Any]) -> Any:
+    """``x-fake-usage`` (a JSON object) if the request sent one, else ``usage``."""
+    given = seen.headers.get("x-fake-usage")
+    return usage if given is None else json.loads(given)
 
 
 def _response_id(seen: Seen) -> str:
