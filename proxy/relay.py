@@ -64,7 +64,7 @@ class Relayer:
         self._s = settings
         self._pipeline = pipeline
         # When each token arrived matters only for sharing overlapping windows.
-        self._note_tokens = settings.max_concurrency > 1
+        self._note_tokens = settings.shared_windows
 
     async def start_stream(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
         """Send the status and headers of a streamed answer (energy comes in the body)."""

@@ -11,7 +11,9 @@ view of it agrees.
 
 A group of figures appears only when its stage ran: the meters' numbers when the
 request was measured, the carbon numbers when the carbon stage saw it, the
-forecast when one was made; the timings always.
+forecast when one was made; the timings always, and the machine that served
+the request once it has one (``machine``; its header, ``x-joulegate-machine``, goes
+out with the answer's first headers, streamed or not: :data:`MACHINE_HEADER`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from config.units import wh_from_j
 from proxy.exchange import Exchange
 from proxy.figures import WindowEnergy
 
+MACHINE_HEADER = "x-joulegate-machine"
+"""The header naming the machine that served the request."""
 NO_ENERGY = "no energy measurement for this request"
 """Why ``co2e_g`` is null: the request has no energy figure to multiply."""
 
@@ -117,6 +121,8 @@ def energy_object(ex: Exchange) -> dict[str, Any]:
     """The ``energy`` object of the answer's body (or its last stream event)."""
     w = ex.window
     out: dict[str, Any] = {}
+    if ex.machine is not None:
+        out["machine"] = ex.machine
     if ex.forecast_made:
         out["forecast_energy_j"] = _r(ex.forecast_energy_j)
     out |= {

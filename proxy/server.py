@@ -299,7 +299,7 @@ def client_connection_cap(settings: Settings) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return settings.max_client_connections
-    backends = settings.max_connections + settings.max_concurrency * len(settings.backend_list)
+    backends = settings.max_connections + settings.max_slots * len(settings.backend_list)
     fits = max(8, soft - FD_RESERVE - backends)
     if fits < settings.max_client_connections:
         log.info(

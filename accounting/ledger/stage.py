@@ -272,6 +272,7 @@ def row_from_exchange(
         backend=ex.backend,
         task=ex.task,
         host=host,
+        machine=ex.machine,
         carbon_intensity_g_per_kwh=ex.carbon_intensity_g_per_kwh,
         carbon_source=ex.carbon_source,
         co2e_g=ex.co2e_g,

@@ -11,6 +11,7 @@ Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
     joulegate_in_flight                                   gauge, requests holding a slot
     joulegate_power_watts{component}                      gauge, the meters' power now
     joulegate_unattributed_energy_joules_total            counter, J with nothing in flight
+    joulegate_machine_*{machine}                          per machine (:mod:`.machine_metrics`)
 
 Every request the pipeline saw is counted, those refused before the queue
 (``401``, budget ``429``, ``503``) included: the stage sits before the auth stage,
@@ -56,6 +57,7 @@ from config.errors import NotFound
 from proxy.backends import BackendRouter
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
+from proxy.observability.machine_metrics import MachineCollector
 from proxy.observability.semconv import (
     endpoint_label,
     energy_split,
@@ -215,6 +217,7 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
     ).set_function(lambda: gate.in_flight)
     # Read at scrape time: the meters component comes later in the pipeline.
     registry.register(PowerCollector(ctx))
+    registry.register(MachineCollector(ctx))
     telemetry = ctx.settings.telemetry
     stage = PrometheusStage(
         registry,

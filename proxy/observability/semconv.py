@@ -27,6 +27,7 @@ from proxy.exchange import Exchange
 ENERGY_ATTRIBUTES = (
     "joulegate.request_id",
     "joulegate.backend",
+    "joulegate.machine",
     "joulegate.task",
     "joulegate.energy.low_j",
     "joulegate.energy.high_j",
@@ -155,6 +156,7 @@ def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue | None] = {
         "joulegate.request_id": ex.request_id,
         "joulegate.backend": ex.backend,
+        "joulegate.machine": ex.machine,
         "joulegate.task": ex.task,
         "joulegate.energy.low_j": ex.energy_low_j,
         "joulegate.energy.high_j": ex.energy_high_j,

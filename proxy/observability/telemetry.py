@@ -238,6 +238,9 @@ class TelemetryStage(Stage):
         if spans is None:
             return
         self._end_queue(ex, spans, ex.window.admitted_s)
+        if spans.client is not None:  # moved: the first machine could not be reached
+            _finish(spans.client, {}, "backend_unreachable")
+            spans.client.end()
         self._start_client(ex, spans)
 
     async def on_finished(self, ex: Exchange) -> None:

@@ -21,8 +21,8 @@ from accounting.study.runner import Baseline, Planned, row_from_answer
 from accounting.study.summary import METRICS, summarise
 from config import LedgerSettings
 from proxy.cli import main
-from tests.support.study import model_energy, row
 from tests.support.fake_backend import FakeBackend, serving
+from tests.support.study import model_energy, row
 
 MODELS = ("m1", "m2")
 

@@ -33,7 +33,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from config import Settings
-from meters import meters_component
+from meters import machines_component, meters_component
 from meters.base import Meter
 from proxy.app import AppContext, Component, create_app, default_components
 from proxy.exchange import Exchange, Stage
@@ -65,7 +65,7 @@ def deployed(*meters: Meter) -> list[Component]:
     """:func:`~proxy.app.default_components` in their real order, with these meters
     instead of the machine's."""
     with_meters = functools.partial(meters_component, meters=list(meters))
-    return [with_meters if c is meters_component else c for c in default_components()]
+    return [with_meters if c is machines_component else c for c in default_components()]
 
 
 def component(stage: Stage) -> Component:
