@@ -3,7 +3,7 @@
 What other packages use: :func:`machines_component` (the app component: one
 sampler and meter stage per machine), :func:`meters_component` (one machine's),
 :class:`MeterStage`, :class:`Sampler` and :class:`WindowEnergy` (published as
-``ctx.power``), :func:`detect_meters`, and the meter classes for
+in :class:`~proxy.context.MachinePower`), :func:`detect_meters`, and the meter classes for
 tests and tools.
 """
 

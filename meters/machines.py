@@ -30,7 +30,7 @@ from meters.detect import Hardware, detect_meters, detect_remote_meters
 from meters.sampler import Sampler
 from meters.stage import MeterStage
 from meters.thermal import CpuThermometer, ThermalGuard
-from proxy.context import AppContext
+from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.gate import THERMAL, PauseReason
 from proxy.machines import Machine
@@ -114,8 +114,8 @@ async def machines_component(
     """Every machine's meters, sampler and thermal guard; yields the dispatching stage.
 
     Tests pass ``meters`` (fakes, by machine name) or ``hardware``. The first
-    machine's sampler is ``ctx.power`` (and ``ctx.get(Sampler)``); every machine's is
-    in ``ctx.machine_power``.
+    machine's sampler is also ``ctx.get(Sampler)``; every machine's is in
+    :class:`~proxy.context.MachinePower`.
     """
     async with contextlib.AsyncExitStack() as stack:
         stages: dict[str, MeterStage] = {}
@@ -148,10 +148,10 @@ async def _one_machine(
     if not sampler.meters:
         log.warning("machine %s has no working meter: its energy will be null", machine.name)
     await asyncio.to_thread(sampler.start)
-    if ctx.power is None:
-        ctx.power = sampler
+    power = machine_power(ctx)
+    if not power.by_machine:
         ctx.publish(sampler)
-    ctx.machine_power[machine.name] = sampler
+    power.by_machine[machine.name] = sampler
     ctx.ready_checks.append(lambda: _ready(machine.name, sampler))
     guard_task: asyncio.Task[None] | None = None
     if s.thermal_limit_c > 0:
@@ -182,4 +182,4 @@ async def _one_machine(
             with contextlib.suppress(asyncio.CancelledError):
                 await guard_task
         await asyncio.to_thread(sampler.close)
-        ctx.machine_power.pop(machine.name, None)
+        machine_power(ctx).by_machine.pop(machine.name, None)

@@ -31,7 +31,7 @@ from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
 from meters.work import WorkOf
-from proxy.context import AppContext
+from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.machine import Machine
 
@@ -128,8 +128,9 @@ async def meters_component(
     """Detect (or take) the meters, run the sampler and the thermal guard, yield the stage.
 
     Tests pass ``meters`` (fakes) and, for the estimate, the ``activity`` its
-    meter was built with; the sampler is published as ``ctx.power`` and ``ctx.get(Sampler)``,
-    the :class:`~proxy.machine.Machine` (detected, or the one tests pass) as ``ctx.get(Machine)``.
+    meter was built with; the sampler is published in :class:`~proxy.context.MachinePower`
+    and as ``ctx.get(Sampler)``, the :class:`~proxy.machine.Machine` (detected, or the one
+    tests pass) as ``ctx.get(Machine)``.
     """
     s = ctx.settings.meters
     activity = activity or Activity()
@@ -142,7 +143,7 @@ async def meters_component(
     for line in sampler.ignored:
         log.info("meter: ignoring %s", line)
     await asyncio.to_thread(sampler.start)
-    ctx.power = sampler
+    machine_power(ctx).by_machine[ctx.settings.machine_list[0].name] = sampler
     ctx.publish(sampler)
     ctx.ready_checks.append(lambda: _ready(sampler, machine))
     guard_task: asyncio.Task[None] | None = None

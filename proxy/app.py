@@ -39,7 +39,7 @@ from config.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
 from config.settings import Settings
 from meters import machines_component
 from proxy.console import console_component, console_router
-from proxy.context import AppContext, Component
+from proxy.context import AppContext, ClientAuth, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
 from proxy.intake import gated_paths
@@ -142,7 +142,7 @@ def create_app(
                 transport,
                 fleet,
                 Pipeline(stages),
-                strip_client_auth=ctx.strip_client_auth,
+                strip_client_auth=auth.strips if (auth := ctx.get(ClientAuth)) else None,
             )
             app.state.ctx = ctx
             app.state.ready = ReadyChecks(ctx, settings.readyz_cache_s)
@@ -301,10 +301,11 @@ async def readyz(
 
 
 async def _may_see_details(request: Request[Any, Any, Any], ctx: AppContext) -> bool:
-    if ctx.admin_guard is None:
+    auth = ctx.get(ClientAuth)
+    if auth is None:
         return True
     try:
-        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
+        await auth.admin_guard({k.lower(): v for k, v in request.headers.items()})
     except ProxyError:  # no key, a user's key, or keys cannot be checked now
         return False
     return True

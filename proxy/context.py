@@ -43,6 +43,33 @@ class PowerReadings(Protocol):
 
 
 @dataclass
+class MachinePower:
+    """Each machine's live power (its meters' sampler), by machine name, in the order the
+    machines opened: what ``/metrics``, the OTel device instruments and the console read
+    when they are scraped. Published by the meters component (:func:`machine_power`)."""
+
+    by_machine: dict[str, PowerReadings] = field(default_factory=dict)
+
+    @property
+    def first(self) -> PowerReadings | None:
+        """The first machine's meters (the only one without ``[[machines]]``)."""
+        return next(iter(self.by_machine.values()), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAuth:
+    """Published by the auth component when joulegate authenticates callers itself
+    (``keys`` mode, or ``auto``, which may become ``keys`` while serving)."""
+
+    strips: Callable[[], bool]
+    """Asked per request whether the client's ``Authorization`` is joulegate's key, to keep
+    from the backend (always in ``keys`` mode; in ``auto`` once a key exists)."""
+    admin_guard: Callable[[Mapping[str, str]], Awaitable[object]]
+    """Raises 401 or 403 unless the (lower-cased) headers carry an admin key. Endpoints
+    that show every user's figures (``/metrics``, ``/readyz``'s details) ask it."""
+
+
+@dataclass
 class AppContext:
     """What components share: settings, the machines, the backend client, and the typed
     resources components open (published by their class, read by their class).
@@ -54,24 +81,11 @@ class AppContext:
     gate: Gate
     client: httpx.AsyncClient
     router: BackendRouter
-    power: PowerReadings | None = None
-    """Set by the meters component: what ``/metrics`` and the OTel device instruments
-    read when they are scraped (the first machine's meters)."""
-    machine_power: dict[str, PowerReadings] = field(default_factory=dict)
-    """Set by the meters component: each machine's meters, by machine name."""
     fleet: Fleet | None = None
     """Every machine; None builds one machine from ``gate`` and ``router`` (tests)."""
     _resources: dict[type[Any], Any] = field(default_factory=dict, repr=False)
     ready_checks: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     """Each returns ``{"name", "ok", ...}`` for ``/readyz``."""
-    strip_client_auth: Callable[[], bool] | None = None
-    """Set by the auth component when joulegate authenticates users itself: asked per
-    request whether the client's ``Authorization`` is joulegate's key, to keep from the
-    backend (always in ``keys`` mode; in ``auto`` once a key exists). None: never."""
-    admin_guard: Callable[[Mapping[str, str]], Awaitable[object]] | None = None
-    """Set by the auth component in ``keys`` mode: raises 401 or 403 unless the
-    (lower-cased) headers carry an admin key. Endpoints that show every user's
-    figures (``/metrics``) ask it."""
 
     def __post_init__(self) -> None:
         if self.fleet is None:
@@ -114,3 +128,13 @@ class AppContext:
 
 
 Component = Callable[[AppContext], AbstractAsyncContextManager[Stage | None]]
+
+
+def machine_power(ctx: AppContext) -> MachinePower:
+    """The context's :class:`MachinePower`, published on first use (each machine's meters
+    component adds its sampler to it)."""
+    found = ctx.get(MachinePower)
+    if found is None:
+        found = MachinePower()
+        ctx.publish(found)
+    return found

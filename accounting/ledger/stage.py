@@ -39,7 +39,7 @@ from accounting.ledger import Ledger, ledger_from_settings
 from accounting.ledger.rows import LedgerRow, iso, utcnow
 from config import Settings
 from config.errors import LedgerError, LedgerUnavailable
-from proxy.context import AppContext
+from proxy.context import AppContext, ClientAuth
 from proxy.exchange import Exchange, Stage
 
 log = logging.getLogger("joulegate.ledger")
@@ -214,8 +214,7 @@ async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     acc = ctx.require(Accounting, by="auth")
     if acc.auth.mode == "keys" or acc.auth.auto:  # auto: keys the moment a key exists
         # The client's jg- key never reaches the backend.
-        ctx.strip_client_auth = acc.auth.strips_client_auth
-        ctx.admin_guard = acc.auth.guard_admin
+        ctx.publish(ClientAuth(acc.auth.strips_client_auth, acc.auth.guard_admin))
     yield AuthStage(acc)
 
 

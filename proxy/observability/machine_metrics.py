@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.context import AppContext
+from proxy.context import AppContext, MachinePower
 
 log = logging.getLogger("joulegate.metrics")
 
@@ -72,7 +72,8 @@ class MachineCollector(Collector):
             busy.add_metric([name], gate.in_flight)
             paused.add_metric([name], 1.0 if gate.paused else 0.0)
             cooldowns.add_metric([name], gate.cooldowns)
-            meters = self._ctx.machine_power.get(name)
+            by_machine = mp.by_machine if (mp := self._ctx.get(MachinePower)) else {}
+            meters = by_machine.get(name)
             if meters is None:
                 continue
             idle.add_metric([name], meters.unattributed_j)

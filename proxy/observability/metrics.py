@@ -55,7 +55,7 @@ from prometheus_client.registry import Collector
 
 from config.errors import NotFound
 from proxy.backends import BackendRouter
-from proxy.context import AppContext
+from proxy.context import AppContext, ClientAuth, MachinePower
 from proxy.exchange import Exchange, Stage
 from proxy.observability.machine_metrics import MachineCollector
 from proxy.observability.semconv import (
@@ -164,8 +164,9 @@ class PrometheusStage(Stage):
 class PowerCollector(Collector):
     """``joulegate_power_watts{component}``: the meters' power, read when scraped.
 
-    It reads ``ctx.power``, which the meters component sets when it opens (it comes
-    later in the pipeline); before that, or without meters, the gauge has no samples.
+    It reads :class:`~proxy.context.MachinePower`, which the meters component publishes when
+    it opens (it comes later in the pipeline); before that, or without meters, the gauge has
+    no samples.
     """
 
     _NAME = "joulegate_power_watts"
@@ -187,7 +188,7 @@ class PowerCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         """One sample per component with a known power, and the unattributed energy."""
         family = GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])
-        meters = self._ctx.power
+        meters = power.first if (power := self._ctx.get(MachinePower)) else None
         if meters is None:
             return [family]
         idle = CounterMetricFamily(self._IDLE, self._IDLE_HELP, value=meters.unattributed_j)
@@ -238,7 +239,8 @@ async def metrics_endpoint(
     registry = ctx.get(CollectorRegistry)
     if registry is None:
         raise NotFound("metrics are not enabled", code="not_found")
-    if ctx.admin_guard is not None and not ctx.settings.telemetry.metrics_public:
-        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
+    auth = ctx.get(ClientAuth)
+    if auth is not None and not ctx.settings.telemetry.metrics_public:
+        await auth.admin_guard({k.lower(): v for k, v in request.headers.items()})
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), media_type=content_type)

@@ -36,6 +36,7 @@ from config import Settings
 from meters import machines_component, meters_component
 from meters.base import Meter
 from proxy.app import AppContext, Component, create_app, default_components
+from proxy.context import machine_power
 from proxy.exchange import Exchange, Stage
 from tests.support.figures import record_fake_measurement
 from tests.support.serving import Running, read_body, serve
@@ -163,7 +164,7 @@ class DeviceReading:
 
 @dataclass
 class FakeMeters:
-    """Stands in for ``ctx.power`` (the meters' sampler)."""
+    """Stands in for a machine's sampler in :class:`~proxy.context.MachinePower`."""
 
     readings: Sequence[Any] = field(default_factory=list)
     unattributed_j: float = 0.0
@@ -178,12 +179,12 @@ class FakeMeters:
 
 
 def powering(meters: Any) -> Component:
-    """A component that sets ``ctx.power`` (as the meters component does) and adds no
-    stage."""
+    """A component that publishes ``meters`` as the machine's power (as the meters component
+    does) and adds no stage."""
 
     @contextlib.asynccontextmanager
     async def make(ctx: AppContext) -> AsyncIterator[None]:
-        ctx.power = meters
+        machine_power(ctx).by_machine["local"] = meters
         yield None
 
     return make
