@@ -7,6 +7,9 @@ from __future__ import annotations
 import select
 import socket
 
+import pytest
+
+from proxy import heap
 from tests.support.fake_backend import FakeBackend
 from tests.support.serving import JoulegateApp, serve
 from tests.support.stages import Capture, component
@@ -23,8 +26,11 @@ def _hung_up(sock: socket.socket) -> bool:
 
 
 async def test_a_dropped_stalled_reader_loses_its_connection_and_unsent_bytes(
-    joulegate_app: JoulegateApp,
+    joulegate_app: JoulegateApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(heap, "_TRIM", lambda pad: trims.append(pad) or 1)
+    monkeypatch.setattr(heap, "TRIM_DELAY_S", 0.01)
     cap = Capture()
     fake = FakeBackend(words=("x" * 65536,))  # 64 KiB per chunk: buffers fill at once
     async with (
@@ -45,5 +51,7 @@ async def test_a_dropped_stalled_reader_loses_its_connection_and_unsent_bytes(
             # The connection is reset: joulegate no longer holds the answer's unsent
             # bytes (hundreds of KiB a stream) for a client that may never read them.
             await until(lambda: _hung_up(stalled), timeout_s=30)
+            # And what it held is handed back to the system (glibc keeps freed pages).
+            await until(lambda: trims == [0], timeout_s=30)
         finally:
             stalled.close()
