@@ -29,7 +29,12 @@ async def test_a_dropped_stalled_reader_loses_its_connection_and_unsent_bytes(
     joulegate_app: JoulegateApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trims: list[int] = []
-    monkeypatch.setattr(heap, "_TRIM", lambda pad: trims.append(pad) or 1)
+
+    def trim(pad: int) -> int:
+        trims.append(pad)
+        return 1
+
+    monkeypatch.setattr(heap, "_TRIM", trim)
     monkeypatch.setattr(heap, "TRIM_DELAY_S", 0.01)
     cap = Capture()
     fake = FakeBackend(words=("x" * 65536,))  # 64 KiB per chunk: buffers fill at once
