@@ -19,6 +19,7 @@ MODULES = [
     "bench.scale",
     "bench.console",
     "bench.machines",
+    "bench.stalled_readers",
 ]
 
 
