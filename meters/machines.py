@@ -22,17 +22,18 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
 
 from config.machines import MachineSettings
 from meters.base import Activity, Meter
 from meters.detect import Hardware, detect_meters, detect_remote_meters
+from meters.host import detect_host
 from meters.sampler import Sampler
-from meters.stage import MeterStage
+from meters.stage import MeterStage, meters_check
 from meters.thermal import CpuThermometer, ThermalGuard
 from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.gate import THERMAL, PauseReason
+from proxy.host import Host
 from proxy.machines import Machine
 
 log = logging.getLogger("joulegate.meters")
@@ -79,18 +80,6 @@ def _abandon(stage: MeterStage, ex: Exchange) -> None:
     stage.sampler.close_window(token, now)
     if stage.overlaps is not None:
         stage.overlaps.close(ex.request_id, now)
-
-
-def _ready(machine: str, sampler: Sampler) -> dict[str, Any]:
-    failing = sampler.failing()
-    return {
-        "name": "meters",
-        "machine": machine,
-        "ok": bool(sampler.meters) and len(failing) < len(sampler.meters),
-        "meter": sampler.label,
-        "estimated": sampler.estimated,
-        "failing": failing,
-    }
 
 
 def find_meters(
@@ -148,11 +137,16 @@ async def _one_machine(
     if not sampler.meters:
         log.warning("machine %s has no working meter: its energy will be null", machine.name)
     await asyncio.to_thread(sampler.start)
+    host = None
+    if machine.settings.local:  # the hardware these meters see: embodied carbon, methods
+        host = await asyncio.to_thread(detect_host, s)
+        if ctx.get(Host) is None:
+            ctx.publish(host)
     power = machine_power(ctx)
     if not power.by_machine:
         ctx.publish(sampler)
     power.by_machine[machine.name] = sampler
-    ctx.ready_checks.append(lambda: _ready(machine.name, sampler))
+    ctx.ready_checks.append(lambda: meters_check(sampler, host, machine.name))
     guard_task: asyncio.Task[None] | None = None
     if s.thermal_limit_c > 0:
         cpu = (thermometer or CpuThermometer(s.hwmon_root)) if machine.settings.local else None

@@ -7,7 +7,7 @@ values are fetched by a background task started in the component's lifespan).
 It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
 the request's window, both kept) per request and per output token, as typed fields
 of the exchange. The hardware's embodied emissions ``TE`` are chosen once at
-start-up from the :class:`~proxy.machine.Machine` the meters found
+start-up from the :class:`~proxy.host.Host` the meters found
 (:mod:`accounting.carbon.embodied`) and named in ``ex.embodied_model``.
 :mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
 ``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g``,
@@ -37,7 +37,7 @@ from accounting.carbon.intensity import (
 from config import CarbonSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
-from proxy.machine import Machine
+from proxy.host import Host
 
 log = logging.getLogger("joulegate.carbon")
 
@@ -126,7 +126,7 @@ def carbon(
         source = build_source(cfg, table, clock=clock)
         ctx.publish(source)
         override = cfg.embodied_g if cfg.embodied_g >= 0 else None
-        embodied = embodied_for(ctx.get(Machine), override)
+        embodied = embodied_for(ctx.get(Host), override)
         ctx.publish(embodied)
         log.info("embodied emissions: %s", embodied.model)
         ctx.ready_checks.append(lambda: _ready(source, embodied))
