@@ -27,10 +27,10 @@ from meters.closer import ShareCloser
 from meters.detect import detect_meters
 from meters.estimate import EstimateMeter
 from meters.host import detect_host
+from meters.request_work import WorkOf
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
-from meters.work import WorkOf
 from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.host import Host

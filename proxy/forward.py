@@ -59,7 +59,7 @@ from proxy.intake import (
 )
 from proxy.machines import Fleet
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, read_whole
+from proxy.relay import Relayer, RelayState, body_chunks, decoder_for, read_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -264,7 +264,7 @@ class Forwarder:
         url = path + ("?" + query.decode("latin-1") if query else "")  # its base at admission
         headers = forward_headers(scope, self._strip_auth(), self._auth_header)
         request = Outgoing(method, url, headers, body, ex.gated)
-        relay = Relay()
+        relay = RelayState()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
         # Every forwarded request, gated or not, lets go of its backend connection (and
@@ -302,7 +302,7 @@ class Forwarder:
                 send.close()
 
     async def _forward(
-        self, ex: Exchange, out: Outgoing, backend: Backend | None, relay: Relay,
+        self, ex: Exchange, out: Outgoing, backend: Backend | None, relay: RelayState,
         send: BoundedSend,
     ) -> None:  # fmt: skip
         if ex.gated:
@@ -361,7 +361,7 @@ class Forwarder:
             ex.window.finished_s = time.monotonic()
 
     async def _finish(
-        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
+        self, ex: Exchange, relay: RelayState, error: ProxyError | None, send: BoundedSend
     ) -> None:
         w = ex.window
         if ex.completion_tokens is None and ex.stream_content_chunks:
