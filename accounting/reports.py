@@ -27,7 +27,7 @@ from config.errors import BadRequest
 from config.table import render_table
 from config.units import J_PER
 
-By = Literal["user", "model", "day", "endpoint", "backend", "task", "host"]
+By = Literal["user", "model", "day", "endpoint", "backend", "task", "host", "machine"]
 Unit = Literal["J", "Wh", "kWh"]
 Format = Literal["table", "csv", "json"]
 _GROUP_SQL: dict[str, str] = {
@@ -38,6 +38,7 @@ _GROUP_SQL: dict[str, str] = {
     "backend": "COALESCE(backend, '(none)')",
     "task": "COALESCE(task, '(none)')",
     "host": "COALESCE(host, '(none)')",
+    "machine": "COALESCE(machine, '(none)')",
 }
 FORECAST_BY = frozenset({"model", "task"})
 """Groupings whose report says how far off the energy forecasts were (MAPE)."""

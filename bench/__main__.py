@@ -18,6 +18,8 @@ MODULES = [
     "bench.batching",
     "bench.scale",
     "bench.console",
+    "bench.machines",
+    "bench.stalled_readers",
 ]
 
 

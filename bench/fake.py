@@ -12,6 +12,8 @@ Steered per request by headers:
 ``x-fake-delay-ms``       sleep before answering
 ``x-fake-hold``           wait until ``POST /fake/release``
 ``x-fake-content-bytes``  a non-streamed answer whose content is this many bytes
+``x-fake-word-bytes``     a stream whose every content chunk says this many bytes
+                          (fills a stalled client's socket buffers in fewer events)
 ``x-fake-token-interval-ms``  paced like a batching server: one decode step for every
                           request at once at this interval, a token each (a stream sends
                           it as it comes; a whole answer comes after its last step)
@@ -67,7 +69,7 @@ class FakeBackend:
                 pacer = self._pacers.setdefault(interval_s, Pacer(interval_s))
                 await _paced(send, req, n, pacer)
             elif req.get("stream"):
-                await _stream(send, req, n)
+                await _stream(send, req, n, int(headers.get("x-fake-word-bytes", 0)))
             elif "x-fake-content-bytes" in headers:
                 await _huge(send, req, int(headers["x-fake-content-bytes"]))
             else:
@@ -169,13 +171,18 @@ def _sse(obj: Any) -> Message:
     return {"type": "http.response.body", "body": data, "more_body": True}
 
 
-async def _stream(send: Any, req: dict[str, Any], n: int) -> None:
+async def _stream(send: Any, req: dict[str, Any], n: int, word_bytes: int = 0) -> None:
     model = req.get("model", "fake-model")
     headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send(_chunk(model, {"role": "assistant"}, None))
-    for word in _text(n):
-        await send(_chunk(model, {"content": word}, None))
+    if word_bytes:
+        big = _chunk(model, {"content": "x" * word_bytes}, None)
+        for _ in range(n):
+            await send(big)
+    else:
+        for word in _text(n):
+            await send(_chunk(model, {"content": word}, None))
     await _finish_stream(send, req, model, n)
 
 

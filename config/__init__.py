@@ -27,6 +27,7 @@ from config.errors import (
     Unauthorized,
 )
 from config.loader import load_settings, settings_table
+from config.machines import MachineSettings
 from config.sections import (
     OTLP_PROTOCOLS,
     TASK_NAME_PATTERN,
@@ -60,6 +61,7 @@ __all__ = [
     "LedgerError",
     "LedgerSettings",
     "LedgerUnavailable",
+    "MachineSettings",
     "MeterAbsent",
     "MeterError",
     "MeterSettings",

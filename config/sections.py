@@ -78,8 +78,18 @@ class MeterSettings:
     """Label matchers ``name=value`` the sample must carry."""
     prometheus_unit: Literal["W", "uW", "J", "uJ"] = "uW"
     """Unit of the metric: a gauge in W/uW or a counter in J/uJ."""
+    prometheus_temperature_metric: str = ""
+    """A temperature gauge (°C) on the same endpoint for the thermal guard (e.g.
+    ``DCGM_FI_DEV_GPU_TEMP``, ``node_hwmon_temp_celsius``); read with the power."""
     ipmi: bool = False
     """Read whole-machine power from ``ipmitool dcmi power reading``."""
+    ipmi_host: str = ""
+    """The BMC to read over the network (``ipmitool -I lanplus -H``); empty reads this
+    host's own BMC. A ``[[machines]]`` machine that is not ``local`` needs it."""
+    ipmi_user: str = ""
+    """User name on ``ipmi_host``."""
+    ipmi_password: str = field(default="", repr=False)
+    """Password on ``ipmi_host`` (passed to ``ipmitool`` in its environment, never logged)."""
     plug_url: str = ""
     """Base URL of a Shelly or Tasmota smart plug."""
     plug_kind: Literal["shelly", "tasmota"] = "shelly"

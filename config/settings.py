@@ -13,11 +13,13 @@ environment as ``JOULEGATE_<SECTION>_<KEY>`` (``JOULEGATE_CARBON_PROVIDER``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
 from config.console import ConsoleSettings
 from config.errors import ConfigError
+from config.machines import LOCAL_MACHINE, MachineSettings
 from config.sections import (
     AuthSettings,
     BackendSettings,
@@ -104,6 +106,10 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     """How log lines are written to standard error: ``text``, or ``json`` (one JSON
     object per line, the access line's fields as keys)."""
+    machines: tuple[MachineSettings, ...] = ()
+    """Several measurement machines, each with its own backends, meters, queue and
+    cool-down (``[[machines]]`` tables); empty means this one machine, named ``local``,
+    described by ``backends``, ``meters``, ``max_concurrency`` and ``max_queue``."""
     meters: MeterSettings = field(default_factory=MeterSettings)
     carbon: CarbonSettings = field(default_factory=CarbonSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
@@ -120,24 +126,19 @@ class Settings:
             "an http:// or https:// URL",
         )
         require(self.backend_refresh_s > 0, "backend_refresh_s", "> 0")
-        claimed: dict[str, str] = {}
-        labels: set[str] = set()
-        for b in self.backends:
-            require(
-                b.label not in labels,
-                "backends",
-                f"backends with distinct names ({b.label!r} twice)",
-            )
-            labels.add(b.label)
-            for m in b.models:
-                if m in claimed:
-                    raise ConfigError(
-                        f"setting 'backends': model {m!r} is served by both "
-                        f"{claimed[m]!r} and {b.label!r}"
-                    )
-                claimed[m] = b.label
         require(1 <= self.max_concurrency <= 1024, "max_concurrency", "between 1 and 1024")
         require(0 <= self.max_queue <= 100_000, "max_queue", "between 0 and 100000")
+        labels: set[str] = set()
+        for machine in self.machine_list:
+            _check_backends(machine.backends, labels)
+        if self.machines:
+            require(not self.backends, "backends", "empty with [[machines]] (use "
+                    "[[machines.backends]])")  # fmt: skip
+            require(self.meters == MeterSettings(), "meters", "unset with [[machines]] (use "
+                    "[machines.meters])")  # fmt: skip
+            names = [m.name for m in self.machines]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            require(not twice, "machines", f"machines with distinct names ({twice} twice)")
         require(self.max_body_bytes >= 1024, "max_body_bytes", ">= 1024")
         require(self.max_queued_bytes >= self.max_body_bytes, "max_queued_bytes",
                  ">= max_body_bytes")  # fmt: skip
@@ -159,5 +160,49 @@ class Settings:
 
     @property
     def backend_list(self) -> tuple[BackendSettings, ...]:
-        """The backends to route to: ``backends``, else ``backend_url`` alone."""
+        """The backends to route to: ``backends``, else ``backend_url`` alone (with
+        ``[[machines]]``: every machine's, in order)."""
+        if self.machines:
+            return tuple(b for m in self.machines for b in m.backends)
         return self.backends or (BackendSettings(url=self.backend_url),)
+
+    @functools.cached_property
+    def machine_list(self) -> tuple[MachineSettings, ...]:
+        """The machines: ``machines``, else one local machine from the top-level keys."""
+        return self.machines or (
+            MachineSettings(
+                name=LOCAL_MACHINE,
+                local=True,
+                backends=self.backends or (BackendSettings(url=self.backend_url),),
+                meters=self.meters,
+                max_concurrency=self.max_concurrency,
+                max_queue=self.max_queue,
+            ),
+        )
+
+    @property
+    def max_slots(self) -> int:
+        """Requests in flight at once over every machine (the gated pool's size)."""
+        return sum(m.max_concurrency for m in self.machine_list)
+
+    @property
+    def shared_windows(self) -> bool:
+        """Whether some machine lets requests overlap (their energy is then shared)."""
+        return any(m.max_concurrency > 1 for m in self.machine_list)
+
+
+def _check_backends(backends: tuple[BackendSettings, ...], labels: set[str]) -> None:
+    """One machine's backends: names distinct over every machine, no model twice here."""
+    claimed: dict[str, str] = {}
+    for b in backends:
+        require(
+            b.label not in labels, "backends", f"backends with distinct names ({b.label!r} twice)"
+        )
+        labels.add(b.label)
+        for m in b.models:
+            if m in claimed:
+                raise ConfigError(
+                    f"setting 'backends': model {m!r} is served by both "
+                    f"{claimed[m]!r} and {b.label!r}"
+                )
+            claimed[m] = b.label

@@ -1,8 +1,9 @@
 """Power meters: one module per meter kind, a sampler, detection and the proxy stage.
 
-What other packages use: :func:`meters_component` (the app component),
+What other packages use: :func:`machines_component` (the app component: one
+sampler and meter stage per machine), :func:`meters_component` (one machine's),
 :class:`MeterStage`, :class:`Sampler` and :class:`WindowEnergy` (published as
-``ctx.power``), :func:`detect_meters`, and the meter classes for
+in :class:`~proxy.context.MachinePower`), :func:`detect_meters`, and the meter classes for
 tests and tools.
 """
 
@@ -10,6 +11,7 @@ from meters.base import COMPONENTS, Activity, Meter, MeterAbsent, Reading
 from meters.detect import Detection, Hardware, detect_meters
 from meters.estimate import EstimateMeter
 from meters.ipmi import IpmiMeter
+from meters.machines import MachineMeters, machines_component
 from meters.nvml import NvmlMeter
 from meters.plug import ShellyMeter, TasmotaMeter
 from meters.prometheus import PrometheusMeter
@@ -28,6 +30,7 @@ __all__ = [
     "EstimateMeter",
     "Hardware",
     "IpmiMeter",
+    "MachineMeters",
     "Meter",
     "MeterAbsent",
     "MeterStage",
@@ -41,6 +44,7 @@ __all__ = [
     "ThermalGuard",
     "WindowEnergy",
     "detect_meters",
+    "machines_component",
     "meters_component",
     "total_components",
 ]

@@ -11,7 +11,7 @@ found or why not.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +75,12 @@ def _build(kind: str, s: MeterSettings, hw: Hardware, activity: Activity) -> Met
         return PrometheusMeter(
             s.prometheus_url, s.prometheus_metric,
             labels=s.prometheus_labels, unit=s.prometheus_unit, client=client,
+            temperature_metric=s.prometheus_temperature_metric,
         )  # fmt: skip
     if kind == "ipmi":
-        return IpmiMeter(hw.ipmi_runner)
+        return IpmiMeter(
+            hw.ipmi_runner, host=s.ipmi_host, user=s.ipmi_user, password=s.ipmi_password
+        )
     if kind in ("shelly", "tasmota"):
         if not s.plug_url:
             raise MeterUnavailable("meters.plug_url is not set")
@@ -132,4 +135,24 @@ def detect_meters(
         else:
             found.meters.append(meter)
             note(logging.INFO, meter.describe())
+    return found
+
+
+def detect_remote_meters(
+    settings: MeterSettings, kinds: Sequence[str], *, hardware: Hardware | None = None
+) -> Detection:
+    """Another host's meters: each of ``kinds`` (read over the network) that works,
+    and no estimate, which would measure this host instead (blocking)."""
+    hw = hardware or Hardware()
+    found = Detection()
+    for kind in kinds:
+        try:
+            meter = _build(kind, settings, hw, Activity())
+        except MeterUnavailable as exc:
+            found.lines.append(f"{kind}: not used ({exc})")
+            log.warning("meter %s: not used (%s)", kind, exc)
+            continue
+        found.meters.append(meter)
+        found.lines.append(meter.describe())
+        log.info("meter %s", meter.describe())
     return found

@@ -7,10 +7,11 @@ wall. ``ipmitool`` is run as a subprocess on the meter's own polling thread
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from config.errors import MeterError, MeterUnavailable
 from meters.base import Meter, Reading
@@ -23,12 +24,15 @@ _READING = re.compile(r"Instantaneous power reading:\s*([0-9.]+)\s*Watts", re.IG
 _STATE = re.compile(r"Power reading state is:\s*(\w+)", re.IGNORECASE)
 
 
-def run_command(argv: Sequence[str], timeout_s: float = 5.0) -> str:
+def run_command(
+    argv: Sequence[str], timeout_s: float = 5.0, env: Mapping[str, str] | None = None
+) -> str:
     """Run ``argv`` and return its output; failures become MeterError."""
     try:
         done = subprocess.run(  # noqa: S603 - fixed argv, ipmitool resolved with which()
-            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False
-        )
+            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False,
+            env=None if env is None else dict(env),
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise MeterError(f"{argv[0]}: {exc}") from exc
     if done.returncode != 0:
@@ -56,15 +60,28 @@ class IpmiMeter(Meter):
     name = "ipmi"
     remote = True
 
-    def __init__(self, runner: Runner | None = None, ipmitool: str | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner | None = None,
+        ipmitool: str | None = None,
+        *,
+        host: str = "",
+        user: str = "",
+        password: str = "",
+    ) -> None:
+        # Another host's BMC over the network (IPMI v2 lanplus); the password goes in
+        # the environment (-E), never on a command line other users can read.
+        self._host = host
+        lan = ("-I", "lanplus", "-H", host, "-U", user, "-E") if host else ()
         if runner is None:
             path = ipmitool or shutil.which("ipmitool")
             if path is None:
                 raise MeterUnavailable("ipmitool is not installed (apt-get install ipmitool)")
-            self._argv: tuple[str, ...] = (path, *COMMAND)
-            self._run: Runner = run_command
+            self._argv: tuple[str, ...] = (path, *lan, *COMMAND)
+            env = {"IPMI_PASSWORD": password, "PATH": "/usr/bin:/bin"} if host else None
+            self._run: Runner = functools.partial(run_command, env=env)
         else:
-            self._argv = (ipmitool or "ipmitool", *COMMAND)
+            self._argv = (ipmitool or "ipmitool", *lan, *COMMAND)
             self._run = runner
         self._probe()
 
@@ -78,5 +95,6 @@ class IpmiMeter(Meter):
         return {"machine": Reading(power_w=parse_power_w(self._run(self._argv)))}
 
     def describe(self) -> str:
-        """``ipmi: machine from `ipmitool dcmi power reading```."""
-        return "ipmi: machine from `ipmitool dcmi power reading`"
+        """``ipmi: machine from `ipmitool dcmi power reading``` (and the BMC's host)."""
+        where = f" at {self._host}" if self._host else ""
+        return f"ipmi: machine from `ipmitool dcmi power reading`{where}"

@@ -12,8 +12,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-import httpx
-
 from config.errors import MeterError
 from meters import http
 from meters.base import Meter, Reading
@@ -59,7 +57,7 @@ class _PlugMeter(Meter):
 
     remote = True
 
-    def __init__(self, url: str, *, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, client: http.Client | None = None) -> None:
         self._base = url.rstrip("/")
         self._client = client or http.new_client()
         self._probe()
@@ -91,7 +89,7 @@ class ShellyMeter(_PlugMeter):
 
     name = "shelly"
 
-    def __init__(self, url: str, *, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, client: http.Client | None = None) -> None:
         self.generation: int | None = None
         """Found on the first read: 2 (also Gen3's RPC API) or 1."""
         super().__init__(url, client=client)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.errors import MeterError
@@ -48,7 +47,8 @@ class PrometheusMeter(Meter):
         *,
         labels: Sequence[str] = (),
         unit: Unit = "uW",
-        client: httpx.Client | None = None,
+        client: http.Client | None = None,
+        temperature_metric: str = "",
     ) -> None:
         self._url = url
         self._metric = metric
@@ -60,6 +60,8 @@ class PrometheusMeter(Meter):
         self._client = client or http.new_client()
         self._last_raw: float | None = None
         self._total_j = 0.0
+        self._temperature_names = {temperature_metric} if temperature_metric else set()
+        self._temperatures_c: dict[str, float] = {}
         self._probe()
 
     @property
@@ -68,17 +70,22 @@ class PrometheusMeter(Meter):
         return ("machine",)
 
     def _value(self) -> float:
-        text = http.get(self._client, self._url).text
+        text = http.get_text(self._client, self._url)
         total: float | None = None
+        temperatures: dict[str, float] = {}
         try:
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
-                    if sample.name in self._names and all(
+                    if sample.name in self._temperature_names:
+                        where = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                        temperatures[where or sample.name] = float(sample.value)
+                    elif sample.name in self._names and all(
                         sample.labels.get(k) == v for k, v in self._matchers.items()
                     ):
                         total = (total or 0.0) + float(sample.value)
         except ValueError as exc:
             raise MeterError(f"{self._url}: not Prometheus text format ({exc})") from exc
+        self._temperatures_c = temperatures
         if total is None:
             wanted = self._metric + (f"{self._matchers}" if self._matchers else "")
             raise MeterError(f"{self._url} has no sample of {wanted}")
@@ -93,6 +100,11 @@ class PrometheusMeter(Meter):
             self._total_j += value - self._last_raw if value >= self._last_raw else value
         self._last_raw = value
         return {"machine": Reading(energy_j=self._total_j)}
+
+    def temperatures_c(self) -> dict[str, float]:
+        """The temperature gauge's samples at the last read (``temperature_metric``),
+        by their labels: no request of its own, so it never blocks."""
+        return dict(self._temperatures_c)
 
     def describe(self) -> str:
         """E.g. ``prometheus: machine from scaph_host_power_microwatts (uW gauge) at URL``."""

@@ -26,14 +26,14 @@ from meters.base import Activity, Meter
 from meters.closer import ShareCloser
 from meters.detect import detect_meters
 from meters.estimate import EstimateMeter
-from meters.machine import detect_machine
+from meters.host import detect_host
+from meters.request_work import WorkOf
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
 from meters.thermal import CpuThermometer, ThermalGuard
-from meters.work import WorkOf
-from proxy.context import AppContext
+from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
-from proxy.machine import Machine
+from proxy.host import Host
 
 log = logging.getLogger("joulegate.meters")
 
@@ -95,10 +95,13 @@ class MeterStage(Stage):
             ex.record_measurement(energy)
 
 
-def _ready(sampler: Sampler, machine: Machine) -> dict[str, Any]:
+def meters_check(sampler: Sampler, host: Host | None, machine: str | None = None) -> dict[str, Any]:
+    """A machine's ``/readyz`` meters check: which meters, whether estimated, what each
+    reads, the host they found (a local machine's) and the estimate's power range."""
     failing = sampler.failing()
     check: dict[str, Any] = {
         "name": "meters",
+        "machine": machine,
         "ok": bool(sampler.meters) and len(failing) < len(sampler.meters),
         "meter": sampler.label,
         "estimated": sampler.estimated,
@@ -106,7 +109,7 @@ def _ready(sampler: Sampler, machine: Machine) -> dict[str, Any]:
         # What each meter reads (``nvml: 1 GPU (NVIDIA H100 80GB HBM3), energy counter``):
         # the AI Energy Score run checks the hardware against the rating's from here.
         "devices": [m.describe() for m in sampler.meters],
-        "machine": machine.as_dict(),
+        "host": host.as_dict() if host is not None else None,
     }
     estimates = [m for m in sampler.meters if isinstance(m, EstimateMeter)]
     if estimates:
@@ -123,28 +126,29 @@ async def meters_component(
     meters: Sequence[Meter] | None = None,
     activity: Activity | None = None,
     thermometer: CpuThermometer | None = None,
-    machine: Machine | None = None,
+    machine: Host | None = None,
 ) -> AsyncIterator[Stage]:
     """Detect (or take) the meters, run the sampler and the thermal guard, yield the stage.
 
     Tests pass ``meters`` (fakes) and, for the estimate, the ``activity`` its
-    meter was built with; the sampler is published as ``ctx.power`` and ``ctx.get(Sampler)``,
-    the :class:`~proxy.machine.Machine` (detected, or the one tests pass) as ``ctx.get(Machine)``.
+    meter was built with; the sampler is published in :class:`~proxy.context.MachinePower`
+    and as ``ctx.get(Sampler)``, the :class:`~proxy.host.Host` (detected, or the one
+    tests pass) as ``ctx.get(Host)``.
     """
     s = ctx.settings.meters
     activity = activity or Activity()
     if meters is None:
         meters = (await asyncio.to_thread(detect_meters, s, activity=activity)).meters
     if machine is None:
-        machine = await asyncio.to_thread(detect_machine, s)
+        machine = await asyncio.to_thread(detect_host, s)
     ctx.publish(machine)
     sampler = Sampler(meters, sample_hz=s.sample_hz, external_hz=s.external_hz, activity=activity)
     for line in sampler.ignored:
         log.info("meter: ignoring %s", line)
     await asyncio.to_thread(sampler.start)
-    ctx.power = sampler
+    machine_power(ctx).by_machine[ctx.settings.machine_list[0].name] = sampler
     ctx.publish(sampler)
-    ctx.ready_checks.append(lambda: _ready(sampler, machine))
+    ctx.ready_checks.append(lambda: meters_check(sampler, machine))
     guard_task: asyncio.Task[None] | None = None
     if s.thermal_limit_c > 0:
         cpu = thermometer or CpuThermometer(s.hwmon_root)

@@ -32,18 +32,18 @@ from accounting.admin_routes import route_handlers as admin_routes
 from accounting.carbon import carbon
 from accounting.forecast.routes import route_handlers as forecast_routes
 from accounting.forecast.stage import forecast_component
+from accounting.ledger.owners import owners_component
 from accounting.ledger.routes import route_handlers as ledger_routes
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
 from config.settings import Settings
-from meters import meters_component
-from proxy.backends import BackendRouter
+from meters import machines_component
 from proxy.console import console_component, console_router
-from proxy.context import AppContext, Component
+from proxy.context import AppContext, ClientAuth, Component
 from proxy.exchange import Pipeline, Stage
 from proxy.forward import Forwarder
-from proxy.gate import Gate
 from proxy.intake import gated_paths
+from proxy.machines import Fleet
 from proxy.observability import (
     access_log_component,
     metrics_endpoint,
@@ -66,11 +66,13 @@ def default_components() -> list[Component]:
     # sampler and the intensity source are opened by their own components.
     return [
         accounting_resource,  # ledger, keys, budgets: auth, forecast and record read it
+        owners_component,  # no machine of this gateway is served by another (a warning)
         telemetry_component(),
         access_log_component,
         prometheus_component,
         auth_component,  # before anything queues: 401 and budget 429 cost nothing
-        meters_component,  # energy per request: the window is on_admitted to on_finished
+        machines_component,  # energy per request, by its machine's meters: the window is
+        # on_admitted to on_finished
         carbon(),  # carbon reads the meters' energy: keep it after the meters component
         forecast_component(),  # after carbon: its endpoint prices CO2e at carbon's intensity
         console_component,  # after the ledger: its prompts' tickets are redeemed by auth
@@ -116,17 +118,19 @@ def create_app(
                 )
             )
             transport = await stack.enter_async_context(open_transport(settings))
-            router = BackendRouter(settings.backend_list, client)
-            await router.discover()
+            fleet = Fleet.build(settings, client)
+            await fleet.discover()
             refresher = asyncio.create_task(
-                router.refresh_forever(settings.backend_refresh_s), name="backend-refresh"
+                fleet.refresh_forever(settings.backend_refresh_s), name="backend-refresh"
             )
             stack.push_async_callback(_cancel, refresher)
+            router = fleet.router
             ctx = AppContext(
                 settings=settings,
-                gate=Gate(settings.max_concurrency, settings.max_queue),
+                gate=fleet.machines[0].gate,
                 client=client,
                 router=router,
+                fleet=fleet,
             )
             stages: list[Stage] = []
             for component in comps:
@@ -136,19 +140,20 @@ def create_app(
             app.forwarder = Forwarder(
                 settings,
                 transport,
-                ctx.gate,
+                fleet,
                 Pipeline(stages),
-                router,
-                strip_client_auth=ctx.strip_client_auth,
+                strip_client_auth=auth.strips if (auth := ctx.get(ClientAuth)) else None,
             )
             app.state.ctx = ctx
             app.state.ready = ReadyChecks(ctx, settings.readyz_cache_s)
-            log.info(
-                "joulegate forwarding to %s (max_concurrency=%d, max_queue=%d)",
-                ", ".join(f"{b.name} {b.url}" for b in router.backends),
-                settings.max_concurrency,
-                settings.max_queue,
-            )
+            for m in fleet.machines:
+                log.info(
+                    "joulegate forwarding to %s on machine %s (max_concurrency=%d, max_queue=%d)",
+                    ", ".join(f"{b.name} {b.url}" for b in m.router.backends),
+                    m.name,
+                    m.settings.max_concurrency,
+                    m.settings.max_queue,
+                )
             if freeze_startup_heap:
                 # Collect start-up's garbage first: frozen objects are never collected.
                 gc.collect()
@@ -241,12 +246,15 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 @get("/healthz", media_type=MediaType.JSON, sync_to_thread=False)
 def healthz(ctx: NamedDependency[AppContext]) -> dict[str, Any]:
-    """joulegate itself is up; also shows the gate's state."""
+    """joulegate itself is up; also shows the gates' state (every machine's together,
+    and each machine's under ``machines``)."""
+    gates = ctx.machines.gates()
     return {
         "status": "ok",
-        "in_flight": ctx.gate.in_flight,
-        "waiting": ctx.gate.waiting,
-        "paused": ctx.gate.paused,
+        "in_flight": sum(g["in_flight"] for g in gates.values()),
+        "waiting": sum(g["waiting"] for g in gates.values()),
+        "paused": all(g["paused"] for g in gates.values()),
+        "machines": gates,
     }
 
 
@@ -267,8 +275,8 @@ class ReadyChecks:
         loop = asyncio.get_running_loop()
         async with self._lock:
             if loop.time() - self._made_s >= self._cache_s:
-                await self._ctx.router.refresh()
-                checks = self._ctx.router.health()
+                await self._ctx.machines.refresh()
+                checks = self._ctx.machines.health()
                 self._checks = checks + [check() for check in self._ctx.ready_checks]
                 self._made_s = loop.time()
             return self._checks
@@ -278,7 +286,8 @@ class ReadyChecks:
 async def readyz(
     request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
 ) -> Response[dict[str, Any]]:
-    """Ready when every backend answers ``GET /v1/models`` and every component is fine.
+    """Ready when every backend answers ``GET /v1/models`` and every component is fine
+    (with several machines: one check per machine, its backends and its meters).
 
     The checks name the backends' URLs and models: when joulegate has keys only an
     admin key sees them; anyone else gets the status alone."""
@@ -292,10 +301,11 @@ async def readyz(
 
 
 async def _may_see_details(request: Request[Any, Any, Any], ctx: AppContext) -> bool:
-    if ctx.admin_guard is None:
+    auth = ctx.get(ClientAuth)
+    if auth is None:
         return True
     try:
-        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
+        await auth.admin_guard({k.lower(): v for k, v in request.headers.items()})
     except ProxyError:  # no key, a user's key, or keys cannot be checked now
         return False
     return True

@@ -17,7 +17,9 @@ Each backend either lists its models in the settings or is asked for them
   ``models`` are checked when the settings load, discovered ones here). A
   refresh that finds a new clash keeps the earlier owner and logs a warning.
 
-All backends share this machine's gate and meters (they share its power).
+All backends of one machine share its gate and meters (they share its power);
+with ``[[machines]]`` each machine has a router of its own, and the machines'
+:meth:`BackendRouter.union` lists every model and may find a model on several.
 joulegate's own look-ups are sent with ``User-Agent: joulegate``.
 """
 
@@ -97,6 +99,22 @@ class BackendRouter:
         ]
         self._client = client
         self._owner: dict[str, Backend] = {}
+        self._shared = False
+        self._rebuild(strict=False)
+
+    @classmethod
+    def union(cls, routers: Sequence[BackendRouter], client: httpx.AsyncClient) -> BackendRouter:
+        """One router over several machines' backends (the same objects, so what one
+        learns the other knows). A model may be on several machines: it routes to
+        one that is up. It is rebuilt by :meth:`rebuild`, never refreshed itself."""
+        out = cls([], client)
+        out.backends = [b for r in routers for b in r.backends]
+        out._shared = True
+        out._rebuild(strict=False)
+        return out
+
+    def rebuild(self) -> None:
+        """Re-read which backend serves which model (after the backends changed)."""
         self._rebuild(strict=False)
 
     @property
@@ -169,8 +187,10 @@ class BackendRouter:
         for b in self.backends:
             for m in b.models:
                 first = owner.get(m)
-                if first is None:
+                if first is None or (self._shared and b.up and not first.up):
                     owner[m] = b
+                elif self._shared:
+                    continue
                 elif strict:
                     raise ConfigError(
                         f"model {m!r} is served by both backend {first.name!r} ({first.url}) "
@@ -209,12 +229,21 @@ class BackendRouter:
                 code="model_not_found",
                 param="model",
             )
+        if not b.up and self._shared:
+            b = next((o for o in self.backends if o.up and model in o.models), b)
         if not b.up:
             raise BackendUnreachable(
                 f"the backend {b.name!r} serving {model!r} is down ({b.error})",
                 code="backend_unreachable",
             )
         return b
+
+    def owner(self, model: str | None) -> Backend | None:
+        """The backend ``model`` goes to (the only one, or the one listing it); None
+        when none lists it."""
+        if self.single or model is None:
+            return self.backends[0]
+        return self._owner.get(model)
 
     def provider(self, backend: str | None, model: str | None) -> str | None:
         """What serves a request: the named backend's software, else that of the

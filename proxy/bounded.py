@@ -15,6 +15,8 @@ import asyncio
 
 from litestar.types import Message, Send
 
+from proxy.heap import trim_soon
+
 
 class ClientStalled(Exception):
     """The client took nothing of its answer for ``write_timeout_s``."""
@@ -69,6 +71,7 @@ class BoundedSend:
         self._expired = True
         self._cancelling = task.cancelling()
         task.cancel()
+        trim_soon()  # what the dropped answer held goes back to the system
 
     def close(self) -> None:
         """The answer is over: drop the timer."""

@@ -4,7 +4,10 @@ A *stage* is one capability hooked into the request's life (auth, meters,
 carbon, ledger, telemetry). The proxy calls every stage's hooks in order:
 
 ``on_arrival``   before the gate: may raise a ProxyError (401, 429) to refuse
-``on_admitted``  the request holds a slot (meters open their window)
+``on_admitted``  the request holds a slot (meters open their window); it runs
+                 again, with ``machine`` changed, for a request moved to another
+                 machine because its first one could not be reached (the latest
+                 admission is the one that counts)
 ``on_finished``  the backend is done, failed or the client left, before the
                  last byte goes out (meters close the window, carbon, ledger)
 ``on_closed``    after the last byte or the disconnect (spans end)
@@ -91,6 +94,9 @@ class Exchange:
     backend: str | None = None
     """Name of the backend that serves the request (``host:port`` unless named)."""
     backend_url: str | None = None
+    machine: str | None = None
+    """Name of the measurement machine that serves the request (chosen at admission;
+    ``local`` without ``[[machines]]``); its meters measure the request's energy."""
     model_requested: str | None = None
     task: str | None = None
     """What the request is for (``x-joulegate-task`` or ``metadata.task``), e.g. ``code``."""

@@ -5,8 +5,10 @@ For each request under ``/v1/`` (and ``/api/`` for Ollama when enabled):
 1. read the body (413 beyond ``max_body_bytes``), parse it on inference paths
    (400 on malformed JSON, without touching the backend);
 2. run the pipeline's arrival hooks (auth, budgets: they may refuse);
-3. on gated paths, wait for a slot in the FIFO gate while watching for the
-   client leaving (it then leaves the queue at once);
+3. on gated paths, wait for a slot on a machine that serves the model
+   (:mod:`proxy.machines`: a free one first, else the first to free a slot) while
+   watching for the client leaving (it then leaves the queue at once); a machine
+   that cannot be reached gives the request to another that serves its model;
 4. forward with aiohttp and relay the answer: whole for JSON (with an ``energy``
    object added), event by event for SSE (``energy`` rides in the last data
    chunk before ``[DONE]``);
@@ -37,12 +39,13 @@ import aiohttp
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
-from config.errors import BackendUnreachable, ProxyError
+from config.errors import ProxyError
 from config.settings import Settings
-from proxy.backends import Backend, BackendRouter
+from proxy.backends import Backend
 from proxy.bounded import BoundedSend, ClientStalled
+from proxy.dispatch import Dispatch
 from proxy.exchange import Exchange, Pipeline, new_request_id
-from proxy.gate import Gate, Window
+from proxy.gate import Window
 from proxy.intake import (
     FORWARDED_METHODS,
     BodyReader,
@@ -54,8 +57,9 @@ from proxy.intake import (
     method_not_allowed,
     parse_body,
 )
+from proxy.machines import Fleet
 from proxy.paths import canonical_path
-from proxy.relay import Relay, Relayer, body_chunks, decoder_for, read_whole
+from proxy.relay import Relayer, RelayState, body_chunks, decoder_for, read_whole
 from proxy.task import request_task
 from proxy.transport import BackendTransport, Outgoing, backend_error
 from proxy.wire import (
@@ -79,9 +83,8 @@ class Forwarder:
         self,
         settings: Settings,
         transport: BackendTransport,
-        gate: Gate,
+        fleet: Fleet,
         pipeline: Pipeline,
-        router: BackendRouter,
         *,
         strip_client_auth: Callable[[], bool] | None = None,
     ) -> None:
@@ -89,9 +92,9 @@ class Forwarder:
         self._transport = transport
         self._bodies = BodyReader(settings)
         self._relay = Relayer(settings, pipeline)
-        self._gate = gate
         self._pipeline = pipeline
-        self._router = router
+        self._router = fleet.router
+        self._dispatch = Dispatch(fleet, pipeline, self._bodies)
         # Asked per request: auth mode auto starts stripping the moment a key exists.
         self._strip_auth: Callable[[], bool] = (
             (lambda: True)  # joulegate sends its own key instead
@@ -221,7 +224,7 @@ class Forwarder:
         # key learns nothing, not even which models exist.
         try:
             await self._pipeline.arrival(ex)
-            backend = self._router.pick(ex.gated, ex.method, ex.endpoint, ex.model_requested)
+            backend = self._dispatch.arrive(ex)
         except Exception as exc:
             if isinstance(exc, ProxyError):
                 refusal = exc
@@ -234,7 +237,7 @@ class Forwarder:
             await send_error(send, refusal, [(b"x-queue-ms", b"0.0"), request_id_header(ex)])
             await self._pipeline.refused(ex)
             return
-        if backend is None:  # GET /v1/models with several backends: joulegate answers
+        if backend is None and not ex.gated:  # GET /v1/models, several backends: ours
             ex.status = 200
             ex.window.finished_s = time.monotonic()
             try:
@@ -242,13 +245,14 @@ class Forwarder:
             finally:
                 await self._pipeline.closed(ex)
             return
-        ex.backend, ex.backend_url = backend.name, backend.url
+        if backend is not None:
+            ex.backend, ex.backend_url = backend.name, backend.url
         await self._serve(ex, backend, scope, receive, send, method, path, query, body)
 
     async def _serve(
         self,
         ex: Exchange,
-        backend: Backend,
+        backend: Backend | None,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -257,10 +261,10 @@ class Forwarder:
         query: bytes,
         body: bytes,
     ) -> None:
-        url = backend.url + path + ("?" + query.decode("latin-1") if query else "")
+        url = path + ("?" + query.decode("latin-1") if query else "")  # its base at admission
         headers = forward_headers(scope, self._strip_auth(), self._auth_header)
         request = Outgoing(method, url, headers, body, ex.gated)
-        relay = Relay()
+        relay = RelayState()
         error: ProxyError | None = None
         send = BoundedSend(send, self._s.write_timeout_s)
         # Every forwarded request, gated or not, lets go of its backend connection (and
@@ -298,27 +302,17 @@ class Forwarder:
                 send.close()
 
     async def _forward(
-        self, ex: Exchange, out: Outgoing, backend: Backend, relay: Relay, send: BoundedSend
-    ) -> None:
+        self, ex: Exchange, out: Outgoing, backend: Backend | None, relay: RelayState,
+        send: BoundedSend,
+    ) -> None:  # fmt: skip
         if ex.gated:
-            try:
-                await self._gate.acquire(ex.window)
-            finally:
-                self._bodies.let_go(ex.scratch["_hold"])
-            await self._pipeline.admitted(ex)
+            backend = await self._dispatch.admit(ex, backend)
         else:
             ex.window.admitted_s = time.monotonic()
-        if ex.backend_headers:
-            extra = {k.lower() for k in ex.backend_headers}
-            out.headers = [(k, v) for k, v in out.headers if k not in extra]
-            out.headers += [(k.lower(), v) for k, v in ex.backend_headers.items()]
+        if backend is None:  # pragma: no cover - ungated requests are routed on arrival
+            raise RuntimeError(f"{ex.request_id} was never routed")
+        response, backend = await self._dispatch.send(ex, out, backend, self._transport)
         where = backend.url
-        try:
-            response = await self._transport.send(out, where)
-        except BackendUnreachable as err:
-            self._router.mark(backend, up=False, error=str(err.__cause__ or err))
-            raise
-        self._router.mark(backend, up=True)
         ex.window.first_byte_s = time.monotonic()
         ex.status = relay.status = response.status
         relay.headers = [(k, v) for k, v in response.raw_headers if relayed(k)]
@@ -367,7 +361,7 @@ class Forwarder:
             ex.window.finished_s = time.monotonic()
 
     async def _finish(
-        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
+        self, ex: Exchange, relay: RelayState, error: ProxyError | None, send: BoundedSend
     ) -> None:
         w = ex.window
         if ex.completion_tokens is None and ex.stream_content_chunks:
@@ -379,7 +373,7 @@ class Forwarder:
             await self._pipeline.finished(ex)
         finally:
             if ex.gated and w.admitted_s is not None:
-                self._gate.release(w.duration_s)
+                self._dispatch.release(ex, w.duration_s)
         try:
             if ex.failure in ("client_disconnected", "client_stalled"):
                 return

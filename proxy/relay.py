@@ -33,8 +33,8 @@ log = logging.getLogger("joulegate.proxy")
 
 
 @dataclass(slots=True)
-class Relay:
-    """What the forwarding task hands back to the finishing step."""
+class RelayState:
+    """How one answer is being relayed: what the forwarding task hands the finishing step."""
 
     status: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -64,9 +64,9 @@ class Relayer:
         self._s = settings
         self._pipeline = pipeline
         # When each token arrived matters only for sharing overlapping windows.
-        self._note_tokens = settings.max_concurrency > 1
+        self._note_tokens = settings.shared_windows
 
-    async def start_stream(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
+    async def start_stream(self, ex: Exchange, relay: RelayState, send: BoundedSend) -> None:
         """Send the status and headers of a streamed answer (energy comes in the body)."""
         await send(
             {
@@ -83,7 +83,7 @@ class Relayer:
         relay.started = True
 
     async def relay_raw(
-        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: RelayState, send: BoundedSend
     ) -> None:
         """Anything else of unknown length (audio, …), byte for byte as it arrives."""
         await self.start_stream(ex, relay, send)
@@ -91,7 +91,7 @@ class Relayer:
             await send(_piece(chunk))
 
     async def relay_lines(
-        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: RelayState, send: BoundedSend
     ) -> None:
         """NDJSON, line by line; the final ``"done": true`` line is held for ``energy``.
 
@@ -121,7 +121,7 @@ class Relayer:
         relay.tail = buf
 
     async def relay_stream(
-        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: Relay, send: BoundedSend
+        self, ex: Exchange, chunks: AsyncIterator[bytes], relay: RelayState, send: BoundedSend
     ) -> None:
         """SSE, event by event; the event that ends the answer is held for ``energy``.
 
@@ -142,7 +142,12 @@ class Relayer:
             relay.tail = rest
 
     def _stream_events(
-        self, ex: Exchange, events: Iterable[Event], relay: Relay, out: list[bytes], collect: bool
+        self,
+        ex: Exchange,
+        events: Iterable[Event],
+        relay: RelayState,
+        out: list[bytes],
+        collect: bool,
     ) -> bool:
         """Note each event and put what the client gets now in ``out``, holding the one
         that ends the answer; True at ``[DONE]`` (kept as the tail)."""
@@ -188,7 +193,7 @@ class Relayer:
         if self._note_tokens:
             ex.token_events.append((time.monotonic(), 1))
 
-    def note_json(self, ex: Exchange, relay: Relay) -> None:
+    def note_json(self, ex: Exchange, relay: RelayState) -> None:
         """Parse a whole JSON answer and hold it to carry ``energy``."""
         try:
             obj = decode_json(relay.body)
@@ -205,7 +210,7 @@ class Relayer:
             out.append((b"x-duration-ms", fmt_ms(ex.window.duration_s * 1000)))
         return out
 
-    async def finish_whole(self, ex: Exchange, relay: Relay, send: BoundedSend) -> None:
+    async def finish_whole(self, ex: Exchange, relay: RelayState, send: BoundedSend) -> None:
         """Send a whole answer with its ``energy`` field and every figure as a header."""
         body = relay.body
         if relay.held is not None and 200 <= relay.status < 300:
@@ -226,7 +231,7 @@ class Relayer:
         await send(_last_piece(body))
 
     async def finish_stream(
-        self, ex: Exchange, relay: Relay, error: ProxyError | None, send: BoundedSend
+        self, ex: Exchange, relay: RelayState, error: ProxyError | None, send: BoundedSend
     ) -> None:
         """The held last event with ``energy`` (or an error event), then the tail."""
         out = b""
@@ -260,7 +265,7 @@ def _last_piece(data: bytes) -> HTTPResponseBodyEvent:
     return {"type": "http.response.body", "body": data, "more_body": False}
 
 
-def _pass_on(relay: Relay, out: list[bytes], event: Event) -> None:
+def _pass_on(relay: RelayState, out: list[bytes], event: Event) -> None:
     """Send ``event`` as it came, after any held one (it did not end the answer)."""
     if relay.held is not None:
         out.append(relay.held[0].raw)
@@ -268,7 +273,7 @@ def _pass_on(relay: Relay, out: list[bytes], event: Event) -> None:
     out.append(event.raw)
 
 
-def _hold(relay: Relay, out: list[bytes], event: Event, obj: Any) -> None:
+def _hold(relay: RelayState, out: list[bytes], event: Event, obj: Any) -> None:
     """Hold ``event`` as the one that may end the answer, sending any held before it."""
     if relay.held is not None:
         out.append(relay.held[0].raw)
@@ -312,7 +317,7 @@ def decompress_whole(data: bytes, limit: int, where: str) -> bytes | None:
 
 async def read_whole(
     response: aiohttp.ClientResponse,
-    relay: Relay,
+    relay: RelayState,
     decoder: Any,
     encoding: list[tuple[bytes, bytes]],
     limit: int,

@@ -12,7 +12,9 @@ figure has one writer and every view of it agrees.
 
 A group of figures appears only when its stage ran: the meters' numbers when the
 request was measured, the carbon numbers when the carbon stage saw it, the
-forecast when one was made; the timings always.
+forecast when one was made; the timings always, and the machine that served
+the request once it has one (``machine``; its header, ``x-joulegate-machine``, goes
+out with the answer's first headers, streamed or not: :data:`MACHINE_HEADER`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 from proxy.exchange import Exchange
 from proxy.figures import Figure, Record, WindowEnergy, figures_of
 
+MACHINE_HEADER = "x-joulegate-machine"
+"""The header naming the machine that served the request."""
 NO_ENERGY = "no energy measurement for this request"
 """Why ``co2e_g`` is null: the request has no energy figure to multiply."""
 
@@ -178,6 +182,8 @@ def energy_object(ex: Exchange) -> dict[str, Any]:
     """The ``energy`` object of the answer's body (or its last stream event)."""
     w = ex.window
     out: dict[str, Any] = {}
+    if ex.machine is not None:
+        out["machine"] = ex.machine
     if ex.forecast is not None:
         _shown(ex.forecast, _BODY["forecast"], out)
     out["queue_ms"] = _ms(w.queue_s)

@@ -24,9 +24,12 @@ writes both at once (-50 to -90 us p50 per whole answer in the overhead benchmar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
+import socket
+import struct
 import sys
 from typing import Any
 
@@ -269,12 +272,33 @@ class HeadWithBody:
         self._transport.write(data)
 
     def close(self) -> None:
-        """Close the connection; a head still held is dropped (its body never came)."""
+        """Close the connection; a head still held is dropped (its body never came).
+
+        An answer cut short while its client reads nothing (a stalled reader dropped
+        after ``write_timeout_s``: the write buffer is past its high-water mark) is
+        reset: a graceful close would keep the unsent bytes (in joulegate's buffer, and
+        in the kernel's, up to megabytes) until the client reads them or leaves, which
+        a stalled client may never do."""
         self._head = None
-        self._transport.close()
+        cycle = self._cycle
+        unfinished = cycle.response_started and not cycle.response_complete
+        if unfinished and cycle.flow.write_paused:
+            reset(self._transport)
+        else:
+            self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def reset(transport: Any) -> None:
+    """Drop a connection at once, with what is still unsent: a reset (``SO_LINGER`` 0)
+    instead of a FIN queued behind bytes the client will never read."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _close_delimited(cycle: Any) -> None:
@@ -299,7 +323,7 @@ def client_connection_cap(settings: Settings) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return settings.max_client_connections
-    backends = settings.max_connections + settings.max_concurrency * len(settings.backend_list)
+    backends = settings.max_connections + settings.max_slots * len(settings.backend_list)
     fits = max(8, soft - FD_RESERVE - backends)
     if fits < settings.max_client_connections:
         log.info(

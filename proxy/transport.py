@@ -111,7 +111,7 @@ async def open_transport(settings: Settings) -> AsyncIterator[BackendTransport]:
     """Both pools, closed on exit (a resource of the app's lifespan)."""
     # A cancelled request's connection is closed, not returned: a few spare ones keep
     # the next admitted request from waiting on that.
-    gated = _session(settings, settings.max_concurrency + 4)
+    gated = _session(settings, settings.max_slots + 4)
     other = _session(settings, settings.max_connections)
     async with gated, other:
         yield BackendTransport(gated, other)

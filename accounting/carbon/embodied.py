@@ -1,6 +1,6 @@
 """Embodied emissions that fit the machine: SCI's ``TE``, chosen once at start-up.
 
-From the :class:`~proxy.machine.Machine` the meters found, in this order:
+From the :class:`~proxy.host.Host` the meters found, in this order:
 
 1. ``carbon.embodied_g`` set (0 or more): that figure, whatever the hardware;
 2. GPUs found by NVML: ``n x 164 kg`` (one H100's manufacturing) plus the share of an
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from proxy.machine import Machine
+from proxy.host import Host
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ def _kg(value: float) -> str:
 
 
 def embodied_for(
-    machine: Machine | None, override_g: float | None, figures: Figures | None = None
+    machine: Host | None, override_g: float | None, figures: Figures | None = None
 ) -> Embodied:
     """The embodied emissions for ``machine`` (None: not detected), or the override."""
     f = figures or Figures.bundled()

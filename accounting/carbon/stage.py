@@ -8,7 +8,7 @@ It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
 the request's window, both kept) per request and per output token, as one record on
 the exchange (a :class:`~proxy.figures.CarbonFigures`, ``ex.carbon``). The hardware's
 embodied emissions ``TE`` are chosen once at start-up from the
-:class:`~proxy.machine.Machine` the meters found (:mod:`accounting.carbon.embodied`)
+:class:`~proxy.host.Host` the meters found (:mod:`accounting.carbon.embodied`)
 and named in its ``embodied_model``.
 :mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
 ``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g``,
@@ -40,7 +40,7 @@ from config import CarbonSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.figures import CarbonFigures
-from proxy.machine import Machine
+from proxy.host import Host
 
 log = logging.getLogger("joulegate.carbon")
 
@@ -135,7 +135,7 @@ def carbon(
         source = build_source(cfg, table, clock=clock)
         ctx.publish(source)
         override = cfg.embodied_g if cfg.embodied_g >= 0 else None
-        embodied = embodied_for(ctx.get(Machine), override)
+        embodied = embodied_for(ctx.get(Host), override)
         ctx.publish(embodied)
         log.info("embodied emissions: %s", embodied.model)
         ctx.ready_checks.append(lambda: _ready(source, embodied))

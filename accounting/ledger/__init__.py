@@ -16,6 +16,7 @@ wired in by the app.
 | ``postgres`` | PostgreSQL, its schema and the SQL dialect translation |
 | ``choose`` | which ledger the settings ask for |
 | ``stage``, ``routes`` | the pipeline stage that records each request; ``/v1/energy/*`` |
+| ``owners`` | several gateways on one ledger: no machine served by two |
 """
 
 from accounting.ledger.choose import ledger_from_settings

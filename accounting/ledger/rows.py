@@ -67,6 +67,9 @@ class LedgerRow(msgspec.Struct, kw_only=True):
     """What the request was for (``x-joulegate-task`` or ``metadata.task``)."""
     host: str | None = None
     """The joulegate host that recorded the row (``node_name``, else the hostname)."""
+    machine: str | None = None
+    """The measurement machine that served the request (``local`` without
+    ``[[machines]]``); its meters measured ``energy_j``."""
     carbon_intensity_g_per_kwh: float | None = None
     carbon_source: str | None = None
     co2e_g: float | None = None
@@ -217,6 +220,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE requests ADD COLUMN host TEXT",),
     # 10: how the embodied emissions behind sci_embodied_g were chosen (issue 30).
     ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
+    # 11: which measurement machine served each request (``[[machines]]``).
+    ("ALTER TABLE requests ADD COLUMN machine TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -39,7 +39,7 @@ from accounting.ledger import Ledger, ledger_from_settings
 from accounting.ledger.rows import LedgerRow, iso, utcnow
 from config import Settings
 from config.errors import LedgerError, LedgerUnavailable
-from proxy.context import AppContext
+from proxy.context import AppContext, ClientAuth
 from proxy.exchange import Exchange, Stage
 from proxy.figures import figures_of
 
@@ -215,8 +215,7 @@ async def auth_component(ctx: AppContext) -> AsyncIterator[Stage]:
     acc = ctx.require(Accounting, by="auth")
     if acc.auth.mode == "keys" or acc.auth.auto:  # auto: keys the moment a key exists
         # The client's jg- key never reaches the backend.
-        ctx.strip_client_auth = acc.auth.strips_client_auth
-        ctx.admin_guard = acc.auth.guard_admin
+        ctx.publish(ClientAuth(acc.auth.strips_client_auth, acc.auth.guard_admin))
     yield AuthStage(acc)
 
 
@@ -265,6 +264,7 @@ def row_from_exchange(
         backend=ex.backend,
         task=ex.task,
         host=host,
+        machine=ex.machine,
         trace_id=ex.trace_id,
         response_id=ex.response_id,
         failure=ex.failure or ("backend_error" if (ex.status or 0) >= 400 else None),

@@ -45,7 +45,7 @@ def _distinct(values: Sequence[str | None]) -> str:
 
 
 def _hardware(checks: dict[str, Any]) -> str:
-    machine = checks.get("meters", {}).get("machine")
+    machine = checks.get("meters", {}).get("host")
     if not isinstance(machine, dict):
         return "not reported by joulegate (an older version, or /readyz unreadable)"
     gpus = machine.get("gpus") or []

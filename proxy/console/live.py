@@ -28,7 +28,7 @@ from meters import Sampler
 from proxy.console.guard import viewer
 from proxy.console.playground import total_power_w
 from proxy.console.state import SinceStart
-from proxy.context import AppContext
+from proxy.context import AppContext, MachinePower
 
 
 def _energy(sampler: Sampler | None, since: SinceStart) -> dict[str, Any]:
@@ -67,7 +67,8 @@ async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
     since = seen.state.since_start
     if seen.acc is not None:
         await since.update(seen.acc)
-    power = dict(ctx.power.power_w(1.0)) if ctx.power is not None else {}
+    first = power.first if (power := ctx.get(MachinePower)) else None
+    watts = dict(first.power_w(1.0)) if first is not None else {}
     source = ctx.get(IntensitySource)  # type: ignore[type-abstract]  # fixed or live: either
     carbon = None
     if source is not None:
@@ -76,8 +77,8 @@ async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
     return seen.keep(
         Response(
             {
-                "power_w": power,
-                "total_power_w": total_power_w(power),
+                "power_w": watts,
+                "total_power_w": total_power_w(watts),
                 "in_flight": ctx.gate.in_flight,
                 "waiting": ctx.gate.waiting,
                 "paused": ctx.gate.paused,

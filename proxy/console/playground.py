@@ -32,7 +32,7 @@ from accounting.ledger.stage import Accounting
 from config.errors import BadRequest, RateLimited, Unauthorized
 from proxy.console.guard import Viewer, check_post, viewer
 from proxy.console.inprocess import calling, headers_of, scope_for, whole
-from proxy.context import AppContext
+from proxy.context import AppContext, MachinePower
 from proxy.task import BUNDLED_TASKS, is_task_name
 
 MAX_PROMPT_CHARS = 32_000
@@ -219,7 +219,8 @@ async def _events(
 
 
 def _tick(ctx: AppContext, start_s: float) -> bytes:
-    power = ctx.power.power_w(1.0) if ctx.power is not None else {}
+    first = m.first if (m := ctx.get(MachinePower)) else None
+    power = first.power_w(1.0) if first is not None else {}
     return _event("tick", {"elapsed_s": round(time.monotonic() - start_s, 3),
                            "power_w": total_power_w(power)})  # fmt: skip
 

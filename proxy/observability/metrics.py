@@ -11,6 +11,7 @@ Series (``user`` is left out when ``telemetry.metrics_user_label`` is off)::
     joulegate_in_flight                                   gauge, requests holding a slot
     joulegate_power_watts{component}                      gauge, the meters' power now
     joulegate_unattributed_energy_joules_total            counter, J with nothing in flight
+    joulegate_machine_*{machine}                          per machine (:mod:`.machine_metrics`)
 
 Every request the pipeline saw is counted, those refused before the queue
 (``401``, budget ``429``, ``503``) included: the stage sits before the auth stage,
@@ -54,8 +55,9 @@ from prometheus_client.registry import Collector
 
 from config.errors import NotFound
 from proxy.backends import BackendRouter
-from proxy.context import AppContext
+from proxy.context import AppContext, ClientAuth, MachinePower
 from proxy.exchange import Exchange, Stage
+from proxy.observability.machine_metrics import MachineCollector
 from proxy.observability.semconv import (
     endpoint_label,
     energy_split,
@@ -162,8 +164,9 @@ class PrometheusStage(Stage):
 class PowerCollector(Collector):
     """``joulegate_power_watts{component}``: the meters' power, read when scraped.
 
-    It reads ``ctx.power``, which the meters component sets when it opens (it comes
-    later in the pipeline); before that, or without meters, the gauge has no samples.
+    It reads :class:`~proxy.context.MachinePower`, which the meters component publishes when
+    it opens (it comes later in the pipeline); before that, or without meters, the gauge has
+    no samples.
     """
 
     _NAME = "joulegate_power_watts"
@@ -185,7 +188,7 @@ class PowerCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         """One sample per component with a known power, and the unattributed energy."""
         family = GaugeMetricFamily(self._NAME, self._HELP, labels=["component"])
-        meters = self._ctx.power
+        meters = power.first if (power := self._ctx.get(MachinePower)) else None
         if meters is None:
             return [family]
         idle = CounterMetricFamily(self._IDLE, self._IDLE_HELP, value=meters.unattributed_j)
@@ -215,6 +218,7 @@ async def prometheus_component(ctx: AppContext) -> AsyncIterator[Stage]:
     ).set_function(lambda: gate.in_flight)
     # Read at scrape time: the meters component comes later in the pipeline.
     registry.register(PowerCollector(ctx))
+    registry.register(MachineCollector(ctx))
     telemetry = ctx.settings.telemetry
     stage = PrometheusStage(
         registry,
@@ -235,7 +239,8 @@ async def metrics_endpoint(
     registry = ctx.get(CollectorRegistry)
     if registry is None:
         raise NotFound("metrics are not enabled", code="not_found")
-    if ctx.admin_guard is not None and not ctx.settings.telemetry.metrics_public:
-        await ctx.admin_guard({k.lower(): v for k, v in request.headers.items()})
+    auth = ctx.get(ClientAuth)
+    if auth is not None and not ctx.settings.telemetry.metrics_public:
+        await auth.admin_guard({k.lower(): v for k, v in request.headers.items()})
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(registry), media_type=content_type)

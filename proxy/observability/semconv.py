@@ -28,6 +28,7 @@ from proxy.figures import figures_of
 ENERGY_ATTRIBUTES = (
     "joulegate.request_id",
     "joulegate.backend",
+    "joulegate.machine",
     "joulegate.task",
     "joulegate.energy.low_j",
     "joulegate.energy.high_j",
@@ -163,6 +164,7 @@ def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
     attrs: dict[str, AttributeValue | None] = {
         "joulegate.request_id": ex.request_id,
         "joulegate.backend": ex.backend,
+        "joulegate.machine": ex.machine,
         "joulegate.task": ex.task,
         "joulegate.queue_ms": w.queue_s * 1000.0,
         "joulegate.thermal_wait_ms": w.thermal_wait_s * 1000.0,

@@ -30,11 +30,11 @@ serves is ``other`` in ``gen_ai.request.model``, ``gen_ai.response.model`` and
 ``model``, as is a user the ledger does not know in ``user``; spans keep the
 names as sent.
 
-The device instruments read what the meters component publishes as ``ctx.power``
-(:class:`~proxy.context.PowerReadings`), without blocking (they run on the metric
-reader's thread): ``device_readings()``, the latest reading of each device with
-``id``, ``type`` (``gpu``, ``cpu``, …), ``power_w`` and ``energy_j`` (cumulative),
-either of which may be None. Without meters these instruments report nothing.
+The device instruments read the first machine's meters in
+:class:`~proxy.context.MachinePower`, without blocking (on the metric reader's
+thread): ``device_readings()``, the latest reading of each device with ``id``, ``type``
+(``gpu``, ``cpu``, …), ``power_w`` and ``energy_j`` (cumulative), either may be None;
+without meters these instruments report nothing.
 
 The component builds its providers from ``OTEL_*`` (see :mod:`proxy.observability.otel`),
 publishes them (``ctx.get(Providers)``) and shuts them down, flushing, when
@@ -64,7 +64,7 @@ from opentelemetry.util.types import AttributeValue
 
 from config.settings import Settings
 from proxy.backends import BackendRouter
-from proxy.context import AppContext, Component, PowerReadings
+from proxy.context import AppContext, Component, MachinePower, PowerReadings
 from proxy.exchange import Exchange, Stage
 from proxy.observability.otel import Providers, build_providers
 from proxy.observability.semconv import (
@@ -238,6 +238,9 @@ class TelemetryStage(Stage):
         if spans is None:
             return
         self._end_queue(ex, spans, ex.window.admitted_s)
+        if spans.client is not None:  # moved: the first machine could not be reached
+            _finish(spans.client, {}, "backend_unreachable")
+            spans.client.end()
         self._start_client(ex, spans)
 
     async def on_finished(self, ex: Exchange) -> None:
@@ -340,7 +343,9 @@ class TelemetryStage(Stage):
     def _observe(self, field_name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             out: list[Observation] = []
-            for reading in _device_readings(self._ctx.power):
+            for reading in _device_readings(
+                power.first if (power := self._ctx.get(MachinePower)) else None
+            ):
                 value = _get(reading, field_name)
                 hw_id, hw_type = _get(reading, "id"), _get(reading, "type")
                 if isinstance(value, int | float) and hw_id is not None and hw_type is not None:

@@ -17,10 +17,10 @@ from accounting.carbon.stage import carbon
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config import CarbonSettings, LedgerSettings, MeterSettings
 from meters.estimate import EstimateMeter
-from meters.machine import detect_machine
+from meters.host import detect_host
 from meters.stage import meters_component
 from meters.vcpu import choose_coefficients
-from proxy.machine import Machine
+from proxy.host import Host
 from tests.support.ledger import db_rows
 from tests.support.meters import FakeGpu, FakeNvml, SteadyMeter, fake_proc
 
@@ -29,8 +29,8 @@ FOUR_YEARS_S = 4 * 365.25 * 86400
 VM = "hypervisor flag"
 
 
-def machine(*, gpus: tuple[str, ...] = (), virtual: str | None = None, cpus: int = 2) -> Machine:
-    return Machine("AMD EPYC", cpus, 23.5, virtual, gpus)
+def machine(*, gpus: tuple[str, ...] = (), virtual: str | None = None, cpus: int = 2) -> Host:
+    return Host("AMD EPYC", cpus, 23.5, virtual, gpus)
 
 
 def test_the_bundled_figures_are_the_cited_ones() -> None:
@@ -77,11 +77,11 @@ def test_detection_reads_proc_dmi_and_nvml(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path / "proc", "AMD EPYC", cpuinfo="flags\t\t: fpu hypervisor\n",
                      mem_kib=24_641_536)  # fmt: skip
     settings = MeterSettings(proc_root=str(proc), dmi_root=str(tmp_path / "dmi"))
-    found = detect_machine(settings, nvml=FakeNvml([FakeGpu(), FakeGpu()]))
+    found = detect_host(settings, nvml=FakeNvml([FakeGpu(), FakeGpu()]))
     assert (found.cpu_model, found.logical_cpus, found.virtual) == ("AMD EPYC", 4, VM)
     assert found.memory_gib == pytest.approx(23.5)
     assert found.gpus == ("NVIDIA H100 80GB HBM3",) * 2
-    no_gpu = detect_machine(settings, nvml=FakeNvml(init_error=12))
+    no_gpu = detect_host(settings, nvml=FakeNvml(init_error=12))
     assert no_gpu.gpus == ()
 
 
@@ -123,4 +123,4 @@ async def test_every_answer_and_ledger_row_names_the_embodied_model(
     assert row["embodied_model"] == expected
     checks = {c["name"]: c for c in ready["checks"]}
     assert checks["carbon"]["embodied_model"] == expected
-    assert checks["meters"]["machine"]["logical_cpus"] == 2
+    assert checks["meters"]["host"]["logical_cpus"] == 2

@@ -7,7 +7,7 @@ import pytest
 from meters.attribution import Interval, Work, attribute
 from meters.base import Meter, Reading
 from meters.sampler import Sampler
-from meters.sharing import OverlapBook
+from meters.sharing import KEEP_S, OverlapBook
 from tests.support.meters import CurveMeter, VirtualClock
 
 
@@ -77,13 +77,22 @@ def test_edges_are_the_known_windows_inside_the_span() -> None:
 
 
 def test_requests_are_kept_by_request_id_and_forgotten_after_a_minute() -> None:
+    """A finished request stays readable for KEEP_S (a minute) after it ended, counted
+    from the latest close, and is forgotten past it: the book cannot grow without bound."""
+    assert KEEP_S == 60.0
     book = OverlapBook()
-    book.open("req-1", 0.0, lambda now: Work(0.0, now))
-    book.close("req-1", 1.0)
-    book.open("req-2", 50.0, lambda now: Work(50.0, now))
-    book.close("req-2", 100.0)
-    assert book.share("req-1", _grid(0.0, 1.0), 100.0) is None
-    assert book.share("req-2", _grid(50.0, 50.5), 100.0) is not None
+    book.open("gone", 0.0, lambda now: Work(0.0, now))
+    book.close("gone", 38.9)  # ends 61.1 s before the last close below
+    book.open("kept", 40.0, lambda now: Work(40.0, now))
+    book.close("kept", 41.1)  # ends 58.9 s before it
+    book.open("last", 99.0, lambda now: Work(99.0, now))
+    book.close("last", 100.0)
+    assert book.share("gone", _grid(0.0, 38.9), 100.0) is None
+    assert book.share("kept", _grid(40.0, 41.1), 100.0) is not None
+    assert book.share("last", _grid(99.0, 100.0), 100.0) is not None
+    book.open("later", 160.0, lambda now: Work(160.0, now))
+    book.close("later", 161.2)  # now "kept" ended 120.1 s before the last close
+    assert book.share("kept", _grid(40.0, 41.1), 161.2) is None
 
 
 class _CoarseCounter(Meter):

@@ -33,9 +33,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from config import Settings
-from meters import meters_component
+from meters import machines_component, meters_component
 from meters.base import Meter
 from proxy.app import AppContext, Component, create_app, default_components
+from proxy.context import machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.figures import CarbonFigures
 from tests.support.figures import record_fake_measurement
@@ -66,7 +67,7 @@ def deployed(*meters: Meter) -> list[Component]:
     """:func:`~proxy.app.default_components` in their real order, with these meters
     instead of the machine's."""
     with_meters = functools.partial(meters_component, meters=list(meters))
-    return [with_meters if c is meters_component else c for c in default_components()]
+    return [with_meters if c is machines_component else c for c in default_components()]
 
 
 def component(stage: Stage) -> Component:
@@ -161,7 +162,7 @@ class DeviceReading:
 
 @dataclass
 class FakeMeters:
-    """Stands in for ``ctx.power`` (the meters' sampler)."""
+    """Stands in for a machine's sampler in :class:`~proxy.context.MachinePower`."""
 
     readings: Sequence[Any] = field(default_factory=list)
     unattributed_j: float = 0.0
@@ -176,12 +177,12 @@ class FakeMeters:
 
 
 def powering(meters: Any) -> Component:
-    """A component that sets ``ctx.power`` (as the meters component does) and adds no
-    stage."""
+    """A component that publishes ``meters`` as the machine's power (as the meters component
+    does) and adds no stage."""
 
     @contextlib.asynccontextmanager
     async def make(ctx: AppContext) -> AsyncIterator[None]:
-        ctx.power = meters
+        machine_power(ctx).by_machine["local"] = meters
         yield None
 
     return make

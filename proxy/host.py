@@ -2,8 +2,8 @@
 start-up, and the capabilities that need it (the carbon stage's embodied emissions,
 ``/readyz``, a study's methods).
 
-The meters component publishes one :class:`Machine` (``ctx.publish``); others read it
-with ``ctx.get(Machine)``. This module imports nothing from the project.
+The meters component publishes one :class:`Host` (``ctx.publish``); others read it
+with ``ctx.get(Host)``. This module imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
-class Machine:
+class Host:
     """The machine as detected once at start-up."""
 
     cpu_model: str

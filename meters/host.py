@@ -1,4 +1,4 @@
-"""Find the machine's hardware once at start-up (:class:`~proxy.machine.Machine`).
+"""Find the machine's hardware once at start-up (:class:`~proxy.host.Host`).
 
 CPU model, logical CPUs, memory and whether the machine is virtual come from
 ``/proc`` and DMI (as the estimate meter reads them); the GPUs from NVML, through
@@ -19,7 +19,7 @@ from meters.estimate import parse_stat
 from meters.nvml import NvmlMeter
 from meters.sysfs import read_once
 from meters.vcpu import CpuInfo, memory_gib, virtual_reason
-from proxy.machine import Machine
+from proxy.host import Host
 
 log = logging.getLogger("joulegate.meters")
 
@@ -44,14 +44,14 @@ def _gpu_names(settings: MeterSettings, nvml: Any | None) -> tuple[str, ...]:
         meter.close()
 
 
-def detect_machine(settings: MeterSettings, *, nvml: Any | None = None) -> Machine:
+def detect_host(settings: MeterSettings, *, nvml: Any | None = None) -> Host:
     """The machine as ``/proc``, DMI and NVML describe it (blocking: call it in a thread).
 
     ``nvml`` is a ``pynvml``-like module; tests pass a fake one.
     """
     proc_root = Path(settings.proc_root)
     info = CpuInfo.read(proc_root)
-    machine = Machine(
+    machine = Host(
         cpu_model=info.model_name,
         logical_cpus=_logical_cpus(proc_root),
         memory_gib=memory_gib(proc_root),

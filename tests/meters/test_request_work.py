@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meters.attribution import Interval, attribute
-from meters.work import approx_prompt_tokens, work_of
+from meters.request_work import approx_prompt_tokens, work_of
 from proxy.exchange import BackendTimings, Exchange
 from proxy.gate import Window
 from proxy.schema import note_chunk
