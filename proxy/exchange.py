@@ -31,13 +31,31 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
-from proxy.figures import WindowEnergy
+from proxy.figures import CarbonFigures, ForecastFigure, WindowEnergy
 from proxy.gate import Window
 
 log = logging.getLogger("joulegate.pipeline")
+
+T = TypeVar("T")
+
+
+class _View(Generic[T]):
+    """A read-only shortcut from the exchange to one figure of one of its records
+    (``default`` while the record is None)."""
+
+    __slots__ = ("_attr", "_default", "_record")
+
+    def __init__(self, record: str, attr: str, default: Any = None) -> None:
+        self._record, self._attr, self._default = record, attr, default
+
+    def __get__(self, ex: Any, owner: type | None = None) -> T:
+        if ex is None:  # looked up on the class (documentation tools)
+            return self  # type: ignore[return-value]
+        rec = getattr(ex, self._record)
+        return self._default if rec is None else getattr(rec, self._attr)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,51 +121,19 @@ class Exchange:
     number of content chunks (one token each on llama.cpp and Ollama)."""
     failure: str | None = None
     """Why the request did not complete: ``client_disconnected``, ``backend_timeout``, …"""
-    # Set by the meters stage through record_measurement (None = not measured):
-    measurement: WindowEnergy | None = None
-    """The window's full measurement, by component (rendered by :mod:`proxy.render`)."""
-    energy_j: float | None = None
-    """Total energy over the window, all measured components together."""
-    energy_dynamic_j: float | None = None
-    """Total minus idle power x duration."""
-    energy_by_component_j: dict[str, float | None] = field(default_factory=dict)
-    """Per component: ``gpu``, ``cpu``, ``dram``, ``psys``, ``machine``."""
-    meter: str | None = None
-    """Meters used, e.g. ``nvml+rapl`` or ``estimate``."""
-    energy_estimated: bool = False
-    energy_low_j: float | None = None
-    """An estimate's total at its lowest plausible coefficients (None: no range)."""
-    energy_high_j: float | None = None
-    """An estimate's total at its highest plausible coefficients (None: no range)."""
-    estimate_model: str | None = None
-    """Which estimate model and coefficients were used (None when measured)."""
     token_events: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time, tokens) per stream chunk with content, for sharing the energy
     of overlapping requests (:mod:`meters.attribution`)."""
     backend_timings: BackendTimings | None = None
     """The backend's own timings of prefill and decode, when its answer had them."""
-    attribution: str | None = None
-    """How ``energy_j`` was found: ``exclusive`` (the window was this request's alone),
-    ``token_share`` or ``time_share`` (a share of overlapping windows); None: not measured."""
-    concurrency_mean: float | None = None
-    """Requests in flight on average over this request's window (1.0 when exclusive)."""
-    energy_window_j: float | None = None
-    """With a shared window: the meters' total over it (``energy_j`` is the share)."""
-    forecast_made: bool = False
-    """The forecast stage ran for this request (``forecast_energy_j`` may still be None)."""
-    forecast_energy_j: float | None = None
-    """What the forecast stage expects the request to cost (set at admission)."""
-    # Set by the carbon stage:
-    carbon_intensity_g_per_kwh: float | None = None
-    carbon_source: str | None = None
-    co2e_g: float | None = None
-    sci_g: float | None = None
-    sci_operational_g: float | None = None
-    sci_embodied_g: float | None = None
-    sci_g_per_token: float | None = None
-    carbon_pue: float | None = None
-    embodied_model: str | None = None
-    """How the hardware's embodied emissions were chosen (:mod:`accounting.carbon.embodied`)."""
+    # The figures: one record per stage that computes them, set once (None until then).
+    measurement: WindowEnergy | None = None
+    """The meters' measurement of the request (its share of a shared window), set by
+    :meth:`record_measurement`."""
+    carbon: CarbonFigures | None = None
+    """The carbon stage's CO2eq and SCI (:mod:`accounting.carbon.stage`)."""
+    forecast: ForecastFigure | None = None
+    """What the forecast stage expected the request to cost (set at admission)."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers a stage adds that are not figures (a budget's remaining energy); the
     figures' own headers are rendered from the typed fields (:mod:`proxy.render`)."""
@@ -196,23 +182,45 @@ class Exchange:
         share_j: float | None = None,
         share_dynamic_j: float | None = None,
     ) -> None:
-        """Store the meters' result: the whole window and the summary fields the
-        ledger, carbon and telemetry read (the one place they are written). With a
+        """Store the meters' result (the one place ``measurement`` is written). With a
         shared window, ``share_j`` is this request's part: it becomes ``energy_j`` and
         every figure of the window is scaled to it (:meth:`WindowEnergy.shared`); the
-        window's own total stays in ``energy_window_j``."""
-        self.attribution, self.concurrency_mean = attribution, concurrency_mean
+        window's own total stays in ``window_j``."""
+        window_j = None
         if share_j is not None:
-            self.energy_window_j = energy.energy_j
+            window_j = energy.energy_j
             energy = energy.shared(share_j, share_dynamic_j)
-        self.measurement = energy
-        self.energy_j, self.energy_dynamic_j = energy.energy_j, energy.dynamic_j
-        self.energy_by_component_j = {c: p.energy_j for c, p in energy.components.items()}
-        self.meter = energy.meter
-        self.energy_estimated = energy.estimated
-        self.energy_low_j = energy.energy_low_j
-        self.energy_high_j = energy.energy_high_j
-        self.estimate_model = energy.estimate_model
+        self.measurement = replace(
+            energy, attribution=attribution, concurrency_mean=concurrency_mean, window_j=window_j
+        )
+
+    # Read-only shortcuts to figures of the records (never a second home: not settable).
+    energy_j = _View[float | None]("measurement", "energy_j")
+    """The request's own energy: the window's total, or its share of a shared one."""
+    energy_dynamic_j = _View[float | None]("measurement", "dynamic_j")
+    energy_by_component_j = _View[dict[str, float | None]]("measurement", "components_j", {})
+    meter = _View[str | None]("measurement", "meter")
+    energy_estimated = _View[bool]("measurement", "estimated", False)
+    energy_low_j = _View[float | None]("measurement", "energy_low_j")
+    energy_high_j = _View[float | None]("measurement", "energy_high_j")
+    estimate_model = _View[str | None]("measurement", "estimate_model")
+    attribution = _View[str | None]("measurement", "attribution")
+    concurrency_mean = _View[float | None]("measurement", "concurrency_mean")
+    energy_window_j = _View[float | None]("measurement", "window_j")
+    forecast_energy_j = _View[float | None]("forecast", "energy_j")
+    carbon_intensity_g_per_kwh = _View[float | None]("carbon", "intensity_g_per_kwh")
+    carbon_source = _View[str | None]("carbon", "source")
+    co2e_g = _View[float | None]("carbon", "co2e_g")
+    sci_g = _View[float | None]("carbon", "sci_g")
+    sci_operational_g = _View[float | None]("carbon", "sci_operational_g")
+    sci_embodied_g = _View[float | None]("carbon", "sci_embodied_g")
+    sci_g_per_token = _View[float | None]("carbon", "sci_g_per_token")
+    embodied_model = _View[str | None]("carbon", "embodied_model")
+
+    @property
+    def forecast_made(self) -> bool:
+        """The forecast stage ran for this request (``forecast_energy_j`` may be None)."""
+        return self.forecast is not None
 
 
 class Stage:

@@ -1,13 +1,14 @@
 """The one renderer of a request's figures, at the edge where the answer goes out.
 
-Stages compute each figure once and set it on the :class:`~proxy.exchange.Exchange`
-as a typed field (the meters :meth:`~proxy.exchange.Exchange.record_measurement`,
-the carbon stage ``co2e_g`` and the SCI, the forecast ``forecast_energy_j``). This
-module turns those fields into what the client sees: the ``energy`` object
-(:func:`energy_object`) and the ``x-energy-*``, ``x-co2e-g``, ``x-sci-*`` headers
-(:func:`figure_headers`). The ledger row and the span attributes are built from
-the same fields by their own capabilities, so a figure has one writer and every
-view of it agrees.
+Stages compute each group of figures once and set it on the
+:class:`~proxy.exchange.Exchange` as one typed record (``ex.measurement``, by the
+meters' :meth:`~proxy.exchange.Exchange.record_measurement`; ``ex.carbon``, the CO2eq
+and SCI; ``ex.forecast``). This module turns those records into what the client sees:
+the ``energy`` object (:func:`energy_object`) and the ``x-energy-*``, ``x-co2e-g``,
+``x-sci-*`` headers (:func:`figure_headers`), each figure under the name
+:data:`proxy.figures.FIGURES` gives it. The ledger row, the span attributes, the
+access log and the study dataset map the same records through the same list, so a
+figure has one writer and every view of it agrees.
 
 A group of figures appears only when its stage ran: the meters' numbers when the
 request was measured, the carbon numbers when the carbon stage saw it, the
@@ -18,11 +19,11 @@ out with the answer's first headers, streamed or not: :data:`MACHINE_HEADER`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from config.units import wh_from_j
 from proxy.exchange import Exchange
-from proxy.figures import WindowEnergy
+from proxy.figures import Figure, Record, WindowEnergy, figures_of
 
 MACHINE_HEADER = "x-joulegate-machine"
 """The header naming the machine that served the request."""
@@ -59,8 +60,12 @@ def _range(low_j: float | None, high_j: float | None) -> list[float | None] | No
     return None if low_j is None or high_j is None else [_r(low_j), _r(high_j)]
 
 
-def measurement_object(energy: WindowEnergy) -> dict[str, Any]:
-    """The meters' numbers of the ``energy`` object (J, W and Wh), by component."""
+def _pair(pair: tuple[float, float] | None) -> list[float | None] | None:
+    return None if pair is None else _range(*pair)
+
+
+def _components(energy: WindowEnergy) -> dict[str, Any]:
+    """Each component's part of the window as its own object."""
     d = energy.duration_s
     components: dict[str, Any] = {}
     for c, part in energy.components.items():
@@ -77,44 +82,100 @@ def measurement_object(energy: WindowEnergy) -> dict[str, Any]:
         if part.reason is not None:
             item["reason"] = part.reason
         components[c] = item
-    body: dict[str, Any] = {
-        "energy_j": _r(energy.energy_j),
-        "energy_dynamic_j": _r(energy.dynamic_j),
-        "energy_wh": _r(None if energy.energy_j is None else wh_from_j(energy.energy_j), 9),
-        "power_w": _r(energy.power_w, 3),
-        "idle_power_w": _r(energy.idle_power_w, 3),
-        "window_s": _r(d),
-        "meter": energy.meter,
-        "estimated": energy.estimated,
-        "low_resolution": energy.low_resolution,
-        "exclusive": energy.exclusive,
-        "energy_range_j": _range(energy.energy_low_j, energy.energy_high_j),
-        "estimate_model": energy.estimate_model,
-        "components": components,
-    }
-    if energy.reason is not None:
-        body["reason"] = energy.reason
-    return body
+    return components
+
+
+_BODY_FORMS: dict[str, Callable[[Any], Any] | None] = {
+    "raw": None,
+    "j": _r,
+    "w": lambda v: _r(v, 3),
+    "wh": lambda v: _r(v, 9),
+    "sig": _sig,
+    "range": _pair,
+    "components": None,
+}
+_HEADER_FORMS: dict[str, Callable[[Any], str]] = {
+    "j": "{:.3f}".format,
+    "sig": "{:.6g}".format,
+    "bool": lambda v: "true" if v else "false",
+    "str": str,
+}
+_Shown = tuple[str, str, Callable[[Any], Any] | None, bool, bool]
+_Headed = tuple[str, str, Callable[[Any], str], bool]
+
+
+def _body_plan(figures: tuple[Figure, ...]) -> tuple[_Shown, ...]:
+    """(attribute, key, form (None: as it is), left out when None, the components)
+    per figure the ``energy`` object shows."""
+    return tuple(
+        (
+            f.attr,
+            f.body,
+            _BODY_FORMS[f.body_form.rstrip("?")],
+            f.body_form.endswith("?"),
+            f.body_form == "components",
+        )
+        for f in figures
+        if f.body is not None
+    )
+
+
+def _header_plan(figures: tuple[Figure, ...]) -> tuple[_Headed, ...]:
+    return tuple(
+        (f.attr, f.header, _HEADER_FORMS[f.header_form], "{}" in f.header)
+        for f in figures
+        if f.header is not None
+    )
+
+
+_RECORDS: tuple[Record, ...] = ("forecast", "measurement", "carbon")
+_BODY = {r: _body_plan(figures_of(r)) for r in _RECORDS}
+_HEADERS = {r: _header_plan(figures_of(r)) for r in _RECORDS}
+
+
+def _shown(record: Any, plan: tuple[_Shown, ...], out: dict[str, Any]) -> None:
+    """Add ``record``'s figures to the ``energy`` object ``out`` as ``plan`` says."""
+    for attr, key, form, optional, components in plan:
+        if components:
+            out[key] = _components(record)
+            continue
+        value = getattr(record, attr)
+        if value is None:
+            if not optional:
+                out[key] = None
+        else:
+            out[key] = value if form is None else form(value)
+
+
+def _headed(record: Any, plan: tuple[_Headed, ...], out: dict[str, str]) -> None:
+    """Add ``record``'s known figures to the headers ``out`` (by component where the
+    header's name has ``{}``, which stands for the component)."""
+    for attr, header, form, by_component in plan:
+        value = getattr(record, attr)
+        if by_component:
+            for c, v in value.items():
+                if v is not None:
+                    out[header.format(c)] = form(v)
+        elif value is not None:
+            out[header] = form(value)
+
+
+def measurement_object(energy: WindowEnergy) -> dict[str, Any]:
+    """The meters' numbers of the ``energy`` object (J, W and Wh), by component."""
+    out: dict[str, Any] = {}
+    _shown(energy, _BODY["measurement"], out)
+    return out
 
 
 def carbon_object(ex: Exchange) -> dict[str, Any]:
     """The carbon stage's numbers of the ``energy`` object (empty when it did not run)."""
-    if ex.carbon_source is None:
+    if ex.carbon is None:
         return {}
-    fields: dict[str, Any] = {
-        "co2e_g": _sig(ex.co2e_g),
-        "carbon_intensity_g_per_kwh": ex.carbon_intensity_g_per_kwh,
-        "carbon_source": ex.carbon_source,
-        "pue": ex.carbon_pue,
-        "sci_g": _sig(ex.sci_g),
-        "sci_g_per_token": _sig(ex.sci_g_per_token),
-        "sci_operational_g": _sig(ex.sci_operational_g),
-        "sci_embodied_g": _sig(ex.sci_embodied_g),
-        "embodied_model": ex.embodied_model,
-    }
+    out: dict[str, Any] = {}
+    _shown(ex.carbon, _BODY["carbon"], out)
     if ex.energy_j is None:
-        fields["co2e_reason"] = NO_ENERGY
-    return fields
+        out["co2e_reason"] = NO_ENERGY
+    return out
 
 
 def energy_object(ex: Exchange) -> dict[str, Any]:
@@ -123,19 +184,13 @@ def energy_object(ex: Exchange) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ex.machine is not None:
         out["machine"] = ex.machine
-    if ex.forecast_made:
-        out["forecast_energy_j"] = _r(ex.forecast_energy_j)
-    out |= {
-        "queue_ms": _ms(w.queue_s),
-        "thermal_wait_ms": _ms(w.thermal_wait_s),
-        "duration_ms": _ms(w.duration_s),
-    }
+    if ex.forecast is not None:
+        _shown(ex.forecast, _BODY["forecast"], out)
+    out["queue_ms"] = _ms(w.queue_s)
+    out["thermal_wait_ms"] = _ms(w.thermal_wait_s)
+    out["duration_ms"] = _ms(w.duration_s)
     if ex.measurement is not None:
-        out |= measurement_object(ex.measurement)
-        if ex.energy_window_j is not None:  # a shared window (measurement is the share)
-            out["energy_window_j"] = _r(ex.energy_window_j)
-        out["attribution"] = ex.attribution
-        out["concurrency_mean"] = ex.concurrency_mean
+        _shown(ex.measurement, _BODY["measurement"], out)
     return out | carbon_object(ex)
 
 
@@ -143,31 +198,8 @@ def figure_headers(ex: Exchange) -> dict[str, str]:
     """The figures as headers, for answers whose headers go out after the measurement
     (non-streaming); only what is known is sent."""
     out = {"x-thermal-wait-ms": f"{ex.window.thermal_wait_s * 1000:.1f}"}
-    if ex.forecast_energy_j is not None:
-        out["x-energy-forecast-j"] = f"{ex.forecast_energy_j:.3f}"
-    energy = ex.measurement
-    if energy is not None:
-        # energy_j is the request's own: the window's total, or its share of a shared one.
-        if ex.energy_j is not None:
-            out["x-energy-j"] = f"{ex.energy_j:.3f}"
-        if ex.energy_dynamic_j is not None:
-            out["x-energy-dynamic-j"] = f"{ex.energy_dynamic_j:.3f}"
-        if (power_w := _per_s(ex.energy_j, energy.duration_s)) is not None:
-            out["x-power-w"] = f"{power_w:.3f}"
-        for c, part in energy.components.items():
-            if part.energy_j is not None:
-                out[f"x-energy-{c}-j"] = f"{part.energy_j:.3f}"
-        out["x-energy-meter"] = energy.meter
-        out["x-energy-estimated"] = "true" if energy.estimated else "false"
-    if ex.carbon_source is not None:
-        carbon = {
-            "x-co2e-g": ex.co2e_g,
-            "x-carbon-intensity-g-per-kwh": ex.carbon_intensity_g_per_kwh,
-            "x-sci-g": ex.sci_g,
-            "x-sci-operational-g": ex.sci_operational_g,
-            "x-sci-embodied-g": ex.sci_embodied_g,
-            "x-sci-g-per-token": ex.sci_g_per_token,
-        }
-        out |= {k: f"{v:.6g}" for k, v in carbon.items() if v is not None}
-        out["x-carbon-source"] = ex.carbon_source
+    for record, plan in _HEADERS.items():
+        value = getattr(ex, record)
+        if value is not None:
+            _headed(value, plan, out)
     return out

@@ -5,10 +5,11 @@ energy (``ex.energy_j``), applies the PUE, and multiplies by the carbon
 intensity its source gives *now* (no network on the request's path: live
 values are fetched by a background task started in the component's lifespan).
 It then adds the SCI (operational ``E * I`` plus the embodied share ``M`` for
-the request's window, both kept) per request and per output token, as typed fields
-of the exchange. The hardware's embodied emissions ``TE`` are chosen once at
-start-up from the :class:`~proxy.host.Host` the meters found
-(:mod:`accounting.carbon.embodied`) and named in ``ex.embodied_model``.
+the request's window, both kept) per request and per output token, as one record on
+the exchange (a :class:`~proxy.figures.CarbonFigures`, ``ex.carbon``). The hardware's
+embodied emissions ``TE`` are chosen once at start-up from the
+:class:`~proxy.host.Host` the meters found (:mod:`accounting.carbon.embodied`)
+and named in its ``embodied_model``.
 :mod:`proxy.render` shows them (the ``energy`` object, ``x-co2e-g``,
 ``x-carbon-intensity-g-per-kwh``, ``x-carbon-source``, ``x-sci-g``,
 ``x-sci-operational-g``, ``x-sci-embodied-g`` and ``x-sci-g-per-token``).
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -37,6 +39,7 @@ from accounting.carbon.intensity import (
 from config import CarbonSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
 from proxy.host import Host
 
 log = logging.getLogger("joulegate.carbon")
@@ -69,24 +72,30 @@ class CarbonStage(Stage):
         embodied_g = sci.embodied_g(
             total_embodied_g, reserved_s, cfg.lifetime_s, cfg.resource_share
         )
-        ex.carbon_intensity_g_per_kwh = reading.g_per_kwh
-        ex.carbon_source = reading.source
-        ex.sci_embodied_g = embodied_g
-        ex.embodied_model = self.embodied.model
-        ex.carbon_pue = cfg.pue
-        if ex.energy_j is None:
-            return
-        score = sci.sci(
-            energy_kwh=sci.kwh_from_j(ex.energy_j * cfg.pue),
+        figures = CarbonFigures(
             intensity_g_per_kwh=reading.g_per_kwh,
-            total_embodied_g=total_embodied_g,
-            reserved_s=reserved_s,
-            lifetime_s=cfg.lifetime_s,
-            resource_share=cfg.resource_share,
+            source=reading.source,
+            pue=cfg.pue,
+            sci_embodied_g=embodied_g,
+            embodied_model=self.embodied.model,
         )
-        ex.co2e_g = ex.sci_operational_g = score.operational_g
-        ex.sci_g = score.total_g
-        ex.sci_g_per_token = score.per(ex.completion_tokens)
+        if ex.energy_j is not None:
+            score = sci.sci(
+                energy_kwh=sci.kwh_from_j(ex.energy_j * cfg.pue),
+                intensity_g_per_kwh=reading.g_per_kwh,
+                total_embodied_g=total_embodied_g,
+                reserved_s=reserved_s,
+                lifetime_s=cfg.lifetime_s,
+                resource_share=cfg.resource_share,
+            )
+            figures = replace(
+                figures,
+                co2e_g=score.operational_g,
+                sci_operational_g=score.operational_g,
+                sci_g=score.total_g,
+                sci_g_per_token=score.per(ex.completion_tokens),
+            )
+        ex.carbon = figures
 
 
 def _ready(source: IntensitySource, embodied: Embodied) -> dict[str, Any]:

@@ -22,9 +22,9 @@ At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
 the model's backend has been counting (:mod:`accounting.forecast.calibration`). (Made in the
 loop's next turn instead, while the backend works, it delayed the backend's answer as
-much: the benchmark's timestamps showed no gain.) It goes in
-``ex.forecast_energy_j``, the ``energy`` object (``forecast_energy_j``, null when
-there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
+much: the benchmark's timestamps showed no gain.) It goes in ``ex.forecast`` (a
+:class:`~proxy.figures.ForecastFigure`), the ``energy`` object (``forecast_energy_j``,
+null when there is no forecast) and the ``x-energy-forecast-j`` header. The ledger row keeps
 it, so ``joulegate report`` can say how far off the forecasts were.
 
 With ``budgets.preflight`` the stage also refuses at arrival (429, code
@@ -58,6 +58,7 @@ from config.errors import BudgetExceeded, LedgerError
 from config.units import J_PER_WH
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
+from proxy.figures import ForecastFigure
 
 log = logging.getLogger("joulegate.forecast")
 
@@ -275,8 +276,7 @@ class ForecastStage(Stage):
         if not isinstance(prediction, Prediction) and ex.model_requested is not None:
             prediction = self._predicted(ex, ex.model_requested)
         energy = None if prediction is None else prediction.energy_j
-        ex.forecast_made = True
-        ex.forecast_energy_j = None if energy is None else energy.p50
+        ex.forecast = ForecastFigure(None if energy is None else energy.p50)
 
     def _predicted(self, ex: Exchange, model: str) -> Prediction | None:
         """The forecast, or None (logged) should it fail: the request goes on without it."""

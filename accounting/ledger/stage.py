@@ -41,6 +41,7 @@ from config import Settings
 from config.errors import LedgerError, LedgerUnavailable
 from proxy.context import AppContext, ClientAuth
 from proxy.exchange import Exchange, Stage
+from proxy.figures import figures_of
 
 log = logging.getLogger("joulegate.ledger")
 
@@ -260,34 +261,34 @@ def row_from_exchange(
         queue_s=w.queue_s,
         thermal_wait_s=w.thermal_wait_s,
         duration_s=w.duration_s,
-        energy_j=ex.energy_j,
-        energy_dynamic_j=ex.energy_dynamic_j,
-        energy_components_j=dict(ex.energy_by_component_j),
-        meter=ex.meter,
-        energy_estimated=ex.energy_estimated,
-        energy_low_j=ex.energy_low_j,
-        energy_high_j=ex.energy_high_j,
-        estimate_model=ex.estimate_model,
         backend=ex.backend,
         task=ex.task,
         host=host,
         machine=ex.machine,
-        carbon_intensity_g_per_kwh=ex.carbon_intensity_g_per_kwh,
-        carbon_source=ex.carbon_source,
-        co2e_g=ex.co2e_g,
-        sci_g=ex.sci_g,
-        sci_operational_g=ex.sci_operational_g,
-        sci_embodied_g=ex.sci_embodied_g,
-        sci_g_per_token=ex.sci_g_per_token,
-        embodied_model=ex.embodied_model,
         trace_id=ex.trace_id,
         response_id=ex.response_id,
-        forecast_energy_j=ex.forecast_energy_j,
-        attribution=ex.attribution,
-        concurrency_mean=ex.concurrency_mean,
         failure=ex.failure or ("backend_error" if (ex.status or 0) >= 400 else None),
         finish_reason=ex.finish_reasons[-1] if ex.finish_reasons else None,
         request_params=params,
         prompt=prompt,
         response=ex.response_text if record_content else None,
+        **figure_columns(ex),
     )
+
+
+_COLUMNS = {
+    r: tuple((f.attr, f.column) for f in figures_of(r) if f.column is not None)
+    for r in ("measurement", "carbon", "forecast")
+}
+
+
+def figure_columns(ex: Exchange) -> dict[str, Any]:
+    """The ledger columns of the exchange's figure records (:data:`proxy.figures.FIGURES`);
+    a record its stage did not set leaves its columns at their defaults."""
+    out: dict[str, Any] = {}
+    for record, columns in _COLUMNS.items():
+        value = getattr(ex, record)
+        if value is not None:
+            for attr, column in columns:
+                out[column] = getattr(value, attr)
+    return out

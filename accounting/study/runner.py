@@ -34,6 +34,7 @@ import msgspec
 from accounting.study.dataset import Dataset, StudyRow
 from accounting.study.prompts import Prompt
 from config.errors import StudyAborted, StudyError
+from proxy.figures import FIGURES
 from proxy.task import TASK_HEADER
 
 WARMUP_TASK = "warmup"
@@ -333,24 +334,10 @@ def row_from_answer(
         completion_tokens=_int(usage.get("completion_tokens")),
         duration_s=None if duration_ms is None else duration_ms / 1000.0,
         client_s=client_s,
-        energy_j=_float(energy.get("energy_j")),
-        energy_dynamic_j=_float(energy.get("energy_dynamic_j")),
         energy_components_j=components,
-        power_w=_float(energy.get("power_w")),
-        idle_power_w=_float(energy.get("idle_power_w")),
-        meter=energy.get("meter"),
-        estimated=bool(energy.get("estimated")),
-        carbon_intensity_g_per_kwh=_float(energy.get("carbon_intensity_g_per_kwh")),
-        carbon_source=energy.get("carbon_source"),
-        co2e_g=_float(energy.get("co2e_g")),
-        sci_g=_float(energy.get("sci_g")),
-        sci_operational_g=_float(energy.get("sci_operational_g")),
-        sci_embodied_g=_float(energy.get("sci_embodied_g")),
-        sci_g_per_token=_float(energy.get("sci_g_per_token")),
         energy_low_j=low_j,
         energy_high_j=high_j,
-        estimate_model=_str(energy.get("estimate_model")),
-        embodied_model=_str(energy.get("embodied_model")),
+        **study_figures(energy),
         max_tokens=max_tokens,
         finish_reason=_str(finish),
         request_id=request_id,
@@ -360,6 +347,24 @@ def row_from_answer(
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_STUDY = tuple((f.body, f.study) for f in FIGURES if f.body is not None and f.study is not None)
+"""The ``energy`` object's figures a study row keeps (:data:`proxy.figures.FIGURES`)."""
+
+
+def study_figures(energy: dict[str, Any]) -> dict[str, Any]:
+    """A study row's figures read back from an answer's ``energy`` object: numbers as
+    floats, text as text, anything else (missing, null) as None; ``estimated`` a bool."""
+    out = {field: _figure(energy.get(key)) for key, field in _STUDY}
+    out["estimated"] = bool(out.get("estimated"))
+    return out
+
+
+def _figure(value: object) -> float | str | bool | None:
+    if isinstance(value, bool | str):
+        return value
+    return _float(value)
 
 
 def _float(value: object) -> float | None:

@@ -31,6 +31,7 @@ from typing import IO, Any, Literal
 
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
+from proxy.figures import FIGURES
 
 ACCESS_LOGGER = "joulegate.access"
 FIELDS_ATTR = "joulegate_access"
@@ -50,11 +51,20 @@ def access_fields(ex: Exchange) -> dict[str, Any]:
         "model": ex.model_served or ex.model_requested,
         "queue_ms": round(w.queue_s * 1000.0, 1),
         "duration_ms": None if w.duration_s is None else round(w.duration_s * 1000.0, 1),
-        "energy_j": None if ex.energy_j is None else round(ex.energy_j, 6),
-        "meter": ex.meter,
+        **{name: _access_value(ex, record, attr) for record, attr, name in _FIGURES},
         "failure": ex.failure,
         "request_id": ex.request_id,
     }
+
+
+_FIGURES = tuple((f.record, f.attr, f.access) for f in FIGURES if f.access is not None)
+"""The figures the line shows (:data:`proxy.figures.FIGURES`): (record, attribute, field)."""
+
+
+def _access_value(ex: Exchange, record: str, attr: str) -> Any:
+    figures = getattr(ex, record)
+    value = None if figures is None else getattr(figures, attr)
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def _text_value(value: Any) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Container
 from opentelemetry.util.types import AttributeValue
 
 from proxy.exchange import Exchange
+from proxy.figures import figures_of
 
 ENERGY_ATTRIBUTES = (
     "joulegate.request_id",
@@ -150,37 +151,36 @@ def http_route(ex: Exchange) -> str:
     return f"/{mount}/*"
 
 
+_SPANS = {
+    r: tuple((f.attr, f.span, "{}" in f.span) for f in figures_of(r) if f.span is not None)
+    for r in ("measurement", "carbon", "forecast")
+}
+
+
 def energy_attributes(ex: Exchange) -> dict[str, AttributeValue]:
-    """joulegate's figures (:data:`ENERGY_ATTRIBUTES`) that the stages measured."""
+    """joulegate's figures (:data:`ENERGY_ATTRIBUTES`) that the stages measured, named
+    as :data:`proxy.figures.FIGURES` says."""
     w = ex.window
     attrs: dict[str, AttributeValue | None] = {
         "joulegate.request_id": ex.request_id,
         "joulegate.backend": ex.backend,
         "joulegate.machine": ex.machine,
         "joulegate.task": ex.task,
-        "joulegate.energy.low_j": ex.energy_low_j,
-        "joulegate.energy.high_j": ex.energy_high_j,
         "joulegate.queue_ms": w.queue_s * 1000.0,
         "joulegate.thermal_wait_ms": w.thermal_wait_s * 1000.0,
         "joulegate.duration_ms": None if w.duration_s is None else w.duration_s * 1000.0,
-        "joulegate.energy.total_j": ex.energy_j,
-        "joulegate.energy.dynamic_j": ex.energy_dynamic_j,
-        "joulegate.energy.meter": ex.meter,
-        "joulegate.energy.attribution": ex.attribution,
-        "joulegate.energy.concurrency_mean": ex.concurrency_mean,
-        "joulegate.energy.window_j": ex.energy_window_j,
-        "joulegate.co2e_g": ex.co2e_g,
-        "joulegate.carbon.intensity_g_per_kwh": ex.carbon_intensity_g_per_kwh,
-        "joulegate.carbon.source": ex.carbon_source,
-        "joulegate.sci_g": ex.sci_g,
-        "joulegate.sci_operational_g": ex.sci_operational_g,
-        "joulegate.sci_embodied_g": ex.sci_embodied_g,
-        "joulegate.sci_g_per_token": ex.sci_g_per_token,
     }
-    if ex.meter is not None or ex.energy_j is not None:
-        attrs["joulegate.energy.estimated"] = ex.energy_estimated
-    for component, energy_j in ex.energy_by_component_j.items():
-        attrs[f"joulegate.energy.{component}_j"] = energy_j
+    for record, spans in _SPANS.items():
+        figures = getattr(ex, record)
+        if figures is None:
+            continue
+        for attr, name, by_component in spans:
+            value = getattr(figures, attr)
+            if by_component:  # ``{}`` in the name stands for the component
+                for c, v in value.items():
+                    attrs[name.format(c)] = v
+            else:
+                attrs[name] = value
     if ex.energy_j is not None and w.duration_s:
         attrs["joulegate.power.avg_w"] = ex.energy_j / w.duration_s
     return {k: v for k, v in attrs.items() if v is not None}

@@ -20,6 +20,7 @@ from proxy.exchange import Exchange, Stage
 from proxy.gate import Gate, Window
 from proxy.render import carbon_object, figure_headers
 from tests.support.fake_carbon import FakeCarbonApi
+from tests.support.figures import record_fake_measurement
 from tests.support.serving import sse_events
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -35,7 +36,7 @@ class FakeMeter(Stage):
         self.energy_j = energy_j
 
     async def on_finished(self, ex: Exchange) -> None:
-        ex.energy_j = self.energy_j
+        record_fake_measurement(ex, energy_j=self.energy_j, dynamic_j=None, components_j={})
 
 
 def fake_meter(energy_j: float | None) -> Component:
@@ -49,12 +50,14 @@ def fake_meter(energy_j: float | None) -> Component:
 def exchange(
     energy_j: float | None, tokens: int | None, duration_s: float = 2.0, gated: bool = True
 ) -> Exchange:
-    return Exchange(
+    ex = Exchange(
         request_id="r1", method="POST", path="/v1/chat/completions", endpoint="chat/completions",
         headers={}, window=Window(arrived_s=0.0, admitted_s=1.0, finished_s=1.0 + duration_s),
-        arrived_at=dt.datetime.now(dt.UTC), gated=gated, energy_j=energy_j,
-        completion_tokens=tokens,
+        arrived_at=dt.datetime.now(dt.UTC), gated=gated, completion_tokens=tokens,
     )  # fmt: skip
+    if energy_j is not None:
+        record_fake_measurement(ex, energy_j=energy_j, dynamic_j=None, components_j={})
+    return ex
 
 
 def _carbon_headers(ex: Exchange) -> dict[str, str]:

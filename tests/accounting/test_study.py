@@ -24,6 +24,7 @@ from config import LedgerSettings, StudyAborted, StudyError
 from proxy.cli import main
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
 from proxy.task import BUNDLED_TASKS
 from tests.support.fake_backend import FakeBackend, serving
 from tests.support.figures import record_fake_measurement
@@ -48,11 +49,12 @@ class StudyEnergy(Stage):
             estimated=True, idle_power_w=5.0,
         )  # fmt: skip
         assert ex.energy_j is not None
-        ex.carbon_intensity_g_per_kwh, ex.carbon_source = 400.0, "static"
-        ex.co2e_g = ex.energy_j * 400.0 / 3.6e6
-        ex.sci_g = ex.co2e_g * 2
-        ex.sci_operational_g = ex.sci_embodied_g = ex.co2e_g
-        ex.sci_g_per_token = ex.sci_g / tokens if tokens else None
+        co2e_g = ex.energy_j * 400.0 / 3.6e6
+        ex.carbon = CarbonFigures(
+            source="static", intensity_g_per_kwh=400.0, co2e_g=co2e_g, sci_g=co2e_g * 2,
+            sci_operational_g=co2e_g, sci_embodied_g=co2e_g,
+            sci_g_per_token=co2e_g * 2 / tokens if tokens else None,
+        )  # fmt: skip
 
 
 @contextlib.asynccontextmanager

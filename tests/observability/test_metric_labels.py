@@ -28,11 +28,13 @@ from config import AuthSettings, BackendSettings, LedgerSettings, Settings
 from proxy.app import create_app
 from proxy.backends import BackendRouter
 from proxy.exchange import Exchange
+from proxy.figures import CarbonFigures
 from proxy.gate import Window
 from proxy.observability.metrics import PrometheusStage, metrics_endpoint, prometheus_component
 from proxy.observability.otel import build_providers
 from proxy.observability.telemetry import TelemetryStage, telemetry_component
 from tests.support.fake_backend import FakeBackend, serving
+from tests.support.figures import record_fake_measurement
 from tests.support.ledger import accounting_components
 from tests.support.serving import serve
 from tests.support.telemetry import FakeEnergy, FinishLine, HeaderUser, component, joulegate
@@ -89,10 +91,9 @@ def exchange(
         model_served=model,  # llama.cpp echoes the requested name
         user=user,
         status=200,
-        energy_j=1.0,
-        energy_by_component_j={"gpu": 0.75},
-        co2e_g=0.5,
     )
+    record_fake_measurement(ex, energy_j=1.0, dynamic_j=None, components_j={"gpu": 0.75})
+    ex.carbon = CarbonFigures(source="static", co2e_g=0.5)
     return ex
 
 

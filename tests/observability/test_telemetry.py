@@ -21,11 +21,13 @@ from meters.base import Meter, Reading
 from meters.sampler import Sampler
 from proxy.context import Component
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
 from proxy.gate import Window
 from proxy.llamacpp import free_port
 from proxy.observability.semconv import energy_split
 from proxy.observability.telemetry import telemetry_component
 from tests.support.fake_backend import FakeBackend, serving
+from tests.support.figures import record_fake_measurement
 from tests.support.telemetry import (
     DeviceReading,
     FakeEnergy,
@@ -484,11 +486,19 @@ async def test_device_power_comes_from_the_real_sampler(fake: FakeBackend, rig: 
 
 
 def test_energy_is_split_into_total_and_measured_components() -> None:
-    def exchange(**fields: Any) -> Exchange:
+    def exchange(
+        energy_j: float | None = None,
+        co2e_g: float | None = None,
+        energy_by_component_j: dict[str, float | None] | None = None,
+    ) -> Exchange:
         ex = Exchange("r", "POST", "/v1/chat/completions", "chat/completions", {},
                       Window(arrived_s=0.0), dt.datetime.now(dt.UTC), gated=True)  # fmt: skip
-        for name, value in fields.items():
-            setattr(ex, name, value)
+        if energy_j is not None:
+            record_fake_measurement(
+                ex, energy_j=energy_j, dynamic_j=None, components_j=energy_by_component_j or {}
+            )
+        if co2e_g is not None:
+            ex.carbon = CarbonFigures(source="static", co2e_g=co2e_g)
         return ex
 
     assert energy_split(exchange()) == []  # not measured: nothing counted, not a zero

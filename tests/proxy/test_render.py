@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.exchange import Exchange
-from proxy.figures import ComponentEnergy, WindowEnergy
+from proxy.figures import CarbonFigures, ComponentEnergy, ForecastFigure, WindowEnergy
 from proxy.gate import Window
 from proxy.render import energy_object, figure_headers
 from tests.support.figures import record_fake_measurement
@@ -35,9 +35,9 @@ def test_body_and_headers_agree_on_every_figure(
     energy_j: float | None, gpu_j: float | None, forecast_j: float | None, co2e_g: float | None
 ) -> None:
     ex = _exchange()
-    ex.forecast_made, ex.forecast_energy_j = True, forecast_j
+    ex.forecast = ForecastFigure(forecast_j)
     record_fake_measurement(ex, energy_j=energy_j, dynamic_j=None, components_j={"gpu": gpu_j})
-    ex.carbon_source, ex.carbon_intensity_g_per_kwh, ex.co2e_g = "static", 400.0, co2e_g
+    ex.carbon = CarbonFigures(source="static", intensity_g_per_kwh=400.0, co2e_g=co2e_g)
     body, headers = energy_object(ex), figure_headers(ex)
 
     def agree(header: str, value: float | None, digits: int = 3) -> None:
@@ -120,7 +120,7 @@ def test_body_figures_are_the_exchanges_to_six_decimals(energy_j: float, forecas
     """Whatever the magnitude: within half a unit of the sixth decimal of the exchange's
     figure, and with no more decimals than that (no float noise in the JSON)."""
     ex = _exchange()
-    ex.forecast_made, ex.forecast_energy_j = True, forecast_j
+    ex.forecast = ForecastFigure(forecast_j)
     record_fake_measurement(ex, energy_j=energy_j, dynamic_j=None, components_j={"gpu": energy_j})
     body = energy_object(ex)
     for shown, exact in (

@@ -18,6 +18,8 @@ from accounting.ledger.stage import accounting_resource, auth_component, record_
 from config import LedgerSettings
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
+from tests.support.figures import record_fake_measurement
 
 MakeLedger = Callable[[], Ledger]
 """Makes an unopened ledger on the test's store (the ``make_ledger`` fixture)."""
@@ -34,14 +36,13 @@ class FakeEnergy(Stage):
     async def on_finished(self, ex: Exchange) -> None:
         if not ex.gated:
             return
-        ex.energy_j = ENERGY_J
-        ex.energy_dynamic_j = ENERGY_J / 2
-        ex.energy_by_component_j = {"gpu": 6.0, "cpu": 1.2, "dram": None}
-        ex.meter = "fake"
-        ex.carbon_intensity_g_per_kwh = 475.0
-        ex.carbon_source = "static"
-        ex.co2e_g = CO2E_G
-        ex.sci_g = CO2E_G + 0.05
+        record_fake_measurement(
+            ex, energy_j=ENERGY_J, dynamic_j=ENERGY_J / 2,
+            components_j={"gpu": 6.0, "cpu": 1.2, "dram": None},
+        )  # fmt: skip
+        ex.carbon = CarbonFigures(
+            source="static", intensity_g_per_kwh=475.0, co2e_g=CO2E_G, sci_g=CO2E_G + 0.05
+        )
         ex.trace_id = "0af7651916cd43dd8448eb211c80319c"
 
 

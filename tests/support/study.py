@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from accounting.study.dataset import StudyRow
 from proxy.context import AppContext
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
 from tests.support.figures import record_fake_measurement
 
 COST_J_PER_TOKEN = {"m1": 0.25, "m2": 0.75}
@@ -45,11 +46,12 @@ class ModelEnergy(Stage):
         assert ex.measurement is not None
         ex.measurement.energy_low_j, ex.measurement.energy_high_j = 0.8 * energy_j, 1.2 * energy_j
         ex.measurement.estimate_model = "ccf-vcpu average + 0.392 W/GB"
-        ex.carbon_intensity_g_per_kwh, ex.carbon_source = 400.0, "static"
-        ex.co2e_g = ex.sci_operational_g = energy_j * 400.0 / 3.6e6
-        ex.sci_embodied_g = ex.co2e_g / 10
-        ex.sci_g = ex.co2e_g + ex.sci_embodied_g
-        ex.embodied_model = "vm-share: 2 of 96 host vCPUs x generic server 1,000 kg = 20.8 kg"
+        co2e_g = energy_j * 400.0 / 3.6e6
+        ex.carbon = CarbonFigures(
+            source="static", intensity_g_per_kwh=400.0, co2e_g=co2e_g, sci_operational_g=co2e_g,
+            sci_embodied_g=co2e_g / 10, sci_g=co2e_g + co2e_g / 10,
+            embodied_model="vm-share: 2 of 96 host vCPUs x generic server 1,000 kg = 20.8 kg",
+        )  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -38,6 +38,7 @@ from meters.base import Meter
 from proxy.app import AppContext, Component, create_app, default_components
 from proxy.context import machine_power
 from proxy.exchange import Exchange, Stage
+from proxy.figures import CarbonFigures
 from tests.support.figures import record_fake_measurement
 from tests.support.serving import Running, read_body, serve
 
@@ -100,13 +101,10 @@ class FakeEnergy(Stage):
             ex, energy_j=1.25 * n, dynamic_j=0.75 * n,
             components_j={"gpu": 1.0 * n, "cpu": 0.25 * n, "dram": None},
         )  # fmt: skip
-        ex.carbon_intensity_g_per_kwh = 360.0
-        ex.carbon_source = "static"
-        ex.co2e_g = 0.125 * n
-        ex.sci_g = 0.5 * n
-        ex.sci_operational_g = 0.125 * n
-        ex.sci_embodied_g = 0.375 * n
-        ex.sci_g_per_token = 0.5 * n / 4
+        ex.carbon = CarbonFigures(
+            source="static", intensity_g_per_kwh=360.0, co2e_g=0.125 * n, sci_g=0.5 * n,
+            sci_operational_g=0.125 * n, sci_embodied_g=0.375 * n, sci_g_per_token=0.5 * n / 4,
+        )  # fmt: skip
 
 
 class HeaderUser(Stage):
