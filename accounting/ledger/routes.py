@@ -70,9 +70,9 @@ async def energy_requests(
     acc, who = await _caller(request, ctx)
     q = request.query_params
     user = _whose(who, q.get("user"))
-    limit = _integer(q.get("limit"), "limit")
+    limit = query_integer(q.get("limit"), "limit")
     limit = 50 if limit is None else limit
-    before = _integer(q.get("before"), "before")
+    before = query_integer(q.get("before"), "before")
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
     where: list[str] = ["1"]
@@ -141,7 +141,7 @@ async def energy_budget(
     return {"object": "list", "user": user, "data": [] if status is None else [status.to_json()]}
 
 
-def _integer(text: str | None, name: str) -> int | None:
+def query_integer(text: str | None, name: str) -> int | None:
     """A query parameter as an integer SQLite can hold (None when absent or empty)."""
     if not text:
         return None

@@ -19,6 +19,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from accounting.ledger import Ledger
+from accounting.ledger.routes import query_integer
 from accounting.ledger.rows import iso, row_from_sql, utcnow
 from accounting.ledger.stage import Accounting
 from accounting.reports import Line, Report, ReportQuery, build_report, parse_query
@@ -128,7 +129,7 @@ async def requests_page(request: Request[Any, Any, Any], ctx: NamedDependency[Ap
     acc = _ledger(seen)
     q = request.query_params
     user = seen.whose(q.get("user"))
-    limit = _int(q.get("limit"), "limit") or PAGE
+    limit = query_integer(q.get("limit"), "limit") or PAGE
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
     where: list[str] = ["1"]
@@ -183,7 +184,7 @@ async def _search(
 
 def _cursor(text: str) -> tuple[str, int]:
     ts, _, row_id = text.rpartition("|")
-    number = _int(row_id, "before")
+    number = query_integer(row_id, "before")
     if not ts or number is None:
         raise BadRequest("before must be the next_before of a page", param="before")
     return ts, number
@@ -236,18 +237,6 @@ async def users(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext
     acc = _ledger(seen)
     names = {k.user for k in acc.keys.all()} | set(acc.budgets.budgets) | {"anonymous"}
     return seen.keep(Response({"users": sorted(names)}))
-
-
-def _int(text: str | None, name: str) -> int | None:
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer", param=name) from None
-    if not -(2**63) <= value < 2**63:
-        raise BadRequest(f"{name} is out of range", param=name)
-    return value
 
 
 def route_handlers() -> list[Any]:
