@@ -111,7 +111,7 @@ def serve(kind: str, port: int, backend_url: str) -> None:
     """Serve joulegate with the gate alone or with the meters component (until killed)."""
     import uvicorn
 
-    from meters.stage import meters_component
+    from meters import meters_component
     from proxy.app import create_app
 
     settings = Settings(backend_url=backend_url, log_level="warning")

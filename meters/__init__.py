@@ -11,13 +11,13 @@ from meters.base import COMPONENTS, Activity, Meter, MeterAbsent, Reading
 from meters.detect import Detection, Hardware, detect_meters
 from meters.estimate import EstimateMeter
 from meters.ipmi import IpmiMeter
-from meters.machines import MachineMeters, machines_component
+from meters.machines import MachineMeters, machines_component, meters_component
 from meters.nvml import NvmlMeter
 from meters.plug import ShellyMeter, TasmotaMeter
 from meters.prometheus import PrometheusMeter
 from meters.rapl import RaplMeter
 from meters.sampler import Sampler
-from meters.stage import MeterStage, meters_component
+from meters.stage import MeterStage
 from meters.thermal import CpuThermometer, ThermalGuard
 from meters.window import ComponentEnergy, WindowEnergy, total_components
 

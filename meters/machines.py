@@ -117,15 +117,38 @@ async def machines_component(
 
 
 @contextlib.asynccontextmanager
+async def meters_component(
+    ctx: AppContext,
+    *,
+    meters: Sequence[Meter] | None = None,
+    activity: Activity | None = None,
+    thermometer: CpuThermometer | None = None,
+    machine: Host | None = None,
+) -> AsyncIterator[Stage]:
+    """The first machine's meters alone, yielding its :class:`MeterStage` (tests and
+    benchmarks that compose one host by hand): the same path :func:`machines_component`
+    takes for each machine. Tests pass ``meters`` (fakes), the ``activity`` an estimate
+    meter was built with, and the :class:`~proxy.host.Host` as ``machine``."""
+    first = ctx.machines.machines[0]
+    async with _one_machine(
+        ctx, first, meters, None, thermometer, activity=activity, host=machine
+    ) as stage:
+        yield stage
+
+
+@contextlib.asynccontextmanager
 async def _one_machine(
     ctx: AppContext,
     machine: Machine,
     meters: Sequence[Meter] | None,
     hardware: Hardware | None,
     thermometer: CpuThermometer | None,
+    *,
+    activity: Activity | None = None,
+    host: Host | None = None,
 ) -> AsyncIterator[MeterStage]:
     s = machine.settings.meters
-    activity = Activity()
+    activity = activity or Activity()
     if meters is None:
         meters = await asyncio.to_thread(find_meters, machine.settings, activity, hardware)
     # With only remote meters the local tick reads nothing: it only keeps the books
@@ -137,11 +160,10 @@ async def _one_machine(
     if not sampler.meters:
         log.warning("machine %s has no working meter: its energy will be null", machine.name)
     await asyncio.to_thread(sampler.start)
-    host = None
-    if machine.settings.local:  # the hardware these meters see: embodied carbon, methods
+    if host is None and machine.settings.local:  # the hardware these meters see
         host = await asyncio.to_thread(detect_host, s)
-        if ctx.get(Host) is None:
-            ctx.publish(host)
+    if host is not None and ctx.get(Host) is None:  # embodied carbon, a study's methods
+        ctx.publish(host)
     power = machine_power(ctx)
     if not power.by_machine:
         ctx.publish(sampler)

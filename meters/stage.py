@@ -16,22 +16,15 @@ the body, with a ``reason``; it is never a made-up zero.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from meters.base import Activity, Meter
 from meters.closer import ShareCloser
-from meters.detect import detect_meters
 from meters.estimate import EstimateMeter
-from meters.host import detect_host
 from meters.request_work import WorkOf
 from meters.sampler import Sampler
 from meters.sharing import OverlapBook
-from meters.thermal import CpuThermometer, ThermalGuard
-from proxy.context import AppContext, machine_power
 from proxy.exchange import Exchange, Stage
 from proxy.host import Host
 
@@ -117,63 +110,3 @@ def meters_check(sampler: Sampler, host: Host | None, machine: str | None = None
         check["estimate_floor_w"], check["estimate_full_w"] = round(floor_w, 3), round(full_w, 3)
         check["estimate_model"] = estimates[0].estimate_model
     return check
-
-
-@contextlib.asynccontextmanager
-async def meters_component(
-    ctx: AppContext,
-    *,
-    meters: Sequence[Meter] | None = None,
-    activity: Activity | None = None,
-    thermometer: CpuThermometer | None = None,
-    machine: Host | None = None,
-) -> AsyncIterator[Stage]:
-    """Detect (or take) the meters, run the sampler and the thermal guard, yield the stage.
-
-    Tests pass ``meters`` (fakes) and, for the estimate, the ``activity`` its
-    meter was built with; the sampler is published in :class:`~proxy.context.MachinePower`
-    and as ``ctx.get(Sampler)``, the :class:`~proxy.host.Host` (detected, or the one
-    tests pass) as ``ctx.get(Host)``.
-    """
-    s = ctx.settings.meters
-    activity = activity or Activity()
-    if meters is None:
-        meters = (await asyncio.to_thread(detect_meters, s, activity=activity)).meters
-    if machine is None:
-        machine = await asyncio.to_thread(detect_host, s)
-    ctx.publish(machine)
-    sampler = Sampler(meters, sample_hz=s.sample_hz, external_hz=s.external_hz, activity=activity)
-    for line in sampler.ignored:
-        log.info("meter: ignoring %s", line)
-    await asyncio.to_thread(sampler.start)
-    machine_power(ctx).by_machine[ctx.settings.machine_list[0].name] = sampler
-    ctx.publish(sampler)
-    ctx.ready_checks.append(lambda: meters_check(sampler, machine))
-    guard_task: asyncio.Task[None] | None = None
-    if s.thermal_limit_c > 0:
-        cpu = thermometer or CpuThermometer(s.hwmon_root)
-
-        def temperatures_c() -> dict[str, float]:
-            return {**sampler.temperatures_c(), **cpu.temperatures_c()}
-
-        guard = ThermalGuard(
-            ctx.gate, temperatures_c, limit_c=s.thermal_limit_c, resume_c=s.thermal_resume_c
-        )
-        guard_task = asyncio.create_task(guard.run(), name="joulegate-thermal-guard")
-        log.info(
-            "thermal guard on: pause above %.0f °C, resume below %.0f °C",
-            s.thermal_limit_c, s.thermal_resume_c,
-        )  # fmt: skip
-    try:
-        stage = MeterStage(sampler, shared=ctx.settings.max_concurrency > 1)
-        if stage.closer is None:
-            yield stage
-        else:
-            async with stage.closer.running():
-                yield stage
-    finally:
-        if guard_task is not None:
-            guard_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await guard_task
-        await asyncio.to_thread(sampler.close)

@@ -16,9 +16,9 @@ from accounting.carbon.embodied import Figures, embodied_for
 from accounting.carbon.stage import carbon
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config import CarbonSettings, LedgerSettings, MeterSettings
+from meters import meters_component
 from meters.estimate import EstimateMeter
 from meters.host import detect_host
-from meters.stage import meters_component
 from meters.vcpu import choose_coefficients
 from proxy.host import Host
 from tests.support.ledger import db_rows

@@ -19,9 +19,10 @@ import pytest
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from bench.batching import union
 from config import LedgerSettings, MeterSettings
+from meters import meters_component
 from meters.base import Meter, Reading
 from meters.sharing import OverlapBook
-from meters.stage import MeterStage, meters_component
+from meters.stage import MeterStage
 from proxy.context import AppContext, Component
 from proxy.exchange import Exchange, Stage
 from proxy.gate import Window

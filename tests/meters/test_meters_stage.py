@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from config import MeterSettings
-from meters.stage import meters_component
+from meters import meters_component
 from meters.thermal import ThermalGuard
 from proxy.gate import Gate, Window
 from tests.support.fake_backend import FakeBackend

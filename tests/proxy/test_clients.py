@@ -29,7 +29,7 @@ from accounting.auth import KeyStore
 from accounting.budgets import Budget, BudgetBook
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config import AuthSettings, LedgerSettings, Settings
-from meters.stage import meters_component
+from meters import meters_component
 from proxy.app import AppContext, Component, create_app
 from proxy.exchange import Exchange, Stage
 from tests.support.fake_backend import FakeBackend, serving
