@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,3 +267,29 @@ def runner_returning(output: str | Exception) -> Callable[[Any], str]:
 
     run.calls = calls  # type: ignore[attr-defined]
     return run
+
+
+@dataclass
+class RecordingSink:
+    """A :class:`~meters.poller.Sink` that keeps what the poller gives it, in order."""
+
+    records: list[tuple[Meter, dict[str, Reading], str | None, float]] = field(default_factory=list)
+
+    def record(
+        self, meter: Meter, readings: Mapping[str, Reading], error: str | None, t_s: float
+    ) -> None:
+        """Keep one reading (or error)."""
+        self.records.append((meter, dict(readings), error, t_s))
+
+    def read_meter(self, meter: Meter) -> None:
+        """Read ``meter`` now (for meters the poller reads on a thread of their own)."""
+        before = time.monotonic()
+        self.record(meter, meter.read(), None, (before + time.monotonic()) / 2.0)
+
+    def powers_w(self) -> list[float | None]:
+        """The ``machine`` power of every reading that has one, in order."""
+        return [r["machine"].power_w for _, r, e, _ in self.records if e is None]
+
+    def errors(self) -> list[str]:
+        """Every error, in order."""
+        return [e for _, _, e, _ in self.records if e is not None]
