@@ -1,11 +1,15 @@
 """HTTP for the whole-machine meters: one blocking client per meter, errors translated here.
 
-A meter is polled up to ``external_hz`` times a second on its own thread, for as
-many machines as joulegate fronts (16 wall meters at 10 Hz: 160 polls a second).
-The default client is therefore a keep-alive connection of the standard library
-(:class:`KeepAlive`), about a fifth of an ``httpx.Client``'s CPU per poll; tests and
-tools may pass an ``httpx.Client`` instead (a ``MockTransport``). Every read is
-bounded by the timeout, on connect and on each socket operation.
+A meter is polled up to ``external_hz`` times a second, for as many machines as
+joulegate fronts (16 wall meters at 10 Hz: 160 polls a second). In the background
+the :class:`~meters.poller.Poller` sends a :class:`Polled` meter's GET itself, over
+a non-blocking connection of its own, and parses the answer with
+:func:`parse_answer`; the meter only turns the answer into readings. Its blocking
+reads (the probe at start-up, ``joulegate meters``, an ``https://`` endpoint) go
+through a keep-alive connection (:class:`KeepAlive`), about a fifth of an
+``httpx.Client``'s CPU per poll; tests and tools may pass an ``httpx.Client``
+instead (a ``MockTransport``). Every blocking read is bounded by the timeout, on
+connect and on each socket operation.
 """
 
 from __future__ import annotations
