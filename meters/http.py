@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -196,6 +197,9 @@ def pollable(client: Client, url: str) -> str | None:
     return url if isinstance(client, KeepAlive) and url.startswith("http://") else None
 
 
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r]*)")
+"""The headers that frame an answer, in a lower-cased head."""
+
 Answer = tuple[int, bytes, bool, int]
 """An answer parsed from a buffer: status, body, whether the server closes, bytes used."""
 
@@ -208,19 +212,17 @@ def parse_answer(buf: bytes | bytearray, eof: bool = False) -> Answer | None:
         if eof:
             raise ValueError("the connection closed mid-answer")
         return None
-    lines = bytes(buf[:head_end]).split(b"\r\n")
-    status = int(lines[0].split(None, 2)[1])
+    head = bytes(buf[:head_end]).lower()
+    status = int(head.split(None, 2)[1])
     length: int | None = 0 if status in (204, 304) or status < 200 else None
     chunked = close = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
+    for name, value in _FRAMING.findall(head):
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"connection":
-            close = b"close" in value.lower()
+            chunked = b"chunked" in value
+        else:
+            close = b"close" in value
     pos = head_end + 4
     if chunked:
         return _dechunk(buf, pos, status, close, eof)

@@ -92,6 +92,8 @@ class HttpLoop:
         self._selector.register(self._wake_r, _READ, None)
         self._running = True
         self._ended = False
+        self._wake_s = 0.0
+        """When a read is next due or overdue: the jobs are looked over only then."""
         self.thread: threading.Thread | None = None
         """The loop's thread, set before it starts."""
 
@@ -155,7 +157,21 @@ class HttpLoop:
                 command()
             if not self._running:
                 return
+            self._wake_s = 0.0  # a meter may have come
         now = time.monotonic()
+        if now >= self._wake_s:
+            self._wake_s = self._due(now)
+        timeout = None if self._wake_s == math.inf else max(0.0, self._wake_s - now)
+        for key, mask in self._selector.select(timeout):
+            job = key.data
+            if job is None:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+            else:
+                self._on_event(job, mask)
+
+    def _due(self, now: float) -> float:
+        """Send the reads that are due, fail the overdue; when to look again."""
         wake_s = math.inf
         for job in self.jobs:
             if job.state == _IDLE and job.due_s <= now:
@@ -164,14 +180,12 @@ class HttpLoop:
             elif job.state != _IDLE and job.deadline_s <= now:
                 self._fail(job, f"{job.url}: TimeoutError: no answer within {self.timeout_s} s")
             wake_s = min(wake_s, job.due_s if job.state == _IDLE else job.deadline_s)
-        timeout = None if wake_s == math.inf else max(0.0, wake_s - now)
-        for key, mask in self._selector.select(timeout):
-            job = key.data
-            if job is None:
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(4096)
-            else:
-                self._on_event(job, mask)
+        return wake_s
+
+    def _idle(self, job: Job) -> None:
+        """The job's read is over: its next one is due at ``due_s``."""
+        job.state = _IDLE
+        self._wake_s = min(self._wake_s, job.due_s)
 
     # -- one read -----------------------------------------------------------------------
 
@@ -251,20 +265,25 @@ class HttpLoop:
             self._close(job)
             return
         arrived_s = job.clock()
-        job.buf += data
+        buf: bytes | bytearray = data  # most answers come in one piece: no copy
+        if job.buf:
+            job.buf += data
+            buf = job.buf
         try:
-            if len(job.buf) > http.MAX_BODY_BYTES:
+            if len(buf) > http.MAX_BODY_BYTES:
                 raise ValueError(f"answer larger than {http.MAX_BODY_BYTES} bytes")
-            answer = http.parse_answer(job.buf, eof=not data)
+            answer = http.parse_answer(buf, eof=not data)
         except ValueError as exc:
             self._broken(job, exc)
             return
         if answer is None:
+            if buf is data:
+                job.buf += data
             return
         status, body, close, used = answer
-        if close or used != len(job.buf):
+        if close or used != len(buf):
             self._close(job)
-        job.state = _IDLE
+        self._idle(job)
         try:
             readings, error = job.answer(status, body), None
         except MeterError as exc:
@@ -305,7 +324,7 @@ class HttpLoop:
 
     def _fail(self, job: Job, error: str) -> None:
         self._close(job)
-        job.state = _IDLE
+        self._idle(job)
         job.sink.record(job.meter, {}, error, (job.sent_s + job.clock()) / 2.0)
 
     def _close(self, job: Job) -> None:

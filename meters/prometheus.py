@@ -118,11 +118,13 @@ class PrometheusMeter(Meter, http.Polled):
         total: float | None = None
         temperatures: dict[str, float] = {}
         try:
-            for name, labels, value in samples(page, self._temperature_names):
-                where = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-                temperatures[where or name] = value
+            if self._temperature_names:
+                for name, labels, value in samples(page, self._temperature_names):
+                    where = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+                    temperatures[where or name] = value
+            matchers = self._matchers.items()
             for _, labels, value in samples(page, self._names):
-                if all(labels.get(k) == v for k, v in self._matchers.items()):
+                if not matchers or all(labels.get(k) == v for k, v in matchers):
                     total = (total or 0.0) + value
         except ValueError as exc:
             raise MeterError(f"{self._url}: not Prometheus text format ({exc})") from exc
