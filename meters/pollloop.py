@@ -264,6 +264,7 @@ class HttpLoop:
         if job.state == _IDLE:  # the meter closed the kept connection (or sent junk)
             self._close(job)
             return
+        job.reused = job.reused and not data  # an answer began: this read is not retried
         arrived_s = job.clock()
         buf: bytes | bytearray = data  # most answers come in one piece: no copy
         if job.buf:
@@ -297,7 +298,7 @@ class HttpLoop:
         """The connection failed: once more on a new one if it was a kept connection
         the meter had closed meanwhile, else the read fails."""
         self._close(job)
-        if job.reused and not job.buf:
+        if job.reused:
             job.reused = False
             job.out = job.request
             self._connect(job)

@@ -20,7 +20,7 @@ from meters.poller import Poller
 from meters.prometheus import PrometheusMeter
 from meters.sampler import Sampler
 from tests.support.machines import FakeWallMeter
-from tests.support.meters import RecordingSink
+from tests.support.meters import DroppingMeter, RecordingSink
 from tests.support.serving import serve
 
 HZ = 20.0
@@ -173,3 +173,18 @@ async def test_a_failing_meter_is_reported_on_its_own_machine_never_another() ->
             await asyncio.to_thread(poller.stop)
     assert "answered 500" in failing_a["prometheus"]
     assert failing_b == {} and power_b == {"machine": pytest.approx(200.0)}
+
+
+async def test_a_meter_that_drops_its_connections_is_read_without_an_error() -> None:
+    fake = DroppingMeter(150.0)
+    meter = await asyncio.to_thread(PrometheusMeter, fake.url, "wall_power_watts", unit="W")
+    sink, poller = RecordingSink(), Poller()
+    try:
+        await asyncio.to_thread(poller.add, sink, meter, INTERVAL_S, time.monotonic)
+        await until(lambda: len(sink.records) >= 10)
+    finally:
+        await asyncio.to_thread(poller.stop)
+        meter.close()
+        fake.close()
+    assert sink.errors() == [] and set(sink.powers_w()) == {150.0}
+    assert fake.connections >= 10  # every read on a new connection

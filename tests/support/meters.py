@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -293,3 +295,35 @@ class RecordingSink:
     def errors(self) -> list[str]:
         """Every error, in order."""
         return [e for _, _, e, _ in self.records if e is not None]
+
+
+class DroppingMeter:
+    """A Prometheus endpoint that drops the connection after every answer, without
+    saying so (as a meter whose keep-alive timeout is shorter than the poll interval)."""
+
+    def __init__(self, power_w: float) -> None:
+        self.power_w = power_w
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/metrics"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                self.connections += 1
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(4096)):
+                    data += chunk
+                body = f"wall_power_watts {self.power_w}\n".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.close()
+        self._thread.join(timeout=5)
