@@ -59,6 +59,14 @@ def test_gpus_are_charged_per_gpu_plus_their_share_of_the_server_base() -> None:
     assert eight.total_g == pytest.approx((8 * 164 + 5700) * 1000)
 
 
+def test_a_gpu_without_its_own_figure_is_charged_the_h100s_and_the_model_says_so() -> None:
+    mixed = embodied_for(machine(gpus=("NVIDIA L4", "NVIDIA H100 80GB HBM3")), None)
+    assert mixed.total_g == pytest.approx((2 * 164 + 5700 * 2 / 8) * 1000)
+    assert "x 164 kg (the H100's figure, applied to NVIDIA L4) + 2/8 of" in mixed.model
+    h100 = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",)), None)
+    assert "the H100's figure" not in h100.model
+
+
 def test_bare_metal_without_gpus_is_a_generic_server_and_the_setting_overrides() -> None:
     assert embodied_for(machine(), None).total_g == 1_000_000
     fixed = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",)), 0.0)
