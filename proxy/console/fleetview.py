@@ -139,15 +139,16 @@ def _sum(values: Sequence[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-def gateway_view(machines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Every machine added up (an energy figure: over the machines that know it)."""
+def gateway_view(machines: Sequence[Mapping[str, Any]], waiting: int) -> dict[str, Any]:
+    """Every machine added up (an energy figure: over the machines that know it);
+    ``waiting``: the requests queued, each once (:func:`~proxy.gate.waiting_on`)."""
     energy = {k: _sum([m["energy"][k] for m in machines]) for k in ENERGY_KEYS}
     return {
         "machines": len(machines),
         "machines_measured": sum(1 for m in machines if m["total_power_w"] is not None),
         "total_power_w": _sum([m["total_power_w"] for m in machines]),
         "in_flight": sum(m["in_flight"] for m in machines),
-        "waiting": sum(m["waiting"] for m in machines),
+        "waiting": waiting,
         "max_concurrency": sum(m["max_concurrency"] for m in machines),
         "busy": sum(1 for m in machines if m["in_flight"]),
         "paused": sum(1 for m in machines if m["paused"]),

@@ -32,6 +32,7 @@ from proxy.console.fleetview import gateway_view, machine_view, read_all_meters
 from proxy.console.guard import viewer
 from proxy.console.state import Recorded
 from proxy.context import AppContext, MachinePower
+from proxy.gate import waiting_on
 
 
 @get("/api/live", media_type=MediaType.JSON)
@@ -58,7 +59,7 @@ async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]
     if source is not None:
         reading = source.current()
         carbon = {"g_per_kwh": reading.g_per_kwh, "source": reading.source}
-    total = gateway_view(machines)
+    total = gateway_view(machines, waiting_on([m.gate for m in ctx.machines.machines]))
     return seen.keep(Response({"machines": machines, "total": total, "carbon": carbon}))
 
 

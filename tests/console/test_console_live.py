@@ -109,6 +109,25 @@ async def test_each_machine_shows_its_own_power_queue_meters_and_backends(
     assert page.text.index('data-machine="rack-a"') < page.text.index('data-machine="rack-b"')
 
 
+async def test_a_request_queued_for_two_machines_counts_once_in_the_gateways_queue(
+    tmp_path: Path,
+) -> None:
+    specs = [("a", ("m",), 100.0), ("b", ("m",), 100.0)]
+    hold = {"x-fake-hold": "1"}
+    async with loopback_machines(specs) as (a, b), _fleet(tmp_path, [a, b]) as c:
+        busy = [asyncio.create_task(c.post("/v1/chat/completions", json=chat("m"),
+                                           headers=hold)) for _ in range(3)]  # fmt: skip
+        await until(lambda: a.backend.in_flight == b.backend.in_flight == 1)
+        d = await _live_when(c, lambda d: d["total"]["waiting"] == 1)
+        a.backend.release()
+        b.backend.release()
+        assert all(r.status_code == 200 for r in await asyncio.gather(*busy))
+    # It waits in both queues (whichever frees a slot first takes it): each machine
+    # shows it, the gateway counts it once.
+    assert [(m["in_flight"], m["waiting"]) for m in d["machines"]] == [(1, 1), (1, 1)]
+    assert (d["total"]["in_flight"], d["total"]["waiting"]) == (2, 1)
+
+
 async def test_each_machines_energy_since_start_up_is_its_own_rows_and_meters(
     tmp_path: Path,
 ) -> None:

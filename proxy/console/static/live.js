@@ -20,6 +20,13 @@
   const history = new Map();
   const cards = new Map();
   for (const card of document.querySelectorAll("section.machine")) cards.set(card.dataset.machine, card);
+  // On a phone, several machines' cards fold to their figures now (one can unfold).
+  const phone = window.matchMedia("(max-width: 720px)");
+  function fold() {
+    if (cards.size > 1 && phone.matches) for (const d of document.querySelectorAll("section.machine details")) d.open = false;
+  }
+  fold();
+  phone.addEventListener("change", fold);
   const select = $("chart-machine");
   let chart = null;
   let shown = "";
@@ -50,6 +57,9 @@
     box.replaceChildren();
     chart = new uPlot({
       width: Math.max(280, box.clientWidth), height: 260,
+      // Many machines: their names alone in the legend (a value beside each would
+      // wrap to a line per machine on a phone).
+      legend: { live: now.length <= PALETTE.length },
       series: [{}, ...now.map(([label], i) => ({ label, stroke: colour(i, now.length), width: 2 }))],
       axes: [{}, { label: "W" }],
       scales: { x: { time: true } },
