@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.support.ledger import db_rows
 from tests.support.machines import LoopbackMachine, chat, gateway, loopback_machines
 from tests.support.meters import SteadyMeter
 from tests.support.serving import JoulegateApp
-from tests.support.telemetry import until
+from tests.support.telemetry import FakeMeters, powering, until
 
 SPECS = [("rack-a", ("small",), 100.0), ("rack-b", ("large",), 300.0)]
 OPEN = AuthSettings(mode="open")  # everyone sees Live: no sign-in in these tests
@@ -208,3 +209,43 @@ async def test_the_single_machine_configuration_is_one_local_machine(
     assert d["total"]["energy"] == m["energy"]
     row = db_rows(tmp_path / "l.db")[-1]
     assert m["energy"]["attributed_dynamic_j"] == pytest.approx(row["energy_dynamic_j"])
+
+
+class StuckMeters(FakeMeters):
+    """A sampler whose read waits (its lock held by a slow meter, say) until released."""
+
+    def __init__(self) -> None:
+        super().__init__([{"id": "machine", "type": "machine", "power_w": 120.0, "energy_j": 9.0}])
+        self.entered = threading.Event()
+        self.released = threading.Event()
+
+    def device_readings(self) -> Any:
+        self.entered.set()
+        self.released.wait()
+        return super().device_readings()
+
+
+async def test_a_slow_sampler_read_never_holds_the_event_loop(
+    fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
+) -> None:
+    meters = StuckMeters()
+    failsafe = threading.Timer(10.0, meters.released.set)  # frees a loop the read blocked
+    failsafe.start()
+    components = [accounting_resource, auth_component, powering(meters), console_component,
+                  record_component]  # fmt: skip
+    ledger = LedgerSettings(path=str(tmp_path / "l.db"))
+    try:
+        async with (
+            joulegate_app(fake.url, components, ledger=ledger, auth=OPEN) as jg,
+            httpx.AsyncClient(base_url=jg.url, timeout=30) as c,
+        ):
+            live = asyncio.create_task(c.get("/console/api/live"))
+            await until(meters.entered.is_set)
+            health = await c.get("/healthz")  # answered while Live's read waits
+            answered_first = not live.done() and not meters.released.is_set()
+            meters.released.set()
+            d = (await live).json()
+    finally:
+        failsafe.cancel()
+    assert health.status_code == 200 and answered_first
+    assert d["machines"][0]["total_power_w"] == 120.0
