@@ -47,6 +47,9 @@ class Machine:
     router: BackendRouter
     last_model: str | None = None
     """The model of the request it admitted last (for a cool-down on a model change)."""
+    resting: bool = False
+    """Whether it is in a model change's cool-down now (its gate is not paused for it:
+    the request that waits holds its slot). The console's Live page shows it."""
 
     def serves(self, model: str | None) -> bool:
         """Whether one of its backends lists ``model`` (any model: None)."""
@@ -75,11 +78,14 @@ async def _after_model_change(machine: Machine, model: str | None, window: Windo
     machine.gate.cooldowns += 1
     log.info("machine %s cools down %.0f s: model %s after %s", machine.name, s.cooldown_s,
              model, last)  # fmt: skip
+    machine.resting = True
     try:
         await asyncio.sleep(s.cooldown_s)
     except asyncio.CancelledError:
         machine.gate.release()  # its client left during the pause
         raise
+    finally:
+        machine.resting = False
     window.thermal_wait_s += s.cooldown_s
     window.admitted_s = time.monotonic()
 
