@@ -114,7 +114,9 @@ class Fleet:
             else BackendRouter.union([m.router for m in self.machines], client)
         )
         """Every backend of every machine: the model list, and look-ups by model."""
-        self._turn = 0
+        self._turns: dict[str | None, int] = {}
+        """Per model (None: a route without one): where its next scan starts. One count
+        for every model let alternating traffic land each model on one machine."""
         self._by_gate = {id(m.gate): m for m in self.machines}
         self._serving: dict[str, list[Machine]] = {}
         self._index()
@@ -168,9 +170,9 @@ class Fleet:
                 code="model_not_found",
                 param="model",
             )
-        if len(serving) > 1:  # ties in turn: each request starts the scan one further
-            self._turn += 1
-            k = self._turn % len(serving)
+        if len(serving) > 1:  # ties in turn: each request of a model starts one further
+            turn = self._turns[model] = self._turns.get(model, -1) + 1  # keys: served models
+            k = turn % len(serving)
             serving = serving[k:] + serving[:k]
         if avoid is not None:
             serving = [m for m in serving if m is not avoid]
