@@ -62,6 +62,8 @@ class Poller:
         self._loop: HttpLoop | None = None
         self._thread: threading.Thread | None = None
         self._workers: list[tuple[Sink, threading.Event, threading.Thread]] = []
+        self._lock = threading.Lock()
+        """Samplers may start and stop from several threads at once."""
 
     @property
     def running(self) -> bool:
@@ -83,20 +85,22 @@ class Poller:
     def remove(self, sink: Sink, timeout_s: float = 5.0) -> None:
         """Stop reading ``sink``'s meters: no reading reaches it once this returns
         (a blocking read still running after ``timeout_s`` is abandoned)."""
-        mine = [w for w in self._workers if w[0] is sink]
-        self._workers = [w for w in self._workers if w[0] is not sink]
+        with self._lock:
+            mine = [w for w in self._workers if w[0] is sink]
+            self._workers = [w for w in self._workers if w[0] is not sink]
         _join(mine, timeout_s)
-        if self._loop is not None:
-            loop = self._loop
+        loop = self._loop
+        if loop is not None:
             loop.call(lambda: loop.drop(sink), wait_s=timeout_s)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop every read, in flight or not, and join the threads within ``timeout_s``
         (a read in flight is abandoned, not awaited)."""
-        workers, self._workers = self._workers, []
+        with self._lock:
+            workers, self._workers = self._workers, []
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
         _join(workers, timeout_s)
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
         if loop is None or thread is None:
             return
         loop.call(loop.halt, wait_s=timeout_s)
@@ -105,13 +109,14 @@ class Poller:
             loop.close()
 
     def _start(self) -> HttpLoop:
-        if self._loop is None:
-            self._loop = loop = HttpLoop(self.timeout_s)
-            loop.thread = self._thread = threading.Thread(
-                target=loop.run, name="joulegate-poller", daemon=True
-            )
-            self._thread.start()
-        return self._loop
+        with self._lock:
+            if self._loop is None:
+                self._loop = loop = HttpLoop(self.timeout_s)
+                loop.thread = self._thread = threading.Thread(
+                    target=loop.run, name="joulegate-poller", daemon=True
+                )
+                self._thread.start()
+            return self._loop
 
     def _add_blocking(self, sink: Sink, meter: Meter, interval_s: float) -> None:
         stop = threading.Event()
@@ -121,7 +126,8 @@ class Poller:
                 sink.read_meter(meter)
 
         thread = threading.Thread(target=run, name=f"joulegate-{meter.name}", daemon=True)
-        self._workers.append((sink, stop, thread))
+        with self._lock:
+            self._workers.append((sink, stop, thread))
         thread.start()
 
 
