@@ -136,7 +136,12 @@ def test_compare_and_usage_show_the_reports_numbers(
     browser_sign_in(browser, served, "alice")
     browser.get(f"{served.url}/console/compare")
     Select(browser.find_element(By.ID, "period")).select_by_value("all")
-    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]"))
+    # The table for "all", not the first period's that it replaces (that one goes stale).
+    wait(browser).until(
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, "#kinds[data-period='all'] #heat-measured td[data-n]"
+        )
+    )
     cells = {
         (td.get_attribute("data-model"), td.get_attribute("data-task")): td
         for td in browser.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]")
