@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 import platformdirs
 
+from accounting.ledger.daysums import PG_MIGRATION
 from accounting.ledger.rows import (
     _BOOL_COLUMNS,
     _JSON_COLUMNS,
@@ -143,6 +144,9 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forecast_energy_j, backend, host, machine
         )""",
     ),
+    # 8: Compare's per-day sums, kept by a trigger (SQLite's migration 12), filled from
+    # the rows there; writes to requests wait meanwhile (see daysums).
+    PG_MIGRATION,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

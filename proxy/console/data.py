@@ -91,7 +91,7 @@ async def compare(request: Request[Any, Any, Any], ctx: NamedDependency[AppConte
     seen = await viewer(request, ctx)
     acc = _ledger(seen)
     query = parse_query(_period(request, seen, "model"))
-    body = await build_compare(acc.ledger, query, seen.state.compare_days)
+    body = await build_compare(acc.ledger, query)
     return seen.keep(Response(body))
 
 

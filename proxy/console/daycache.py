@@ -1,5 +1,5 @@
-"""Whole UTC days before today, added up once: what keeps Compare and Usage fast on a
-big ledger.
+"""Whole UTC days before today, added up once: what keeps Usage fast on a big ledger
+(Compare reads the per-day sums the database keeps, :mod:`accounting.ledger.daysums`).
 
 A report over a period is the sum of its days. A day that is over does not change
 (its rows are in), so its sums are kept in memory the first time a page needs them,
