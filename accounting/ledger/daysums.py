@@ -1,5 +1,7 @@
-"""``request_day_sums``: per UTC day, user, model, task and kind (measured or
-estimated), the sums Compare needs, kept by the database itself.
+"""``request_day_sums``: per user, UTC day, model, task and kind (measured or
+estimated), the sums Compare needs, kept by the database itself; and
+``request_day_sums_all``, the same per day for everyone (what an admin's Compare
+reads: its size does not grow with the number of users).
 
 One row holds, over that cell's completed requests (no ``failure``, ``energy_j``
 known, the same filter as Compare's grouped query), the request count and the
@@ -32,7 +34,23 @@ from __future__ import annotations
 # Every statement here is built from the fixed names below, never from input.
 # ruff: noqa: S105, S608
 
-KEY = ("day", "user", "model", "task", "estimated")
+_MODEL = "COALESCE({r}.model_served, {r}.model_requested, '(none)')"
+_KEYS = {
+    # table: its key columns and what a requests row ``{r}`` puts in them
+    "request_day_sums": (
+        ("user", "{r}.user"),
+        ("day", "substr({r}.ts, 1, 10)"),
+        ("model", _MODEL),
+        ("task", "COALESCE({r}.task, '(none)')"),
+        ("estimated", "{r}.energy_estimated"),
+    ),
+    "request_day_sums_all": (
+        ("day", "substr({r}.ts, 1, 10)"),
+        ("model", _MODEL),
+        ("task", "COALESCE({r}.task, '(none)')"),
+        ("estimated", "{r}.energy_estimated"),
+    ),
+}
 COUNTS = ("n", "sci_n", "co2e_n", "token_n")
 """Integer columns: requests, and those with SCI, with CO2e, with output tokens."""
 _PER_TOKEN = "CASE WHEN {r}.completion_tokens > 0 THEN {r}.energy_j / {r}.completion_tokens END"
@@ -49,23 +67,17 @@ FLOATS: tuple[tuple[str, str], ...] = (
 )
 _COUNTED = ("{r}.sci_g", "{r}.co2e_g", _PER_TOKEN)
 """What each of :data:`COUNTS` after ``n`` counts when it is not NULL."""
-_KEYED = (
-    "substr({r}.ts, 1, 10)",
-    "{r}.user",
-    "COALESCE({r}.model_served, {r}.model_requested, '(none)')",
-    "COALESCE({r}.task, '(none)')",
-    "{r}.energy_estimated",
-)
 _COMPLETED = "{r}.failure IS NULL AND {r}.energy_j IS NOT NULL"
 _WATCHED = (
     "ts, user, model_served, model_requested, task, energy_estimated, failure, energy_j,"
     " sci_g, co2e_g, completion_tokens"
 )
 """The columns an update must change to move a row between cells or change its sums."""
+_VALUES = [*COUNTS, *(c for name, _ in FLOATS for c in (name, f"{name}_c"))]
 
-READ_SUMS = (
-    "SELECT model, task, estimated, "
-    + ", ".join(
+
+def _read(table: str) -> str:
+    sums = [
         part
         for count, (total, _), (squares, _) in zip(COUNTS, FLOATS[0::2], FLOATS[1::2], strict=True)
         for part in (
@@ -73,30 +85,30 @@ READ_SUMS = (
             f"TOTAL({total}) + TOTAL({total}_c)",
             f"TOTAL({squares}) + TOTAL({squares}_c)",
         )
-    )
-    + " FROM request_day_sums WHERE {where} GROUP BY model, task, estimated HAVING SUM(n) > 0"
-)
-"""Per (model, task, estimated), in Compare's order (n, sum, sum of squares per figure):
-requests; energy; SCI; CO2e; energy per output token. ``{where}`` filters ``day`` and
-``user``."""
-
-
-def _names(quote_user: bool, slot: bool) -> list[str]:
-    key = ['"user"' if k == "user" and quote_user else k for k in KEY]
-    floats = [c for name, _ in FLOATS for c in (name, f"{name}_c")]
-    return [*key, *(["slot"] if slot else []), *COUNTS, *floats]
-
-
-def _added(r: str, sign: str, *, quote_user: bool, slot: bool) -> list[str]:
-    """The values one row ``r`` (NEW or OLD) adds, times ``sign``."""
-    key = [k.format(r=r) for k in _KEYED]
-    if quote_user:
-        key[1] = f'{r}."user"'
-    counts = [sign] + [
-        f"{sign} * (CASE WHEN {c.format(r=r)} IS NOT NULL THEN 1 ELSE 0 END)" for c in _COUNTED
     ]
-    floats = [v for _, e in FLOATS for v in (f"{sign} * COALESCE({e.format(r=r)}, 0.0)", "0.0")]
-    return [*key, *(["pg_backend_pid() % 16"] if slot else []), *counts, *floats]
+    return (
+        f"SELECT model, task, estimated, {', '.join(sums)} FROM {table}"
+        " WHERE {where} GROUP BY model, task, estimated HAVING SUM(n) > 0"
+    )
+
+
+READ_USER_SUMS = _read("request_day_sums")
+"""Per (model, task, estimated), in Compare's order (n, sum, sum of squares per figure:
+requests and energy, SCI, CO2e, energy per output token). ``{where}`` filters ``user``
+and ``day``."""
+READ_ALL_SUMS = _read("request_day_sums_all")
+"""The same for everyone; ``{where}`` filters ``day``."""
+
+
+def _key(table: str, r: str, *, pg: bool) -> tuple[list[str], list[str]]:
+    """The key columns of ``table`` (with PostgreSQL's ``slot``) and row ``r``'s values."""
+    names = [f'"{k}"' if pg and k == "user" else k for k, _ in _KEYS[table]]
+    values = [v.format(r=r) for _, v in _KEYS[table]]
+    if pg:
+        values = [f'{r}."user"' if v == f"{r}.user" else v for v in values]
+        names.append("slot")
+        values.append("pg_backend_pid() % 16")
+    return names, values
 
 
 def _neumaier(col: str, s: str) -> str:
@@ -108,71 +120,82 @@ def _neumaier(col: str, s: str) -> str:
     )
 
 
-def _upsert(r: str, sign: str, *, pg: bool) -> str:
-    """Add row ``r`` (times ``sign``) to its cell, creating the cell if new."""
+def _upsert(table: str, r: str, sign: str, *, pg: bool) -> str:
+    """Add row ``r`` (times ``sign``) to its cell of ``table``, making the cell if new."""
+    names, key = _key(table, r, pg=pg)
+    counts = [sign] + [
+        f"{sign} * (CASE WHEN {c.format(r=r)} IS NOT NULL THEN 1 ELSE 0 END)" for c in _COUNTED
+    ]
+    floats = [v for _, e in FLOATS for v in (f"{sign} * COALESCE({e.format(r=r)}, 0.0)", "0.0")]
     s = "s." if pg else ""
-    table = "request_day_sums AS s" if pg else "request_day_sums"
     sets = [f"{c} = {s}{c} + excluded.{c}" for c in COUNTS] + [_neumaier(c, s) for c, _ in FLOATS]
-    conflict = ", ".join(_names(pg, pg)[: len(KEY) + (1 if pg else 0)])
     return (
-        f"INSERT INTO {table} ({', '.join(_names(pg, pg))})"
-        f" SELECT {', '.join(_added(r, sign, quote_user=pg, slot=pg))}"
-        f" WHERE {_COMPLETED.format(r=r)}"
-        f" ON CONFLICT ({conflict}) DO UPDATE SET {', '.join(sets)}"
+        f"INSERT INTO {table}{' AS s' if pg else ''} ({', '.join([*names, *_VALUES])})"
+        f" SELECT {', '.join([*key, *counts, *floats])} WHERE {_COMPLETED.format(r=r)}"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {', '.join(sets)}"
     )
 
 
-def _drop_empty(r: str) -> str:
+def _drop_empty(table: str, r: str) -> str:
     """Delete row ``r``'s cell once nothing is left in it (SQLite only: in PostgreSQL
     a cell is spread over slots, and an empty one is left for the reader to skip)."""
-    key = [k.format(r=r) for k in _KEYED]
-    match = " AND ".join(f"{name} = {value}" for name, value in zip(KEY, key, strict=True))
-    return f"DELETE FROM request_day_sums WHERE {match} AND n = 0"
+    names, key = _key(table, r, pg=False)
+    match = " AND ".join(f"{k} = {v}" for k, v in zip(names, key, strict=True))
+    return f"DELETE FROM {table} WHERE {match} AND n = 0"
 
 
-def _columns_sql(user: str, real: str) -> str:
-    return ", ".join(
-        [
-            "day TEXT NOT NULL",
-            f"{user} TEXT NOT NULL",
-            "model TEXT NOT NULL",
-            "task TEXT NOT NULL",
-            "estimated INTEGER NOT NULL",
-            *(f"{c} BIGINT NOT NULL" for c in COUNTS),
-            *(f"{c}{tail} {real} NOT NULL" for c, _ in FLOATS for tail in ("", "_c")),
-        ]
-    )
+def _create(table: str, *, pg: bool) -> str:
+    names, _ = _key(table, "r", pg=pg)
+    real = "DOUBLE PRECISION" if pg else "REAL"
+    columns = [
+        *(f"{k} {'INTEGER' if k in ('estimated', 'slot') else 'TEXT'} NOT NULL" for k in names),
+        *(f"{c} {'BIGINT' if c in COUNTS else real} NOT NULL" for c in _VALUES),
+    ]
+    tail = "" if pg else " WITHOUT ROWID"
+    return f"CREATE TABLE {table} ({', '.join(columns)}, PRIMARY KEY ({', '.join(names)})){tail}"
 
 
-def _backfill(user: str, total: str, slot: bool) -> str:
-    """Sum the rows already in ``requests`` into their cells (compensations 0);
-    ``total`` is the database's never-NULL sum of ``{}``."""
+def _backfill(table: str, *, pg: bool) -> str:
+    """Sum the rows already in ``requests`` into ``table`` (compensations 0)."""
+    total = "COALESCE(SUM({}), 0.0)" if pg else "TOTAL({})"
+    names, key = _key(table, "requests", pg=pg)
+    if pg:
+        key[-1] = "0"  # slot
     counts = ["COUNT(*)", *(f"COUNT({c.format(r='requests')})" for c in _COUNTED)]
     floats = [v for _, e in FLOATS for v in (total.format(e.format(r="requests")), "0.0")]
-    key = [k.format(r="requests") for k in _KEYED]
-    key[1] = f"requests.{user}"
-    names = _names(user != "user", slot)
+    grouped = ", ".join(str(i) for i in range(1, len(_KEYS[table]) + 1))
     return (
-        f"INSERT INTO request_day_sums ({', '.join(names)})"
-        f" SELECT {', '.join([*key, *(['0'] if slot else []), *counts, *floats])}"
-        f" FROM requests WHERE {_COMPLETED.format(r='requests')}"
-        f" GROUP BY {', '.join(str(i) for i in range(1, len(KEY) + 1))}"
+        f"INSERT INTO {table} ({', '.join([*names, *_VALUES])})"
+        f" SELECT {', '.join([*key, *counts, *floats])}"
+        f" FROM requests WHERE {_COMPLETED.format(r='requests')} GROUP BY {grouped}"
     )
+
+
+def _sqlite_trigger(event: str, steps: list[str]) -> str:
+    body = " ".join(f"{step};" for step in steps)
+    name = f"request_day_sums_{event.split()[0].lower()}"
+    return f"CREATE TRIGGER {name} AFTER {event} ON requests BEGIN {body} END"
+
+
+def _sqlite_steps(*parts: str) -> list[str]:
+    out = []
+    for part in parts:
+        for table in _KEYS:
+            if part == "minus":
+                out += [_upsert(table, "OLD", "-1", pg=False), _drop_empty(table, "OLD")]
+            else:
+                out.append(_upsert(table, "NEW", "1", pg=False))
+    return out
 
 
 SQLITE_MIGRATION: tuple[str, ...] = (
-    f"CREATE TABLE request_day_sums ({_columns_sql('user', 'REAL')},"
-    f" PRIMARY KEY ({', '.join(KEY)})) WITHOUT ROWID",
-    _backfill("user", "TOTAL({})", slot=False),
-    f"CREATE TRIGGER request_day_sums_insert AFTER INSERT ON requests"
-    f" BEGIN {_upsert('NEW', '1', pg=False)}; END",
-    f"CREATE TRIGGER request_day_sums_delete AFTER DELETE ON requests"
-    f" BEGIN {_upsert('OLD', '-1', pg=False)}; {_drop_empty('OLD')}; END",
-    f"CREATE TRIGGER request_day_sums_update AFTER UPDATE OF {_WATCHED} ON requests"
-    f" BEGIN {_upsert('OLD', '-1', pg=False)}; {_drop_empty('OLD')};"
-    f" {_upsert('NEW', '1', pg=False)}; END",
+    *(_create(t, pg=False) for t in _KEYS),
+    *(_backfill(t, pg=False) for t in _KEYS),
+    _sqlite_trigger("INSERT", _sqlite_steps("plus")),
+    _sqlite_trigger("DELETE", _sqlite_steps("minus")),
+    _sqlite_trigger(f"UPDATE OF {_WATCHED}", _sqlite_steps("minus", "plus")),
 )
-"""SQLite's migration 12: the table, filled from the rows there, and its triggers."""
+"""SQLite's migration 12: the tables, filled from the rows there, and their triggers."""
 
 _PG_ROW = """CREATE FUNCTION request_day_sums_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -184,26 +207,24 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$"""
+_QUOTED_WATCHED = _WATCHED.replace("user", '"user"')
 
-_QUOTED_USER = '"user"'
-_PG_KEY = ", ".join([*_names(quote_user=True, slot=True)[: len(KEY) + 1]])
 PG_MIGRATION: tuple[str, ...] = (
     # Inserts wait until the migration commits, so none is missed between the backfill
     # and the trigger (another gateway's row waits in its spill meanwhile).
     "LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE",
-    f"CREATE TABLE request_day_sums ({_columns_sql(_QUOTED_USER, 'DOUBLE PRECISION')},"
-    f" slot INTEGER NOT NULL DEFAULT 0, PRIMARY KEY ({_PG_KEY}))",
-    _backfill(_QUOTED_USER, "COALESCE(SUM({}), 0.0)", slot=True),
+    *(_create(t, pg=True) for t in _KEYS),
+    *(_backfill(t, pg=True) for t in _KEYS),
     _PG_ROW.format(
-        minus=_upsert("OLD", "-1", pg=True),
-        plus=_upsert("NEW", "1", pg=True),
+        minus=";\n        ".join(_upsert(t, "OLD", "-1", pg=True) for t in _KEYS),
+        plus=";\n        ".join(_upsert(t, "NEW", "1", pg=True) for t in _KEYS),
     ),
     f"CREATE TRIGGER request_day_sums_row AFTER INSERT OR DELETE OR UPDATE OF"
-    f" {_WATCHED.replace('user', _QUOTED_USER)} ON requests"
-    f" FOR EACH ROW EXECUTE FUNCTION request_day_sums_row()",
+    f" {_QUOTED_WATCHED} ON requests FOR EACH ROW EXECUTE FUNCTION request_day_sums_row()",
     """CREATE FUNCTION request_day_sums_clear() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN DELETE FROM request_day_sums; RETURN NULL; END $$""",
+        $$ BEGIN DELETE FROM request_day_sums; DELETE FROM request_day_sums_all;
+        RETURN NULL; END $$""",
     """CREATE TRIGGER request_day_sums_truncate AFTER TRUNCATE ON requests
         FOR EACH STATEMENT EXECUTE FUNCTION request_day_sums_clear()""",
 )
-"""PostgreSQL's migration 8: the same table (plus ``slot``), filled, and its triggers."""
+"""PostgreSQL's migration 8: the same tables (plus ``slot``), filled, and the triggers."""

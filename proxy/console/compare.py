@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accounting.ledger import Ledger
-from accounting.ledger.daysums import READ_SUMS
+from accounting.ledger.daysums import READ_ALL_SUMS, READ_USER_SUMS
 from accounting.ledger.rows import iso
 from accounting.reports import ReportQuery
 from accounting.study.stats import t_quantile
@@ -126,9 +126,9 @@ def _midnight_from(t: dt.datetime) -> dt.datetime:
 
 
 async def period_sums(ledger: Ledger, query: ReportQuery) -> list[Sums]:
-    """The period's sums: its whole UTC days from ``request_day_sums`` (a few rows per
-    day), the part of a day at either end (a period that does not start or end at a
-    midnight) from ``requests``."""
+    """The period's sums: its whole UTC days from the day sums (the user's, or
+    everyone's: a few rows a day), the part of a day at either end (a period that does
+    not start or end at a midnight) from ``requests``."""
     since, until = query.since, query.until
     first = None if since is None else _midnight_from(since)
     end = None if until is None else day_start(until)
@@ -149,7 +149,8 @@ async def period_sums(ledger: Ledger, query: ReportQuery) -> list[Sums]:
             clauses.append(clause)
             params.append(value)
     where = " AND ".join(clauses) or "1"
-    out.append(_keyed(await ledger.fetchall(READ_SUMS.format(where=where), params)))
+    read = READ_ALL_SUMS if query.user is None else READ_USER_SUMS
+    out.append(_keyed(await ledger.fetchall(read.format(where=where), params)))
     return out
 
 

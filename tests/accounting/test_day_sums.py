@@ -30,12 +30,18 @@ DIRECT = (
     " FROM requests WHERE failure IS NULL AND energy_j IS NOT NULL GROUP BY 1, 2, 3, 4, 5"
 )
 """Compare's own grouped query (its filter, model, task and kind), per day and user."""
+_SUMS = ", ".join(
+    [*(f"SUM({c})" for c in COUNTS), *(f"TOTAL({c}) + TOTAL({c}_c)" for c, _ in FLOATS)]
+)
 KEPT = (
-    "SELECT day, user, model, task, estimated, "
-    + ", ".join(
-        [*(f"SUM({c})" for c in COUNTS), *(f"TOTAL({c}) + TOTAL({c}_c)" for c, _ in FLOATS)]
-    )
-    + " FROM request_day_sums GROUP BY 1, 2, 3, 4, 5 HAVING SUM(n) > 0"
+    f"SELECT day, user, model, task, estimated, {_SUMS} FROM request_day_sums"
+    " GROUP BY 1, 2, 3, 4, 5 HAVING SUM(n) > 0"
+)
+DIRECT_ALL = DIRECT.replace(" user,", " '*',", 1).replace("BY 1, 2, 3", "BY 1, 3")
+"""The same for everyone (the user column a constant)."""
+KEPT_ALL = (
+    f"SELECT day, '*', model, task, estimated, {_SUMS} FROM request_day_sums_all"
+    " GROUP BY 1, 3, 4, 5 HAVING SUM(n) > 0"
 )
 
 
@@ -44,16 +50,19 @@ async def _by_cell(ledger: Ledger, sql: str) -> dict[tuple[Any, ...], list[Any]]
 
 
 async def assert_sums_match(ledger: Ledger) -> int:
-    """The kept sums equal the grouped query's: counts exactly, sums to the last bits
-    two orders of adding differ in. How many cells."""
-    direct, kept = await _by_cell(ledger, DIRECT), await _by_cell(ledger, KEPT)
-    assert kept.keys() == direct.keys()
-    for cell, want in direct.items():
-        got = kept[cell]
-        assert [int(v) for v in got[:4]] == [int(v) for v in want[:4]], cell
-        for name, g, w in zip((c for c, _ in FLOATS), got[4:], want[4:], strict=True):
-            assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-9), (cell, name, g, w)
-    return len(direct)
+    """The kept sums, per user and for everyone, equal the grouped query's: counts
+    exactly, sums to the last bits two orders of adding differ in. How many cells."""
+    cells = 0
+    for direct_sql, kept_sql in ((DIRECT, KEPT), (DIRECT_ALL, KEPT_ALL)):
+        direct, kept = await _by_cell(ledger, direct_sql), await _by_cell(ledger, kept_sql)
+        assert kept.keys() == direct.keys()
+        for cell, want in direct.items():
+            got = kept[cell]
+            assert [int(v) for v in got[:4]] == [int(v) for v in want[:4]], cell
+            for name, g, w in zip((c for c, _ in FLOATS), got[4:], want[4:], strict=True):
+                assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-9), (cell, name, g, w)
+        cells += len(direct)
+    return cells
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -87,7 +96,7 @@ async def test_a_ledger_of_the_previous_schema_gets_its_day_sums_from_its_rows(
         await fill(ledger, rng, 300)
         if isinstance(ledger, PostgresLedger):  # back to schema 7, rows kept
             for statement in (
-                "DROP TABLE request_day_sums",
+                "DROP TABLE request_day_sums, request_day_sums_all",
                 "DROP FUNCTION request_day_sums_row() CASCADE",
                 "DROP FUNCTION request_day_sums_clear() CASCADE",
                 "DELETE FROM schema_version WHERE version = 8",
@@ -99,6 +108,7 @@ async def test_a_ledger_of_the_previous_schema_gets_its_day_sums_from_its_rows(
                 "DROP TRIGGER request_day_sums_update",
                 "DROP TRIGGER request_day_sums_delete",
                 "DROP TABLE request_day_sums",
+                "DROP TABLE request_day_sums_all",
                 "PRAGMA user_version = 11",
             ):
                 await ledger.write(statement)

@@ -41,4 +41,3 @@ async def test_kept_days_give_the_reports_figures_and_late_rows_count(tmp_path: 
         fresh = (await build_report(ledger, query)).to_json()["totals"]
     assert after == fresh and after["requests"] == before["requests"] + 1
     assert math.isclose(after["energy_wh"], before["energy_wh"] + 1.0)
-
