@@ -155,19 +155,35 @@ def _create(table: str, *, pg: bool) -> str:
     return f"CREATE TABLE {table} ({', '.join(columns)}, PRIMARY KEY ({', '.join(names)})){tail}"
 
 
-def _backfill(table: str, *, pg: bool) -> str:
-    """Sum the rows already in ``requests`` into ``table`` (compensations 0)."""
-    total = "COALESCE(SUM({}), 0.0)" if pg else "TOTAL({})"
-    names, key = _key(table, "requests", pg=pg)
-    if pg:
-        key[-1] = "0"  # slot
+def _backfill(table: str) -> str:
+    """SQLite: sum the rows already in ``requests`` into ``table`` (compensations 0)."""
+    names, key = _key(table, "requests", pg=False)
     counts = ["COUNT(*)", *(f"COUNT({c.format(r='requests')})" for c in _COUNTED)]
-    floats = [v for _, e in FLOATS for v in (total.format(e.format(r="requests")), "0.0")]
+    floats = [v for _, e in FLOATS for v in (f"TOTAL({e.format(r='requests')})", "0.0")]
     grouped = ", ".join(str(i) for i in range(1, len(_KEYS[table]) + 1))
     return (
         f"INSERT INTO {table} ({', '.join([*names, *_VALUES])})"
         f" SELECT {', '.join([*key, *counts, *floats])}"
         f" FROM requests WHERE {_COMPLETED.format(r='requests')} GROUP BY {grouped}"
+    )
+
+
+def _pg_add(table: str, rows: str, sign: str, slot: str = "pg_backend_pid() % 16") -> str:
+    """PostgreSQL: add the completed ones of ``rows`` (a statement's transition table,
+    or ``requests`` itself), grouped per cell, times ``sign``, to ``table``."""
+    names, key = _key(table, "r", pg=True)
+    key[-1] = slot
+    counts = [f"{sign} * COUNT(*)"] + [f"{sign} * COUNT({c.format(r='r')})" for c in _COUNTED]
+    floats = [
+        v for _, e in FLOATS for v in (f"{sign} * COALESCE(SUM({e.format(r='r')}), 0.0)", "0.0")
+    ]
+    grouped = ", ".join(str(i) for i in range(1, len(_KEYS[table]) + 1))
+    sets = [f"{c} = s.{c} + excluded.{c}" for c in COUNTS] + [_neumaier(c, "s.") for c, _ in FLOATS]
+    return (
+        f"INSERT INTO {table} AS s ({', '.join([*names, *_VALUES])})"
+        f" SELECT {', '.join([*key, *counts, *floats])} FROM {rows} AS r"
+        f" WHERE {_COMPLETED.format(r='r')} GROUP BY {grouped}"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {', '.join(sets)}"
     )
 
 
@@ -190,41 +206,48 @@ def _sqlite_steps(*parts: str) -> list[str]:
 
 SQLITE_MIGRATION: tuple[str, ...] = (
     *(_create(t, pg=False) for t in _KEYS),
-    *(_backfill(t, pg=False) for t in _KEYS),
+    *(_backfill(t) for t in _KEYS),
     _sqlite_trigger("INSERT", _sqlite_steps("plus")),
     _sqlite_trigger("DELETE", _sqlite_steps("minus")),
     _sqlite_trigger(f"UPDATE OF {_WATCHED}", _sqlite_steps("minus", "plus")),
 )
 """SQLite's migration 12: the tables, filled from the rows there, and their triggers."""
 
-_PG_ROW = """CREATE FUNCTION request_day_sums_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP <> 'INSERT' THEN
-        {minus};
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        {plus};
-    END IF;
-    RETURN NULL;
-END $$"""
-_QUOTED_WATCHED = _WATCHED.replace("user", '"user"')
+_PG_FUNCTION = """CREATE FUNCTION {name}() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN {body}; RETURN NULL; END $$"""
+_PG_TRIGGER = """CREATE TRIGGER {name} AFTER {event} ON requests
+REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {name}()"""
+
+
+def _pg_trigger(event: str, *steps: tuple[str, str]) -> tuple[str, str]:
+    """A statement trigger on ``event``: each (transition table, sign) of ``steps``
+    added to both tables, grouped, once per statement."""
+    name = f"request_day_sums_{event.lower()}"
+    body = "; ".join(_pg_add(t, rows, sign) for rows, sign in steps for t in _KEYS)
+    tables = " ".join(f"{rows.split('_')[0].upper()} TABLE AS {rows}" for rows, _ in steps)
+    return (
+        _PG_FUNCTION.format(name=name, body=body),
+        _PG_TRIGGER.format(name=name, event=event, tables=tables),
+    )
+
 
 PG_MIGRATION: tuple[str, ...] = (
     # Inserts wait until the migration commits, so none is missed between the backfill
-    # and the trigger (another gateway's row waits in its spill meanwhile).
+    # and the triggers (another gateway's rows wait in its spill meanwhile).
     "LOCK TABLE requests IN SHARE ROW EXCLUSIVE MODE",
     *(_create(t, pg=True) for t in _KEYS),
-    *(_backfill(t, pg=True) for t in _KEYS),
-    _PG_ROW.format(
-        minus=";\n        ".join(_upsert(t, "OLD", "-1", pg=True) for t in _KEYS),
-        plus=";\n        ".join(_upsert(t, "NEW", "1", pg=True) for t in _KEYS),
-    ),
-    f"CREATE TRIGGER request_day_sums_row AFTER INSERT OR DELETE OR UPDATE OF"
-    f" {_QUOTED_WATCHED} ON requests FOR EACH ROW EXECUTE FUNCTION request_day_sums_row()",
-    """CREATE FUNCTION request_day_sums_clear() RETURNS trigger LANGUAGE plpgsql AS
+    *(_pg_add(t, "requests", "1", slot="0") for t in _KEYS),
+    # Statement triggers, not row triggers: a statement's rows (a COPY, a repair that
+    # deletes a day) are added up once per cell. A row trigger updated one cell's row
+    # once per row, and PostgreSQL keeps every version of a row updated within one
+    # transaction: 20,000 rows in one transaction went in at ~1,000 rows/s.
+    *_pg_trigger("INSERT", ("new_rows", "1")),
+    *_pg_trigger("DELETE", ("old_rows", "-1")),
+    *_pg_trigger("UPDATE", ("old_rows", "-1"), ("new_rows", "1")),
+    """CREATE FUNCTION request_day_sums_truncate() RETURNS trigger LANGUAGE plpgsql AS
         $$ BEGIN DELETE FROM request_day_sums; DELETE FROM request_day_sums_all;
         RETURN NULL; END $$""",
     """CREATE TRIGGER request_day_sums_truncate AFTER TRUNCATE ON requests
-        FOR EACH STATEMENT EXECUTE FUNCTION request_day_sums_clear()""",
+        FOR EACH STATEMENT EXECUTE FUNCTION request_day_sums_truncate()""",
 )
 """PostgreSQL's migration 8: the same tables (plus ``slot``), filled, and the triggers."""

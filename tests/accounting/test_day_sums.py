@@ -97,8 +97,10 @@ async def test_a_ledger_of_the_previous_schema_gets_its_day_sums_from_its_rows(
         if isinstance(ledger, PostgresLedger):  # back to schema 7, rows kept
             for statement in (
                 "DROP TABLE request_day_sums, request_day_sums_all",
-                "DROP FUNCTION request_day_sums_row() CASCADE",
-                "DROP FUNCTION request_day_sums_clear() CASCADE",
+                *(
+                    f"DROP FUNCTION request_day_sums_{event}() CASCADE"
+                    for event in ("insert", "update", "delete", "truncate")
+                ),
                 "DELETE FROM schema_version WHERE version = 8",
             ):
                 await ledger.write(statement)
