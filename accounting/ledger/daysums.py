@@ -51,52 +51,87 @@ _KEYS = {
         ("estimated", "{r}.energy_estimated"),
     ),
 }
-COUNTS = ("n", "sci_n", "co2e_n", "token_n")
-"""Integer columns: requests, and those with SCI, with CO2e, with output tokens."""
 _PER_TOKEN = "CASE WHEN {r}.completion_tokens > 0 THEN {r}.energy_j / {r}.completion_tokens END"
-FLOATS: tuple[tuple[str, str], ...] = (
-    # column, the value a requests row ``{r}`` adds (NULL adds nothing)
-    ("energy_j", "{r}.energy_j"),
-    ("energy_j_sq", "{r}.energy_j * {r}.energy_j"),
-    ("sci_g", "{r}.sci_g"),
-    ("sci_g_sq", "{r}.sci_g * {r}.sci_g"),
-    ("co2e_g", "{r}.co2e_g"),
-    ("co2e_g_sq", "{r}.co2e_g * {r}.co2e_g"),
-    ("j_per_token", _PER_TOKEN),
-    ("j_per_token_sq", f"({_PER_TOKEN}) * ({_PER_TOKEN})"),
+_FORECASTED = "{r}.forecast_energy_j IS NOT NULL AND {r}.energy_j > 0 AND {r}.failure IS NULL"
+_FORECAST_APE = (
+    "CASE WHEN "
+    + _FORECASTED
+    + " THEN ABS({r}.forecast_energy_j - {r}.energy_j) / {r}.energy_j END"
 )
-_COUNTED = ("{r}.sci_g", "{r}.co2e_g", _PER_TOKEN)
-"""What each of :data:`COUNTS` after ``n`` counts when it is not NULL."""
-_COMPLETED = "{r}.failure IS NULL AND {r}.energy_j IS NOT NULL"
+
+
+def _done(value: str) -> str:
+    """``value`` for a completed row (no failure, energy known), else NULL."""
+    return f"CASE WHEN {{r}}.failure IS NULL AND {{r}}.energy_j IS NOT NULL THEN {value} END"
+
+
+SUMS: tuple[tuple[str, str, str], ...] = (
+    # column, how it adds up (count: rows where the value is not NULL; int, float: the
+    # values, NULL adding nothing), the value of a requests row ``{r}``.
+    # Compare's figures, over completed rows:
+    ("n", "count", _done("1")),
+    ("sci_n", "count", _done("{r}.sci_g")),
+    ("co2e_n", "count", _done("{r}.co2e_g")),
+    ("token_n", "count", _done(_PER_TOKEN)),
+    ("energy_j", "float", _done("{r}.energy_j")),
+    ("energy_j_sq", "float", _done("{r}.energy_j * {r}.energy_j")),
+    ("sci_g", "float", _done("{r}.sci_g")),
+    ("sci_g_sq", "float", _done("{r}.sci_g * {r}.sci_g")),
+    ("co2e_g", "float", _done("{r}.co2e_g")),
+    ("co2e_g_sq", "float", _done("{r}.co2e_g * {r}.co2e_g")),
+    ("j_per_token", "float", _done(_PER_TOKEN)),
+    ("j_per_token_sq", "float", _done(f"({_PER_TOKEN}) * ({_PER_TOKEN})")),
+    # The report's (Usage), over every row:
+    ("requests", "count", "1"),
+    ("failed", "count", "{r}.failure"),
+    ("prompt_tokens", "int", "{r}.prompt_tokens"),
+    ("completion_tokens", "int", "{r}.completion_tokens"),
+    ("duration_s", "float", "{r}.duration_s"),
+    ("all_energy_j", "float", "{r}.energy_j"),
+    ("energy_dynamic_j", "float", "{r}.energy_dynamic_j"),
+    ("all_co2e_g", "float", "{r}.co2e_g"),
+    ("forecast_ape", "float", _FORECAST_APE),
+    ("forecast_rows", "count", "CASE WHEN " + _FORECASTED + " THEN 1 END"),
+)
+"""What a cell adds up; each ``float`` has a compensation column ``NAME_c``."""
 _WATCHED = (
     "ts, user, model_served, model_requested, task, energy_estimated, failure, energy_j,"
-    " sci_g, co2e_g, completion_tokens"
+    " sci_g, co2e_g, prompt_tokens, completion_tokens, duration_s, energy_dynamic_j,"
+    " forecast_energy_j"
 )
 """The columns an update must change to move a row between cells or change its sums."""
-_VALUES = [*COUNTS, *(c for name, _ in FLOATS for c in (name, f"{name}_c"))]
+_VALUES = [c for name, how, _ in SUMS for c in ((name, f"{name}_c") if how == "float" else (name,))]
 
 
-def _read(table: str) -> str:
-    sums = [
-        part
-        for count, (total, _), (squares, _) in zip(COUNTS, FLOATS[0::2], FLOATS[1::2], strict=True)
-        for part in (
-            f"SUM({count})",
-            f"TOTAL({total}) + TOTAL({total}_c)",
-            f"TOTAL({squares}) + TOTAL({squares}_c)",
-        )
-    ]
+def _total(name: str) -> str:
+    """A sum over cells of column ``name`` (with its compensation)."""
+    how = next(h for n, h, _ in SUMS if n == name)
+    return f"TOTAL({name}) + TOTAL({name}_c)" if how == "float" else f"SUM({name})"
+
+
+def _read(table: str, group: str, figures: tuple[str, ...], having: str) -> str:
     return (
-        f"SELECT model, task, estimated, {', '.join(sums)} FROM {table}"
-        " WHERE {where} GROUP BY model, task, estimated HAVING SUM(n) > 0"
+        f"SELECT {group}, {', '.join(_total(f) for f in figures)} FROM {table}"
+        f" WHERE {{where}} GROUP BY {group} HAVING SUM({having}) > 0 ORDER BY {group}"
     )
 
 
-READ_USER_SUMS = _read("request_day_sums")
+_COMPARE = ("n", "energy_j", "energy_j_sq", "sci_n", "sci_g", "sci_g_sq", "co2e_n", "co2e_g",
+            "co2e_g_sq", "token_n", "j_per_token", "j_per_token_sq")  # fmt: skip
+_REPORT = ("requests", "failed", "prompt_tokens", "completion_tokens", "duration_s",
+           "all_energy_j", "energy_dynamic_j", "all_co2e_g", "forecast_ape",
+           "forecast_rows")  # fmt: skip
+READ_USER_SUMS = _read("request_day_sums", "model, task, estimated", _COMPARE, "n")
 """Per (model, task, estimated), in Compare's order (n, sum, sum of squares per figure:
 requests and energy, SCI, CO2e, energy per output token). ``{where}`` filters ``user``
 and ``day``."""
-READ_ALL_SUMS = _read("request_day_sums_all")
+READ_ALL_SUMS = _read("request_day_sums_all", "model, task, estimated", _COMPARE, "n")
+"""The same for everyone; ``{where}`` filters ``day``."""
+READ_USER_DAYS = _read("request_day_sums", "day", _REPORT, "requests")
+"""Per day, in the order of ``joulegate report``'s columns (requests, failed, prompt and
+completion tokens, duration, energy, dynamic energy, CO2e, the forecasts' summed
+absolute percentage error and its rows). ``{where}`` filters ``user`` and ``day``."""
+READ_ALL_DAYS = _read("request_day_sums_all", "day", _REPORT, "requests")
 """The same for everyone; ``{where}`` filters ``day``."""
 
 
@@ -120,36 +155,69 @@ def _neumaier(col: str, s: str) -> str:
     )
 
 
-def _upsert(table: str, r: str, sign: str, *, pg: bool) -> str:
-    """Add row ``r`` (times ``sign``) to its cell of ``table``, making the cell if new."""
-    names, key = _key(table, r, pg=pg)
-    counts = [sign] + [
-        f"{sign} * (CASE WHEN {c.format(r=r)} IS NOT NULL THEN 1 ELSE 0 END)" for c in _COUNTED
-    ]
-    floats = [v for _, e in FLOATS for v in (f"{sign} * COALESCE({e.format(r=r)}, 0.0)", "0.0")]
-    s = "s." if pg else ""
-    sets = [f"{c} = {s}{c} + excluded.{c}" for c in COUNTS] + [_neumaier(c, s) for c, _ in FLOATS]
+def _row_values(r: str, sign: str) -> list[str]:
+    """What one row ``r`` (NEW or OLD) adds to each of :data:`_VALUES`, times ``sign``."""
+    out = []
+    for _, how, value in SUMS:
+        v = value.format(r=r)
+        if how == "count":
+            out.append(f"{sign} * (CASE WHEN {v} IS NOT NULL THEN 1 ELSE 0 END)")
+        else:
+            out.append(f"{sign} * COALESCE({v}, {'0' if how == 'int' else '0.0'})")
+            if how == "float":
+                out.append("0.0")
+    return out
+
+
+def _grouped_values(r: str, sign: str, total: str) -> list[str]:
+    """What the rows ``r`` of a group add to each of :data:`_VALUES`, times ``sign``;
+    ``total`` is the database's never-NULL float sum of ``{}``."""
+    out = []
+    for _, how, value in SUMS:
+        v = value.format(r=r)
+        if how == "count":
+            out.append(f"{sign} * COUNT({v})")
+        elif how == "int":
+            out.append(f"{sign} * COALESCE(SUM({v}), 0)")
+        else:
+            out += [f"{sign} * {total.format(v)}", "0.0"]
+    return out
+
+
+def _adding(s: str) -> str:
+    """The ``SET`` of an upsert: each column plus ``excluded``'s (``s``: the alias)."""
+    return ", ".join(
+        _neumaier(name, s) if how == "float" else f"{name} = {s}{name} + excluded.{name}"
+        for name, how, _ in SUMS
+    )
+
+
+def _upsert(table: str, r: str, sign: str) -> str:
+    """SQLite: add row ``r`` (times ``sign``) to its cell of ``table``, making the cell
+    if new."""
+    names, key = _key(table, r, pg=False)
     return (
-        f"INSERT INTO {table}{' AS s' if pg else ''} ({', '.join([*names, *_VALUES])})"
-        f" SELECT {', '.join([*key, *counts, *floats])} WHERE {_COMPLETED.format(r=r)}"
-        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {', '.join(sets)}"
+        f"INSERT INTO {table} ({', '.join([*names, *_VALUES])})"
+        f" SELECT {', '.join([*key, *_row_values(r, sign)])} WHERE 1"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {_adding('')}"
     )
 
 
 def _drop_empty(table: str, r: str) -> str:
-    """Delete row ``r``'s cell once nothing is left in it (SQLite only: in PostgreSQL
-    a cell is spread over slots, and an empty one is left for the reader to skip)."""
+    """SQLite: delete row ``r``'s cell once no row is left in it (in PostgreSQL a cell
+    is spread over slots, and an empty one is left for the reader to skip)."""
     names, key = _key(table, r, pg=False)
     match = " AND ".join(f"{k} = {v}" for k, v in zip(names, key, strict=True))
-    return f"DELETE FROM {table} WHERE {match} AND n = 0"
+    return f"DELETE FROM {table} WHERE {match} AND requests = 0"
 
 
 def _create(table: str, *, pg: bool) -> str:
     names, _ = _key(table, "r", pg=pg)
     real = "DOUBLE PRECISION" if pg else "REAL"
+    ints = {name for name, how, _ in SUMS if how != "float"}
     columns = [
         *(f"{k} {'INTEGER' if k in ('estimated', 'slot') else 'TEXT'} NOT NULL" for k in names),
-        *(f"{c} {'BIGINT' if c in COUNTS else real} NOT NULL" for c in _VALUES),
+        *(f"{c} {'BIGINT' if c in ints else real} NOT NULL" for c in _VALUES),
     ]
     tail = "" if pg else " WITHOUT ROWID"
     return f"CREATE TABLE {table} ({', '.join(columns)}, PRIMARY KEY ({', '.join(names)})){tail}"
@@ -158,32 +226,25 @@ def _create(table: str, *, pg: bool) -> str:
 def _backfill(table: str) -> str:
     """SQLite: sum the rows already in ``requests`` into ``table`` (compensations 0)."""
     names, key = _key(table, "requests", pg=False)
-    counts = ["COUNT(*)", *(f"COUNT({c.format(r='requests')})" for c in _COUNTED)]
-    floats = [v for _, e in FLOATS for v in (f"TOTAL({e.format(r='requests')})", "0.0")]
     grouped = ", ".join(str(i) for i in range(1, len(_KEYS[table]) + 1))
     return (
         f"INSERT INTO {table} ({', '.join([*names, *_VALUES])})"
-        f" SELECT {', '.join([*key, *counts, *floats])}"
-        f" FROM requests WHERE {_COMPLETED.format(r='requests')} GROUP BY {grouped}"
+        f" SELECT {', '.join([*key, *_grouped_values('requests', '1', 'TOTAL({})')])}"
+        f" FROM requests GROUP BY {grouped}"
     )
 
 
 def _pg_add(table: str, rows: str, sign: str, slot: str = "pg_backend_pid() % 16") -> str:
-    """PostgreSQL: add the completed ones of ``rows`` (a statement's transition table,
-    or ``requests`` itself), grouped per cell, times ``sign``, to ``table``."""
+    """PostgreSQL: add ``rows`` (a statement's transition table, or ``requests``
+    itself), grouped per cell, times ``sign``, to ``table``."""
     names, key = _key(table, "r", pg=True)
     key[-1] = slot
-    counts = [f"{sign} * COUNT(*)"] + [f"{sign} * COUNT({c.format(r='r')})" for c in _COUNTED]
-    floats = [
-        v for _, e in FLOATS for v in (f"{sign} * COALESCE(SUM({e.format(r='r')}), 0.0)", "0.0")
-    ]
+    values = _grouped_values("r", sign, "COALESCE(SUM({}), 0.0)")
     grouped = ", ".join(str(i) for i in range(1, len(_KEYS[table]) + 1))
-    sets = [f"{c} = s.{c} + excluded.{c}" for c in COUNTS] + [_neumaier(c, "s.") for c, _ in FLOATS]
     return (
         f"INSERT INTO {table} AS s ({', '.join([*names, *_VALUES])})"
-        f" SELECT {', '.join([*key, *counts, *floats])} FROM {rows} AS r"
-        f" WHERE {_COMPLETED.format(r='r')} GROUP BY {grouped}"
-        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {', '.join(sets)}"
+        f" SELECT {', '.join([*key, *values])} FROM {rows} AS r GROUP BY {grouped}"
+        f" ON CONFLICT ({', '.join(names)}) DO UPDATE SET {_adding('s.')}"
     )
 
 
@@ -198,9 +259,9 @@ def _sqlite_steps(*parts: str) -> list[str]:
     for part in parts:
         for table in _KEYS:
             if part == "minus":
-                out += [_upsert(table, "OLD", "-1", pg=False), _drop_empty(table, "OLD")]
+                out += [_upsert(table, "OLD", "-1"), _drop_empty(table, "OLD")]
             else:
-                out.append(_upsert(table, "NEW", "1", pg=False))
+                out.append(_upsert(table, "NEW", "1"))
     return out
 
 

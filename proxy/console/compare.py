@@ -18,8 +18,6 @@ either end of the period is summed from ``requests``.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import functools
 import math
 from collections import defaultdict
@@ -31,7 +29,7 @@ from accounting.ledger.daysums import READ_ALL_SUMS, READ_USER_SUMS
 from accounting.ledger.rows import iso
 from accounting.reports import ReportQuery
 from accounting.study.stats import t_quantile
-from proxy.console.daycache import DAY, day_start
+from proxy.console.days import split
 
 ALL_TASKS = "(all)"
 _SQL = (
@@ -119,38 +117,15 @@ def _keyed(rows: list[Any]) -> Sums:
     return {(str(r[0]), str(r[1]), int(r[2])): [float(v) for v in r[3:]] for r in rows}
 
 
-def _midnight_from(t: dt.datetime) -> dt.datetime:
-    """The first UTC midnight at or after ``t``."""
-    start = day_start(t)
-    return start if start == t else start + DAY
-
-
 async def period_sums(ledger: Ledger, query: ReportQuery) -> list[Sums]:
     """The period's sums: its whole UTC days from the day sums (the user's, or
-    everyone's: a few rows a day), the part of a day at either end (a period that does
-    not start or end at a midnight) from ``requests``."""
-    since, until = query.since, query.until
-    first = None if since is None else _midnight_from(since)
-    end = None if until is None else day_start(until)
-    if first is not None and end is not None and first >= end:
-        return [await _sums(ledger, query)]  # no whole day inside
-    out = []
-    if since is not None and first != since:
-        out.append(await _sums(ledger, dataclasses.replace(query, until=first)))
-    if until is not None and end != until:
-        out.append(await _sums(ledger, dataclasses.replace(query, since=end)))
-    clauses, params = [], []
-    for clause, value in (
-        ("user = ?", query.user),
-        ("day >= ?", first and first.date().isoformat()),
-        ("day < ?", end and end.date().isoformat()),
-    ):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    where = " AND ".join(clauses) or "1"
-    read = READ_ALL_SUMS if query.user is None else READ_USER_SUMS
-    out.append(_keyed(await ledger.fetchall(read.format(where=where), params)))
+    everyone's), the part of a day at either end from ``requests``."""
+    parts = split(query)
+    out = [await _sums(ledger, q) for q in (parts.before, parts.after) if q is not None]
+    if parts.days is not None:
+        where, params = parts.days
+        read = READ_ALL_SUMS if query.user is None else READ_USER_SUMS
+        out.append(_keyed(await ledger.fetchall(read.format(where=where), params)))
     return out
 
 

@@ -23,9 +23,7 @@ from importlib import resources
 import jinja2
 
 from accounting.ledger.stage import Accounting
-from accounting.reports import Line
 from config.console import ConsoleSettings
-from proxy.console.daycache import DayCache
 from proxy.console.sessions import SessionStore
 from proxy.context import AppContext
 
@@ -148,8 +146,6 @@ class ConsoleState:
     """When this joulegate started (UTC epoch seconds): Live's totals count from here."""
     since_start: SinceStart = field(default_factory=SinceStart)
     """Live's idle and dynamic joules recorded since start-up."""
-    usage_days: DayCache[Line] = field(default_factory=DayCache)
-    """Usage's report lines of whole days before today, per user (or everyone) and day."""
 
 
 @contextlib.asynccontextmanager

@@ -11,38 +11,60 @@ from typing import Any
 import pytest
 
 from accounting.ledger import Ledger, PostgresLedger
-from accounting.ledger.daysums import COUNTS, FLOATS
+from accounting.ledger.daysums import SUMS
 from tests.support.daysums import churn, fill
 from tests.support.ledger import MakeLedger
 
-_SAME_KEY = (
+_CELL = (
     "substr(ts, 1, 10), user, COALESCE(model_served, model_requested, '(none)'),"
     " COALESCE(task, '(none)'), energy_estimated"
 )
-DIRECT = (
-    f"SELECT {_SAME_KEY}, COUNT(*), COUNT(sci_g), COUNT(co2e_g),"
-    " COUNT(CASE WHEN completion_tokens > 0 THEN 1 END), TOTAL(energy_j),"
-    " TOTAL(energy_j * energy_j), TOTAL(sci_g), TOTAL(sci_g * sci_g), TOTAL(co2e_g),"
-    " TOTAL(co2e_g * co2e_g),"
-    " TOTAL(CASE WHEN completion_tokens > 0 THEN energy_j / completion_tokens END),"
-    " TOTAL(CASE WHEN completion_tokens > 0 THEN"
-    " (energy_j / completion_tokens) * (energy_j / completion_tokens) END)"
+_PER_TOKEN = "CASE WHEN completion_tokens > 0 THEN energy_j / completion_tokens END"
+_FORECASTED = "forecast_energy_j IS NOT NULL AND energy_j > 0 AND failure IS NULL"
+COMPARE = (
+    f"SELECT {_CELL}, COUNT(*), TOTAL(energy_j), TOTAL(energy_j * energy_j),"
+    " COUNT(sci_g), TOTAL(sci_g), TOTAL(sci_g * sci_g),"
+    " COUNT(co2e_g), TOTAL(co2e_g), TOTAL(co2e_g * co2e_g),"
+    f" COUNT({_PER_TOKEN}), TOTAL({_PER_TOKEN}), TOTAL(({_PER_TOKEN}) * ({_PER_TOKEN}))"
     " FROM requests WHERE failure IS NULL AND energy_j IS NOT NULL GROUP BY 1, 2, 3, 4, 5"
 )
-"""Compare's own grouped query (its filter, model, task and kind), per day and user."""
-_SUMS = ", ".join(
-    [*(f"SUM({c})" for c in COUNTS), *(f"TOTAL({c}) + TOTAL({c}_c)" for c, _ in FLOATS)]
+"""Compare's grouped query (its filter, model, task and kind), per day and user."""
+REPORT = (
+    f"SELECT {_CELL}, COUNT(*), COUNT(failure), TOTAL(prompt_tokens),"
+    " TOTAL(completion_tokens), TOTAL(duration_s), TOTAL(energy_j), TOTAL(energy_dynamic_j),"
+    f" TOTAL(co2e_g), TOTAL(CASE WHEN {_FORECASTED} THEN"
+    " ABS(forecast_energy_j - energy_j) / energy_j END),"
+    f" COUNT(CASE WHEN {_FORECASTED} THEN 1 END) FROM requests GROUP BY 1, 2, 3, 4, 5"
 )
-KEPT = (
-    f"SELECT day, user, model, task, estimated, {_SUMS} FROM request_day_sums"
-    " GROUP BY 1, 2, 3, 4, 5 HAVING SUM(n) > 0"
-)
-DIRECT_ALL = DIRECT.replace(" user,", " '*',", 1).replace("BY 1, 2, 3", "BY 1, 3")
-"""The same for everyone (the user column a constant)."""
-KEPT_ALL = (
-    f"SELECT day, '*', model, task, estimated, {_SUMS} FROM request_day_sums_all"
-    " GROUP BY 1, 3, 4, 5 HAVING SUM(n) > 0"
-)
+"""``joulegate report``'s sums over every row, per day, user, model, task and kind."""
+
+
+def _kept(names: tuple[str, ...], having: str, *, everyone: bool) -> str:
+    how = {name: kind for name, kind, _ in SUMS}
+    sums = ", ".join(
+        f"TOTAL({n}) + TOTAL({n}_c)" if how[n] == "float" else f"SUM({n})" for n in names
+    )
+    if everyone:
+        return (
+            f"SELECT day, '*', model, task, estimated, {sums} FROM request_day_sums_all"
+            f" GROUP BY 1, 3, 4, 5 HAVING SUM({having}) > 0"
+        )
+    return (
+        f"SELECT day, user, model, task, estimated, {sums} FROM request_day_sums"
+        f" GROUP BY 1, 2, 3, 4, 5 HAVING SUM({having}) > 0"
+    )
+
+
+_COMPARED = ("n", "energy_j", "energy_j_sq", "sci_n", "sci_g", "sci_g_sq", "co2e_n", "co2e_g",
+             "co2e_g_sq", "token_n", "j_per_token", "j_per_token_sq")  # fmt: skip
+_REPORTED = ("requests", "failed", "prompt_tokens", "completion_tokens", "duration_s",
+             "all_energy_j", "energy_dynamic_j", "all_co2e_g", "forecast_ape",
+             "forecast_rows")  # fmt: skip
+
+
+def _everyone(sql: str) -> str:
+    """The same query for everyone (the user column a constant)."""
+    return sql.replace(" user,", " '*',", 1).replace("BY 1, 2, 3", "BY 1, 3")
 
 
 async def _by_cell(ledger: Ledger, sql: str) -> dict[tuple[Any, ...], list[Any]]:
@@ -50,18 +72,22 @@ async def _by_cell(ledger: Ledger, sql: str) -> dict[tuple[Any, ...], list[Any]]
 
 
 async def assert_sums_match(ledger: Ledger) -> int:
-    """The kept sums, per user and for everyone, equal the grouped query's: counts
+    """The kept sums, per user and for everyone, equal the grouped queries': counts
     exactly, sums to the last bits two orders of adding differ in. How many cells."""
+    how = {name: kind for name, kind, _ in SUMS}
     cells = 0
-    for direct_sql, kept_sql in ((DIRECT, KEPT), (DIRECT_ALL, KEPT_ALL)):
-        direct, kept = await _by_cell(ledger, direct_sql), await _by_cell(ledger, kept_sql)
-        assert kept.keys() == direct.keys()
-        for cell, want in direct.items():
-            got = kept[cell]
-            assert [int(v) for v in got[:4]] == [int(v) for v in want[:4]], cell
-            for name, g, w in zip((c for c, _ in FLOATS), got[4:], want[4:], strict=True):
-                assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-9), (cell, name, g, w)
-        cells += len(direct)
+    for direct_sql, names, having in ((COMPARE, _COMPARED, "n"), (REPORT, _REPORTED, "requests")):
+        for everyone in (False, True):
+            direct = await _by_cell(ledger, _everyone(direct_sql) if everyone else direct_sql)
+            kept = await _by_cell(ledger, _kept(names, having, everyone=everyone))
+            assert kept.keys() == direct.keys()
+            for cell, want in direct.items():
+                for name, g, w in zip(names, kept[cell], want, strict=True):
+                    if how[name] == "float":
+                        assert math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-9), (cell, name, g, w)
+                    else:
+                        assert int(g) == int(w), (cell, name)
+            cells += len(direct)
     return cells
 
 

@@ -4,7 +4,6 @@ and its per-model figures are ``joulegate report --by model``'s."""
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import random
 from collections import defaultdict
@@ -13,7 +12,7 @@ from typing import Any
 from accounting.ledger import iso
 from accounting.reports import ReportQuery, build_report
 from proxy.console.compare import ALL_TASKS, build_compare
-from tests.support.daysums import DAYS, START, churn, fill
+from tests.support.daysums import churn, fill, random_periods
 from tests.support.ledger import Store
 
 Cells = dict[tuple[str, str, str, str], tuple[int, float]]
@@ -60,34 +59,13 @@ def _shown(body: dict[str, Any]) -> Cells:
     }
 
 
-def _periods(rng: random.Random) -> list[tuple[dt.datetime | None, dt.datetime | None]]:
-    """Whole days, parts of days, one instant's worth, and open ends."""
-
-    def moment() -> dt.datetime:
-        day = START + dt.timedelta(days=rng.randrange(-1, DAYS + 1))
-        return day if rng.random() < 0.4 else day + dt.timedelta(seconds=rng.uniform(0, 86_400))
-
-    out: list[tuple[dt.datetime | None, dt.datetime | None]] = [
-        (None, None),
-        (START, START + dt.timedelta(days=DAYS)),
-        (START + dt.timedelta(hours=3), START + dt.timedelta(hours=20)),
-        (START + dt.timedelta(hours=30), None),
-        (None, START + dt.timedelta(days=2, minutes=1)),
-    ]
-    while len(out) < 30:
-        a, b = sorted((moment(), moment()))
-        if a < b:
-            out.append((a, b))
-    return out
-
-
 async def test_compare_is_a_fresh_count_of_the_rows_for_any_period(store: Store) -> None:
     rng = random.Random(11)
     async with store.ledger() as ledger:
         await fill(ledger, rng, 500)
         await churn(ledger, rng, range(500), 150)
         rows = await store.rows()
-        for since, until in _periods(rng):
+        for since, until in random_periods(rng):
             for user in (None, "alice"):
                 query = ReportQuery(user=user, since=since, until=until)
                 shown, expected = _shown(await build_compare(ledger, query)), _expected(rows, query)
@@ -104,7 +82,7 @@ async def test_compare_gives_joulegate_reports_requests_and_energy_per_model(
     async with store.ledger() as ledger:
         await fill(ledger, rng, 300)
         await ledger.write("DELETE FROM requests WHERE failure IS NOT NULL OR energy_j IS NULL")
-        for since, until in _periods(rng)[:10]:
+        for since, until in random_periods(rng)[:10]:
             query = ReportQuery(user="bob", since=since, until=until, by="model", unit="J")
             report = await build_report(ledger, query)
             body = await build_compare(ledger, query)

@@ -1,6 +1,6 @@
-"""Random ledger rows for the per-day sums' tests: every case Compare's filter and
-grouping meet (failures, unknown energy, no model served, no task, no SCI, zero
-output tokens, estimates), and random updates and deletes of them."""
+"""Random ledger rows for the per-day sums' tests: every case Compare's and the
+report's sums meet (failures, unknown energy, no model served, no task, no SCI, zero
+output tokens, estimates, forecasts or none), and random updates and deletes of them."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def random_row(rng: random.Random, n: int) -> LedgerRow:
         energy_j=_maybe(rng, rng.uniform(0.1, 5000.0), 0.1),
         sci_g=_maybe(rng, rng.uniform(0.0, 2.0)), co2e_g=_maybe(rng, rng.uniform(0.0, 1.5)),
         completion_tokens=rng.choice([None, 0, rng.randrange(1, 800), rng.randrange(1, 50)]),
+        prompt_tokens=_maybe(rng, rng.randrange(0, 4000)),
+        duration_s=_maybe(rng, rng.uniform(0.01, 60.0), 0.1),
+        energy_dynamic_j=_maybe(rng, rng.uniform(0.0, 3000.0)),
+        forecast_energy_j=_maybe(rng, rng.uniform(0.0, 5000.0), 0.5),
     )  # fmt: skip
 
 
@@ -65,9 +69,32 @@ async def churn(ledger: Ledger, rng: random.Random, ids: range, changes: int) ->
         else:
             column = rng.choice(["ts", "user", "model_served", "model_requested", "task",
                                  "energy_estimated", "failure", "energy_j", "sci_g", "co2e_g",
-                                 "completion_tokens"])  # fmt: skip
+                                 "completion_tokens", "prompt_tokens", "duration_s",
+                                 "energy_dynamic_j", "forecast_energy_j"])  # fmt: skip
             value = getattr(other, column)
             await ledger.write(
                 f"UPDATE requests SET {column} = ? WHERE request_id = ?",
                 (int(value) if isinstance(value, bool) else value, request_id),
             )
+
+
+def random_periods(rng: random.Random) -> list[tuple[dt.datetime | None, dt.datetime | None]]:
+    """Periods over the test's days: whole days, parts of days, open ends, and random
+    ones (a third of their ends at a midnight)."""
+
+    def moment() -> dt.datetime:
+        day = START + dt.timedelta(days=rng.randrange(-1, DAYS + 1))
+        return day if rng.random() < 0.4 else day + dt.timedelta(seconds=rng.uniform(0, 86_400))
+
+    out: list[tuple[dt.datetime | None, dt.datetime | None]] = [
+        (None, None),
+        (START, START + dt.timedelta(days=DAYS)),
+        (START + dt.timedelta(hours=3), START + dt.timedelta(hours=20)),
+        (START + dt.timedelta(hours=30), None),
+        (None, START + dt.timedelta(days=2, minutes=1)),
+    ]
+    while len(out) < 30:
+        a, b = sorted((moment(), moment()))
+        if a < b:
+            out.append((a, b))
+    return out
