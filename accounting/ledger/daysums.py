@@ -1,17 +1,18 @@
 """``request_day_sums``: per user, UTC day, model, task and kind (measured or
-estimated), the sums Compare needs, kept by the database itself; and
-``request_day_sums_all``, the same per day for everyone (what an admin's Compare
-reads: its size does not grow with the number of users).
+estimated), the sums the console's Compare and Usage read, kept by the database
+itself; and ``request_day_sums_all``, the same per day for everyone (what an
+admin's pages read: its size does not grow with the number of users).
 
-One row holds, over that cell's completed requests (no ``failure``, ``energy_j``
-known, the same filter as Compare's grouped query), the request count and the
-count, sum and sum of squares of energy per request, SCI per request, CO2e per
-request and energy per output token. Triggers on ``requests`` keep it: an insert
-adds its row, a delete subtracts it, an update subtracts the old row and adds the
-new one. So every way a row gets in (the record stage, a fallback file replayed,
-a repair, another gateway on a shared PostgreSQL) keeps it right, with no Python
-on the proxy's path, and a period's Compare reads a few hundred summary rows
-instead of a million requests.
+A row (a *cell*) holds :data:`SUMS`: over its completed requests (no ``failure``,
+``energy_j`` known: Compare's filter) the request count and the count, sum and sum
+of squares of energy, SCI, CO2e and energy per output token; over all its requests
+the sums of ``joulegate report`` (requests, failed, tokens, duration, energy,
+dynamic energy, CO2e, the forecasts' error). Triggers on ``requests`` keep them: an
+insert adds its row, a delete subtracts it, an update subtracts the old row and adds
+the new one. So every way a row gets in (the record stage, a fallback file
+replayed, a repair, another gateway on a shared PostgreSQL) keeps them right, with
+no Python on the proxy's path, and a month reads a few hundred summary rows instead
+of a million requests.
 
 The model is ``COALESCE(model_served, model_requested, '(none)')``, the task
 ``COALESCE(task, '(none)')`` and the day ``substr(ts, 1, 10)``: ``ts`` is the
@@ -20,9 +21,10 @@ same fixed-width UTC text (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) in both databases.
 Each float sum is kept with a compensation term (Neumaier's summation: ``x`` plus
 ``x_c`` is the sum), so a cell that many rows were added to and removed from does
 not drift: its figures stay those of a fresh sum over its rows, to the last bits
-that any two orders of adding differ in. A cell whose rows are all gone is deleted.
+that any two orders of adding differ in. In SQLite a cell whose rows are all gone is
+deleted; in PostgreSQL it is left, and readers skip it.
 
-The migrations that build the table fill it from the rows already there; they are
+The migrations that build the tables fill them from the rows already there; they are
 imported by :mod:`accounting.ledger.rows` (SQLite) and
 :mod:`accounting.ledger.postgres` (PostgreSQL, where each connection adds to its
 own ``slot`` of a cell, so that concurrent commits of one busy cell do not queue

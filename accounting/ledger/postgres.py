@@ -146,8 +146,8 @@ PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             forecast_energy_j, backend, host, machine
         )""",
     ),
-    # 8: Compare's per-day sums, kept by a trigger (SQLite's migration 12), filled from
-    # the rows there; writes to requests wait meanwhile (see daysums).
+    # 8: the console's per-day sums, kept by triggers (SQLite's migration 12), filled
+    # from the rows there; writes to requests wait meanwhile (see daysums).
     PG_MIGRATION,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -223,8 +223,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
     # 11: which measurement machine served each request (``[[machines]]``).
     ("ALTER TABLE requests ADD COLUMN machine TEXT",),
-    # 12: per day, user, model, task and kind, Compare's sums, kept by triggers and
-    # filled from the rows there (about 2 s per 1,000,000 rows; see daysums).
+    # 12: per user, day, model, task and kind, the sums the console's Compare and
+    # Usage read, kept by triggers and filled from the rows there (see daysums).
     SQLITE_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
