@@ -106,17 +106,23 @@ def gateway_components() -> list[Component]:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    machines: Sequence[LoopbackMachine], ledger: Path | LedgerSettings, **settings: Any
+    machines: Sequence[LoopbackMachine],
+    ledger: Path | LedgerSettings,
+    *,
+    components: list[Component] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Running]:
     """joulegate in front of ``machines`` with a SQLite ledger at ``ledger`` (a path), or
-    the ledger ``ledger`` names."""
+    the ledger ``ledger`` names; its components are :func:`gateway_components` unless
+    given."""
     s = Settings(
         machines=tuple(m.settings() for m in machines),
         ledger=ledger if isinstance(ledger, LedgerSettings) else LedgerSettings(path=str(ledger)),
         **settings,
     )
     routes = [metrics_endpoint, *ledger_routes()]
-    app = create_app(s, components=gateway_components(), route_handlers=routes)
+    chosen = gateway_components() if components is None else components
+    app = create_app(s, components=chosen, route_handlers=routes)
     async with serve(app) as url:
         yield Running(url, app)
 
