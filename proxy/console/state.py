@@ -23,10 +23,7 @@ from importlib import resources
 import jinja2
 
 from accounting.ledger.stage import Accounting
-from accounting.reports import Line
 from config.console import ConsoleSettings
-from proxy.console.compare import Sums
-from proxy.console.daycache import DayCache
 from proxy.console.sessions import SessionStore
 from proxy.context import AppContext
 
@@ -159,10 +156,6 @@ class ConsoleState:
     """When this joulegate started (UTC epoch seconds): Live's totals count from here."""
     since_start: SinceStart = field(default_factory=SinceStart)
     """Live's idle and dynamic joules recorded since start-up."""
-    compare_days: DayCache[Sums] = field(default_factory=DayCache)
-    """Compare's sums of whole days before today, per user (or everyone) and day."""
-    usage_days: DayCache[Line] = field(default_factory=DayCache)
-    """Usage's report lines of whole days before today, per user (or everyone) and day."""
 
 
 @contextlib.asynccontextmanager
