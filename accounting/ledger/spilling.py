@@ -101,7 +101,11 @@ class SpillingLedger(abc.ABC):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retry_task
             self._retry_task = None
-        if self._degraded is not None and self._connected and not await self.flush():
+        # Held rows are written even when degraded mode has ended: cancelling the retry
+        # task may have stopped a flush between its batches (rows spilled while the first
+        # was written), which would leave them in the file until the next start.
+        held = self._degraded is not None or any(self._spill.snapshot())
+        if held and self._connected and not await self.flush():
             log.error(
                 "ledger: closing with %d held rows unwritten; those in %s are replayed at the"
                 " next start, the %d held only in memory are lost",

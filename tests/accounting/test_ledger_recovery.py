@@ -76,6 +76,42 @@ async def test_degraded_mode_ends_although_rows_arrive_during_every_retry(tmp_pa
     assert not ledger.fallback_path.exists()
 
 
+class StallingLedger(SqliteLedger):
+    """A row spills while the first held batch is written; the batch after it (the
+    spilled row, degraded mode already ended) stalls until the ledger closes."""
+
+    batches = 0
+    stalled: asyncio.Event | None = None
+
+    async def _insert_many(self, rows: Sequence[LedgerRow]) -> None:
+        if rows:
+            self.batches += 1
+            if self.batches == 1:
+                await self.append(row(101))
+            elif self.batches == 2 and self.stalled is not None:
+                self.stalled.set()
+                await asyncio.sleep(3600)  # cancelled with the retry task at close
+        await super()._insert_many(rows)
+
+
+async def test_closing_mid_flush_writes_the_rows_spilled_meanwhile(tmp_path: Path) -> None:
+    # Degraded mode ends at the first committed batch; closing before the next one
+    # (the rows spilled while the first was written) left them in the fallback file
+    # until the next start, although the database took rows again.
+    path = tmp_path / "l.sqlite3"
+    ledger = StallingLedger(path, busy_timeout_s=0.05, retry_s=0.05)
+    ledger.stalled = asyncio.Event()
+    await ledger.open(serving=True)
+    with write_locked(path):
+        await ledger.append(row(1))
+        assert ledger.degraded
+    await asyncio.wait_for(ledger.stalled.wait(), 10)
+    assert not ledger.degraded
+    await ledger.close()
+    assert sorted(r["request_id"] for r in db_rows(path)) == ["d1", "d101"]
+    assert not ledger.fallback_path.exists()
+
+
 async def test_degraded_mode_ends_while_requests_keep_flowing(
     fake: FakeBackend, joulegate_app: JoulegateApp, tmp_path: Path
 ) -> None:
