@@ -1,23 +1,23 @@
 """The forecast's place in the proxy: a refitting :class:`Forecaster` and a stage.
 
-The component fits :mod:`accounting.forecast.fit` on the ledger at start-up and then
-in the background, once ``refit_rows`` requests have finished *and* the ledger has
-grown by a tenth of the rows the fit was made on, or every ``refit_s`` seconds when
-any request finished; never two background refits less than a second apart (nor
-closer than ten times the last one's duration). Reading then costs each request about ten row reads however big
-the ledger is (refitting every 200 requests on 200,000 rows cost each a thousand, some
-3 ms of CPU). A model whose history is small is refitted sooner: as soon as it has
-the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each of its
-requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22 requests
-once waited 11 minutes for its first forecast); on a ledger of more than
-:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows
-double. ``POST /v1/energy/forecast`` for such a model first asks the ledger whether
-rows of it were committed since the fit (:meth:`Forecaster.freshen`: the rows after
-the fit's last id, a range read) and if so refits before answering, so a bench's
-last request is in the next forecast even when that request's own bookkeeping has
-not run yet; admission never waits. The ledger is read and the fit made in a worker
-thread (``fetch_converted``), so neither blocks a request; a request uses the fit it
-finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
+The component fits :mod:`accounting.forecast.fit` on the ledger at start-up and then in
+the background, once ``refit_rows`` requests have finished *and* the ledger has grown by
+a tenth of the rows the fit was made on, or every ``refit_s`` seconds when any request
+finished; never two background refits less than a second apart (nor closer than ten
+times the last one's duration). Reading then costs each request about ten row reads
+however big the ledger is (refitting every 200 requests on 200,000 rows cost each a
+thousand, some 3 ms of CPU). A model whose history is small is refitted sooner: as soon
+as it has the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each
+of its requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22
+requests once waited 11 minutes for its first forecast); on a ledger of more than
+:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows double.
+``POST /v1/energy/forecast`` for such a model first asks the ledger whether rows of it
+were committed since the fit (:meth:`Forecaster.freshen`: the rows after the fit's last
+id, a range read) and if so refits before answering, so a bench's last request is in the
+next forecast even when that request's own bookkeeping has not run yet; admission never
+waits. The ledger is read and the fit made in a worker thread (``fetch_converted``), so
+neither blocks a request; a request uses the fit it finds (:attr:`Forecaster.current`,
+replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
