@@ -107,7 +107,7 @@ class Sampler:
         self._failing: dict[int, str] = {}
         self._requests: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
         """Asks for a sample now: a future to settle after it, or None (no one waits)."""
-        self._batch: list[asyncio.Future[None]] = []  # crowded ends waiting to ask together
+        self._batch: asyncio.Future[None] | None = None  # one read for the crowded ends
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -313,9 +313,8 @@ class Sampler:
     async def fresh_sample(
         self, timeout_s: float = FRESH_TIMEOUT_S, *, token: WindowToken | None = None
     ) -> None:
-        """Have the local meters read once more (one hop to the sampler thread), unless
-        the last sample is as fresh as the meters can be; ``token``'s end in a crowd
-        waits up to :data:`CROWD_GAP` of an interval, sharing one read (module docstring)."""
+        """Have the local meters read once more (one hop to the sampler thread) unless they
+        just were; ``token``'s end in a crowd shares one read (module docstring)."""
         if self._sampled_recently():
             return
         if not self._threads:
@@ -327,9 +326,10 @@ class Sampler:
         if token is None or self._open.exclusive(token) or wait_s <= 0:
             self._requests.put(fut)
         else:
-            if not self._batch:
+            if self._batch is None:
+                self._batch = loop.create_future()  # one hop each way for them all
                 loop.call_later(wait_s, self._send_batch)
-            self._batch.append(fut)
+            self._batch.add_done_callback(lambda _: _settle(fut))
         timer = loop.call_later(timeout_s, _settle, fut)
         try:
             await fut
@@ -337,8 +337,8 @@ class Sampler:
             timer.cancel()
 
     def _send_batch(self) -> None:
-        while self._batch:
-            self._requests.put(self._batch.pop())
+        self._requests.put(self._batch)
+        self._batch = None
 
     def _total_j(self, start_s: float, end_s: float) -> float | None:
         return self._set.measure(start_s, end_s, exclusive=False).energy_j
