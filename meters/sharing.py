@@ -137,12 +137,12 @@ class OverlapBook:
     def next_start_s(self) -> float | None:
         """Where the next split begins: :attr:`split_through_s`, or the earliest
         request in the book when that is later; None when no request is."""
-        starts = [e.start_s for e in list(self._live.values())]
+        starts = [e.start_s for e in self._snapshot()]
         return max(self.split_through_s, min(starts)) if starts else None
 
     def skip_to(self, point_s: float) -> None:
         """Nothing up to ``point_s`` can be measured: the requests in it get no share."""
-        for e in list(self._live.values()):
+        for e in self._snapshot():
             if e.start_s < point_s:
                 e.unmeasured = True
         self.split_through_s = max(self.split_through_s, point_s)
@@ -157,7 +157,7 @@ class OverlapBook:
             return
         first, last = max(todo[0].start_s, self.split_through_s), todo[-1].end_s
         members: list[tuple[_Entry, Work]] = []
-        for e in list(self._live.values()):
+        for e in self._snapshot():
             end = e.end_s
             if e.start_s < last and (end is None or end > first):
                 w = e.work(now_s if end is None else end)
@@ -223,6 +223,13 @@ class OverlapBook:
             if final is not None:
                 finish(e.share, final)
                 e.final = None
+
+    def _snapshot(self) -> list[_Entry]:
+        """The live entries now (for the splitting thread). ``dict.copy`` is one step
+        under the GIL; ``list(d.values())`` is not (an allocation on the way may run a
+        collection, whose finalizers let the loop in): at 512 streams, with the loop
+        opening and closing requests meanwhile, it raised "dictionary changed size"."""
+        return list(self._live.copy().values())
 
     def charged(self, key: str) -> Share | None:
         """``key``'s share of the intervals split so far, totalled; None if the book
