@@ -3,7 +3,7 @@
 The component fits :mod:`accounting.forecast.fit` on the ledger at start-up and then in
 the background, once ``refit_rows`` requests have finished *and* the ledger has grown by
 a tenth of the rows the fit was made on, or every ``refit_s`` seconds when any request
-finished; never two background refits less than a second apart (nor closer than ten
+finished; never two background refits less than five seconds apart (nor closer than ten
 times the last one's duration). Reading then costs each request about ten row reads
 however big the ledger is (refitting every 200 requests on 200,000 rows cost each a
 thousand, some 3 ms of CPU). A model whose history is small is refitted sooner: as soon
@@ -97,7 +97,7 @@ def max_tokens_of(body: Mapping[str, Any] | None) -> int | None:
 
 REFIT_GROWTH = 0.1
 """A refit waits for the ledger to grow by this fraction of the rows of the last fit."""
-REFIT_PAUSE_S = 1.0
+REFIT_PAUSE_S = 5.0
 """The background refits are at least this far apart (a refit due sooner waits)."""
 REFIT_COST_SHARE = 0.1
 """The most of the time background refits may take: one that took ``t`` seconds is
