@@ -64,8 +64,12 @@ def test_a_closed_window_stays_exclusive_when_others_open_after_it() -> None:
 
 
 async def reads_after(meter: CountingMeter, before: int, settle_s: float = 0.1) -> int:
-    """The meter's reads since ``before``, once the sampler thread has had time to act."""
-    await asyncio.sleep(settle_s)
+    """The meter's reads since ``before``, once the sampler thread has had time to act
+    (a read seen sooner ends the wait: a loaded machine may take longer)."""
+    for _ in range(round(settle_s / 0.01)):
+        await asyncio.sleep(0.01)
+        if meter.reads > before:
+            break
     return meter.reads - before
 
 
@@ -76,7 +80,7 @@ async def test_only_a_window_opening_alone_wakes_the_sampler_for_its_edge() -> N
     try:
         before = meter.reads
         first = sampler.open_window(time.monotonic())
-        alone = await reads_after(meter, before)
+        alone = await reads_after(meter, before, settle_s=0.5)
         before = meter.reads
         crowd = [sampler.open_window(time.monotonic()) for _ in range(20)]
         joined = await reads_after(meter, before)
