@@ -18,6 +18,7 @@ MODULES = [
     "bench.batching",
     "bench.scale",
     "bench.console",
+    "bench.daysums",
     "bench.machines",
     "bench.stalled_readers",
 ]

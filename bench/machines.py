@@ -39,6 +39,7 @@ from config import BackendSettings, MeterSettings
 from config.machines import MachineSettings
 from meters.detect import detect_remote_meters
 from meters.machines import REMOTE_ONLY_TICK_HZ
+from meters.poller import Poller
 from meters.sampler import Sampler
 from proxy.gate import Window
 from proxy.machines import Fleet, build_machine
@@ -160,12 +161,14 @@ def _sampler_cpu_pct(meters: int, hz: float, seconds: float) -> tuple[float, int
             prometheus_metric="wall_power_watts", prometheus_unit="W", external_hz=hz,
         )  # fmt: skip
         idle = _cpu_per_s(seconds)
+        poller = Poller()  # one for every machine, as meters.machines builds it
         samplers = [
             Sampler(
                 detect_remote_meters(settings, ("prometheus",)).meters,
                 external_hz=hz,
                 sample_hz=REMOTE_ONLY_TICK_HZ,
-            )  # as meters.machines builds it
+                poller=poller,
+            )
             for _ in range(meters)
         ]
         for s in samplers:
@@ -175,6 +178,7 @@ def _sampler_cpu_pct(meters: int, hz: float, seconds: float) -> tuple[float, int
         finally:
             for s in samplers:
                 s.close()
+            poller.stop()
     return 100.0 * max(0.0, busy - idle), len(samplers)
 
 

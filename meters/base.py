@@ -68,9 +68,9 @@ class Meter(ABC):
     estimate_model: str | None = None
     """For an estimate: which model and coefficients it uses (None for a measurement)."""
     remote: ClassVar[bool] = False
-    """True for meters read over the network or a subprocess: they are polled
-    on their own thread at ``meters.external_hz`` so a slow answer never delays
-    the local meters, and are not re-read at window edges."""
+    """True for meters read over the network or a subprocess: they are polled by
+    the :class:`~meters.poller.Poller` at ``meters.external_hz`` so a slow answer
+    never delays the local meters, and are not re-read at window edges."""
     counter_resolution_s: ClassVar[float] = 0.0
     """How often the device updates its energy counter; windows shorter than
     this use integrated power instead and are flagged low-resolution."""

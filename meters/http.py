@@ -1,24 +1,31 @@
 """HTTP for the whole-machine meters: one blocking client per meter, errors translated here.
 
-A meter is polled up to ``external_hz`` times a second on its own thread, for as
-many machines as joulegate fronts (16 wall meters at 10 Hz: 160 polls a second).
-The default client is therefore a keep-alive connection of the standard library
-(:class:`KeepAlive`), about a fifth of an ``httpx.Client``'s CPU per poll; tests and
-tools may pass an ``httpx.Client`` instead (a ``MockTransport``). Every read is
-bounded by the timeout, on connect and on each socket operation.
+A meter is polled up to ``external_hz`` times a second, for as many machines as
+joulegate fronts (16 wall meters at 10 Hz: 160 polls a second). In the background
+the :class:`~meters.poller.Poller` sends a :class:`Polled` meter's GET itself, over
+a non-blocking connection of its own, and parses the answer with
+:func:`parse_answer`; the meter only turns the answer into readings. Its blocking
+reads (the probe at start-up, ``joulegate meters``, an ``https://`` endpoint) go
+through a keep-alive connection (:class:`KeepAlive`), about a fifth of an
+``httpx.Client``'s CPU per poll; tests and tools may pass an ``httpx.Client``
+instead (a ``MockTransport``). Every blocking read is bounded by the timeout, on
+connect and on each socket operation.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import urllib.parse
+from abc import ABC, abstractmethod
 from typing import Any
 
 import httpx
 
 from config.errors import MeterError
+from meters.base import Reading
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest answer read from a meter (node_exporter's whole page fits many times)."""
@@ -26,6 +33,17 @@ _HEADERS = {"User-Agent": "joulegate", "Accept-Encoding": "identity"}
 
 
 _Target = tuple[str, str, bytes, tuple[str, int]]
+
+
+def request_for(url: str) -> _Target:
+    """(scheme, host:port, a GET's bytes, the (host, port) to connect to) for ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in _HEADERS.items()
+    )
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    return parts.scheme, parts.netloc, (head + "\r\n").encode("latin-1"), address
 
 
 class KeepAlive:
@@ -49,15 +67,7 @@ class KeepAlive:
         out once."""
         known = self._requests.get(url)
         if known is None:
-            parts = urllib.parse.urlsplit(url)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            head = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(
-                f"{k}: {v}\r\n" for k, v in _HEADERS.items()
-            )
-            default = 443 if parts.scheme == "https" else 80
-            address = (parts.hostname or "", parts.port or default)
-            known = (parts.scheme, parts.netloc, (head + "\r\n").encode("latin-1"), address)
-            self._requests[url] = known
+            known = self._requests[url] = request_for(url)
         return known
 
     def get(self, url: str) -> tuple[int, bytes]:
@@ -86,35 +96,18 @@ class KeepAlive:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = self._sock
         sock.sendall(request)
-        reader = _Reader(sock)
-        status_line = reader.line()
-        status = int(status_line.split(None, 2)[1])
-        length: int | None = None
-        chunked = close = False
-        while line := reader.line():
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                close = b"close" in value.lower()
-        if chunked:
-            body = bytearray()
-            while size := int(reader.line().split(b";", 1)[0], 16):
-                body += reader.exactly(size)
-                reader.line()
-            while reader.line():  # trailers, up to the blank line
-                pass
-            out = bytes(body)
-        elif length is not None:
-            out = reader.exactly(length)
-        else:
-            out, close = reader.rest(), True
+        buf = bytearray()
+        answer = None
+        while answer is None:
+            data = sock.recv(65536)
+            buf += data
+            if len(buf) > MAX_BODY_BYTES:
+                raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
+            answer = parse_answer(buf, eof=not data)
+        status, body, close, _ = answer
         if close:
             self.close()
-        return status, out
+        return status, body
 
     def _get_tls(self, netloc: str, request: bytes) -> tuple[int, bytes]:
         if self._tls is None:
@@ -137,49 +130,6 @@ class KeepAlive:
             self._tls = None
 
 
-class _Reader:
-    """Buffered reads of one answer from a socket, bounded by :data:`MAX_BODY_BYTES`."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = bytearray()
-        self._total = 0
-
-    def _fill(self) -> bool:
-        data = self._sock.recv(65536)
-        self._total += len(data)
-        if self._total > MAX_BODY_BYTES:
-            raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
-        self._buf += data
-        return bool(data)
-
-    def line(self) -> bytes:
-        """The next line, without its CRLF."""
-        while (end := self._buf.find(b"\r\n")) < 0:
-            if not self._fill():
-                raise ConnectionError("the meter closed the connection mid-answer")
-        out = bytes(self._buf[:end])
-        del self._buf[: end + 2]
-        return out
-
-    def exactly(self, n: int) -> bytes:
-        """The next ``n`` bytes."""
-        while len(self._buf) < n:
-            if not self._fill():
-                raise ConnectionError("the meter closed the connection mid-answer")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
-
-    def rest(self) -> bytes:
-        """Everything up to the close."""
-        while self._fill():
-            pass
-        out = bytes(self._buf)
-        self._buf.clear()
-        return out
-
-
 Client = KeepAlive | httpx.Client
 """What a meter polls with."""
 
@@ -189,13 +139,17 @@ def new_client(timeout_s: float = 2.0) -> KeepAlive:
     return KeepAlive(timeout_s)
 
 
-def get_text(client: Client, url: str) -> str:
-    """GET ``url``'s body as text; any transport error or non-2xx status becomes MeterError."""
+def checked(url: str, status: int, body: bytes) -> bytes:
+    """``body``, or MeterError when ``status`` is not 2xx."""
+    if not 200 <= status < 300:
+        raise MeterError(f"{url} answered {status}")
+    return body
+
+
+def get_body(client: Client, url: str) -> bytes:
+    """GET ``url``'s body; any transport error or non-2xx status becomes MeterError."""
     if isinstance(client, KeepAlive):
-        status, body = client.get(url)
-        if not 200 <= status < 300:
-            raise MeterError(f"{url} answered {status}")
-        return body.decode("utf-8", errors="replace")
+        return checked(url, *client.get(url))
     try:
         response = client.get(url)
         response.raise_for_status()
@@ -203,13 +157,107 @@ def get_text(client: Client, url: str) -> str:
         raise MeterError(f"{url} answered {exc.response.status_code}") from exc
     except httpx.HTTPError as exc:
         raise MeterError(f"{url}: {type(exc).__name__}: {exc}") from exc
-    return response.text
+    return response.content
+
+
+def get_text(client: Client, url: str) -> str:
+    """GET ``url``'s body as text; any transport error or non-2xx status becomes MeterError."""
+    return get_body(client, url).decode("utf-8", errors="replace")
+
+
+def json_of(url: str, body: bytes) -> Any:
+    """The JSON in ``body``; a bad body becomes MeterError."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise MeterError(f"{url} did not answer JSON: {exc}") from exc
 
 
 def get_json(client: Client, url: str) -> Any:
     """GET ``url`` and parse its JSON body; a bad body becomes MeterError."""
-    text = get_text(client, url)
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise MeterError(f"{url} did not answer JSON: {exc}") from exc
+    return json_of(url, get_body(client, url))
+
+
+class Polled(ABC):
+    """A meter whose reading is one HTTP GET: :class:`~meters.poller.Poller` sends it
+    on a connection of its own, with every other meter's, from one thread."""
+
+    @abstractmethod
+    def poll_url(self) -> str | None:
+        """The ``http://`` URL to GET for a reading; None when the meter must be read
+        with :meth:`~meters.base.Meter.read` (``https://``, a client passed in)."""
+
+    @abstractmethod
+    def poll_answer(self, status: int, body: bytes) -> dict[str, Reading]:
+        """The readings in the answer to :meth:`poll_url`; MeterError when it has none."""
+
+
+def pollable(client: Client, url: str) -> str | None:
+    """``url`` when the poller can GET it itself (plain HTTP, the default client)."""
+    return url if isinstance(client, KeepAlive) and url.startswith("http://") else None
+
+
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r]*)")
+"""The headers that frame an answer, in a lower-cased head."""
+
+Answer = tuple[int, bytes, bool, int]
+"""An answer parsed from a buffer: status, body, whether the server closes, bytes used."""
+
+
+def parse_answer(buf: bytes | bytearray, eof: bool = False) -> Answer | None:
+    """The first whole HTTP/1.1 answer in ``buf`` (``Content-Length``, chunked, or up
+    to the close when ``eof``); None while it is incomplete; ValueError when malformed."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        if eof:
+            raise ValueError("the connection closed mid-answer")
+        return None
+    head = bytes(buf[:head_end]).lower()
+    status = int(head.split(None, 2)[1])
+    length: int | None = 0 if status in (204, 304) or status < 200 else None
+    chunked = close = False
+    for name, value in _FRAMING.findall(head):
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value
+        else:
+            close = b"close" in value
+    pos = head_end + 4
+    if chunked:
+        return _dechunk(buf, pos, status, close, eof)
+    if length is not None:
+        if len(buf) < pos + length:
+            return _short(eof)
+        return status, bytes(buf[pos : pos + length]), close, pos + length
+    return (status, bytes(buf[pos:]), True, len(buf)) if eof else None
+
+
+def _dechunk(
+    buf: bytes | bytearray, pos: int, status: int, close: bool, eof: bool
+) -> Answer | None:
+    body = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return _short(eof)
+        size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        if len(buf) < pos + size + 2:
+            return _short(eof)
+        body += buf[pos : pos + size]
+        pos += size + 2
+    while (eol := buf.find(b"\r\n", pos)) != pos:  # trailers, up to the blank line
+        if eol < 0:
+            return _short(eof)
+        pos = eol + 2
+    return status, bytes(body), close, pos + 2
+
+
+def _short(eof: bool) -> Answer | None:
+    """None (wait for more), or ValueError when no more will come."""
+    if eof:
+        raise ValueError("the connection closed mid-answer")
+    return None

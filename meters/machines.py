@@ -5,7 +5,8 @@ Each machine (:mod:`proxy.machines`) has its own meters, read by its own
 batching are that machine's alone; a request's energy comes from the sampler of
 the machine that served it (``ex.machine``), never another's. The pieces are the
 single-machine ones, composed once per machine: a :class:`~meters.stage.MeterStage`
-per machine behind one dispatching stage.
+per machine behind one dispatching stage. One :class:`~meters.poller.Poller` reads
+every machine's remote meters, from one thread (:mod:`meters.poller`).
 
 A machine that is not ``local`` is read over the network only (Prometheus,
 IPMI over LAN, smart plugs; see :data:`~config.machines.REMOTE_KINDS`): when none
@@ -27,6 +28,7 @@ from config.machines import MachineSettings
 from meters.base import Activity, Meter
 from meters.detect import Hardware, detect_meters, detect_remote_meters
 from meters.host import detect_host
+from meters.poller import Poller
 from meters.sampler import Sampler
 from meters.stage import MeterStage, meters_check
 from meters.thermal import CpuThermometer, ThermalGuard
@@ -106,12 +108,14 @@ async def machines_component(
     machine's sampler is also ``ctx.get(Sampler)``; every machine's is in
     :class:`~proxy.context.MachinePower`.
     """
+    poller = Poller()
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(asyncio.to_thread, poller.stop)  # after every sampler's
         stages: dict[str, MeterStage] = {}
         for machine in ctx.machines.machines:
             given = None if meters is None else meters.get(machine.name, ())
             stages[machine.name] = await stack.enter_async_context(
-                _one_machine(ctx, machine, given, hardware, thermometer)
+                _one_machine(ctx, machine, given, hardware, thermometer, poller=poller)
             )
         yield MachineMeters(stages)
 
@@ -146,6 +150,7 @@ async def _one_machine(
     *,
     activity: Activity | None = None,
     host: Host | None = None,
+    poller: Poller | None = None,
 ) -> AsyncIterator[MeterStage]:
     s = machine.settings.meters
     activity = activity or Activity()
@@ -154,7 +159,9 @@ async def _one_machine(
     # With only remote meters the local tick reads nothing: it only keeps the books
     # (unattributed energy, pruning), which once a second does as well.
     local_hz = s.sample_hz if any(not m.remote for m in meters) else REMOTE_ONLY_TICK_HZ
-    sampler = Sampler(meters, sample_hz=local_hz, external_hz=s.external_hz, activity=activity)
+    sampler = Sampler(
+        meters, sample_hz=local_hz, external_hz=s.external_hz, activity=activity, poller=poller
+    )
     for line in sampler.ignored:
         log.info("meter on %s: ignoring %s", machine.name, line)
     if not sampler.meters:

@@ -52,7 +52,7 @@ def tasmota_power_w(body: Any) -> float:
         raise MeterError("Tasmota Status 8 answer has no StatusSNS.ENERGY.Power") from exc
 
 
-class _PlugMeter(Meter):
+class _PlugMeter(Meter, http.Polled):
     """A smart plug's power as the ``machine`` component."""
 
     remote = True
@@ -71,9 +71,28 @@ class _PlugMeter(Meter):
     def _power_w(self) -> float:
         """The plug's power in W (blocking)."""
 
+    @abstractmethod
+    def _path(self) -> str | None:
+        """The path that answers the power, once known."""
+
+    @abstractmethod
+    def _power_in(self, body: Any) -> float:
+        """The power in W in the JSON answer to :meth:`_path`."""
+
     def read(self) -> dict[str, Reading]:
         """The plug's present power."""
         return {"machine": Reading(power_w=self._power_w())}
+
+    def poll_url(self) -> str | None:
+        """The status URL, when it is plain HTTP (see :class:`~meters.http.Polled`)."""
+        path = self._path()
+        return None if path is None else http.pollable(self._client, self._base + path)
+
+    def poll_answer(self, status: int, body: bytes) -> dict[str, Reading]:
+        """The power in the plug's answer (see :class:`~meters.http.Polled`)."""
+        url = self._base + (self._path() or "")
+        power_w = self._power_in(http.json_of(url, http.checked(url, status, body)))
+        return {"machine": Reading(power_w=power_w)}
 
     def describe(self) -> str:
         """E.g. ``tasmota: machine from http://plug.local``."""
@@ -109,6 +128,12 @@ class ShellyMeter(_PlugMeter):
         self.generation = 1
         return power
 
+    def _path(self) -> str | None:
+        return {1: SHELLY_GEN1_PATH, 2: SHELLY_GEN2_PATH}.get(self.generation or 0)
+
+    def _power_in(self, body: Any) -> float:
+        return shelly_gen1_power_w(body) if self.generation == 1 else shelly_gen2_power_w(body)
+
     def describe(self) -> str:
         """E.g. ``shelly: machine from http://plug.local (Gen2 API)``."""
         return f"{super().describe()} (Gen{self.generation} API)"
@@ -121,3 +146,9 @@ class TasmotaMeter(_PlugMeter):
 
     def _power_w(self) -> float:
         return tasmota_power_w(http.get_json(self._client, self._base + TASMOTA_PATH))
+
+    def _path(self) -> str | None:
+        return TASMOTA_PATH
+
+    def _power_in(self, body: Any) -> float:
+        return tasmota_power_w(body)

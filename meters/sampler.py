@@ -2,9 +2,10 @@
 
 One thread reads the local meters (NVML, RAPL, the estimate) at
 ``meters.sample_hz`` (more often if a RAPL counter could otherwise wrap twice
-between reads); each remote meter (Prometheus, IPMI, a smart plug) has its own
-thread at ``meters.external_hz`` so a slow answer delays nothing else. Every
-reading goes into its component's :class:`~meters.timeline.Track`.
+between reads); the remote meters (Prometheus, IPMI, a smart plug) are read at
+``meters.external_hz`` by a :class:`~meters.poller.Poller`, shared by every
+machine's sampler, where a slow answer delays nothing else. Every reading goes
+into its component's :class:`~meters.timeline.Track`.
 
 A request's window costs the event loop almost nothing (its bookkeeping is
 :mod:`meters.windows`, O(log open)):
@@ -40,11 +41,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from config.errors import MeterError
 from meters.attribution import Interval
-from meters.base import Activity, Meter
+from meters.base import Activity, Meter, Reading
+from meters.poller import Poller, read_now
 from meters.timeline import Track
 from meters.unattributed import Unattributed
 from meters.window import TrackSet, WindowEnergy, WindowToken
@@ -73,8 +75,10 @@ class Sampler:
         external_hz: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         activity: Activity | None = None,
+        poller: Poller | None = None,
     ) -> None:
         self.meters = list(meters)
+        self._poller, self._own_poller = poller or Poller(), poller is None
         self.activity = activity or Activity(clock)
         self._clock = clock
         self._lock = threading.Lock()
@@ -136,19 +140,16 @@ class Sampler:
 
     def read_meter(self, meter: Meter) -> None:
         """Read one meter now and record it (blocking; any thread)."""
+        if self._by_meter.get(id(meter)):
+            before = self._clock()
+            readings, error = read_now(meter)
+            self.record(meter, readings, error, (before + self._clock()) / 2.0)
+
+    def record(
+        self, meter: Meter, readings: Mapping[str, Reading], error: str | None, t: float
+    ) -> None:
+        """Keep ``meter``'s readings taken at ``t``, or a gap for ``error`` (any thread)."""
         tracks = self._by_meter.get(id(meter), [])
-        if not tracks:
-            return
-        before = self._clock()
-        try:
-            readings = meter.read()
-            error = None
-        except MeterError as exc:
-            readings, error = {}, str(exc)
-        except Exception as exc:  # a bug in an adapter must not stop the sampler
-            log.exception("meter %s failed unexpectedly", meter.name)
-            readings, error = {}, f"{type(exc).__name__}: {exc}"
-        t = (before + self._clock()) / 2.0
         with self._lock:
             for track in tracks:
                 reading = readings.get(track.component)
@@ -211,24 +212,25 @@ class Sampler:
         self.sample()
         time.sleep(self.interval_s)
         self.sample()  # two readings: the idle power is known before the first request
-        for meter in self.meters:
-            if meter.remote:
-                self.read_meter(meter)
+        remote = [m for m in self.meters if m.remote and self._by_meter[id(m)]]
+        for meter in remote:
+            self.read_meter(meter)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._run_local, name="joulegate-sampler")]
-        self._threads += [
-            threading.Thread(target=self._run_remote, args=(m,), name=f"joulegate-{m.name}")
-            for m in self.meters
-            if m.remote
-        ]
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+        self._threads[0].daemon = True
+        self._threads[0].start()
+        for meter in remote:  # from now on, at their own rate
+            interval_s = min(self.external_interval_s, meter.max_poll_interval_s)
+            self._poller.add(self, meter, interval_s, self._clock)
 
     def stop(self) -> None:
         """Stop the threads and answer anyone still waiting."""
         self._stop.set()
         self._requests.put(None)
+        if self._own_poller:
+            self._poller.stop()
+        else:
+            self._poller.remove(self)
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads = []
@@ -273,11 +275,6 @@ class Sampler:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = max(next_tick + self.interval_s, now + self.interval_s / 4)
-
-    def _run_remote(self, meter: Meter) -> None:
-        interval = min(self.external_interval_s, meter.max_poll_interval_s)
-        while not self._stop.wait(interval):
-            self.read_meter(meter)
 
     # -- windows ------------------------------------------------------------------------
 

@@ -146,15 +146,6 @@ class BackendRouter:
         await asyncio.gather(*(self._ask(b) for b in self.backends))
         self._rebuild(strict=False)
 
-    async def refresh_forever(self, interval_s: float) -> None:
-        """Refresh until cancelled; failures are logged, never raised."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("refreshing the backends' models failed")
-
     async def _ask(self, b: Backend) -> None:
         try:
             r = await self._client.get(

@@ -210,6 +210,13 @@ async def acquire_first(gates: Sequence[Gate], window: Window) -> Gate:
     return admitted
 
 
+def waiting_on(gates: Sequence[Gate]) -> int:
+    """Requests queued for a slot on any of ``gates``, each once: a request for a model
+    several machines serve waits in each of their queues (read-only; the console's
+    gateway total)."""
+    return len({id(f) for gate in gates for f in gate._waiters if not f.done()})
+
+
 def _leave(gates: Sequence[Gate], fut: asyncio.Future[Gate]) -> None:
     for gate in gates:
         if fut in gate._waiters:  # a release meanwhile may have dropped it

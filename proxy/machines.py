@@ -47,6 +47,9 @@ class Machine:
     router: BackendRouter
     last_model: str | None = None
     """The model of the request it admitted last (for a cool-down on a model change)."""
+    resting: bool = False
+    """Whether it is in a model change's cool-down now (its gate is not paused for it:
+    the request that waits holds its slot). The console's Live page shows it."""
 
     def serves(self, model: str | None) -> bool:
         """Whether one of its backends lists ``model`` (any model: None)."""
@@ -75,11 +78,14 @@ async def _after_model_change(machine: Machine, model: str | None, window: Windo
     machine.gate.cooldowns += 1
     log.info("machine %s cools down %.0f s: model %s after %s", machine.name, s.cooldown_s,
              model, last)  # fmt: skip
+    machine.resting = True
     try:
         await asyncio.sleep(s.cooldown_s)
     except asyncio.CancelledError:
         machine.gate.release()  # its client left during the pause
         raise
+    finally:
+        machine.resting = False
     window.thermal_wait_s += s.cooldown_s
     window.admitted_s = time.monotonic()
 
@@ -108,7 +114,9 @@ class Fleet:
             else BackendRouter.union([m.router for m in self.machines], client)
         )
         """Every backend of every machine: the model list, and look-ups by model."""
-        self._turn = 0
+        self._turns: dict[str | None, int] = {}
+        """Per model (None: a route without one): where its next scan starts. One count
+        for every model let alternating traffic land each model on one machine."""
         self._by_gate = {id(m.gate): m for m in self.machines}
         self._serving: dict[str, list[Machine]] = {}
         self._index()
@@ -162,9 +170,9 @@ class Fleet:
                 code="model_not_found",
                 param="model",
             )
-        if len(serving) > 1:  # ties in turn: each request starts the scan one further
-            self._turn += 1
-            k = self._turn % len(serving)
+        if len(serving) > 1:  # ties in turn: each request of a model starts one further
+            turn = self._turns[model] = self._turns.get(model, -1) + 1  # keys: served models
+            k = turn % len(serving)
             serving = serving[k:] + serving[:k]
         if avoid is not None:
             serving = [m for m in serving if m is not avoid]

@@ -79,11 +79,15 @@ def embodied_for(
         names = ", ".join(sorted(set(machine.gpus)))
         base_kg = f.gpu_server_base_kg * n / f.gpu_server_slots
         total_kg = n * f.gpu_kg + base_kg
+        # One cited per-GPU figure exists (the H100's): other GPUs are charged it, and
+        # the model says so rather than pass it off as theirs.
+        others = sorted({g for g in machine.gpus if "H100" not in g.upper()})
+        caveat = f" (the H100's figure, applied to {', '.join(others)})" if others else ""
         return Embodied(
             total_kg * 1000,
-            f"gpu-server: {n} GPU{'s' if n != 1 else ''} ({names}) x {_kg(f.gpu_kg)} kg + "
-            f"{n}/{f.gpu_server_slots} of a {_kg(f.gpu_server_base_kg)} kg server base "
-            f"= {_kg(total_kg)} kg",
+            f"gpu-server: {n} GPU{'s' if n != 1 else ''} ({names}) x {_kg(f.gpu_kg)} kg"
+            f"{caveat} + {n}/{f.gpu_server_slots} of a {_kg(f.gpu_server_base_kg)} kg "
+            f"server base = {_kg(total_kg)} kg",
         )
     if machine.virtual:
         vcpus = machine.logical_cpus

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from accounting.carbon import build_source
+from accounting.carbon.embodied import embodied_for
 from accounting.forecast.calibration import (
     CALIBRATION_ROWS,
     CALIBRATION_SQL,
@@ -48,6 +49,7 @@ from config import Settings
 from config.cli import add_ledger_options, settings_from
 from config.errors import BackendUnreachable, ConfigError, ModelNotFound
 from config.table import render_table
+from meters.host import detect_host
 from proxy.backends import BackendRouter
 from proxy.task import is_task_name
 
@@ -77,13 +79,17 @@ def _forecast(args: argparse.Namespace) -> int:
     fs = fit_samples(sample_from_sql(r) for r in rows)
     prediction = fs.predict(args.model, args.task, prompt_tokens, args.max_tokens)
     reading = build_source(settings.carbon).current()
+    # The hardware the carbon stage would find here (the CLI runs where joulegate does):
+    # without it, SCI's embodied part was a generic server's, not this machine's.
+    override_g = settings.carbon.embodied_g if settings.carbon.embodied_g >= 0 else None
+    hardware = embodied_for(detect_host(settings.meters), override_g)
     out = {
         "model": args.model,
         "task": args.task,
         "prompt_tokens": prompt_tokens,
         "prompt_tokens_source": source,
         "max_tokens": args.max_tokens,
-        **render(prediction, settings.carbon, reading),
+        **render(prediction, settings.carbon, reading, hardware),
     }
     if args.format == "json":
         print(json.dumps(out, indent=2))

@@ -169,6 +169,7 @@ def render(
         "carbon_intensity_g_per_kwh": intensity,
         "carbon_source": where,
         "pue": cfg.pue,
+        "embodied_model": hardware.model,
         "fit": None if prediction.fit is None else prediction.fit.describe(),
     }
     if prediction.reason is not None:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from accounting.ledger.daysums import SQLITE_MIGRATION
 from config.errors import LedgerError
 
 log = logging.getLogger("joulegate.ledger")
@@ -222,6 +223,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE requests ADD COLUMN embodied_model TEXT",),
     # 11: which measurement machine served each request (``[[machines]]``).
     ("ALTER TABLE requests ADD COLUMN machine TEXT",),
+    # 12: per user, day, model, task and kind, the sums the console's Compare and
+    # Usage read, kept by triggers and filled from the rows there (see daysums).
+    SQLITE_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

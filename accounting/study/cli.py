@@ -28,6 +28,7 @@ from tqdm import tqdm
 from accounting.study.aienergyscore import PROTOCOL, add_arguments, bench_protocol
 from accounting.study.dataset import Dataset
 from accounting.study.findings import Findings, find
+from accounting.study.host_load import PROBE_S, CpuLoad, cpu_load_for
 from accounting.study.methods import BACKENDS_FILE, JOULEGATE_FILE, load_json, methods
 from accounting.study.plots import draw_plots, plots_available
 from accounting.study.prompts import Prompt, bundled_prompts, load_prompt_file, select
@@ -103,6 +104,13 @@ def register(sub: Any, *, start_demo: DemoStarter | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study in --out")
     p.add_argument("--cooldown-s", type=float, help="sleep between models (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--load-probe-s",
+        type=float,
+        default=PROBE_S,
+        help=f"watch this machine's CPUs for S s before each model, nothing sent, to warn "
+        f"when other work runs (default {PROBE_S:g}; 0: off; only when joulegate runs here)",
+    )
     add_arguments(p)  # --protocol ai-energy-score: accounting.study.aienergyscore
     p.set_defaults(handler=lambda args: bench(args, start_demo=start_demo))
 
@@ -171,12 +179,17 @@ def bench(args: argparse.Namespace, *, start_demo: DemoStarter | None = None) ->
         raise StudyError("--resume needs --out DIR, the folder of the study to continue")
     if not args.resume and (folder / "dataset.jsonl").exists():
         raise StudyError(f"{folder} already holds a study: pass --resume, or another --out")
+    if not args.load_probe_s >= 0:  # also refuses nan
+        raise StudyError("--load-probe-s must be 0 or more")
     settings = study_settings(args, folder)
     prompts = study_prompts(settings)  # bad tasks and files fail before anything starts
     progress = Progress() if args.no_progress else BarProgress()
     try:
         with _joulegate(args, folder, start_demo) as url:
-            done = asyncio.run(measure(url, args.api_key, settings, prompts, folder, progress))
+            load = cpu_load_for(url, args.load_probe_s)
+            done = asyncio.run(
+                measure(url, args.api_key, settings, prompts, folder, progress, cpu_load=load)
+            )
     except (StudyAborted, KeyboardInterrupt) as exc:
         return _stopped(folder, exc)
     report_results(folder, *done, url)
@@ -225,6 +238,7 @@ async def measure(
     progress: Progress,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    cpu_load: CpuLoad | None = None,
 ) -> tuple[StudySettings, Dataset, RunStats]:
     """Run the study against joulegate at ``url``: its settings (models and tasks
     resolved), its dataset and what the run cost."""
@@ -238,7 +252,9 @@ async def measure(
             settings = msgspec.structs.replace(settings, tasks=_tasks_of(prompts))
         dataset = await asyncio.to_thread(_open_study, folder, settings)
         try:
-            stats = await run_study(client, settings, prompts, dataset, progress=progress)
+            stats = await run_study(
+                client, settings, prompts, dataset, progress=progress, cpu_load=cpu_load
+            )
         finally:
             dataset.close()
     return settings, dataset, stats
@@ -287,6 +303,8 @@ def finish(
             "estimate_floor_w": b.floor_w,
             "estimate_full_w": b.full_w,
             "busy_share": b.busy_share,
+            "cpu_busy_share": b.cpu_busy_share,
+            "cpu_probe_s": b.cpu_probe_s,
             "source": "energy.idle_power_w of the model's warm-up request; /readyz meters",
         }
         for b in stats.baselines

@@ -4,8 +4,8 @@ The conclusion names, per task, the model with the least energy per request and 
 output token, how many times less than the next model it used, and whether the two
 95% intervals overlap (if they do, the study cannot tell the two apart at that
 level). The warnings say what weakens the figures: cells with fewer than
-:data:`MIN_REQUESTS` requests, an idle baseline that shows the machine was busy
-before a model ran, and a model that hit ``max_tokens`` on most of its answers.
+:data:`MIN_REQUESTS` requests, an idle baseline or a CPU load that shows the machine
+was busy before a model ran, and a model that hit ``max_tokens`` on most of its answers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ MIN_REQUESTS = 10
 BUSY_SHARE = 0.5
 """An idle baseline past this share of the way from the estimate's idle floor to its
 full load means other work was running before the model did."""
+CPU_BUSY_SHARE = 0.2
+"""More of all CPUs' time busy than this, with the study sending nothing, means other
+work was running on the machine (whatever the meter)."""
 CAP_SHARE = 0.5
 """A model whose answers hit ``max_tokens`` more often than this was cut short."""
 CRITERIA = (("energy_j", "energy per request", "J"),
@@ -188,13 +191,19 @@ def _warnings(summary: Summary, baselines: Sequence[Baseline], max_tokens: int) 
             "conclusion is weak; raise --prompts or --repeats."
         )
     for b in baselines:
-        share = b.busy_share
+        share, cpu = b.busy_share, b.cpu_busy_share
         if share is not None and share > BUSY_SHARE:
             out.append(
                 f"the idle baseline before {b.model} read {b.idle_power_w:.3g} W, "
                 f"{100 * share:.0f}% of the way from the estimate's idle floor "
                 f"({b.floor_w:.3g} W) to full load ({b.full_w:.3g} W): the machine was busy "
                 "with other work before the run, and every figure carries that load."
+            )
+        elif cpu is not None and cpu > CPU_BUSY_SHARE:
+            out.append(
+                f"before {b.model}'s first counted request, with nothing sent, the machine's "
+                f"CPUs were {100 * cpu:.0f}% busy (idle baseline {b.idle_power_w:.3g} W, "
+                f"{b.meter}): other work was running, and every figure carries that load."
             )
     for model in summary.models:
         hits = [

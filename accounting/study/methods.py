@@ -137,6 +137,12 @@ def methods(
                 else f", {100 * b.busy_share:.0f}% of the way from the estimate's idle "
                 f"floor {b.floor_w} W to full load {b.full_w} W"
             )
+            + (
+                ""
+                if b.cpu_busy_share is None
+                else f"; CPUs {100 * b.cpu_busy_share:.0f}% busy over {b.cpu_probe_s:g} s, "
+                "nothing sent"
+            )
             for b in baselines
         ),
         f"carbon: {_distinct([r.carbon_source for r in rows])} at "

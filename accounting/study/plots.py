@@ -106,7 +106,9 @@ def draw_plots(summary: Summary, rows: Sequence[StudyRow], folder: Path) -> list
     if any_clipped:
         title += "\n(intervals reaching below 0 are clipped at 0)"
     ax.set_title(title)
-    ax.legend()
+    # Below the axes: inside, the legend covered the first task's bars.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=max(1, len(models)),
+              frameon=False)  # fmt: skip
     save(fig, "joules_per_token")
 
     # 3. SCI per request split into its operational and embodied parts.

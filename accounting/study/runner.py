@@ -32,6 +32,7 @@ import httpx
 import msgspec
 
 from accounting.study.dataset import Dataset, StudyRow
+from accounting.study.host_load import CpuLoad
 from accounting.study.prompts import Prompt
 from config.errors import StudyAborted, StudyError
 from proxy.figures import FIGURES
@@ -93,6 +94,9 @@ class Baseline:
     """The estimate's power with the machine idle (None with measured meters)."""
     full_w: float | None = None
     """The estimate's power with every CPU busy (None with measured meters)."""
+    cpu_busy_share: float | None = None
+    """Busy share of this machine's CPUs, nothing sent (any meter): see host_load."""
+    cpu_probe_s: float | None = None
 
     @property
     def busy_share(self) -> float | None:
@@ -233,8 +237,10 @@ async def run_study(
     *,
     progress: Progress | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    cpu_load: CpuLoad | None = None,
 ) -> RunStats:
-    """Send every planned request that the dataset does not hold yet."""
+    """Send every planned request that the dataset does not hold yet; ``cpu_load``
+    reads this machine's load before each model's counted requests."""
     progress = progress or Progress()
     await check_models(client, settings.models)
     done = {r.key for r in dataset.rows}
@@ -249,6 +255,8 @@ async def run_study(
             if i > 0 and settings.cooldown_s > 0 and stats.sent:
                 await sleep(settings.cooldown_s)
             baseline, checks = await _warm_up(client, model, mine[0].prompt, settings)
+            if cpu_load is not None:
+                baseline.cpu_busy_share, baseline.cpu_probe_s = await cpu_load(), cpu_load.seconds
             stats.baselines.append(baseline)
             stats.joulegate = stats.joulegate or checks
             started = time.perf_counter()

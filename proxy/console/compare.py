@@ -9,13 +9,15 @@ estimate is a model of the machine, not a reading of it. A model's ``(all)`` cel
 adds up every task; its request count and energy are the ones ``joulegate report
 --by model`` gives for the same rows.
 
-The sums come from one grouped query over the same period filter as the reports
-(``ts`` range, and the user for a non-admin), so a month is one range scan.
+The sums are those of one grouped query over the same period filter as the reports
+(``ts`` range, and the user for a non-admin): ``_SQL``. The database keeps them per
+day (:mod:`accounting.ledger.daysums`, triggers on ``requests``), so a period's whole
+UTC days are read from that summary, a few rows a day, and only a part of a day at
+either end of the period is summed from ``requests``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import math
 from collections import defaultdict
@@ -23,14 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accounting.ledger import Ledger
-from accounting.ledger.rows import iso, utcnow
+from accounting.ledger.daysums import READ_ALL_SUMS, READ_USER_SUMS
+from accounting.ledger.rows import iso
 from accounting.reports import ReportQuery
 from accounting.study.stats import t_quantile
-from proxy.console.daycache import DAY, DayCache, whole_days
+from proxy.console.days import split
 
 ALL_TASKS = "(all)"
 _SQL = (
-    "SELECT {day}COALESCE(model_served, model_requested, '(none)') AS m, COALESCE(task, '(none)')"
+    "SELECT COALESCE(model_served, model_requested, '(none)') AS m, COALESCE(task, '(none)')"
     " AS t, energy_estimated AS e, COUNT(*), TOTAL(energy_j), TOTAL(energy_j * energy_j),"
     " COUNT(sci_g), TOTAL(sci_g), TOTAL(sci_g * sci_g),"
     " COUNT(co2e_g), TOTAL(co2e_g), TOTAL(co2e_g * co2e_g),"
@@ -39,7 +42,7 @@ _SQL = (
     " TOTAL(CASE WHEN completion_tokens > 0 THEN"
     " (energy_j / completion_tokens) * (energy_j / completion_tokens) END)"
     " FROM requests WHERE {where} AND failure IS NULL AND energy_j IS NOT NULL"
-    " GROUP BY {day_group}m, t, e"
+    " GROUP BY m, t, e"
 )
 Sums = dict[tuple[str, str, int], list[float]]
 """One day's (or one period's) sums per (model, task, estimated)."""
@@ -105,63 +108,34 @@ def _kind_json(cells: dict[tuple[str, str], _Sums]) -> dict[str, Any]:
 
 
 async def _sums(ledger: Ledger, query: ReportQuery) -> Sums:
+    """The period's sums straight from ``requests`` (a part of a day: a small range)."""
     where, params = query.where()
-    rows = await ledger.fetchall(_SQL.format(day="", day_group="", where=where), params)
+    return _keyed(await ledger.fetchall(_SQL.format(where=where), params))
+
+
+def _keyed(rows: list[Any]) -> Sums:
     return {(str(r[0]), str(r[1]), int(r[2])): [float(v) for v in r[3:]] for r in rows}
 
 
-async def _sums_by_day(ledger: Ledger, query: ReportQuery) -> dict[str, Sums]:
-    where, params = query.where()
-    sql = _SQL.format(day="substr(ts, 1, 10) AS d, ", day_group="d, ", where=where)
-    out: dict[str, Sums] = defaultdict(dict)
-    for r in await ledger.fetchall(sql, params):
-        out[str(r[0])][(str(r[1]), str(r[2]), int(r[3]))] = [float(v) for v in r[4:]]
+async def period_sums(ledger: Ledger, query: ReportQuery) -> list[Sums]:
+    """The period's sums: its whole UTC days from the day sums (the user's, or
+    everyone's), the part of a day at either end from ``requests``."""
+    parts = split(query)
+    out = [await _sums(ledger, q) for q in (parts.before, parts.after) if q is not None]
+    if parts.days is not None:
+        where, params = parts.days
+        read = READ_ALL_SUMS if query.user is None else READ_USER_SUMS
+        out.append(_keyed(await ledger.fetchall(read.format(where=where), params)))
     return out
 
 
-async def period_sums(
-    ledger: Ledger, query: ReportQuery, cache: DayCache[Sums] | None, now: dt.datetime
-) -> list[Sums]:
-    """The period's sums: kept whole days plus the rest from the ledger."""
-    split = None
-    if cache is not None:
-        first = None
-        if query.since is None:
-            where, params = ReportQuery(user=query.user).where()
-            rows = await ledger.fetchall(f"SELECT MIN(ts) FROM requests WHERE {where}", params)  # noqa: S608
-            first = rows[0][0] if rows else None
-            if first is None:
-                return []
-        split = whole_days(query.since, query.until, now, first)
-    if cache is None or split is None:
-        return [await _sums(ledger, query)]
-    days, open_from = split
-
-    async def compute(first_day: str, last_day: str) -> dict[str, Sums]:
-        since = dt.datetime.fromisoformat(first_day).replace(tzinfo=dt.UTC)
-        until = dt.datetime.fromisoformat(last_day).replace(tzinfo=dt.UTC) + DAY
-        return await _sums_by_day(ledger, ReportQuery(user=query.user, since=since, until=until))
-
-    out = await cache.get(ledger, query.user, days, compute, dict)
-    if query.until is None or query.until > open_from:
-        today = ReportQuery(user=query.user, since=open_from, until=query.until)
-        out.append(await _sums(ledger, today))
-    return out
-
-
-async def build_compare(
-    ledger: Ledger,
-    query: ReportQuery,
-    cache: DayCache[Sums] | None = None,
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """The Compare table for ``query``'s user and period (its ``by`` and ``unit`` unused);
-    whole days before today come from ``cache`` when given."""
+async def build_compare(ledger: Ledger, query: ReportQuery) -> dict[str, Any]:
+    """The Compare table for ``query``'s user and period (its ``by`` and ``unit`` unused)."""
     kinds: dict[str, dict[tuple[str, str], _Sums]] = {
         "measured": defaultdict(_Sums),
         "estimated": defaultdict(_Sums),
     }
-    for sums in await period_sums(ledger, query, cache, now or utcnow()):
+    for sums in await period_sums(ledger, query):
         for (model, task, estimated), values in sums.items():
             kind = "estimated" if estimated else "measured"
             kinds[kind][(model, task)].add(values)

@@ -19,6 +19,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from accounting.ledger import Ledger
+from accounting.ledger.daysums import READ_ALL_DAYS, READ_USER_DAYS
 from accounting.ledger.routes import query_integer
 from accounting.ledger.rows import iso, row_from_sql, utcnow
 from accounting.ledger.stage import Accounting
@@ -26,7 +27,7 @@ from accounting.reports import Line, Report, ReportQuery, build_report, parse_qu
 from config.errors import BadRequest, NotFound
 from config.units import J_PER
 from proxy.console.compare import build_compare
-from proxy.console.daycache import DAY, DayCache, whole_days
+from proxy.console.days import split
 from proxy.console.guard import Viewer, viewer
 from proxy.context import AppContext
 
@@ -52,29 +53,26 @@ def _period(request: Request[Any, Any, Any], seen: Viewer, by: str) -> dict[str,
     }
 
 
-async def day_report(ledger: Ledger, query: ReportQuery, cache: DayCache[Line] | None) -> Report:
-    """``build_report(ledger, query)`` for ``by = day``, whole days before today taken
-    from ``cache``: the same lines and totals, in joulegate report's order."""
-    now = utcnow()
-    split = None
-    if cache is not None and query.by == "day" and query.since is not None:
-        split = whole_days(query.since, query.until, now, None)
-    if cache is None or split is None:
+async def day_report(ledger: Ledger, query: ReportQuery) -> Report:
+    """``build_report(ledger, query)``; for ``by = day`` its whole UTC days come from
+    the day sums the database keeps: the same lines and totals, in its order."""
+    if query.by != "day":
         return await build_report(ledger, query)
-    days, open_from = split
-    in_j = dataclasses.replace(query, unit="J")
-
-    async def compute(first_day: str, last_day: str) -> dict[str, Line]:
-        since = dt.datetime.fromisoformat(first_day).replace(tzinfo=dt.UTC)
-        until = dt.datetime.fromisoformat(last_day).replace(tzinfo=dt.UTC) + DAY
-        found = await build_report(ledger, dataclasses.replace(in_j, since=since, until=until))
-        return {line.key: line for line in found.lines}
-
-    kept = await cache.get(ledger, query.user, days, compute, lambda: Line(""))
-    lines = [line for line in kept if line.requests]
-    if query.until is None or query.until > open_from:
-        today = dataclasses.replace(in_j, since=open_from)
-        lines += (await build_report(ledger, today)).lines
+    parts = split(query)
+    lines: list[Line] = []
+    if parts.before is not None:
+        lines += (await build_report(ledger, dataclasses.replace(parts.before, unit="J"))).lines
+    if parts.days is not None:
+        where, params = parts.days
+        read = READ_ALL_DAYS if query.user is None else READ_USER_DAYS
+        for r in await ledger.fetchall(read.format(where=where), params):
+            day, requests, failed, prompt, completion, *sums, forecast_rows = r
+            duration, energy, dynamic, co2e, ape = (float(v) for v in sums)
+            lines.append(Line(str(day), int(requests), int(failed), int(prompt),
+                              int(completion), duration, energy, dynamic, co2e, ape,
+                              int(forecast_rows)))  # fmt: skip
+    if parts.after is not None:
+        lines += (await build_report(ledger, dataclasses.replace(parts.after, unit="J"))).lines
     per = J_PER[query.unit]
     shown = [dataclasses.replace(x, energy=x.energy / per, energy_dynamic=x.energy_dynamic / per)
              for x in lines]  # fmt: skip
@@ -91,7 +89,7 @@ async def compare(request: Request[Any, Any, Any], ctx: NamedDependency[AppConte
     seen = await viewer(request, ctx)
     acc = _ledger(seen)
     query = parse_query(_period(request, seen, "model"))
-    body = await build_compare(acc.ledger, query, seen.state.compare_days)
+    body = await build_compare(acc.ledger, query)
     return seen.keep(Response(body))
 
 
@@ -101,7 +99,7 @@ async def usage(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext
     seen = await viewer(request, ctx)
     acc = _ledger(seen)
     params = _period(request, seen, "day")
-    report = await day_report(acc.ledger, parse_query(params), seen.state.usage_days)
+    report = await day_report(acc.ledger, parse_query(params))
     body = report.to_json()
     body["budget"] = budget_json(acc, params["user"])
     return seen.keep(Response(body))
@@ -217,7 +215,7 @@ async def export(request: Request[Any, Any, Any], ctx: NamedDependency[AppContex
     seen = await viewer(request, ctx)
     acc = _ledger(seen)
     params = _period(request, seen, request.query_params.get("by") or "day")
-    report = await day_report(acc.ledger, parse_query(params), seen.state.usage_days)
+    report = await day_report(acc.ledger, parse_query(params))
     name = f"joulegate-{params['user'] or 'everyone'}-{iso(utcnow())[:10]}.csv"
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
     return seen.keep(

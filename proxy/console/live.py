@@ -1,18 +1,22 @@
-"""Live: the machine now, for admins (and everyone in ``open`` mode).
+"""Live: every machine now, for admins (and everyone in ``open`` mode).
 
 ``GET api/live`` answers, from what joulegate already holds (no meter is read, the
-sampler's last second is averaged):
+samplers' last second is averaged):
 
-* power per component (W) and the machine's total;
-* the gate: requests holding a slot and waiting for one;
-* the meters' energy since start-up, split into *attributed* (some request was in
-  flight; of which *idle*, the idle power over those windows, and *dynamic*, the
-  rest, as the ledger's rows recorded by this host since start-up say) and
-  *unattributed* (nothing in flight);
-* the meters and carbon source in use, and each backend's health and models.
+* ``machines``: each configured machine in order (``local`` alone without
+  ``[[machines]]``), as :func:`~proxy.console.fleetview.machine_view` shows it: its
+  name and whether it is local, its state (``idle``, ``busy``, ``cooldown``,
+  ``thermal``), requests in flight and queued and its capacity, power per component
+  (W) and its total, its meters' energy since start-up split into *attributed* (one
+  of its requests was in flight; of which *idle* and *dynamic*, as the ledger's rows
+  of this host since start-up say) and *unattributed* (nothing in flight), its
+  meters (label, estimated, failing) and each of its backends' health and models;
+* ``total``: the gateway as a whole, the machines added up;
+* ``carbon``: the intensity and its source (one for the gateway).
 
-The ledger's part is read incrementally (rows after the last id seen), so a poll
-costs the same on a ledger of a million rows as on an empty one.
+The samplers are read in one worker thread per poll, never on the event loop; the
+ledger's part is read incrementally (rows after the last id seen), so a poll costs
+the same on a ledger of a million rows as on an empty one.
 """
 
 from __future__ import annotations
@@ -24,72 +28,39 @@ from litestar.di import NamedDependency
 
 from accounting.carbon import IntensitySource
 from config.errors import Forbidden
-from meters import Sampler
+from proxy.console.fleetview import gateway_view, machine_view, read_all_meters
 from proxy.console.guard import viewer
-from proxy.console.playground import total_power_w
-from proxy.console.state import SinceStart
+from proxy.console.state import Recorded
 from proxy.context import AppContext, MachinePower
-
-
-def _energy(sampler: Sampler | None, since: SinceStart) -> dict[str, Any]:
-    if sampler is None:
-        return {
-            "total_j": None,
-            "unattributed_j": None,
-            "attributed_j": None,
-            "attributed_idle_j": since.idle_j,
-            "attributed_dynamic_j": since.dynamic_j,
-        }
-    totals = {str(d["id"]): d["energy_j"] for d in sampler.device_readings()}
-    total = total_power_w({k: float(v) if v is not None else None for k, v in totals.items()})
-    unattributed = sampler.unattributed_j
-    return {
-        "total_j": total,
-        "unattributed_j": unattributed,
-        "attributed_j": None if total is None else max(0.0, total - unattributed),
-        "attributed_idle_j": since.idle_j,
-        "attributed_dynamic_j": since.dynamic_j,
-    }
-
-
-def _meters(sampler: Sampler) -> dict[str, Any]:
-    return {"label": sampler.label, "estimated": sampler.estimated, "failing": sampler.failing()}
+from proxy.gate import waiting_on
 
 
 @get("/api/live", media_type=MediaType.JSON)
 async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]) -> Any:
-    """The machine now (see the module doc)."""
+    """Every machine now (see the module doc)."""
     seen = await viewer(request, ctx)
     if not seen.sees_live:
         seen.require_user()  # 401 before 403 for a visitor who is not signed in
         raise Forbidden("Live is for admin keys", code="forbidden")
-    sampler = ctx.get(Sampler)
     since = seen.state.since_start
     if seen.acc is not None:
         await since.update(seen.acc)
-    first = power.first if (power := ctx.get(MachinePower)) else None
-    watts = dict(first.power_w(1.0)) if first is not None else {}
+    power = ctx.get(MachinePower)
+    meters = await read_all_meters(power.by_machine if power is not None else {})
+    recorded = since.by_machine if seen.acc is not None else None
+    machines = [
+        machine_view(
+            m, meters.get(m.name), None if recorded is None else recorded.get(m.name, Recorded())
+        )
+        for m in ctx.machines.machines
+    ]
     source = ctx.get(IntensitySource)  # type: ignore[type-abstract]  # fixed or live: either
     carbon = None
     if source is not None:
         reading = source.current()
         carbon = {"g_per_kwh": reading.g_per_kwh, "source": reading.source}
-    return seen.keep(
-        Response(
-            {
-                "power_w": watts,
-                "total_power_w": total_power_w(watts),
-                "in_flight": ctx.gate.in_flight,
-                "waiting": ctx.gate.waiting,
-                "paused": ctx.gate.paused,
-                "max_concurrency": ctx.settings.max_concurrency,
-                "energy": _energy(sampler, since),
-                "meters": None if sampler is None else _meters(sampler),
-                "carbon": carbon,
-                "backends": ctx.router.health(),
-            }
-        )
-    )
+    total = gateway_view(machines, waiting_on([m.gate for m in ctx.machines.machines]))
+    return seen.keep(Response({"machines": machines, "total": total, "carbon": carbon}))
 
 
 def route_handlers() -> list[Any]:

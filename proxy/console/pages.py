@@ -117,8 +117,8 @@ async def one_request(
 
 @get("/live")
 async def live(request: Request[Any, Any, Any], ctx: NamedDependency[AppContext]) -> Any:
-    """Power, the queue, energy since start, meters, carbon and backends, live."""
-    return await _page(request, ctx, "live")
+    """Each machine's power, queue, energy since start, meters and backends, live."""
+    return await _page(request, ctx, "live", machines=[m.settings for m in ctx.machines.machines])
 
 
 @get("/admin")

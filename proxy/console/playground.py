@@ -33,6 +33,7 @@ from config.errors import BadRequest, RateLimited, Unauthorized
 from proxy.console.guard import Viewer, check_post, viewer
 from proxy.console.inprocess import calling, headers_of, scope_for, whole
 from proxy.context import AppContext, MachinePower
+from proxy.gate import waiting_on
 from proxy.task import BUNDLED_TASKS, is_task_name
 
 MAX_PROMPT_CHARS = 32_000
@@ -138,8 +139,10 @@ async def forecast(request: Request[Any, Any, Any], ctx: NamedDependency[AppCont
 
 @get("/api/queue", media_type=MediaType.JSON, sync_to_thread=False)
 def queue(ctx: NamedDependency[AppContext]) -> dict[str, Any]:
-    """The gate now: requests holding a slot and waiting for one."""
-    return {"in_flight": ctx.gate.in_flight, "waiting": ctx.gate.waiting}
+    """The gateway now: requests holding a slot on any machine, and waiting for one (a
+    request queued on several machines once)."""
+    gates = [m.gate for m in ctx.machines.machines]
+    return {"in_flight": sum(g.in_flight for g in gates), "waiting": waiting_on(gates)}
 
 
 @post("/api/chat", media_type="text/event-stream", status_code=200)
@@ -177,24 +180,33 @@ async def _events(
     request: Request[Any, Any, Any], ctx: AppContext, scope: dict[str, Any], body: bytes
 ) -> AsyncIterator[bytes]:
     start_s = time.monotonic()
-    position = ctx.gate.waiting + (1 if ctx.gate.in_flight else 0)
-    request_id, status, energy = None, 0, None
+    gates = [m.gate for m in ctx.machines.machines]
+    position = waiting_on(gates) + (0 if any(g.free for g in gates) else 1)
+    request_id, status, energy, machine = None, 0, None, None
     buffer, error_body = b"", b""
+    next_tick_s = start_s + TICK_S
     async with calling(request.app, scope, body) as call:
         while True:
             try:
-                message = await asyncio.wait_for(call.messages.get(), TICK_S)
+                # Ticks keep their pace while the answer streams: a wait for the next
+                # message that only timed out never ticked under a fast model.
+                wait_s = max(0.0, next_tick_s - time.monotonic())
+                message = await asyncio.wait_for(call.messages.get(), wait_s)
             except TimeoutError:
-                if request_id is None:
-                    position = min(position, ctx.gate.waiting)
-                    yield _event("queue", {"position": position, "in_flight": ctx.gate.in_flight,
-                                           "waiting": ctx.gate.waiting})  # fmt: skip
+                next_tick_s = time.monotonic() + TICK_S
+                if request_id is None:  # the gateway's queue: every machine's, each once
+                    waiting = waiting_on(gates)
+                    position = min(position, waiting)
+                    in_flight = sum(g.in_flight for g in gates)
+                    yield _event("queue", {"position": position, "in_flight": in_flight,
+                                           "waiting": waiting})  # fmt: skip
                 else:
-                    yield _tick(ctx, start_s)
+                    yield await _tick(ctx, start_s, machine)
                 continue
             if message["type"] == "http.response.start":
                 status = message["status"]
-                request_id = headers_of(message).get("x-request-id")
+                head = headers_of(message)
+                request_id, machine = head.get("x-request-id"), head.get("x-joulegate-machine")
                 yield _event("start", {"request_id": request_id, "status": status})
                 continue
             if message["type"] != "http.response.body":
@@ -218,9 +230,14 @@ async def _events(
     yield _event("done", {"energy": energy, "row": await _row(ctx, request_id)})
 
 
-def _tick(ctx: AppContext, start_s: float) -> bytes:
-    first = m.first if (m := ctx.get(MachinePower)) else None
-    power = first.power_w(1.0) if first is not None else {}
+async def _tick(ctx: AppContext, start_s: float, machine: str | None) -> bytes:
+    """Elapsed time and the power of the machine serving the answer (read in a worker
+    thread: a sampler read may wait on its lock)."""
+    power: Mapping[str, float | None] = {}
+    if (published := ctx.get(MachinePower)) is not None:
+        readings = published.by_machine.get(machine or "") or published.first
+        if readings is not None:
+            power = await asyncio.to_thread(readings.power_w, 1.0)
     return _event("tick", {"elapsed_s": round(time.monotonic() - start_s, 3),
                            "power_w": total_power_w(power)})  # fmt: skip
 

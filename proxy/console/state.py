@@ -23,10 +23,7 @@ from importlib import resources
 import jinja2
 
 from accounting.ledger.stage import Accounting
-from accounting.reports import Line
 from config.console import ConsoleSettings
-from proxy.console.compare import Sums
-from proxy.console.daycache import DayCache
 from proxy.console.sessions import SessionStore
 from proxy.context import AppContext
 
@@ -109,12 +106,20 @@ class RateLimit:
 
 
 @dataclass
-class SinceStart:
-    """This host's recorded idle and dynamic joules since the console started."""
+class Recorded:
+    """The idle and dynamic joules of the ledger's rows of one machine."""
 
-    last_id: int = 0
     idle_j: float = 0.0
     dynamic_j: float = 0.0
+
+
+@dataclass
+class SinceStart:
+    """This host's recorded idle and dynamic joules since the console started, per
+    machine (every request admitted has one; rows without one are under None)."""
+
+    last_id: int = 0
+    by_machine: dict[str | None, Recorded] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self, acc: Accounting) -> None:
@@ -126,14 +131,16 @@ class SinceStart:
         """Add the rows recorded since the last call (an indexed range of row ids)."""
         async with self.lock:
             rows = await acc.ledger.fetchall(
-                "SELECT MAX(id), TOTAL(energy_j - energy_dynamic_j), TOTAL(energy_dynamic_j)"
-                " FROM requests WHERE id > ? AND host = ? AND energy_dynamic_j IS NOT NULL",
+                "SELECT machine, MAX(id), TOTAL(energy_j - energy_dynamic_j),"
+                " TOTAL(energy_dynamic_j) FROM requests"
+                " WHERE id > ? AND host = ? AND energy_dynamic_j IS NOT NULL GROUP BY machine",
                 [self.last_id, acc.host],
             )
-            if rows and rows[0][0] is not None:
-                self.last_id = int(rows[0][0])
-                self.idle_j += float(rows[0][1])
-                self.dynamic_j += float(rows[0][2])
+            for machine, last_id, idle_j, dynamic_j in rows:
+                recorded = self.by_machine.setdefault(machine, Recorded())
+                recorded.idle_j += float(idle_j)
+                recorded.dynamic_j += float(dynamic_j)
+                self.last_id = max(self.last_id, int(last_id))
 
 
 @dataclass
@@ -149,10 +156,6 @@ class ConsoleState:
     """When this joulegate started (UTC epoch seconds): Live's totals count from here."""
     since_start: SinceStart = field(default_factory=SinceStart)
     """Live's idle and dynamic joules recorded since start-up."""
-    compare_days: DayCache[Sums] = field(default_factory=DayCache)
-    """Compare's sums of whole days before today, per user (or everyone) and day."""
-    usage_days: DayCache[Line] = field(default_factory=DayCache)
-    """Usage's report lines of whole days before today, per user (or everyone) and day."""
 
 
 @contextlib.asynccontextmanager

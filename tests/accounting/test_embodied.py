@@ -4,22 +4,28 @@ server; ``carbon.embodied_g`` overrides; every answer and ledger row names the c
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from accounting import SqliteLedger
 from accounting.carbon import sci
 from accounting.carbon.embodied import Figures, embodied_for
 from accounting.carbon.stage import carbon
+from accounting.ledger.rows import LedgerRow, iso
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config import CarbonSettings, LedgerSettings, MeterSettings
 from meters import meters_component
 from meters.estimate import EstimateMeter
 from meters.host import detect_host
 from meters.vcpu import choose_coefficients
+from proxy.cli import main
 from proxy.host import Host
 from tests.support.ledger import db_rows
 from tests.support.meters import FakeGpu, FakeNvml, SteadyMeter, fake_proc
@@ -51,6 +57,14 @@ def test_gpus_are_charged_per_gpu_plus_their_share_of_the_server_base() -> None:
     assert one.model.startswith("gpu-server: 1 GPU (NVIDIA H100 80GB HBM3) x 164 kg + 1/8 of")
     eight = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",) * 8), None)
     assert eight.total_g == pytest.approx((8 * 164 + 5700) * 1000)
+
+
+def test_a_gpu_without_its_own_figure_is_charged_the_h100s_and_the_model_says_so() -> None:
+    mixed = embodied_for(machine(gpus=("NVIDIA L4", "NVIDIA H100 80GB HBM3")), None)
+    assert mixed.total_g == pytest.approx((2 * 164 + 5700 * 2 / 8) * 1000)
+    assert "x 164 kg (the H100's figure, applied to NVIDIA L4) + 2/8 of" in mixed.model
+    h100 = embodied_for(machine(gpus=("NVIDIA H100 80GB HBM3",)), None)
+    assert "the H100's figure" not in h100.model
 
 
 def test_bare_metal_without_gpus_is_a_generic_server_and_the_setting_overrides() -> None:
@@ -124,3 +138,39 @@ async def test_every_answer_and_ledger_row_names_the_embodied_model(
     checks = {c["name"]: c for c in ready["checks"]}
     assert checks["carbon"]["embodied_model"] == expected
     assert checks["meters"]["host"]["logical_cpus"] == 2
+
+
+def test_the_cli_forecast_charges_this_machines_hardware_like_the_carbon_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI forecast charged a generic 1,000 kg server to a 2-vCPU VM (SCI's embodied
+    # part 48x too large) while the proxy charged the VM's share of its host.
+    proc = fake_proc(tmp_path / "proc", "AMD EPYC", cpuinfo="flags\t\t: hypervisor\n",
+                     mem_kib=1024 * 1024)  # fmt: skip
+    config = tmp_path / "joulegate.toml"
+    config.write_text(f'[meters]\nproc_root = "{proc}"\ndmi_root = "{tmp_path / "dmi"}"\n')
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [
+        LedgerRow(request_id=f"r{i}", ts=iso(start + dt.timedelta(seconds=i)),
+                  model_served="m", status=200, prompt_tokens=10 + i, completion_tokens=20 + i,
+                  energy_j=10.0 + i, duration_s=1.0 + 0.1 * i)
+        for i in range(12)
+    ]  # fmt: skip
+    ledger = tmp_path / "l.sqlite3"
+
+    async def write() -> None:
+        async with SqliteLedger(ledger) as db:
+            await db.append_many(rows)
+
+    asyncio.run(write())
+    argv = ["forecast", "--config", str(config), "--ledger", str(ledger), "--model", "m",
+            "--prompt", "hello", "--max-tokens", "30", "--format", "json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = embodied_for(machine(virtual=VM, cpus=4), None)
+    assert out["embodied_model"] == expected.model
+    assert expected.model.startswith("vm-share: 4 of 96 host vCPUs")
+    embodied = out["sci_g"]["p50"] - out["co2e_g"]["p50"]
+    assert embodied == pytest.approx(
+        sci.embodied_g(expected.total_g, out["duration_s"]["p50"], FOUR_YEARS_S), rel=1e-3
+    )

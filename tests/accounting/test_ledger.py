@@ -35,7 +35,7 @@ async def test_a_new_file_gets_the_whole_schema_in_wal_mode(tmp_path: Path) -> N
     path = tmp_path / "sub" / "ledger.sqlite3"
     async with SqliteLedger(path):
         pass
-    assert schema_version(path) == SCHEMA_VERSION == 11
+    assert schema_version(path) == SCHEMA_VERSION == 12
     with sqlite3.connect(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}

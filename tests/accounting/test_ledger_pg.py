@@ -203,7 +203,7 @@ async def test_a_ledger_from_schema_3_migrates_and_reports_from_the_index_alone(
             for by in get_args(By)
         ]
         version = await ledger.fetchall("SELECT max(version) FROM schema_version")
-    assert version[0][0] == PG_SCHEMA_VERSION == 7
+    assert version[0][0] == PG_SCHEMA_VERSION == 8
     assert [r.totals.energy for r in reports] == [5.0 + sum(range(1, 30))] * len(reports)
     assert len(ledger.plans) == len(get_args(By))
     for by, plan in zip(get_args(By), ledger.plans, strict=True):

@@ -158,7 +158,9 @@ def test_a_csv_prompt_file_with_its_own_max_tokens(tmp_path: Path) -> None:
 
 
 def bench_argv(url: str, out: Path, *extra: str) -> list[str]:
-    return ["bench", "--url", url, "--out", str(out), "--no-progress", *extra]
+    # No CPU probe: it would add its seconds to every test, and warn when the suite is busy.
+    return ["bench", "--url", url, "--out", str(out), "--no-progress", "--load-probe-s", "0",
+            *extra]  # fmt: skip
 
 
 async def test_unknown_model_is_one_line_before_any_request(
@@ -283,7 +285,17 @@ async def test_resume_sends_exactly_the_missing_requests(
                           transport=FailAfter(6))  # fmt: skip
         first = read_rows(out / "dataset.jsonl")
         before = len(chats(fake))
-        argv = ["bench", "--url", jg.url, "--out", str(out), "--resume", "--no-progress"]
+        argv = [
+            "bench",
+            "--url",
+            jg.url,
+            "--out",
+            str(out),
+            "--resume",
+            "--no-progress",
+            "--load-probe-s",
+            "0",
+        ]
         assert await asyncio.to_thread(main, argv) == 0
         clash = await asyncio.to_thread(main, [*argv, "--repeats", "5"])
     assert clash == 2 and "--repeats 5 differs" in capsys.readouterr().err

@@ -136,7 +136,12 @@ def test_compare_and_usage_show_the_reports_numbers(
     browser_sign_in(browser, served, "alice")
     browser.get(f"{served.url}/console/compare")
     Select(browser.find_element(By.ID, "period")).select_by_value("all")
-    wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]"))
+    # The table for "all", not the first period's that it replaces (that one goes stale).
+    wait(browser).until(
+        lambda d: d.find_elements(
+            By.CSS_SELECTOR, "#kinds[data-period='all'] #heat-measured td[data-n]"
+        )
+    )
     cells = {
         (td.get_attribute("data-model"), td.get_attribute("data-task")): td
         for td in browser.find_elements(By.CSS_SELECTOR, "#heat-measured td[data-n]")
@@ -252,4 +257,22 @@ def test_a_studys_summary_json_opens_in_compare(
     assert float(cell.get_attribute("data-mean")) == pytest.approx(expected.mean)
     assert int(cell.get_attribute("data-n")) == 3
     assert "Study summary.json" in browser.find_element(By.ID, "source").text
+    assert console_errors(browser) == []
+
+
+def test_an_admin_sees_live_with_the_one_machine_of_a_single_host(
+    served: Served, browser: Any
+) -> None:
+    browser_sign_in(browser, served, "root")
+    browser.get(f"{served.url}/console/live")
+    card = "section.machine[data-machine='local']"
+    wait(browser).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, f"{card} .m-inflight").text == "0 of 1"
+    )
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".m-name")] == ["local"]
+    # No machine to choose and no gateway total beside the machine's own figures.
+    assert not browser.find_element(By.ID, "chart-machine").is_displayed()
+    assert browser.find_elements(By.ID, "g-power") == []
+    backends = browser.find_element(By.CSS_SELECTOR, f"{card} .m-backends").text
+    assert "big-model, small-model" in backends
     assert console_errors(browser) == []

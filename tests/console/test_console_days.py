@@ -1,64 +1,55 @@
-"""Compare and Usage keep whole past days: the figures equal the uncached reports',
-and a row landing late in a past day is counted."""
+"""Usage from the per-day sums: for any period, on both backends, after rows were
+added, replayed, changed and deleted, its per-day lines and totals are ``joulegate
+report --by day``'s (counts exactly, sums to the last bits two orders of adding
+differ in)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from pathlib import Path
+import random
 from typing import Any
 
-from accounting import SqliteLedger
-from accounting.reports import Line, build_report, parse_query
-from bench.ledger import generate_sqlite
-from proxy.console.compare import Sums, build_compare
+from accounting.reports import ReportQuery, build_report
 from proxy.console.data import day_report
-from proxy.console.daycache import DayCache
+from tests.support.daysums import churn, fill, random_periods
+from tests.support.ledger import Store
 
 
-async def test_kept_days_give_the_reports_figures_and_late_rows_count(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
-    async with SqliteLedger(path):
-        pass
-    generate_sqlite(path, 3000)  # 2025-01 to 2025-03, 50 users: every day is over
-    usage: DayCache[Line] = DayCache()
-    compare: DayCache[Sums] = DayCache()
-    async with SqliteLedger(path) as ledger:
-        periods = (
-            {"since": "2025-01-01", "until": "2025-03-31", "by": "day"},
-            {"user": "user00", "month": "2025-02", "by": "day", "unit": "J"},
-        )
-        for params in periods:
-            query = parse_query(params)
-            expected = (await build_report(ledger, query)).to_json()
-            assert (await day_report(ledger, query, usage)).to_json() == expected
-            assert (await day_report(ledger, query, usage)).to_json() == expected  # kept
-            cmp_query = dataclasses.replace(query, by="model")
-            kept = await build_compare(ledger, cmp_query, compare)
-            assert _close(kept, await build_compare(ledger, cmp_query))
-        query = parse_query({"month": "2025-02", "by": "day"})
-        before = (await day_report(ledger, query, usage)).to_json()["totals"]
-        late = (await ledger.fetchall("SELECT * FROM requests WHERE ts LIKE '2025-02-10%'"))[0]
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_same(got[k], want[k]) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(_same(g, w) for g, w in zip(got, want, strict=True))
+    if isinstance(got, float) or isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(got == want)
+
+
+async def test_usage_gives_the_reports_days_and_totals_for_any_period(store: Store) -> None:
+    rng = random.Random(13)
+    async with store.ledger() as ledger:
+        await fill(ledger, rng, 500)
+        await churn(ledger, rng, range(500), 150)
+        for since, until in random_periods(rng):
+            for user, unit in ((None, "Wh"), ("alice", "J")):
+                query = ReportQuery(user=user, since=since, until=until, by="day", unit=unit)
+                got = (await day_report(ledger, query)).to_json()
+                want = (await build_report(ledger, query)).to_json()
+                assert _same(got, want), (since, until, user, got, want)
+                assert got["totals"]["requests"] == sum(g["requests"] for g in want["groups"])
+
+
+async def test_a_row_landing_in_a_past_day_counts_at_once(store: Store) -> None:
+    rng = random.Random(17)
+    async with store.ledger() as ledger:
+        await fill(ledger, rng, 200)
+        query = ReportQuery(user="bob", by="day", unit="J")
+        before = (await day_report(ledger, query)).to_json()["totals"]
         await ledger.write(
             "INSERT INTO requests (request_id, ts, user, endpoint, energy_j, co2e_g)"
-            " VALUES ('late-1', ?, 'user00', 'chat/completions', 3600.0, 1.0)",
-            (late["ts"],),
+            " VALUES ('late-1', '2025-03-02T23:59:59.999999Z', 'bob', 'chat/completions',"
+            " 3600.0, 1.0)"
         )
-        after = (await day_report(ledger, query, usage)).to_json()["totals"]
-        fresh = (await build_report(ledger, query)).to_json()["totals"]
-        compared = await build_compare(ledger, dataclasses.replace(query, by="model"), compare)
-        uncached = await build_compare(ledger, dataclasses.replace(query, by="model"))
-    assert after == fresh and after["requests"] == before["requests"] + 1
-    assert math.isclose(after["energy_wh"], before["energy_wh"] + 1.0)
-    assert _close(compared, uncached)
-
-
-def _close(a: Any, b: Any) -> bool:
-    """Equal, floats to 1e-9 relative (a sum of days adds in another order)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return bool(a == b)
+        after = (await day_report(ledger, query)).to_json()["totals"]
+    assert after["requests"] == before["requests"] + 1
+    assert math.isclose(after["energy_j"], before["energy_j"] + 3600.0)

@@ -62,6 +62,24 @@ async def test_two_machines_work_at_once_while_each_stays_serialised(tmp_path: P
     assert any(sa < (fb or 0) and sb < (fa or 0) for sa, fa in spans_a for sb, fb in spans_b)
 
 
+async def test_ties_go_round_in_turn_per_model_even_when_models_alternate(
+    tmp_path: Path,
+) -> None:
+    # One turn counter for all models sent every "big" of small/big/small/big... to the
+    # same machine: each model's requests went to every other machine in lockstep.
+    specs = [("a", ("small", "big"), 100.0), ("b", ("small", "big"), 100.0)]
+    async with (
+        loopback_machines(specs) as (a, b),
+        gateway([a, b], tmp_path / "l.db") as jg,
+        httpx.AsyncClient(base_url=jg.url, timeout=10) as c,
+    ):
+        got = [(m, _served(await c.post("/v1/chat/completions", json=chat(m))))
+               for m in ("small", "big") * 4]  # fmt: skip
+    for model in ("small", "big"):
+        machines = [where for m, where in got if m == model]
+        assert sorted(machines) == ["a", "a", "b", "b"], got
+
+
 async def test_a_request_never_waits_for_one_machine_while_another_is_idle(
     tmp_path: Path,
 ) -> None:

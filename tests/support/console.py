@@ -2,6 +2,10 @@
 backend, served from a thread of its own (a browser's requests must be answered while
 the test blocks on Selenium), and Debian's Chromium driven by its own chromedriver.
 
+:func:`console_server` with ``machines`` serves the console in front of loopback
+machines instead (:mod:`tests.support.machines`: a fake backend and a fake wall meter
+each), through the machines' real gates and samplers.
+
 A machine without Chromium fails these tests loudly, naming what to install: the
 Makefile installs ``chromium`` and ``chromium-driver`` on Debian where it can.
 """
@@ -14,7 +18,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,11 +33,13 @@ from accounting.auth import KeyStore
 from accounting.forecast.stage import forecast_component
 from accounting.ledger.stage import accounting_resource, auth_component, record_component
 from config import AuthSettings, LedgerSettings, Settings
+from meters import machines_component
 from proxy.app import create_app
 from proxy.console import console_component
 from proxy.context import Component
 from tests.support.fake_backend import FakeBackend, serving
 from tests.support.ledger import fake_energy
+from tests.support.machines import LoopbackMachine, loopback_machines
 from tests.support.serving import serve
 
 T = TypeVar("T")
@@ -48,6 +54,12 @@ def console_components() -> list[Component]:
             console_component, record_component]  # fmt: skip
 
 
+def fleet_console_components() -> list[Component]:
+    """The ledger, auth, every machine's real meters, the console, the record."""
+    return [accounting_resource, auth_component, machines_component, console_component,
+            record_component]  # fmt: skip
+
+
 @dataclass
 class Served:
     """joulegate with its console, served from a thread; ``keys`` by user name."""
@@ -57,6 +69,8 @@ class Served:
     fake: FakeBackend
     loop: asyncio.AbstractEventLoop
     keys: dict[str, str] = field(default_factory=dict)
+    machines: list[LoopbackMachine] = field(default_factory=list)
+    """With ``machines``: each machine's fake backend and wall meter."""
 
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine in the server's loop and wait for its result."""
@@ -87,10 +101,13 @@ def console_server(
     fake: FakeBackend | None = None,
     mode: str = "keys",
     components: list[Component] | None = None,
+    machines: Sequence[tuple[str, tuple[str, ...], float]] | None = None,
     **settings: Any,
 ) -> Iterator[Served]:
     """joulegate (keys mode, users alice and bob, admin root) with its console; its
-    components are :func:`console_components` unless given."""
+    components are :func:`console_components` unless given. With ``machines`` (each
+    ``(name, models, power_w)``): in front of those loopback machines, with
+    :func:`fleet_console_components` unless given."""
     folder = Path(tempfile.mkdtemp(prefix="jg-console-"))
     path = folder / "ledger.sqlite3"
     keys = asyncio.run(_make_keys(path)) if mode == "keys" else {}
@@ -99,24 +116,31 @@ def console_server(
     thread = threading.Thread(target=loop.run_forever, name="console-server", daemon=True)
     thread.start()
     stack = contextlib.AsyncExitStack()
+    fleet: list[LoopbackMachine] = []
 
     async def start() -> tuple[str, FakeBackend]:
         served = await stack.enter_async_context(serving(backend))
+        where: dict[str, Any] = {"backend_url": served.url}
+        chosen = console_components() if components is None else components
+        if machines is not None:
+            fleet.extend(await stack.enter_async_context(loopback_machines(machines)))
+            where = {"machines": tuple(m.settings() for m in fleet)}
+            chosen = fleet_console_components() if components is None else components
         app = create_app(
             Settings(
-                backend_url=served.url,
                 ledger=LedgerSettings(path=str(path)),
                 auth=AuthSettings(mode=mode),  # type: ignore[arg-type]
+                **where,
                 **settings,
             ),
-            components=console_components() if components is None else components,
+            components=chosen,
         )
         url = await stack.enter_async_context(serve(app))
         return url, served
 
     try:
         url, served = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-        yield Served(url, path, served, loop, keys)
+        yield Served(url, path, served, loop, keys, fleet)
     finally:
         asyncio.run_coroutine_threadsafe(stack.aclose(), loop).result(60)
         loop.call_soon_threadsafe(loop.stop)

@@ -76,6 +76,9 @@ class FakeBackend:
     """How long llama-server's ``POST /tokenize`` takes here (one token per
     whitespace-separated word; ``POST /apply-template`` writes each message as
     ``<|role|> content``)."""
+    chunk_delay_s: float = 0.0
+    """A sleep between stream chunks when ``x-fake-chunk-delay-ms`` gives none: a slow
+    model, for callers that cannot send the header (the console's Playground)."""
     seen: list[Seen] = field(default_factory=list)
     listings: int = 0
     """joulegate's own model look-ups answered (not in ``seen``)."""
@@ -268,7 +271,7 @@ class FakeBackend:
                 "headers": [(b"content-type", b"application/x-ndjson")],
             }
         )
-        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
+        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000 or self.chunk_delay_s
         for word in self._text(n):
             if delay:
                 await asyncio.sleep(delay)
@@ -358,7 +361,7 @@ class FakeBackend:
                 "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
             }
         )
-        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
+        delay = float(seen.headers.get("x-fake-chunk-delay-ms", "0")) / 1000 or self.chunk_delay_s
         drop = int(seen.headers.get("x-fake-drop", "-1"))
         pad = "x" * int(seen.headers.get("x-fake-pad", "0"))
         model = req.get("model", "fake-model")

@@ -4,11 +4,13 @@ A :class:`FakeWallMeter` is an HTTP endpoint in the Prometheus text format, as a
 PDU's exporter serves it: ``wall_power_watts`` is its machine's power, set by the
 test (a constant per machine, so a request's energy is that power times its
 window, and a request measured on the wrong machine shows at once), and
-``wall_temperature_celsius`` its temperature. ``failing`` makes it answer 500.
+``wall_temperature_celsius`` its temperature. ``failing`` makes it answer 500;
+``hold`` makes it keep each scrape unanswered until ``release`` is set (a hung meter).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ class FakeWallMeter:
     temperature_c: float = 40.0
     failing: bool = False
     reads: int = 0
+    hold: bool = False
+    held: int = 0
+    """Scrapes now kept unanswered."""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """ASGI entry point: ``GET /metrics``."""
@@ -46,6 +52,10 @@ class FakeWallMeter:
             return
         await read_body(receive)
         self.reads += 1
+        if self.hold:
+            self.held += 1
+            await self.release.wait()
+            self.held -= 1
         status = 500 if self.failing else 200
         text = (
             f"# TYPE wall_power_watts gauge\nwall_power_watts {self.power_w}\n"
@@ -106,17 +116,23 @@ def gateway_components() -> list[Component]:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    machines: Sequence[LoopbackMachine], ledger: Path | LedgerSettings, **settings: Any
+    machines: Sequence[LoopbackMachine],
+    ledger: Path | LedgerSettings,
+    *,
+    components: list[Component] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Running]:
     """joulegate in front of ``machines`` with a SQLite ledger at ``ledger`` (a path), or
-    the ledger ``ledger`` names."""
+    the ledger ``ledger`` names; its components are :func:`gateway_components` unless
+    given."""
     s = Settings(
         machines=tuple(m.settings() for m in machines),
         ledger=ledger if isinstance(ledger, LedgerSettings) else LedgerSettings(path=str(ledger)),
         **settings,
     )
     routes = [metrics_endpoint, *ledger_routes()]
-    app = create_app(s, components=gateway_components(), route_handlers=routes)
+    chosen = gateway_components() if components is None else components
+    app = create_app(s, components=chosen, route_handlers=routes)
     async with serve(app) as url:
         yield Running(url, app)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,3 +269,61 @@ def runner_returning(output: str | Exception) -> Callable[[Any], str]:
 
     run.calls = calls  # type: ignore[attr-defined]
     return run
+
+
+@dataclass
+class RecordingSink:
+    """A :class:`~meters.poller.Sink` that keeps what the poller gives it, in order."""
+
+    records: list[tuple[Meter, dict[str, Reading], str | None, float]] = field(default_factory=list)
+
+    def record(
+        self, meter: Meter, readings: Mapping[str, Reading], error: str | None, t_s: float
+    ) -> None:
+        """Keep one reading (or error)."""
+        self.records.append((meter, dict(readings), error, t_s))
+
+    def read_meter(self, meter: Meter) -> None:
+        """Read ``meter`` now (for meters the poller reads on a thread of their own)."""
+        before = time.monotonic()
+        self.record(meter, meter.read(), None, (before + time.monotonic()) / 2.0)
+
+    def powers_w(self) -> list[float | None]:
+        """The ``machine`` power of every reading that has one, in order."""
+        return [r["machine"].power_w for _, r, e, _ in self.records if e is None]
+
+    def errors(self) -> list[str]:
+        """Every error, in order."""
+        return [e for _, _, e, _ in self.records if e is not None]
+
+
+class DroppingMeter:
+    """A Prometheus endpoint that drops the connection after every answer, without
+    saying so (as a meter whose keep-alive timeout is shorter than the poll interval)."""
+
+    def __init__(self, power_w: float) -> None:
+        self.power_w = power_w
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/metrics"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                self.connections += 1
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(4096)):
+                    data += chunk
+                body = f"wall_power_watts {self.power_w}\n".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.close()
+        self._thread.join(timeout=5)

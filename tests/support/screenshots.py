@@ -3,13 +3,16 @@ for the docs (``docs/assets/console/``).
 
 joulegate runs with its real components (meters, carbon, forecast) in front of the
 tests' fake backend serving two models; a little traffic from three users fills the
-ledger first, so Compare, Usage and Live have something to show.
+ledger first, so Compare, Usage and Live have something to show. Then Live once more
+in front of four loopback machines (a fake backend and a fake wall meter each), some
+busy with a queue and one with a failing meter (``live-machines-*.png``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from proxy.app import default_components
 from tests.support.console import Served, chromium, console_server
 from tests.support.fake_backend import FakeBackend
+from tests.support.machines import chat
 
 OUT = Path("docs/assets/console")
 SIZES = {"laptop": (1366, 900), "phone": (390, 844)}
@@ -71,6 +75,56 @@ def _shoot(driver: Any, name: str) -> None:
         print(path)
 
 
+FLEET = (
+    ("gpu-a", ("small-model",), 243.0),
+    ("gpu-b", ("small-model", "big-model"), 318.0),
+    ("gpu-c", ("big-model",), 187.0),
+    ("cpu-d", ("small-model",), 96.0),
+)
+
+
+def fleet(machines: tuple[tuple[str, tuple[str, ...], float], ...], name: str) -> None:
+    """Live in front of ``machines`` after a little traffic: five requests held for the
+    first machine's model (its machines busy, the rest queued), the last one's meter
+    failing."""
+    with console_server(machines=machines, components=default_components()) as served:
+        driver = chromium()
+        try:
+            alice = {"authorization": f"Bearer {served.keys['alice']}"}
+            with served.client() as c:
+                for _ in range(len(machines)):
+                    for model in ("small-model", "big-model"):
+                        c.post(
+                            "/v1/chat/completions",
+                            json=chat(model),
+                            headers={**alice, "x-fake-delay-ms": "40"},
+                        ).raise_for_status()
+            served.machines[-1].meter.failing = True
+            first = served.machines[0]
+            ask = chat(first.backend.models[0])
+            with served.client() as c, ThreadPoolExecutor(5) as pool:
+                held = [
+                    pool.submit(
+                        c.post,
+                        "/v1/chat/completions",
+                        json=ask,
+                        headers={**alice, "x-fake-hold": "1"},
+                    )
+                    for _ in range(5)
+                ]
+                driver.set_window_size(*SIZES["laptop"])
+                _sign_in(driver, served, "root")
+                driver.get(f"{served.url}/console/live")
+                time.sleep(6.0)  # a few seconds of history in the chart
+                _shoot(driver, name)
+                for m in served.machines:
+                    served.loop.call_soon_threadsafe(m.backend.release)
+                for f in held:
+                    f.result(30).raise_for_status()
+        finally:
+            driver.quit()
+
+
 def main() -> int:
     """Write the screenshots; print their paths."""
     OUT.mkdir(parents=True, exist_ok=True)
@@ -105,6 +159,7 @@ def main() -> int:
                 _shoot(driver, page)
         finally:
             driver.quit()
+    fleet(FLEET, "live-machines")
     return 0
 
 

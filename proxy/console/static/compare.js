@@ -10,6 +10,7 @@
     ["co2e_g_per_1000_queries", "gCO2e per 1,000 queries (g)"],
   ];
   let shown = null;
+  let asked = 0; // the latest load: an answer to an earlier one (another period) is dropped
 
   function since() {
     const v = $("period").value;
@@ -19,13 +20,18 @@
   }
 
   async function load() {
+    const mine = ++asked;
+    const period = $("period").value;
     try {
       const data = await JG.api("/api/compare" + JG.query({ since: since() }));
+      if (mine !== asked) return;
       JG.setText("source", "From this joulegate's ledger" + (data.user ? ` (user ${data.user})` : " (every user)") +
         ` · ${data.interval} · completed requests only`);
       shown = data.kinds;
       draw();
+      $("kinds").dataset.period = period; // what the table shows now (tests wait on it)
     } catch (e) {
+      if (mine !== asked) return;
       JG.setText("source", "Could not load the comparison: " + e.message);
     }
   }
@@ -37,8 +43,10 @@
         const s = JSON.parse(String(reader.result));
         if (!s.metrics || !s.models) throw new Error("not a joulegate bench summary.json");
         JG.setText("source", `Study ${file.name}: ${s.header || ""}`);
+        asked++; // a comparison still on its way must not replace the study
         shown = { study: s };
         draw();
+        $("kinds").dataset.period = "study";
       } catch (e) {
         JG.setText("source", `Could not open ${file.name}: ${e.message}`);
       }
