@@ -19,6 +19,7 @@ instant:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from meters.attribution import Work
@@ -28,16 +29,27 @@ from proxy.prompt import CHARS_PER_TOKEN, prompt_size
 
 class WorkOf:
     """A request's :class:`~meters.sharing.WorkSource`: :func:`work_of` with the rough
-    prompt size counted once (the book asks at every split while the request runs)."""
+    prompt size counted once (the book asks at every split while the request runs).
 
-    __slots__ = ("_approx", "ex", "start_s")
+    A whole answer in flight shows no work until it ends (its bytes and timings come
+    with it), so until then its work is its span alone: one open-ended
+    :class:`~meters.attribution.Work`, built once (the book only overlaps it with
+    intervals that end by the split's instant), not one per split."""
+
+    __slots__ = ("_approx", "_span", "ex", "start_s")
 
     def __init__(self, ex: Exchange, start_s: float) -> None:
         self.ex, self.start_s = ex, start_s
         self._approx: float | None = None
+        self._span: Work | None = None
 
     def __call__(self, now_s: float) -> Work:
         """The work from the admission to ``now_s``."""
+        ex = self.ex
+        if not (ex.stream or ex.token_events or ex.backend_timings or ex.window.finished_s):
+            if self._span is None:
+                self._span = Work(self.start_s, math.inf)
+            return self._span
         if self._approx is None:
             self._approx = approx_prompt_tokens(self.ex.body)
         return work_of(self.ex, self.start_s, now_s, self._approx)

@@ -7,26 +7,25 @@ between reads); the remote meters (Prometheus, IPMI, a smart plug) are read at
 machine's sampler, where a slow answer delays nothing else. Every reading goes
 into its component's :class:`~meters.timeline.Track`.
 
-A request's window costs the event loop almost nothing:
+A request's window costs the event loop almost nothing (its bookkeeping is
+:mod:`meters.windows`, O(log open)):
 
-* :meth:`Sampler.open_window` notes the start and pokes the thread, which
-  takes a sample right away without anyone waiting for it, so the start edge
-  is sampled within a fraction of a millisecond (the meter stage pokes once the
-  request is on its way to the backend, so the read, which holds the GIL, runs
-  while the event loop waits for the answer instead of delaying the forwarding);
-* :meth:`Sampler.fresh_sample` at the end asks the thread for one more sample
-  and awaits it (one thread hop: a ``queue.SimpleQueue`` there, a
-  ``call_soon_threadsafe`` back), so the end edge is exact without waiting
-  for the next tick;
+* a window that opens alone has its start edge read right away by the thread, no one
+  waiting (:meth:`Sampler.open_window`, or :meth:`Sampler.sample_soon` once the request
+  is on its way to the backend, so the read, which holds the GIL, runs while the loop
+  waits for the answer); its end waits for one more read (:meth:`Sampler.fresh_sample`:
+  a ``queue.SimpleQueue`` there, a ``call_soon_threadsafe`` back), so both edges are
+  exact without waiting for the next tick;
+* in a crowd (other windows open) the start edge is interpolated from the regular
+  ticks and the ends close together share one read at most a quarter interval after
+  the last: the shares are split per sampling interval, so a read per request edge
+  bought nothing but more intervals to split;
 * :meth:`Sampler.measure` interpolates each track at both edges (the sum is
   :class:`~meters.window.TrackSet`'s, in :mod:`meters.window`).
 
-An edge read that could show nothing new is not taken: when the last sample is
-younger than every local meter's :attr:`~meters.base.Meter.update_period_s` (one
-jiffy for the estimate, whose ``/proc/stat`` counts whole jiffies), neither edge
-pokes the thread and the window's end is extended from the last sample's power,
-as the counter itself would have shown. Back-to-back short requests then cost no
-thread hop at all.
+An edge read that could show nothing new is not taken: when the last sample is younger
+than every local meter's :attr:`~meters.base.Meter.update_period_s` (one jiffy for the
+estimate's ``/proc/stat``), the end is extended from the last sample's power.
 
 While no window is open the sampler keeps each component's **idle power**
 (an exponential average with a 10 s time constant); a window's *dynamic*
@@ -37,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import queue
@@ -52,6 +50,7 @@ from meters.poller import Poller, read_now
 from meters.timeline import Track
 from meters.unattributed import Unattributed
 from meters.window import TrackSet, WindowEnergy, WindowToken
+from meters.windows import OpenWindows
 
 log = logging.getLogger("joulegate.meters")
 
@@ -61,6 +60,8 @@ FRESH_TIMEOUT_S = 0.25
 """Longest a window's end waits for its fresh sample (then it extrapolates)."""
 RETAIN_S = 5.0
 """Samples kept behind the oldest open window (and when none is open)."""
+CROWD_GAP = 0.25
+"""Crowded window ends are read this share of an interval after the last sample."""
 
 
 class Sampler:
@@ -103,13 +104,14 @@ class Sampler:
         self._sampled_s = -math.inf
         self._unattributed = Unattributed()
         self.external_interval_s = 1.0 / external_hz
-        self._open: dict[int, WindowToken] = {}
+        self._open = OpenWindows()
         self._last_end_s = -math.inf
         self._pruned_s = -math.inf
         self._last_t: dict[int, float] = {}
         self._failing: dict[int, str] = {}
         self._requests: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
         """Asks for a sample now: a future to settle after it, or None (no one waits)."""
+        self._batch: asyncio.Future[None] | None = None  # one read for the crowded ends
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -162,7 +164,7 @@ class Sampler:
         prev = self._last_t.get(id(meter))
         self._last_t[id(meter)] = t
         nominal = self.external_interval_s if meter.remote else self.interval_s
-        if prev is None or self._open or self._last_end_s > prev or t - prev < 0.5 * nominal:
+        if prev is None or self._open.count or self._last_end_s > prev or t - prev < 0.5 * nominal:
             return
         alpha = 1.0 - math.exp(-(t - prev) / IDLE_TAU_S)
         for track in tracks:
@@ -191,15 +193,15 @@ class Sampler:
                 self.read_meter(meter)
         self._sampled_s = started  # only once its readings are in the tracks
         with self._lock:
-            opened = [w.start_s for w in self._open.values()]
-            self._unattributed.tick(started, opened, self._total_j)
+            oldest = self._open.oldest_s()  # it covers from there what the others do
+            self._unattributed.tick(started, () if oldest is None else (oldest,), self._total_j)
         now = self._clock()
         if now - self._pruned_s < 1.0:
             return
         self._pruned_s = now
         with self._lock:
-            oldest = min((w.start_s for w in self._open.values()), default=math.inf)
-            horizon = min(oldest, now) - RETAIN_S
+            oldest = self._open.oldest_s()
+            horizon = min(math.inf if oldest is None else oldest, now) - RETAIN_S
             for track in self._tracks.values():
                 track.prune(horizon)
 
@@ -277,23 +279,18 @@ class Sampler:
     # -- windows ------------------------------------------------------------------------
 
     def open_window(self, start_s: float, *, sample_edge: bool = True) -> WindowToken:
-        """A request holds a slot from ``start_s``; the sampler samples now (no wait),
-        or, with ``sample_edge=False``, when the caller calls :meth:`sample_soon`."""
-        token = WindowToken(start_s)
+        """A request holds a slot from ``start_s``. Alone, its edge is sampled now (no
+        wait), or, with ``sample_edge=False``, when the caller calls :meth:`sample_soon`;
+        in a crowd it is interpolated from the ticks (see the module docstring)."""
         with self._lock:
-            if self._open:
-                token.exclusive = False
-                for other in self._open.values():
-                    other.exclusive = False
-            self._open[id(token)] = token
+            token = self._open.open(start_s)
         self.activity.begin(start_s)
-        if sample_edge:
+        if sample_edge and token.alone:
             self.sample_soon()
         return token
 
     def sample_soon(self) -> None:
-        """Have the thread take a sample now, not waiting for it (a window's start edge),
-        unless the last one is as fresh as the meters can be."""
+        """Have the thread sample now, no one waiting (a start edge), unless it just did."""
         if not self._sampled_recently():
             self._requests.put(None)
 
@@ -304,15 +301,17 @@ class Sampler:
     def close_window(self, token: WindowToken, end_s: float) -> None:
         """The request gave its slot back at ``end_s``."""
         with self._lock:
-            if self._open.pop(id(token), None) is None:
+            if not self._open.close(token):
                 return
             self._last_end_s = max(self._last_end_s, end_s)
             self._unattributed.closed(token.start_s, end_s)
         self.activity.end(end_s)
 
-    async def fresh_sample(self, timeout_s: float = FRESH_TIMEOUT_S) -> None:
-        """Have the local meters read once more now (one hop to the sampler thread),
-        unless the last sample is as fresh as the meters can be."""
+    async def fresh_sample(
+        self, timeout_s: float = FRESH_TIMEOUT_S, *, token: WindowToken | None = None
+    ) -> None:
+        """Have the local meters read once more (one hop to the sampler thread) unless they
+        just were; ``token``'s end in a crowd shares one read (module docstring)."""
         if self._sampled_recently():
             return
         if not self._threads:
@@ -320,12 +319,23 @@ class Sampler:
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._requests.put(fut)
+        wait_s = self._sampled_s + CROWD_GAP * self.interval_s - self._clock()
+        if token is None or self._open.exclusive(token) or wait_s <= 0:
+            self._requests.put(fut)
+        else:
+            if self._batch is None:
+                self._batch = loop.create_future()  # one hop each way for them all
+                loop.call_later(wait_s, self._send_batch)
+            self._batch.add_done_callback(lambda _: _settle(fut))
         timer = loop.call_later(timeout_s, _settle, fut)
         try:
             await fut
         finally:
             timer.cancel()
+
+    def _send_batch(self) -> None:
+        self._requests.put(self._batch)
+        self._batch = None
 
     def _total_j(self, start_s: float, end_s: float) -> float | None:
         return self._set.measure(start_s, end_s, exclusive=False).energy_j
@@ -338,30 +348,20 @@ class Sampler:
     def measure(self, token: WindowToken, end_s: float) -> WindowEnergy:
         """The window's energy from ``token.start_s`` to ``end_s`` (cheap: runs per request)."""
         with self._lock:
-            return self._set.measure(token.start_s, end_s, exclusive=token.exclusive)
+            exclusive = self._open.exclusive(token)
+            return self._set.measure(token.start_s, end_s, exclusive=exclusive)
 
     def intervals(self, start_s: float, end_s: float, cuts: Iterable[float] = ()) -> list[Interval]:
         """The whole machine's energy per sampling interval from ``start_s`` to
-        ``end_s`` (for sharing overlapping windows), also cut at ``cuts`` (other
-        windows' edges); empty when it is not measured."""
+        ``end_s``, also cut at ``cuts`` (:meth:`~meters.window.TrackSet.intervals`)."""
         with self._lock:
-            total = [t for c, t in self._tracks.items() if c in self._set.total]
-            inner = [x for x in cuts if start_s < x < end_s]
-            points = sorted({start_s, end_s, *inner, *(x for t in total for x in t.times
-                                                       if start_s < x < end_s)})  # fmt: skip
-            out = []
-            for a, b in itertools.pairwise(points):
-                e = self._set.measure(a, b, exclusive=False, additive=True)
-                if e.energy_j is None or e.idle_power_w is None:
-                    return []
-                out.append(Interval(a, b, e.energy_j, e.idle_power_w))
-            return out
+            return self._set.intervals(start_s, end_s, cuts)
 
     def power_w(self, over_s: float = 1.0) -> dict[str, float | None]:
         """Average power of each component over the last ``over_s`` (for live views)."""
         now = self._clock()
-        token = WindowToken(now - over_s)
-        energy = self.measure(token, now)
+        with self._lock:
+            energy = self._set.measure(now - over_s, now, exclusive=False)
         return {c: p.energy_j / over_s if p.energy_j is not None else None
                 for c, p in energy.components.items()}  # fmt: skip
 

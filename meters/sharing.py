@@ -82,6 +82,8 @@ class OverlapBook:
         """The entries an interval not split yet may concern (in flight, or ended after
         :attr:`split_through_s`)."""
         self._ended: deque[tuple[float, str]] = deque()
+        self._settling: deque[tuple[str, _Entry]] = deque()
+        """Ended entries still in :attr:`_live`, in the order they ended."""
         self._in_flight = 0
         self._weight = prefill_token_weight
         self._prefill_tps: float | None = None
@@ -110,6 +112,7 @@ class OverlapBook:
             if self._in_flight == 0:
                 self.busy_edges.append(end_s)
             self._ended.append((end_s, key))
+            self._settling.append((key, entry))
         horizon = end_s - KEEP_S
         while self._ended and self._ended[0][0] < horizon:
             _, old = self._ended.popleft()
@@ -134,12 +137,12 @@ class OverlapBook:
     def next_start_s(self) -> float | None:
         """Where the next split begins: :attr:`split_through_s`, or the earliest
         request in the book when that is later; None when no request is."""
-        starts = [e.start_s for e in list(self._live.values())]
+        starts = [e.start_s for e in self._snapshot()]
         return max(self.split_through_s, min(starts)) if starts else None
 
     def skip_to(self, point_s: float) -> None:
         """Nothing up to ``point_s`` can be measured: the requests in it get no share."""
-        for e in list(self._live.values()):
+        for e in self._snapshot():
             if e.start_s < point_s:
                 e.unmeasured = True
         self.split_through_s = max(self.split_through_s, point_s)
@@ -154,7 +157,7 @@ class OverlapBook:
             return
         first, last = max(todo[0].start_s, self.split_through_s), todo[-1].end_s
         members: list[tuple[_Entry, Work]] = []
-        for e in list(self._live.values()):
+        for e in self._snapshot():
             end = e.end_s
             if e.start_s < last and (end is None or end > first):
                 w = e.work(now_s if end is None else end)
@@ -208,13 +211,25 @@ class OverlapBook:
 
     def _let_go_through(self, point_s: float) -> None:
         """Entries that ended by ``point_s`` are wholly split: total their shares and let
-        their work go (a minute of finished requests at 512 streams is 15,000 of them)."""
-        for key, e in list(self._live.items()):
+        their work go (a minute of finished requests at 512 streams is 15,000 of them).
+        O(entries let go): they are taken in the order they closed, up to the first that
+        ended after ``point_s`` (one closed out of order waits for a later split; until
+        then no split counts it, as it ended before the split began)."""
+        settling = self._settling
+        while settling and (settling[0][1].end_s or math.inf) <= point_s:
+            key, e = settling.popleft()
+            self._live.pop(key, None)  # the loop may have forgotten it meanwhile
             final = e.final
-            if e.end_s is not None and e.end_s <= point_s and final is not None:
-                self._live.pop(key, None)  # the loop may have forgotten it meanwhile
+            if final is not None:
                 finish(e.share, final)
                 e.final = None
+
+    def _snapshot(self) -> list[_Entry]:
+        """The live entries now (for the splitting thread). ``dict.copy`` is one step
+        under the GIL; ``list(d.values())`` is not (an allocation on the way may run a
+        collection, whose finalizers let the loop in): at 512 streams, with the loop
+        opening and closing requests meanwhile, it raised "dictionary changed size"."""
+        return list(self._live.copy().values())
 
     def charged(self, key: str) -> Share | None:
         """``key``'s share of the intervals split so far, totalled; None if the book

@@ -50,10 +50,11 @@ class MeterStage(Stage):
     async def on_admitted(self, ex: Exchange) -> None:
         """Open the window at the admission instant."""
         start = ex.window.admitted_s or time.monotonic()
-        ex.scratch[self.name] = self.sampler.open_window(start, sample_edge=False)
-        # Read the start edge once the request is written to the backend: the loop runs
-        # call_soon callbacks when the forwarder awaits the answer.
-        asyncio.get_running_loop().call_soon(self.sampler.sample_soon)
+        token = ex.scratch[self.name] = self.sampler.open_window(start, sample_edge=False)
+        if token.alone:  # in a crowd the shares go by interval: no read at each edge
+            # Read the start edge once the request is written to the backend: the loop
+            # runs call_soon callbacks when the forwarder awaits the answer.
+            asyncio.get_running_loop().call_soon(self.sampler.sample_soon)
         if self.overlaps is not None:
             self.overlaps.open(ex.request_id, start, WorkOf(ex, start))
 
@@ -65,7 +66,7 @@ class MeterStage(Stage):
         end = ex.window.finished_s or time.monotonic()
         book = self.overlaps
         try:
-            await self.sampler.fresh_sample()
+            await self.sampler.fresh_sample(token=token)
             energy = self.sampler.measure(token, end)
         finally:
             self.sampler.close_window(token, end)

@@ -13,9 +13,11 @@ there is one (it includes everything), else ``psys`` (the platform) plus
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from meters.attribution import Interval
 from meters.base import COMPONENTS
 from meters.timeline import Track
 from proxy.figures import ComponentEnergy, WindowEnergy
@@ -33,10 +35,17 @@ def total_components(present: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class WindowToken:
-    """An open window (returned by :meth:`~meters.sampler.Sampler.open_window`)."""
+    """An open window (returned by :meth:`~meters.sampler.Sampler.open_window`; its
+    bookkeeping is :class:`~meters.windows.OpenWindows`')."""
 
     start_s: float
+    serial: int = 0
+    """How many windows had been opened, this one included, when it opened."""
+    alone: bool = True
+    """No other window was open when it opened."""
+    closed: bool = False
     exclusive: bool = True
+    """No other window overlapped it (settled when it closes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +126,19 @@ class TrackSet:
                             self.estimated, low_res, exclusive, reason,
                             low if has_range else None, high if has_range else None,
                             self.estimate_model)  # fmt: skip
+
+    def intervals(self, start_s: float, end_s: float, cuts: Iterable[float]) -> list[Interval]:
+        """The whole machine's energy per sampling interval from ``start_s`` to ``end_s``
+        (for sharing overlapping windows), also cut at ``cuts`` (busy spans' edges);
+        empty when it is not measured. The caller holds the sampler's lock."""
+        total = [t for c, t in self.tracks.items() if c in self.total]
+        inner = [x for x in cuts if start_s < x < end_s]
+        points = sorted({start_s, end_s, *inner, *(x for t in total for x in t.times
+                                                   if start_s < x < end_s)})  # fmt: skip
+        out = []
+        for a, b in itertools.pairwise(points):
+            e = self.measure(a, b, exclusive=False, additive=True)
+            if e.energy_j is None or e.idle_power_w is None:
+                return []
+            out.append(Interval(a, b, e.energy_j, e.idle_power_w))
+        return out

@@ -1,22 +1,23 @@
 """The forecast's place in the proxy: a refitting :class:`Forecaster` and a stage.
 
-The component fits :mod:`accounting.forecast.fit` on the ledger at start-up and then
-in the background, once ``refit_rows`` requests have finished *and* the ledger has
-grown by a tenth of the rows the fit was made on, or every ``refit_s`` seconds when
-any request finished. Reading then costs each request about ten row reads however big
-the ledger is (refitting every 200 requests on 200,000 rows cost each a thousand, some
-3 ms of CPU). A model whose history is small is refitted sooner: as soon as it has
-the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each of its
-requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22 requests
-once waited 11 minutes for its first forecast); on a ledger of more than
-:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows
-double. ``POST /v1/energy/forecast`` for such a model first asks the ledger whether
-rows of it were committed since the fit (:meth:`Forecaster.freshen`: the rows after
-the fit's last id, a range read) and if so refits before answering, so a bench's
-last request is in the next forecast even when that request's own bookkeeping has
-not run yet; admission never waits. The ledger is read and the fit made in a worker
-thread (``fetch_converted``), so neither blocks a request; a request uses the fit it
-finds (:attr:`Forecaster.current`, replaced whole when a refit ends).
+The component fits :mod:`accounting.forecast.fit` on the ledger at start-up and then in
+the background, once ``refit_rows`` requests have finished *and* the ledger has grown by
+a tenth of the rows the fit was made on, or every ``refit_s`` seconds when any request
+finished; never two background refits less than five seconds apart (nor closer than ten
+times the last one's duration). Reading then costs each request about ten row reads
+however big the ledger is (refitting every 200 requests on 200,000 rows cost each a
+thousand, some 3 ms of CPU). A model whose history is small is refitted sooner: as soon
+as it has the :data:`~accounting.forecast.MIN_FIT_ROWS` of a first fit, and after each
+of its requests while it has fewer than :data:`SMALL_HISTORY_ROWS` (a bench of 22
+requests once waited 11 minutes for its first forecast); on a ledger of more than
+:data:`CHEAP_REFIT_ROWS` rows, where a refit costs a second, only when its rows double.
+``POST /v1/energy/forecast`` for such a model first asks the ledger whether rows of it
+were committed since the fit (:meth:`Forecaster.freshen`: the rows after the fit's last
+id, a range read) and if so refits before answering, so a bench's last request is in the
+next forecast even when that request's own bookkeeping has not run yet; admission never
+waits. The ledger is read and the fit made in a worker thread (``fetch_converted``), so
+neither blocks a request; a request uses the fit it finds (:attr:`Forecaster.current`,
+replaced whole when a refit ends).
 
 At admission the stage forecasts the request's energy from that fit, which is
 arithmetic on a prompt-size approximation (no I/O, ~20 us under load) put in the tokens
@@ -96,6 +97,11 @@ def max_tokens_of(body: Mapping[str, Any] | None) -> int | None:
 
 REFIT_GROWTH = 0.1
 """A refit waits for the ledger to grow by this fraction of the rows of the last fit."""
+REFIT_PAUSE_S = 5.0
+"""The background refits are at least this far apart (a refit due sooner waits)."""
+REFIT_COST_SHARE = 0.1
+"""The most of the time background refits may take: one that took ``t`` seconds is
+followed by a pause of ``t / REFIT_COST_SHARE`` at least."""
 
 
 class Forecaster:
@@ -221,13 +227,21 @@ class Forecaster:
         self.prompt_size = calibration_from_rows(rows)
 
     async def run(self) -> None:
-        """Refit whenever due, until cancelled; failures are logged, never raised."""
+        """Refit whenever due, until cancelled; failures are logged, never raised.
+
+        Refits are paced (:data:`REFIT_PAUSE_S`, :data:`REFIT_COST_SHARE`): a small
+        history is due after each request, and back to back at a few requests a second
+        the refits were a quarter of the proxy's CPU at 8 concurrent streams. The
+        requests finished meanwhile are all in the next refit; the forecast endpoint
+        does not wait for the pace (:meth:`freshen`)."""
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), self._refit_s)
             self._due.clear()
             if not self._new_rows:
                 continue  # nothing finished since the last fit: it would come out the same
+            began = loop.time()
             try:
                 fit = await self.refit()
                 log.debug("forecast refitted on %d rows", fit.rows)
@@ -235,6 +249,8 @@ class Forecaster:
                 log.warning("could not refit the forecast: %s", exc)
             except Exception:
                 log.exception("refitting the forecast failed")
+            took = loop.time() - began
+            await asyncio.sleep(max(REFIT_PAUSE_S, took / REFIT_COST_SHARE) - took)
 
 
 class ForecastStage(Stage):
