@@ -9,16 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from accounting import SqliteLedger
 from accounting.study.dataset import StudyRow
 from accounting.study.summary import summarise
 from proxy.cli import main as joulegate
-from tests.support.console import Served, chromium, console_errors, console_server
+from tests.support.console import Served, chromium_session, console_errors, console_server, wait
 from tests.support.fake_backend import FakeBackend
 
 HOSTILE = ("Hi ", "<script>window.__pwned = 1</script>", " and ",
@@ -33,16 +32,8 @@ def served() -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    driver = chromium()
-    try:
+    with chromium_session() as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait(driver: Any, seconds: float = 15) -> WebDriverWait:  # type: ignore[type-arg]
-    # Pages redraw their tables from fresh data: an element read mid-redraw is stale.
-    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def browser_sign_in(driver: Any, served: Served, user: str) -> None:

@@ -10,11 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
-from tests.support.console import Served, chromium, console_errors, console_server
+from tests.support.console import Served, chromium_session, console_errors, console_server, wait
 from tests.support.machines import chat
 
 SPECS = [("rack-a", ("small",), 100.0), ("rack-b", ("large",), 300.0)]
@@ -28,16 +27,8 @@ def served() -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    driver = chromium()
-    try:
+    with chromium_session() as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def wait(driver: Any, seconds: float = 20) -> WebDriverWait:  # type: ignore[type-arg]
-    # The page rewrites its figures every second: an element read mid-write is stale.
-    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def figure(driver: Any, machine: str, name: str) -> str:

@@ -26,7 +26,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
 
 from accounting import SqliteLedger
 from accounting.auth import KeyStore
@@ -191,6 +193,22 @@ def chromium() -> Any:
     driver.implicitly_wait(0)
     driver.profile_dir = profile
     return driver
+
+
+@contextlib.contextmanager
+def chromium_session() -> Iterator[Any]:
+    """:func:`chromium` for a module's tests, quit at the end."""
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver: Any, seconds: float = 20) -> WebDriverWait:  # type: ignore[type-arg]
+    """A wait for the console's pages, which redraw from fresh data (the Live page every
+    second): an element read mid-redraw is stale, and is looked for again."""
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def console_errors(driver: Any) -> list[str]:
