@@ -70,16 +70,9 @@ async def energy_requests(
     acc, who = await _caller(request, ctx)
     q = request.query_params
     user = _whose(who, q.get("user"))
-    limit = query_integer(q.get("limit"), "limit")
-    limit = 50 if limit is None else limit
+    limit = page_limit(q.get("limit"), 50, MAX_PAGE)
     before = query_integer(q.get("before"), "before")
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
-    where: list[str] = ["1"]
-    params: list[Any] = []
-    if user is not None:
-        where.append("user = ?")
-        params.append(user)
+    where, params = whose_rows(user)
     if before is not None:
         where.append("id < ?")
         params.append(before)
@@ -139,6 +132,24 @@ async def energy_budget(
     user = _whose(who, params.get("user")) or who.user
     status = acc.budgets.status(user)
     return {"object": "list", "user": user, "data": [] if status is None else [status.to_json()]}
+
+
+def page_limit(text: str | None, default: int, most: int) -> int:
+    """The ``limit`` query parameter of a list: ``default`` when absent, else 1 to
+    ``most`` (BadRequest otherwise, 0 included)."""
+    limit = query_integer(text, "limit")
+    limit = default if limit is None else limit
+    if not 1 <= limit <= most:
+        raise BadRequest(f"limit must be between 1 and {most}", param="limit")
+    return limit
+
+
+def whose_rows(user: str | None) -> tuple[list[str], list[Any]]:
+    """A ``WHERE`` clause's parts (joined with ``AND``) and its parameters: ``user``'s
+    rows, or every row for None."""
+    if user is None:
+        return ["1"], []
+    return ["1", "user = ?"], [user]
 
 
 def query_integer(text: str | None, name: str) -> int | None:

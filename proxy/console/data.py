@@ -20,7 +20,7 @@ from litestar.params import FromPath
 
 from accounting.ledger import Ledger
 from accounting.ledger.daysums import READ_ALL_DAYS, READ_USER_DAYS
-from accounting.ledger.routes import query_integer
+from accounting.ledger.routes import page_limit, query_integer, whose_rows
 from accounting.ledger.rows import iso, row_from_sql, utcnow
 from accounting.ledger.stage import Accounting
 from accounting.reports import Line, Report, ReportQuery, build_report, parse_query
@@ -127,14 +127,8 @@ async def requests_page(request: Request[Any, Any, Any], ctx: NamedDependency[Ap
     acc = _ledger(seen)
     q = request.query_params
     user = seen.whose(q.get("user"))
-    limit = query_integer(q.get("limit"), "limit") or PAGE
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
-    where: list[str] = ["1"]
-    params: list[Any] = []
-    if user is not None:
-        where.append("user = ?")
-        params.append(user)
+    limit = page_limit(q.get("limit"), PAGE, MAX_PAGE)
+    where, params = whose_rows(user)
     for column, name in (("model_served", "model"), ("task", "task")):
         if q.get(name):
             where.append(f"{column} = ?")
